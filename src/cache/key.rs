@@ -1,0 +1,53 @@
+use crate::domain::{Instant, VehicleId};
+
+/// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
+/// spelling of one instant shares an entry. `v1` names the value format: a change to what is
+/// stored bumps it, and replicas of two versions then never read each other's values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    pub fn new(prefix: &str, id: VehicleId, at: Instant) -> Self {
+        Self(format!("{prefix}:v1:state:{}:{}", id.get(), at.unix_micros()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, ts: &str) -> CacheKey {
+        CacheKey::new("vs", VehicleId::parse(id).expect("id"), Instant::parse(ts).expect("instant"))
+    }
+
+    #[test]
+    fn a_key_names_prefix_version_vehicle_and_microseconds() {
+        assert_eq!(key("3", "2022-09-12T10:00:00.000001Z").as_str(), "vs:v1:state:3:1662976800000001");
+        assert_eq!(key("1", "-1").as_str(), "vs:v1:state:1:-1000000");
+    }
+
+    #[test]
+    fn every_spelling_of_one_instant_is_one_key() {
+        let expected = key("3", "2022-09-12T10:00:00Z");
+        for ts in [
+            "2022-09-12 15:00:00+05",
+            "2022-09-12 15:30:00+0530",
+            "2022-09-12T12:00:00+02:00",
+            "2022-09-12T10:00:00.0000001Z",
+            "1662976800",
+        ] {
+            assert_eq!(key("3", ts), expected, "{ts}");
+        }
+    }
+
+    #[test]
+    fn different_vehicles_or_instants_are_different_keys() {
+        assert_ne!(key("3", "1662976800"), key("2", "1662976800"));
+        assert_ne!(key("3", "1662976800"), key("3", "1662976801"));
+        assert_ne!(key("3", "2022-09-12T10:00:00Z"), key("3", "2022-09-12T10:00:00.000001Z"));
+    }
+}

@@ -1,0 +1,55 @@
+//! The command line: which command runs, and the settings each one reads.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Dataset, DatabaseSettings, LogFormat, ServeSettings};
+use crate::{db, openapi, startup, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "vehicle-state", version, about = "Which state was vehicle N in at instant T? Served over HTTP, cached in Redis.")]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+
+    /// Which log lines to write, as a tracing filter (e.g. `info`, `vehicle_state=debug,info`).
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true, value_parser = telemetry::parse_filter)]
+    pub log_filter: tracing_subscriber::EnvFilter,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(Box<ServeSettings>),
+    /// Create the database if absent, apply pending migrations, and exit.
+    Migrate(DatabaseSettings),
+    /// Load a data set (after applying migrations); running it twice changes nothing.
+    Seed {
+        dataset: Dataset,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// Print the OpenAPI document as YAML (this is `openapi.yaml`).
+    Openapi,
+}
+
+impl Command {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(settings) => {
+                let app = startup::Application::build(*settings).await?;
+                app.run_until_stopped(telemetry::shutdown_signal()).await?;
+            }
+            Command::Migrate(database) => db::prepare(&database).await?,
+            Command::Seed { dataset, database } => {
+                db::prepare(&database).await?;
+                db::seed(&db::connect(&database), dataset).await?;
+            }
+            Command::Openapi => print!("{}", openapi::yaml()?),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! Every setting the service reads, each a command-line option and an environment variable.
+//! Defaults reach PostgreSQL and Redis on localhost, so `vehicle-state serve` works on a
+//! developer machine with no configuration. The README's table lists each of them.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use sqlx::postgres::PgConnectOptions;
+
+/// Where and how to reach PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL connection URL. The database is created if it does not exist.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/vehicle_state",
+        value_parser = parse_database_url,
+        hide_default_value = false,
+        hide_env_values = true
+    )]
+    pub url: DatabaseUrl,
+
+    /// Most connections one replica holds to PostgreSQL.
+    #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_max_size: u32,
+
+    /// How long a request waits for a PostgreSQL connection (including connecting) before it
+    /// is answered 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Server-side bound on one statement (PostgreSQL's statement_timeout); a lookup past it is
+    /// answered 503.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_statement_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+/// A parsed PostgreSQL URL that keeps its text (for database creation) but never shows the
+/// password when printed.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    pub text: String,
+    pub options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.options;
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or(o.get_username())
+        )
+    }
+}
+
+fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
+    const EXPECTED: &str = "expected postgres://user:password@host:port/database";
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(format!("not a PostgreSQL URL; {EXPECTED}"));
+    }
+    let options = PgConnectOptions::from_str(raw).map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
+    Ok(DatabaseUrl { text: raw.to_owned(), options })
+}
+
+/// Where and how to reach Redis. Redis only speeds answers up: every call is bounded by
+/// `REDIS_TIMEOUT_MS`, and a failed call falls back to PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct RedisSettings {
+    /// Redis connection URL.
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_url, hide_env_values = true)]
+    pub url: String,
+
+    /// Most connections one replica holds to Redis (each is multiplexed).
+    #[arg(long, env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub redis_pool_max_size: u64,
+
+    /// Bound on each Redis call, connecting included; past it the request goes to PostgreSQL.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    redis::IntoConnectionInfo::into_connection_info(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|e| format!("not a Redis URL (redis://host:port/db): {e}"))
+}
+
+/// What is cached and for how long.
+#[derive(Debug, Clone, Args)]
+pub struct CacheSettings {
+    /// Seconds an answer is kept in Redis; the bound on how stale an answer can be.
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub cache_ttl_secs: u32,
+
+    /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
+    #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "vehicle-state", value_parser = parse_key_prefix)]
+    pub cache_key_prefix: String,
+}
+
+fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'".to_owned())
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Args)]
+pub struct HttpSettings {
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// HTTP worker threads; unset means one per CPU core.
+    #[arg(long, env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub http_workers: Option<u16>,
+
+    /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so
+    /// the load balancer stops sending traffic here first.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_drain_secs: u64,
+
+    /// Seconds in-flight requests get to finish after the listener closes.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout_secs: u64,
+
+    /// Seconds sent in `Retry-After` when PostgreSQL cannot answer.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub retry_after_secs: u32,
+}
+
+/// Sample data sets that `seed` can load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dataset {
+    /// Three vehicles and six state changes (`seed/sample.sql`).
+    Sample,
+}
+
+/// How log lines are written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub cache: CacheSettings,
+    #[command(flatten)]
+    pub http: HttpSettings,
+
+    /// Create the database if absent and apply pending migrations before serving. Safe with
+    /// many replicas starting at once (migrations take an advisory lock).
+    #[arg(long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Also load a sample data set before serving (implies the migrations).
+    #[arg(long, env = "SEED")]
+    pub seed: Option<Dataset>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_prints_without_its_password() {
+        let url = parse_database_url("postgres://app:s3cret@db.internal:6543/vs").expect("valid");
+        assert_eq!(url.to_string(), "postgres://app@db.internal:6543/vs");
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn malformed_urls_and_prefixes_are_refused() {
+        assert!(parse_database_url("mysql://x").is_err());
+        assert!(parse_database_url("postgres://host:notaport/db").is_err());
+        assert!(parse_redis_url("http://localhost").is_err());
+        assert!(parse_redis_url("redis://localhost:6379/0").is_ok());
+        for bad in ["", "has space", "a:b", &"x".repeat(65)] {
+            assert!(parse_key_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_key_prefix("vehicle-state_2.x"), Ok("vehicle-state_2.x".to_owned()));
+    }
+}

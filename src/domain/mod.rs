@@ -1,0 +1,9 @@
+//! Types shared by every layer. Raw request text becomes one of these once, at the edge.
+
+mod answer;
+mod instant;
+mod vehicle_id;
+
+pub use answer::{Lookup, StateAnswer, Vehicle};
+pub use instant::{Instant, InstantError};
+pub use vehicle_id::{VehicleId, VehicleIdError};

@@ -1,0 +1,177 @@
+//! The one error type at the HTTP edge, rendered as `application/problem+json` (RFC 9457).
+//!
+//! Policy: 4xx bodies say what was wrong and how to fix it; 5xx bodies say only what kind of
+//! failure it was, and the cause chain goes to the log. Each kind has a stable `type` URI
+//! (relative, resolved against the service) that clients can match on.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::DbError;
+use crate::domain::{Instant, InstantError, VehicleId, VehicleIdError};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem body.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/invalid-timestamp",
+    "title": "Invalid timestamp",
+    "status": 400,
+    "detail": "the timestamp has no UTC offset, so it names no single instant. Accepted forms: ..."
+}))]
+pub struct Problem {
+    /// Identifies the kind of problem; stable, so clients can match on it.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/vehicle-not-found")]
+    pub kind: &'static str,
+    /// A short summary of the kind of problem; the same for every occurrence.
+    pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 404)]
+    pub status: u16,
+    /// What went wrong this time and, for 4xx, how to fix it.
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidVehicleId(VehicleIdError),
+    #[error("{0}")]
+    InvalidTimestamp(InstantError),
+    #[error("the request path is not valid: {0}")]
+    InvalidPath(String),
+    #[error("no vehicle has id {0}")]
+    VehicleNotFound(VehicleId),
+    #[error("vehicle {0} has no recorded state at or before {1}; its first state change is later")]
+    NoStateYet(VehicleId, Instant),
+    #[error("no route matches this method and path; see /swagger-ui/ for the API")]
+    RouteNotFound,
+    #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
+    DatabaseUnavailable {
+        retry_after_secs: u32,
+        #[source]
+        source: DbError,
+    },
+    #[error("the server failed to answer")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// `type` and `title` of each kind; the README and the OpenAPI document list the same.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::InvalidVehicleId(_) => ("/problems/invalid-vehicle-id", "Invalid vehicle id"),
+            ApiError::InvalidTimestamp(_) => ("/problems/invalid-timestamp", "Invalid timestamp"),
+            ApiError::InvalidPath(_) => ("/problems/invalid-path", "Invalid path"),
+            ApiError::VehicleNotFound(_) => ("/problems/vehicle-not-found", "Vehicle not found"),
+            ApiError::NoStateYet(..) => ("/problems/no-state-at-timestamp", "No state at this timestamp"),
+            ApiError::RouteNotFound => ("/problems/route-not-found", "Route not found"),
+            ApiError::DatabaseUnavailable { .. } => ("/problems/database-unavailable", "Database unavailable"),
+            ApiError::Internal(_) => ("/problems/internal-error", "Internal server error"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (kind, title) = self.kind();
+        Problem { kind, title, status: self.status_code().as_u16(), detail: self.to_string() }
+    }
+
+    pub fn from_db(source: DbError, retry_after_secs: u32) -> Self {
+        match source {
+            DbError::Unavailable(_) => ApiError::DatabaseUnavailable { retry_after_secs, source },
+            DbError::Query(_) => ApiError::Internal(source.into()),
+        }
+    }
+
+    /// The response with its problem body; callers may add headers before finishing it.
+    pub fn response_builder(&self) -> (HttpResponseBuilder, Vec<u8>) {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %chain(self), "request failed");
+        }
+        let mut builder = HttpResponse::build(status);
+        builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if let ApiError::DatabaseUnavailable { retry_after_secs, .. } = self {
+            builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        }
+        // A Problem of plain strings and integers always serialises.
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        (builder, body)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidVehicleId(_) | ApiError::InvalidTimestamp(_) | ApiError::InvalidPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (mut builder, body) = self.response_builder();
+        builder.body(body)
+    }
+}
+
+/// An error and all its causes on one line, for logs.
+pub fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display + 'a {
+    struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+    impl fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut source = self.0.source();
+            while let Some(cause) = source {
+                write!(f, ": {cause}")?;
+                source = cause.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_hide_their_cause_from_the_body() {
+        let error = ApiError::Internal(anyhow::anyhow!("relation \"stateLogs\" does not exist"));
+        let problem = error.problem();
+        assert_eq!(problem.status, 500);
+        assert!(!problem.detail.contains("stateLogs"), "{}", problem.detail);
+        assert!(chain(&error).to_string().contains("stateLogs"));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_type_uri() {
+        let id = VehicleId::parse("3").expect("valid");
+        let at = Instant::parse("0").expect("valid");
+        let errors = [
+            ApiError::InvalidVehicleId(VehicleIdError::Empty),
+            ApiError::InvalidTimestamp(InstantError::Unrecognised),
+            ApiError::InvalidPath(String::new()),
+            ApiError::VehicleNotFound(id),
+            ApiError::NoStateYet(id, at),
+            ApiError::RouteNotFound,
+            ApiError::Internal(anyhow::anyhow!("x")),
+        ];
+        let mut kinds: Vec<_> = errors.iter().map(|e| e.problem().kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), errors.len());
+    }
+}

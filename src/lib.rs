@@ -1,0 +1,17 @@
+//! vehicle-state: which state was vehicle N in at instant T?
+//!
+//! The request path reads top to bottom: `routes` (HTTP only) → `service` (cache-aside, the one
+//! place that decides HIT or MISS) → `db` (SQL) and `cache` (Redis). `domain` holds the types every
+//! layer shares.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod service;
+pub mod startup;
+pub mod telemetry;

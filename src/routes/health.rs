@@ -1,0 +1,69 @@
+use std::sync::atomic::Ordering;
+
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::startup::AppState;
+
+/// Whether a dependency answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    Up,
+    Down,
+}
+
+/// Readiness of this replica to take traffic.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct Readiness {
+    /// `ready`, `not_ready` (PostgreSQL is down) or `shutting_down`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// PostgreSQL is required: without it, uncached lookups fail.
+    pub postgres: Dependency,
+    /// Redis is reported but not required: without it, answers come from PostgreSQL.
+    pub redis: Dependency,
+}
+
+/// Liveness: the process is serving HTTP. Checks nothing else, so an outage of PostgreSQL or
+/// Redis never gets replicas restarted.
+#[utoipa::path(tag = "health", responses((status = 200, description = "The process serves requests.")))]
+#[get("/livez")]
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .content_type("text/plain; charset=utf-8")
+        .body("ok")
+}
+
+/// Readiness: PostgreSQL answers and the replica is not shutting down. Redis is reported but
+/// not required.
+#[utoipa::path(tag = "health", responses(
+    (status = 200, description = "Ready to serve.", body = Readiness),
+    (status = 503, description = "PostgreSQL is unreachable, or the replica is shutting down.", body = Readiness),
+))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (postgres, redis) = tokio::join!(crate::db::ping(&state.db), state.cache.ping());
+    let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
+    if let Err(error) = &postgres {
+        tracing::warn!(error = %crate::error::chain(error), "readiness: PostgreSQL is down");
+    }
+    if let Err(error) = &redis {
+        let errors = state.cache.record_error();
+        tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
+    }
+    let shutting_down = state.shutting_down.load(Ordering::Acquire);
+    let status = match (shutting_down, postgres.is_ok()) {
+        (true, _) => "shutting_down",
+        (false, false) => "not_ready",
+        (false, true) => "ready",
+    };
+    let mut response = if status == "ready" { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    response
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .json(Readiness { status, postgres: up(postgres.is_ok()), redis: up(redis.is_ok()) })
+}

@@ -1,0 +1,74 @@
+use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
+use actix_web::{HttpResponse, HttpResponseBuilder, get, web};
+
+use crate::domain::{Instant, Lookup, StateAnswer, VehicleId};
+use crate::error::{ApiError, Problem};
+use crate::service::{self, Served};
+use crate::startup::AppState;
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Which state a vehicle was in at an instant.
+///
+/// The answer is the latest state change of the vehicle at or before `ts` (inclusive). State
+/// changes with equal timestamps are ordered by lifecycle (`quoted` < `selling` < `sold`), then by
+/// state text. Answers, the two 404s included, are cached for up to `CACHE_TTL_SECS` (60 by
+/// default): `X-Cache` says whether this one came from the cache, and `Cache-Control: max-age`
+/// how many more seconds it may be reused.
+#[utoipa::path(
+    tag = "vehicles",
+    params(
+        ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
+        ("ts" = String, Path, description = "The instant. RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds.", example = "2022-09-12T10:00:00Z"),
+    ),
+    responses(
+        (status = 200, description = "The vehicle and its state at `ts`.", body = StateAnswer, headers(
+            ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database."),
+            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused."),
+        )),
+        (status = 400, description = "The id or the timestamp is not valid; `detail` says why and lists the accepted forms.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such vehicle (`type` `/problems/vehicle-not-found`), or the vehicle had no state yet at `ts` (`type` `/problems/no-state-at-timestamp`). Cached like a 200.", body = Problem, content_type = "application/problem+json", headers(
+            ("X-Cache" = String, description = "`HIT` or `MISS`."),
+            ("Cache-Control" = String, description = "`public, max-age=N`."),
+        )),
+        (status = 503, description = "The database cannot be reached and the answer is not cached; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+        )),
+    ),
+)]
+#[get("/vehicles/{id}/timestamp/{ts}")]
+pub async fn vehicle_state_at(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, raw_ts) = path.into_inner();
+    let id = VehicleId::parse(&raw_id).map_err(ApiError::InvalidVehicleId)?;
+    let at = Instant::parse(&raw_ts).map_err(ApiError::InvalidTimestamp)?;
+    let served = service::vehicle_state(&state.db, &state.cache, id, at)
+        .await
+        .map_err(|e| ApiError::from_db(e, state.retry_after_secs))?;
+    Ok(respond(served, id, at))
+}
+
+fn respond(served: Served, id: VehicleId, at: Instant) -> HttpResponse {
+    let Served { lookup, cache, fresh_for } = served;
+    let (mut builder, body) = match lookup {
+        Lookup::Found(answer) => {
+            let mut builder = HttpResponse::Ok();
+            builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            // A struct of strings, integers and timestamps always serialises.
+            (builder, serde_json::to_vec(&answer).unwrap_or_default())
+        }
+        Lookup::UnknownVehicle => ApiError::VehicleNotFound(id).response_builder(),
+        Lookup::NoStateYet => ApiError::NoStateYet(id, at).response_builder(),
+    };
+    cache_headers(&mut builder, cache.as_str(), fresh_for.as_secs());
+    builder.body(body)
+}
+
+fn cache_headers(builder: &mut HttpResponseBuilder, status: &'static str, max_age: u64) {
+    builder.insert_header((X_CACHE, HeaderValue::from_static(status)));
+    builder.insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(
+        u32::try_from(max_age).unwrap_or(u32::MAX),
+    )]));
+}

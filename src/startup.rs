@@ -1,0 +1,113 @@
+//! Wires everything together. `main` and the tests build the server through the same
+//! [`Application::build`].
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use sqlx::PgPool;
+use tracing_actix_web::TracingLogger;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::cache::Cache;
+use crate::config::ServeSettings;
+use crate::error::ApiError;
+use crate::telemetry::{self, RequestSpan};
+use crate::{db, openapi, routes};
+
+/// What every request handler shares.
+pub struct AppState {
+    pub db: PgPool,
+    pub cache: Cache,
+    pub retry_after_secs: u32,
+    /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
+    pub shutting_down: AtomicBool,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    drain: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        if settings.migrate_on_start || settings.seed.is_some() {
+            db::prepare(&settings.database).await?;
+        }
+        let pool = db::connect(&settings.database);
+        if let Some(dataset) = settings.seed {
+            db::seed(&pool, dataset).await?;
+        }
+        let state = web::Data::new(AppState {
+            db: pool,
+            cache: Cache::new(&settings.redis, &settings.cache)?,
+            retry_after_secs: settings.http.retry_after_secs,
+            shutting_down: AtomicBool::new(false),
+        });
+
+        let addr = settings.http.bind_addr;
+        let listener = TcpListener::bind(addr).with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
+        let local = listener.local_addr().context("cannot read the bound address")?;
+
+        // Built once here, not per worker.
+        let spec = openapi::spec();
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::InvalidPath(error.to_string()).into()))
+                .into_utoipa_app()
+                .configure(routes::configure)
+                .into_app()
+                .service(SwaggerUi::new("/swagger-ui/{_:.*}").url("/api-docs/openapi.json", spec.clone()))
+                .service(web::redirect("/swagger-ui", "/swagger-ui/"))
+                .default_service(web::to(routes::not_found))
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(from_fn(telemetry::request_id))
+        })
+        // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.
+        .disable_signals()
+        .shutdown_timeout(settings.http.shutdown_timeout_secs);
+        if let Some(workers) = settings.http.http_workers {
+            server = server.workers(workers.into());
+        }
+        let server = server.listen(listener).context("cannot start the HTTP server")?.run();
+        tracing::info!(address = %local, "listening");
+        Ok(Self {
+            port: local.port(),
+            server,
+            state,
+            drain: Duration::from_secs(settings.http.shutdown_drain_secs),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves; then fails readiness, waits `SHUTDOWN_DRAIN_SECS`,
+    /// stops accepting, lets in-flight requests finish (up to `SHUTDOWN_TIMEOUT_SECS`), returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            result = &mut server => return Ok(result.context("the HTTP server task failed")??),
+            () = shutdown => {}
+        }
+        self.state.shutting_down.store(true, Ordering::Release);
+        tracing::info!(drain = ?self.drain, "shutting down: readiness now fails");
+        tokio::time::sleep(self.drain).await;
+        handle.stop(true).await;
+        server.await.context("the HTTP server task failed")??;
+        self.state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

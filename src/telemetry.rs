@@ -1,0 +1,150 @@
+//! Logs, request ids and the shutdown signal.
+
+use std::time::Instant as Clock;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage};
+use tracing::Span;
+use tracing_actix_web::RootSpanBuilder;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Installs the global subscriber: JSON or human-readable lines on standard output.
+pub fn init(format: LogFormat, filter: EnvFilter) {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+pub fn parse_filter(raw: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(raw).map_err(|e| format!("not a log filter (try `info` or `vehicle_state=debug,info`): {e}"))
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+                    _ = ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");
+                ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+async fn ctrl_c() {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => tracing::info!("Ctrl-C received"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The request's id and start time, put in the request's extensions by [`request_id`].
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub id: HeaderValue,
+    pub started: Clock,
+}
+
+/// Takes `X-Request-Id` from the request when it is a sensible token (so a load balancer's id
+/// carries through), or makes one; returns it on the response.
+pub async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .filter(|v| is_acceptable_request_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestMeta { id: id.clone(), started: Clock::now() });
+    let mut res = next.call(req).await?;
+    res.headers_mut().insert(REQUEST_ID_HEADER, id);
+    Ok(res)
+}
+
+/// Up to 128 visible ASCII characters: enough for any tracing id format, and safe to log.
+fn is_acceptable_request_id(raw: &[u8]) -> bool {
+    !raw.is_empty() && raw.len() <= 128 && raw.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The root span of each request, and the one log line written when it ends.
+pub struct RequestSpan;
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let extensions = request.extensions();
+        let id = extensions.get::<RequestMeta>().map(|m| m.id.to_str().unwrap_or("-")).unwrap_or("-");
+        tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %request.method(),
+            path = %request.path(),
+            route = request.match_pattern().as_deref().unwrap_or("unmatched"),
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let (status, started) = match outcome {
+            Ok(res) => (res.status(), res.request().extensions().get::<RequestMeta>().map(|m| m.started)),
+            Err(error) => (error.as_response_error().status_code(), None),
+        };
+        let latency_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
+        span.record("status", status.as_u16());
+        if let Some(ms) = latency_ms {
+            span.record("latency_ms", ms);
+        }
+        span.in_scope(|| tracing::info!(status = status.as_u16(), latency_ms, "request completed"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_visible_ascii_request_ids_are_taken_from_clients() {
+        assert!(is_acceptable_request_id(b"4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(is_acceptable_request_id(b"lb-1/req:42"));
+        assert!(!is_acceptable_request_id(b""));
+        assert!(!is_acceptable_request_id(b"has space"));
+        assert!(!is_acceptable_request_id(b"new\nline"));
+        assert!(!is_acceptable_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn generated_request_ids_are_uuids() {
+        let id = new_request_id();
+        assert!(uuid::Uuid::parse_str(id.to_str().expect("ascii")).is_ok());
+    }
+}
