@@ -2,11 +2,15 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Dataset, DatabaseSettings, LogFormat, ServeSettings};
+use crate::config::{DatabaseSettings, Dataset, LogFormat, ServeSettings};
 use crate::{db, openapi, startup, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "vehicle-state", version, about = "Which state was vehicle N in at instant T? Served over HTTP, cached in Redis.")]
+#[command(
+    name = "vehicle-state",
+    version,
+    about = "Which state was vehicle N in at instant T? Served over HTTP, cached in Redis."
+)]
 pub struct Cli {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty", global = true)]
@@ -51,5 +55,26 @@ impl Command {
             Command::Openapi => print!("{}", openapi::yaml()?),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_malformed_setting_is_refused_with_its_name() {
+        let error = Cli::try_parse_from(["vehicle-state", "serve", "--cache-ttl-secs", "soon"])
+            .expect_err("refused");
+        assert!(error.to_string().contains("CACHE_TTL_SECS"), "{error}");
+        let error = Cli::try_parse_from(["vehicle-state", "serve", "--database-url", "mysql://x"])
+            .expect_err("refused");
+        assert!(error.to_string().contains("DATABASE_URL"), "{error}");
     }
 }

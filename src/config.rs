@@ -21,7 +21,7 @@ pub struct DatabaseSettings {
         hide_default_value = false,
         hide_env_values = true
     )]
-    pub url: DatabaseUrl,
+    pub database_url: DatabaseUrl,
 
     /// Most connections one replica holds to PostgreSQL.
     #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -72,13 +72,25 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        parse_database_url(raw)
+    }
+}
+
 fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
     const EXPECTED: &str = "expected postgres://user:password@host:port/database";
     if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
         return Err(format!("not a PostgreSQL URL; {EXPECTED}"));
     }
-    let options = PgConnectOptions::from_str(raw).map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
-    Ok(DatabaseUrl { text: raw.to_owned(), options })
+    let options = PgConnectOptions::from_str(raw)
+        .map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
+    Ok(DatabaseUrl {
+        text: raw.to_owned(),
+        options,
+    })
 }
 
 /// Where and how to reach Redis. Redis only speeds answers up: every call is bounded by
@@ -87,7 +99,7 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
 pub struct RedisSettings {
     /// Redis connection URL.
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_url, hide_env_values = true)]
-    pub url: String,
+    pub redis_url: String,
 
     /// Most connections one replica holds to Redis (each is multiplexed).
     #[arg(long, env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -125,7 +137,9 @@ pub struct CacheSettings {
 fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let ok = !raw.is_empty()
         && raw.len() <= 64
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(raw.to_owned())
     } else {
@@ -216,6 +230,9 @@ mod tests {
         for bad in ["", "has space", "a:b", &"x".repeat(65)] {
             assert!(parse_key_prefix(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_key_prefix("vehicle-state_2.x"), Ok("vehicle-state_2.x".to_owned()));
+        assert_eq!(
+            parse_key_prefix("vehicle-state_2.x"),
+            Ok("vehicle-state_2.x".to_owned())
+        );
     }
 }

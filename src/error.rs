@@ -51,8 +51,10 @@ pub enum ApiError {
     VehicleNotFound(VehicleId),
     #[error("vehicle {0} has no recorded state at or before {1}; its first state change is later")]
     NoStateYet(VehicleId, Instant),
-    #[error("no route matches this method and path; see /swagger-ui/ for the API")]
+    #[error("no route matches this path; see /swagger-ui/ for the API")]
     RouteNotFound,
+    #[error("this path only answers GET")]
+    MethodNotAllowed,
     #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
     DatabaseUnavailable {
         retry_after_secs: u32,
@@ -71,21 +73,35 @@ impl ApiError {
             ApiError::InvalidTimestamp(_) => ("/problems/invalid-timestamp", "Invalid timestamp"),
             ApiError::InvalidPath(_) => ("/problems/invalid-path", "Invalid path"),
             ApiError::VehicleNotFound(_) => ("/problems/vehicle-not-found", "Vehicle not found"),
-            ApiError::NoStateYet(..) => ("/problems/no-state-at-timestamp", "No state at this timestamp"),
+            ApiError::NoStateYet(..) => (
+                "/problems/no-state-at-timestamp",
+                "No state at this timestamp",
+            ),
             ApiError::RouteNotFound => ("/problems/route-not-found", "Route not found"),
-            ApiError::DatabaseUnavailable { .. } => ("/problems/database-unavailable", "Database unavailable"),
+            ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
+            ApiError::DatabaseUnavailable { .. } => {
+                ("/problems/database-unavailable", "Database unavailable")
+            }
             ApiError::Internal(_) => ("/problems/internal-error", "Internal server error"),
         }
     }
 
     pub fn problem(&self) -> Problem {
         let (kind, title) = self.kind();
-        Problem { kind, title, status: self.status_code().as_u16(), detail: self.to_string() }
+        Problem {
+            kind,
+            title,
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+        }
     }
 
     pub fn from_db(source: DbError, retry_after_secs: u32) -> Self {
         match source {
-            DbError::Unavailable(_) => ApiError::DatabaseUnavailable { retry_after_secs, source },
+            DbError::Unavailable(_) => ApiError::DatabaseUnavailable {
+                retry_after_secs,
+                source,
+            },
             DbError::Query(_) => ApiError::Internal(source.into()),
         }
     }
@@ -98,9 +114,16 @@ impl ApiError {
         }
         let mut builder = HttpResponse::build(status);
         builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
-        if let ApiError::DatabaseUnavailable { retry_after_secs, .. } = self {
+        if let ApiError::DatabaseUnavailable {
+            retry_after_secs, ..
+        } = self
+        {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        }
+        if let ApiError::MethodNotAllowed = self {
+            // Every route of this service is read-only.
+            builder.insert_header((header::ALLOW, HeaderValue::from_static("GET")));
         }
         // A Problem of plain strings and integers always serialises.
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
@@ -111,10 +134,13 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidVehicleId(_) | ApiError::InvalidTimestamp(_) | ApiError::InvalidPath(_) => {
-                StatusCode::BAD_REQUEST
+            ApiError::InvalidVehicleId(_)
+            | ApiError::InvalidTimestamp(_)
+            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
             }
-            ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,6 +193,7 @@ mod tests {
             ApiError::VehicleNotFound(id),
             ApiError::NoStateYet(id, at),
             ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
             ApiError::Internal(anyhow::anyhow!("x")),
         ];
         let mut kinds: Vec<_> = errors.iter().map(|e| e.problem().kind).collect();

@@ -44,7 +44,11 @@ pub async fn vehicle_state(
     let key = cache.key(id, at);
     match cache.get(&key).await {
         Ok(Some(Cached { lookup, remaining })) => {
-            return Ok(Served { lookup, cache: CacheStatus::Hit, fresh_for: remaining });
+            return Ok(Served {
+                lookup,
+                cache: CacheStatus::Hit,
+                fresh_for: remaining,
+            });
         }
         Ok(None) => {}
         Err(error) => {
@@ -57,5 +61,9 @@ pub async fn vehicle_state(
         let errors = cache.record_error();
         tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
     }
-    Ok(Served { lookup, cache: CacheStatus::Miss, fresh_for: cache.ttl() })
+    Ok(Served {
+        lookup,
+        cache: CacheStatus::Miss,
+        fresh_for: cache.ttl(),
+    })
 }

@@ -53,8 +53,11 @@ impl Application {
         });
 
         let addr = settings.http.bind_addr;
-        let listener = TcpListener::bind(addr).with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
-        let local = listener.local_addr().context("cannot read the bound address")?;
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
+        let local = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
 
         // Built once here, not per worker.
         let spec = openapi::spec();
@@ -62,11 +65,17 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::InvalidPath(error.to_string()).into()))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|error, _| ApiError::InvalidPath(error.to_string()).into()),
+                )
                 .into_utoipa_app()
                 .configure(routes::configure)
                 .into_app()
-                .service(SwaggerUi::new("/swagger-ui/{_:.*}").url("/api-docs/openapi.json", spec.clone()))
+                .service(
+                    SwaggerUi::new("/swagger-ui/{_:.*}")
+                        .url("/api-docs/openapi.json", spec.clone()),
+                )
                 .service(web::redirect("/swagger-ui", "/swagger-ui/"))
                 .default_service(web::to(routes::not_found))
                 .wrap(TracingLogger::<RequestSpan>::new())
@@ -78,7 +87,10 @@ impl Application {
         if let Some(workers) = settings.http.http_workers {
             server = server.workers(workers.into());
         }
-        let server = server.listen(listener).context("cannot start the HTTP server")?.run();
+        let server = server
+            .listen(listener)
+            .context("cannot start the HTTP server")?
+            .run();
         tracing::info!(address = %local, "listening");
         Ok(Self {
             port: local.port(),

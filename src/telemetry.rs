@@ -17,15 +17,22 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 
 /// Installs the global subscriber: JSON or human-readable lines on standard output.
 pub fn init(format: LogFormat, filter: EnvFilter) {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Pretty => builder.compact().init(),
     }
 }
 
 pub fn parse_filter(raw: &str) -> Result<EnvFilter, String> {
-    EnvFilter::try_new(raw).map_err(|e| format!("not a log filter (try `info` or `vehicle_state=debug,info`): {e}"))
+    EnvFilter::try_new(raw)
+        .map_err(|e| format!("not a log filter (try `info` or `vehicle_state=debug,info`): {e}"))
 }
 
 /// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
@@ -79,7 +86,10 @@ pub async fn request_id(
         .filter(|v| is_acceptable_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(new_request_id);
-    req.extensions_mut().insert(RequestMeta { id: id.clone(), started: Clock::now() });
+    req.extensions_mut().insert(RequestMeta {
+        id: id.clone(),
+        started: Clock::now(),
+    });
     let mut res = next.call(req).await?;
     res.headers_mut().insert(REQUEST_ID_HEADER, id);
     Ok(res)
@@ -102,7 +112,10 @@ pub struct RequestSpan;
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let extensions = request.extensions();
-        let id = extensions.get::<RequestMeta>().map(|m| m.id.to_str().unwrap_or("-")).unwrap_or("-");
+        let id = extensions
+            .get::<RequestMeta>()
+            .map(|m| m.id.to_str().unwrap_or("-"))
+            .unwrap_or("-");
         tracing::info_span!(
             "request",
             request_id = %id,
@@ -116,7 +129,13 @@ impl RootSpanBuilder for RequestSpan {
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
         let (status, started) = match outcome {
-            Ok(res) => (res.status(), res.request().extensions().get::<RequestMeta>().map(|m| m.started)),
+            Ok(res) => (
+                res.status(),
+                res.request()
+                    .extensions()
+                    .get::<RequestMeta>()
+                    .map(|m| m.started),
+            ),
             Err(error) => (error.as_response_error().status_code(), None),
         };
         let latency_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
@@ -124,7 +143,7 @@ impl RootSpanBuilder for RequestSpan {
         if let Some(ms) = latency_ms {
             span.record("latency_ms", ms);
         }
-        span.in_scope(|| tracing::info!(status = status.as_u16(), latency_ms, "request completed"));
+        span.in_scope(|| tracing::info!("request completed"));
     }
 }
 
@@ -134,7 +153,9 @@ mod tests {
 
     #[test]
     fn only_short_visible_ascii_request_ids_are_taken_from_clients() {
-        assert!(is_acceptable_request_id(b"4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(is_acceptable_request_id(
+            b"4bf92f3577b34da6a3ce929d0e0e4736"
+        ));
         assert!(is_acceptable_request_id(b"lb-1/req:42"));
         assert!(!is_acceptable_request_id(b""));
         assert!(!is_acceptable_request_id(b"has space"));

@@ -8,7 +8,11 @@ pub struct CacheKey(String);
 
 impl CacheKey {
     pub fn new(prefix: &str, id: VehicleId, at: Instant) -> Self {
-        Self(format!("{prefix}:v1:state:{}:{}", id.get(), at.unix_micros()))
+        Self(format!(
+            "{prefix}:v1:state:{}:{}",
+            id.get(),
+            at.unix_micros()
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -21,12 +25,19 @@ mod tests {
     use super::*;
 
     fn key(id: &str, ts: &str) -> CacheKey {
-        CacheKey::new("vs", VehicleId::parse(id).expect("id"), Instant::parse(ts).expect("instant"))
+        CacheKey::new(
+            "vs",
+            VehicleId::parse(id).expect("id"),
+            Instant::parse(ts).expect("instant"),
+        )
     }
 
     #[test]
     fn a_key_names_prefix_version_vehicle_and_microseconds() {
-        assert_eq!(key("3", "2022-09-12T10:00:00.000001Z").as_str(), "vs:v1:state:3:1662976800000001");
+        assert_eq!(
+            key("3", "2022-09-12T10:00:00.000001Z").as_str(),
+            "vs:v1:state:3:1662976800000001"
+        );
         assert_eq!(key("1", "-1").as_str(), "vs:v1:state:1:-1000000");
     }
 
@@ -48,6 +59,9 @@ mod tests {
     fn different_vehicles_or_instants_are_different_keys() {
         assert_ne!(key("3", "1662976800"), key("2", "1662976800"));
         assert_ne!(key("3", "1662976800"), key("3", "1662976801"));
-        assert_ne!(key("3", "2022-09-12T10:00:00Z"), key("3", "2022-09-12T10:00:00.000001Z"));
+        assert_ne!(
+            key("3", "2022-09-12T10:00:00Z"),
+            key("3", "2022-09-12T10:00:00.000001Z")
+        );
     }
 }

@@ -49,7 +49,7 @@ impl Cache {
     /// Builds the pool; connects on first use, so a Redis that is down does not stop the start.
     pub fn new(redis: &RedisSettings, cache: &CacheSettings) -> anyhow::Result<Self> {
         let timeout = redis.timeout();
-        let pool = deadpool_redis::Config::from_url(redis.url.clone())
+        let pool = deadpool_redis::Config::from_url(redis.redis_url.clone())
             .builder()
             .context("REDIS_URL: cannot configure the Redis pool")?
             .max_size(usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX))
@@ -81,7 +81,11 @@ impl Cache {
         let (value, pttl): (Option<Vec<u8>>, i64) = self
             .bounded(async {
                 let mut conn = self.pool.get().await?;
-                let reply = redis::pipe().get(key.as_str()).pttl(key.as_str()).query_async(&mut *conn).await?;
+                let reply = redis::pipe()
+                    .get(key.as_str())
+                    .pttl(key.as_str())
+                    .query_async(&mut *conn)
+                    .await?;
                 Ok(reply)
             })
             .await?;
@@ -130,7 +134,10 @@ impl Cache {
         self.errors.load(Ordering::Relaxed)
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T, CacheError>>) -> Result<T, CacheError> {
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
         // A multiplexed connection is safe to abandon mid-command: its reply is discarded.
         tokio::time::timeout(self.timeout, call)
             .await

@@ -10,7 +10,7 @@ use crate::domain::{Instant, Lookup, StateAnswer, Vehicle, VehicleId};
 ///
 /// Rows with equal timestamps are ordered by lifecycle (a vehicle sold in the same second it went
 /// on sale is sold), then by state text, so the answer does not depend on physical row order.
-const LOOKUP_SQL: &str = r#"
+pub const LOOKUP_SQL: &str = r#"
 SELECT v.make, v.model, s.state, s."timestamp"
 FROM vehicles v
 LEFT JOIN LATERAL (
@@ -36,7 +36,11 @@ pub async fn lookup(pool: &PgPool, id: VehicleId, at: Instant) -> Result<Lookup,
     Ok(match row {
         None => Lookup::UnknownVehicle,
         Some((make, model, Some(state), Some(state_since))) => Lookup::Found(StateAnswer {
-            vehicle: Vehicle { id: id.get(), make, model },
+            vehicle: Vehicle {
+                id: id.get(),
+                make,
+                model,
+            },
             state,
             state_since,
             timestamp: at,

@@ -3,7 +3,7 @@
 mod lookup;
 mod seed;
 
-pub use lookup::lookup;
+pub use lookup::{LOOKUP_SQL, lookup};
 pub use seed::seed;
 
 use anyhow::Context;
@@ -21,7 +21,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub fn connect(settings: &DatabaseSettings) -> PgPool {
     let statement_timeout = settings.db_statement_timeout_ms.to_string();
     let options = settings
-        .url
+        .database_url
         .options
         .clone()
         .application_name("vehicle-state")
@@ -36,7 +36,7 @@ pub fn connect(settings: &DatabaseSettings) -> PgPool {
 /// together are safe: creation tolerates a twin that won the race, and the migrator holds an
 /// advisory lock while it runs.
 pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
-    let url = &settings.url;
+    let url = &settings.database_url;
     let exists = sqlx::Postgres::database_exists(&url.text)
         .await
         .with_context(|| format!("cannot reach PostgreSQL at {url}"))?;
@@ -66,7 +66,11 @@ fn is_duplicate_database(e: &sqlx::Error) -> bool {
 
 /// Whether PostgreSQL answers a trivial query (for `/readyz`).
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::query("SELECT 1").execute(pool).await.map(drop).map_err(DbError::from)
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(DbError::from)
 }
 
 /// A failure to ask PostgreSQL. `Unavailable` is what a client may retry (and gets 503 for);
@@ -94,6 +98,10 @@ impl From<sqlx::Error> for DbError {
             }),
             _ => false,
         };
-        if unavailable { DbError::Unavailable(e) } else { DbError::Query(e) }
+        if unavailable {
+            DbError::Unavailable(e)
+        } else {
+            DbError::Query(e)
+        }
     }
 }

@@ -8,7 +8,10 @@ pub async fn seed(pool: &PgPool, dataset: Dataset) -> anyhow::Result<()> {
     let sql = match dataset {
         Dataset::Sample => include_str!("../../seed/sample.sql"),
     };
-    sqlx::raw_sql(sql).execute(pool).await.with_context(|| format!("cannot load the {dataset:?} data set"))?;
+    sqlx::raw_sql(sql)
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot load the {dataset:?} data set"))?;
     tracing::info!(?dataset, "data set loaded");
     Ok(())
 }

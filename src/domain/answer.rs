@@ -68,7 +68,11 @@ mod tests {
     #[test]
     fn an_answer_serialises_in_the_documented_shape() {
         let answer = StateAnswer {
-            vehicle: Vehicle { id: 3, make: "VW".into(), model: "GOLF".into() },
+            vehicle: Vehicle {
+                id: 3,
+                make: "VW".into(),
+                model: "GOLF".into(),
+            },
             state: "selling".into(),
             state_since: "2022-09-11T23:21:38Z".parse().expect("valid"),
             timestamp: Instant::parse("2022-09-12 10:00:00+00").expect("valid"),
@@ -86,7 +90,10 @@ mod tests {
     fn every_outcome_round_trips_through_json() {
         for lookup in [Lookup::UnknownVehicle, Lookup::NoStateYet] {
             let json = serde_json::to_vec(&lookup).expect("serialises");
-            assert_eq!(serde_json::from_slice::<Lookup>(&json).expect("parses"), lookup);
+            assert_eq!(
+                serde_json::from_slice::<Lookup>(&json).expect("parses"),
+                lookup
+            );
         }
     }
 }

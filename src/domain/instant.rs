@@ -23,7 +23,9 @@ pub enum InstantError {
     MissingOffset,
     #[error("the timestamp names a date or time that does not exist. {ACCEPTED_FORMS}")]
     ImpossibleDate,
-    #[error("the timestamp must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z. {ACCEPTED_FORMS}")]
+    #[error(
+        "the timestamp must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z. {ACCEPTED_FORMS}"
+    )]
     OutOfRange,
     #[error("the timestamp is not in a recognised form. {ACCEPTED_FORMS}")]
     Unrecognised,
@@ -102,7 +104,10 @@ fn is_epoch_seconds(raw: &str) -> bool {
 fn has_date_time_shape(raw: &str) -> bool {
     let bytes = raw.as_bytes();
     bytes.first().is_some_and(u8::is_ascii_digit)
-        && bytes.iter().enumerate().all(|(i, b)| b.is_ascii_graphic() || (i == 10 && *b == b' '))
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_graphic() || (i == 10 && *b == b' '))
 }
 
 /// Turns a failed parse into the most helpful reason. Only runs on rejected input.
@@ -120,10 +125,12 @@ fn diagnose(raw: &str) -> InstantError {
         DateTime::parse_from_str(raw, PG_T).err(),
         NaiveDate::parse_from_str(raw, "%Y-%m-%d").err(),
     ];
-    let impossible = kinds
-        .iter()
-        .flatten()
-        .any(|e| matches!(e.kind(), ParseErrorKind::OutOfRange | ParseErrorKind::Impossible));
+    let impossible = kinds.iter().flatten().any(|e| {
+        matches!(
+            e.kind(),
+            ParseErrorKind::OutOfRange | ParseErrorKind::Impossible
+        )
+    });
     if impossible {
         InstantError::ImpossibleDate
     } else {
@@ -157,7 +164,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn utc(raw: &str) -> String {
-        Instant::parse(raw).map(|i| i.to_string()).unwrap_or_else(|e| format!("error: {e:?}"))
+        Instant::parse(raw)
+            .map(|i| i.to_string())
+            .unwrap_or_else(|e| format!("error: {e:?}"))
     }
 
     #[test]
@@ -170,8 +179,14 @@ mod tests {
             ("2022-09-12T05:00:00-05:00", "2022-09-12T10:00:00Z"),
             ("2022-09-12T10:00:00.5Z", "2022-09-12T10:00:00.500Z"),
             ("2022-09-12T10:00:00.123456Z", "2022-09-12T10:00:00.123456Z"),
-            ("2022-09-12T10:00:00.1234567Z", "2022-09-12T10:00:00.123456Z"),
-            ("2022-09-12T10:00:00.999999999Z", "2022-09-12T10:00:00.999999Z"),
+            (
+                "2022-09-12T10:00:00.1234567Z",
+                "2022-09-12T10:00:00.123456Z",
+            ),
+            (
+                "2022-09-12T10:00:00.999999999Z",
+                "2022-09-12T10:00:00.999999Z",
+            ),
             ("2022-09-12 10:00:00Z", "2022-09-12T10:00:00Z"),
             ("2022-09-12 10:00:00+00", "2022-09-12T10:00:00Z"),
             ("2022-09-12 15:00:00+05", "2022-09-12T10:00:00Z"),
@@ -247,7 +262,10 @@ mod tests {
         let instant = Instant::parse("2022-09-12 15:30:00.123+05:30").expect("valid");
         let json = serde_json::to_string(&instant).expect("serialises");
         assert_eq!(json, "\"2022-09-12T10:00:00.123Z\"");
-        assert_eq!(serde_json::from_str::<Instant>(&json).expect("parses"), instant);
+        assert_eq!(
+            serde_json::from_str::<Instant>(&json).expect("parses"),
+            instant
+        );
     }
 
     proptest! {

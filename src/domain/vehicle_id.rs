@@ -34,7 +34,9 @@ impl VehicleId {
         if bytes.len() > 10 {
             return Err(VehicleIdError::OutOfRange);
         }
-        let value: i64 = raw.parse().map_err(|_| VehicleIdError::NotCanonicalDecimal)?;
+        let value: i64 = raw
+            .parse()
+            .map_err(|_| VehicleIdError::NotCanonicalDecimal)?;
         if value < 1 || value > i64::from(Self::MAX) {
             return Err(VehicleIdError::OutOfRange);
         }
@@ -72,7 +74,11 @@ mod tests {
     #[test]
     fn canonical_decimal_ids_in_range_are_accepted() {
         for (raw, expected) in [("1", 1), ("3", 3), ("42", 42), ("2147483647", i32::MAX)] {
-            assert_eq!(VehicleId::parse(raw).map(VehicleId::get), Ok(expected), "{raw}");
+            assert_eq!(
+                VehicleId::parse(raw).map(VehicleId::get),
+                Ok(expected),
+                "{raw}"
+            );
         }
     }
 

@@ -62,8 +62,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         (false, false) => "not_ready",
         (false, true) => "ready",
     };
-    let mut response = if status == "ready" { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    let mut response = if status == "ready" {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
     response
         .insert_header(CacheControl(vec![CacheDirective::NoStore]))
-        .json(Readiness { status, postgres: up(postgres.is_ok()), redis: up(redis.is_ok()) })
+        .json(Readiness {
+            status,
+            postgres: up(postgres.is_ok()),
+            redis: up(redis.is_ok()),
+        })
 }

@@ -4,7 +4,7 @@
 mod health;
 mod vehicles;
 
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::ApiError;
@@ -15,7 +15,12 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(health::readyz);
 }
 
-/// Unknown routes get a problem body too, not actix's empty 404.
-pub async fn not_found() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::RouteNotFound)
+/// Requests no route takes get a problem body too, not actix's empty 404: 405 when the path is
+/// known (every route is registered for GET only), 404 otherwise.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    if req.match_pattern().is_some() {
+        ApiError::MethodNotAllowed.error_response()
+    } else {
+        ApiError::RouteNotFound.error_response()
+    }
 }

@@ -1,5 +1,5 @@
 use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
-use actix_web::{HttpResponse, HttpResponseBuilder, get, web};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, get, web};
 
 use crate::domain::{Instant, Lookup, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
@@ -40,10 +40,17 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub async fn vehicle_state_at(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> HttpResponse {
     let (raw_id, raw_ts) = path.into_inner();
-    let id = VehicleId::parse(&raw_id).map_err(ApiError::InvalidVehicleId)?;
-    let at = Instant::parse(&raw_ts).map_err(ApiError::InvalidTimestamp)?;
+    // Errors are rendered here rather than returned, so the request logs one line, not two.
+    answer(&raw_id, &raw_ts, &state)
+        .await
+        .unwrap_or_else(|error| error.error_response())
+}
+
+async fn answer(raw_id: &str, raw_ts: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
+    let at = Instant::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
     let served = service::vehicle_state(&state.db, &state.cache, id, at)
         .await
         .map_err(|e| ApiError::from_db(e, state.retry_after_secs))?;
@@ -51,11 +58,18 @@ pub async fn vehicle_state_at(
 }
 
 fn respond(served: Served, id: VehicleId, at: Instant) -> HttpResponse {
-    let Served { lookup, cache, fresh_for } = served;
+    let Served {
+        lookup,
+        cache,
+        fresh_for,
+    } = served;
     let (mut builder, body) = match lookup {
         Lookup::Found(answer) => {
             let mut builder = HttpResponse::Ok();
-            builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            builder.insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ));
             // A struct of strings, integers and timestamps always serialises.
             (builder, serde_json::to_vec(&answer).unwrap_or_default())
         }
@@ -68,7 +82,8 @@ fn respond(served: Served, id: VehicleId, at: Instant) -> HttpResponse {
 
 fn cache_headers(builder: &mut HttpResponseBuilder, status: &'static str, max_age: u64) {
     builder.insert_header((X_CACHE, HeaderValue::from_static(status)));
-    builder.insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(
-        u32::try_from(max_age).unwrap_or(u32::MAX),
-    )]));
+    builder.insert_header(CacheControl(vec![
+        CacheDirective::Public,
+        CacheDirective::MaxAge(u32::try_from(max_age).unwrap_or(u32::MAX)),
+    ]));
 }

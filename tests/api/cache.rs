@@ -1,0 +1,245 @@
+use std::time::{Duration, Instant};
+
+use crate::helpers::{spawn_app, spawn_app_with, spawn_replica};
+
+const README_ANSWER: &str = r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#;
+
+#[tokio::test]
+async fn a_repeated_lookup_is_served_from_the_cache() {
+    let app = spawn_app().await;
+
+    let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("content-type"), "application/json");
+    let max_age: u64 = second
+        .header("cache-control")
+        .strip_prefix("public, max-age=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cache-control: {}", second.header("cache-control")));
+    assert!((58..=60).contains(&max_age), "max-age {max_age}");
+    assert!(
+        !second.body.contains("HIT") && !second.body.contains("cache"),
+        "{}",
+        second.body
+    );
+}
+
+#[tokio::test]
+async fn an_equivalent_spelling_of_the_instant_shares_the_cache_entry() {
+    let app = spawn_app().await;
+
+    let first = app.state_at("3", "2022-09-12 15:00:00+05").await;
+    let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    let third = app.state_at("3", "1662976800").await;
+
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert_eq!(third.header("x-cache"), "HIT");
+    assert_eq!(second.body, README_ANSWER);
+    assert_eq!(third.body, README_ANSWER);
+    assert_eq!(
+        app.cache_keys().await,
+        [format!("{}:v1:state:3:1662976800000000", app.prefix)]
+    );
+}
+
+#[tokio::test]
+async fn both_kinds_of_not_found_are_cached_too() {
+    let app = spawn_app().await;
+
+    for (id, ts, kind) in [
+        ("9", "2022-09-12T10:00:00Z", "/problems/vehicle-not-found"),
+        (
+            "1",
+            "2000-01-01T00:00:00Z",
+            "/problems/no-state-at-timestamp",
+        ),
+    ] {
+        let first = app.state_at(id, ts).await;
+        let second = app.state_at(id, ts).await;
+
+        first.assert_problem(404, kind);
+        second.assert_problem(404, kind);
+        assert_eq!(first.header("x-cache"), "MISS");
+        assert_eq!(second.header("x-cache"), "HIT");
+        assert_eq!(second.body, first.body);
+        assert!(
+            second
+                .header("cache-control")
+                .starts_with("public, max-age=")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_kept_for_the_ttl_and_then_read_again() {
+    let app = spawn_app_with(|s| s.cache.cache_ttl_secs = 1).await;
+    let first = app.state_at("3", "2030-01-01T00:00:00Z").await;
+    assert_eq!(first.json()["state"], "sold");
+    // A new state change is not seen while the answer is cached...
+    app.add_state_log(3, "quoted", "2025-01-01 00:00:00+00")
+        .await;
+    let mut conn = app.redis_conn().await;
+    let key = format!("{}:v1:state:3:1893456000000000", app.prefix);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        (1..=1000).contains(&pttl),
+        "the entry expires within the TTL, got {pttl} ms"
+    );
+
+    let cached = app.state_at("3", "2030-01-01T00:00:00Z").await;
+
+    assert_eq!(cached.header("x-cache"), "HIT");
+    assert_eq!(cached.json()["state"], "sold");
+    let cache_control = cached.header("cache-control");
+    assert!(
+        ["public, max-age=0", "public, max-age=1"].contains(&cache_control),
+        "{cache_control}"
+    );
+    // ...and is, once the TTL has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = app.state_at("3", "2030-01-01T00:00:00Z").await;
+    assert_eq!(fresh.header("x-cache"), "MISS");
+    assert_eq!(fresh.json()["state"], "quoted");
+    assert_eq!(fresh.header("cache-control"), "public, max-age=1");
+}
+
+#[tokio::test]
+async fn one_replica_serves_what_another_cached() {
+    let app = spawn_app().await;
+    let other = spawn_replica(&app, |_| {}).await;
+
+    let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    let from_other = other.state_at("3", "2022-09-12 10:00:00+00").await;
+
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(from_other.header("x-cache"), "HIT");
+    assert_eq!(from_other.body, README_ANSWER);
+}
+
+#[tokio::test]
+async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
+    let app = spawn_app().await;
+    let key = format!("{}:v1:state:3:1662976800000000", app.prefix);
+    let mut conn = app.redis_conn().await;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(b"\xff\x00not json")
+        .arg("EX")
+        .arg(60)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+
+    let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, README_ANSWER);
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert_eq!(second.body, README_ANSWER);
+}
+
+#[tokio::test]
+async fn when_redis_is_down_answers_come_from_postgres() {
+    // Port 1 on loopback: nothing listens, so every connection is refused.
+    let app = spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".to_owned()).await;
+
+    for _ in 0..3 {
+        let reply = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, README_ANSWER);
+        assert_eq!(reply.header("x-cache"), "MISS");
+    }
+}
+
+#[tokio::test]
+async fn when_redis_hangs_answers_come_from_postgres_within_the_redis_timeout() {
+    // A listener that accepts and never answers: every Redis call must give up on its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = spawn_app_with(|s| {
+        s.redis.redis_url = format!("redis://127.0.0.1:{port}");
+        s.redis.redis_timeout_ms = 150;
+    })
+    .await;
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = app.state_at("3", "2022-09-12T10:00:00Z").await;
+        let took = started.elapsed();
+
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, README_ANSWER);
+        assert_eq!(reply.header("x-cache"), "MISS");
+        // One bounded read and one bounded write, plus the lookup itself.
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
+    silent.abort();
+}
+
+#[tokio::test]
+async fn when_postgres_is_down_an_uncached_lookup_is_unavailable_with_retry_after() {
+    let app = spawn_app().await;
+    let cut_off = spawn_replica(&app, |s| {
+        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
+            .parse()
+            .expect("a URL");
+        s.database.db_acquire_timeout_ms = 300;
+    })
+    .await;
+
+    let started = Instant::now();
+    let reply = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    let detail = reply.assert_problem(503, "/problems/database-unavailable");
+    assert_eq!(reply.header("retry-after"), "5");
+    assert_eq!(reply.header("cache-control"), "no-store");
+    assert!(
+        !detail.contains("127.0.0.1") && !detail.contains("refused"),
+        "no internals: {detail}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the acquire timeout"
+    );
+    assert!(app.cache_keys().await.is_empty(), "a failure is not cached");
+}
+
+#[tokio::test]
+async fn when_postgres_is_down_a_cached_answer_is_still_served() {
+    let app = spawn_app().await;
+    let cut_off = spawn_replica(&app, |s| {
+        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
+            .parse()
+            .expect("a URL");
+        s.database.db_acquire_timeout_ms = 300;
+    })
+    .await;
+    app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    let reply = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-cache"), "HIT");
+    assert_eq!(reply.body, README_ANSWER);
+}

@@ -1,0 +1,143 @@
+use std::process::{Command, Output};
+
+use crate::helpers::Scratch;
+
+fn vehicle_state(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
+    for (name, value) in [
+        ("CACHE_TTL_SECS", "sixty"),
+        ("CACHE_TTL_SECS", "0"),
+        ("DATABASE_URL", "mysql://localhost/x"),
+        ("REDIS_URL", "http://localhost"),
+        ("BIND_ADDR", "localhost"),
+        ("LOG_FORMAT", "xml"),
+        ("DB_POOL_MAX_SIZE", "0"),
+        ("REDIS_TIMEOUT_MS", "-5"),
+        ("MIGRATE_ON_START", "perhaps"),
+    ] {
+        let output = vehicle_state(&["serve"], &[(name, value)]);
+
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(name),
+            "{name}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_at_start_is_one_clear_line_and_exit_one() {
+    let output = vehicle_state(
+        &["serve"],
+        &[("DATABASE_URL", "postgres://app:secret@127.0.0.1:1/vs")],
+    );
+
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr
+            .starts_with("vehicle-state: cannot reach PostgreSQL at postgres://app@127.0.0.1:1/vs"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password is never printed: {stderr}"
+    );
+}
+
+#[test]
+fn openapi_prints_the_committed_document() {
+    let output = vehicle_state(&["openapi"], &[]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let committed =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).expect("openapi.yaml");
+    assert!(
+        output.stdout == committed,
+        "openapi.yaml differs from `vehicle-state openapi`"
+    );
+}
+
+async fn counts(url: &str) -> (i64, i64, bool) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("connect");
+    sqlx::query_as(
+        r#"SELECT (SELECT count(*) FROM vehicles), (SELECT count(*) FROM "stateLogs"),
+                  EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'stateLogs_vehicleId_timestamp_idx')"#,
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("counts")
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_seed_twice_changes_nothing() {
+    let scratch = Scratch::new();
+    let env = [("DATABASE_URL", scratch.database_url.as_str())];
+
+    let migrate = vehicle_state(&["migrate"], &env);
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    assert_eq!(counts(&scratch.database_url).await, (0, 0, true));
+    let first = vehicle_state(&["seed", "sample"], &env);
+    let second = vehicle_state(&["seed", "sample"], &env);
+
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(counts(&scratch.database_url).await, (3, 6, true));
+}
+
+#[tokio::test]
+async fn migrate_adopts_existing_tables_and_keeps_their_rows() {
+    let scratch = Scratch::new();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        &scratch.database_url.replace(&scratch.database, "postgres"),
+    )
+    .await
+    .expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"CREATE DATABASE "{}""#,
+        scratch.database
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch.database_url)
+        .await
+        .expect("connect");
+    // The original data set's tables, as they exist before the service ever ran: no index.
+    sqlx::raw_sql(
+        r#"CREATE TABLE vehicles (id INTEGER PRIMARY KEY, make TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL);
+           CREATE TABLE "stateLogs" ("vehicleId" INTEGER NOT NULL, state TEXT NOT NULL, "timestamp" TIMESTAMPTZ NOT NULL);
+           INSERT INTO vehicles VALUES (10, 'SKODA', 'FABIA', 'quoted');
+           INSERT INTO "stateLogs" VALUES (10, 'quoted', '2021-01-01 00:00:00+00');"#,
+    )
+    .execute(&mut conn)
+    .await
+    .expect("existing tables");
+
+    let migrate = vehicle_state(
+        &["migrate"],
+        &[("DATABASE_URL", scratch.database_url.as_str())],
+    );
+
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    assert_eq!(counts(&scratch.database_url).await, (1, 1, true));
+}

@@ -1,0 +1,420 @@
+//! Starts the real server, against real PostgreSQL and Redis, the way `main` does.
+//!
+//! Where the servers come from, in order: `TEST_DATABASE_URL` / `TEST_REDIS_URL` (a PostgreSQL
+//! role that may create databases, and a Redis); otherwise PostgreSQL on 127.0.0.1:5432 and Redis
+//! on 127.0.0.1:6379 when they answer; otherwise containers started with testcontainers (Docker
+//! needed), removed when the test binary exits. With none of these the run fails and says how to
+//! provide them: a test never passes by skipping.
+//!
+//! Each test gets a database of its own (created, migrated and seeded by the service's own code)
+//! and a Redis key prefix of its own, and drops both when it ends, so tests run in parallel.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use testcontainers_modules::testcontainers::runners::SyncRunner;
+use tokio::sync::oneshot;
+use vehicle_state::config::{
+    CacheSettings, DatabaseSettings, Dataset, HttpSettings, RedisSettings, ServeSettings,
+};
+use vehicle_state::startup::Application;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The PostgreSQL and Redis the tests use, resolved once per test binary.
+struct Servers {
+    /// URL of a database on the server, with a role that may create databases.
+    postgres: url::Url,
+    redis: String,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+/// Containers this binary started, removed at exit (statics are never dropped).
+static CONTAINERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn servers() -> &'static Servers {
+    // Resolved on a plain thread: testcontainers' blocking runner starts a runtime of its own,
+    // which cannot happen inside a test's runtime.
+    SERVERS.get_or_init(|| match std::thread::spawn(resolve_servers).join() {
+        Ok(servers) => servers,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+fn resolve_servers() -> Servers {
+    let postgres = std::env::var("TEST_DATABASE_URL").ok().unwrap_or_else(|| {
+        if answers("127.0.0.1:5432") {
+            "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned()
+        } else {
+            start_postgres_container()
+        }
+    });
+    let redis = std::env::var("TEST_REDIS_URL").ok().unwrap_or_else(|| {
+        if answers("127.0.0.1:6379") {
+            "redis://127.0.0.1:6379".to_owned()
+        } else {
+            start_redis_container()
+        }
+    });
+    let postgres = url::Url::parse(&postgres)
+        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is not a URL ({e}): {postgres}"));
+    Servers { postgres, redis }
+}
+
+fn answers(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a literal socket address");
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+const HOW_TO_PROVIDE: &str = "set TEST_DATABASE_URL and TEST_REDIS_URL, or run PostgreSQL on \
+127.0.0.1:5432 (role postgres) and Redis on 127.0.0.1:6379, or make Docker available so \
+testcontainers can start them";
+
+fn start_postgres_container() -> String {
+    use testcontainers_modules::postgres::Postgres;
+    let container = Postgres::default().start().unwrap_or_else(|e| {
+        panic!("no PostgreSQL for the tests: {e}. To provide one, {HOW_TO_PROVIDE}.")
+    });
+    let port = container
+        .get_host_port_ipv4(5432)
+        .expect("the container's PostgreSQL port");
+    keep_until_exit(container.id());
+    std::mem::forget(container);
+    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres")
+}
+
+fn start_redis_container() -> String {
+    use testcontainers_modules::redis::{REDIS_PORT, Redis};
+    let container = Redis::default().start().unwrap_or_else(|e| {
+        panic!("no Redis for the tests: {e}. To provide one, {HOW_TO_PROVIDE}.")
+    });
+    let port = container
+        .get_host_port_ipv4(REDIS_PORT)
+        .expect("the container's Redis port");
+    keep_until_exit(container.id());
+    std::mem::forget(container);
+    format!("redis://127.0.0.1:{port}")
+}
+
+fn keep_until_exit(id: &str) {
+    CONTAINERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(id.to_owned());
+}
+
+#[dtor::dtor(unsafe)]
+fn remove_containers() {
+    // Runs at process exit; a panic here would abort, so none may escape.
+    let _ignored = std::panic::catch_unwind(|| {
+        let ids = CONTAINERS.lock().map(|ids| ids.clone()).unwrap_or_default();
+        if !ids.is_empty() {
+            let _status = std::process::Command::new("docker")
+                .args(["rm", "--force", "--volumes"])
+                .args(&ids)
+                .status();
+        }
+    });
+}
+
+/// Settings as `serve` would read them, every field explicit so the environment of the test run
+/// cannot change them.
+pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSettings {
+    ServeSettings {
+        database: DatabaseSettings {
+            database_url: database_url
+                .parse()
+                .unwrap_or_else(|e| panic!("{database_url}: {e}")),
+            db_pool_max_size: 5,
+            db_acquire_timeout_ms: 1000,
+            db_statement_timeout_ms: 2000,
+        },
+        redis: RedisSettings {
+            redis_url: redis_url.to_owned(),
+            redis_pool_max_size: 4,
+            redis_timeout_ms: 200,
+        },
+        cache: CacheSettings {
+            cache_ttl_secs: 60,
+            cache_key_prefix: prefix.to_owned(),
+        },
+        http: HttpSettings {
+            bind_addr: "127.0.0.1:0".parse().expect("a literal address"),
+            http_workers: Some(1),
+            shutdown_drain_secs: 0,
+            shutdown_timeout_secs: 5,
+            retry_after_secs: 5,
+        },
+        migrate_on_start: true,
+        seed: Some(Dataset::Sample),
+    }
+}
+
+pub fn redis_url() -> String {
+    servers().redis.clone()
+}
+
+/// One running replica, with the database and key prefix it owns.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool on the test's own database, for arranging data and checking what changed.
+    pub db: PgPool,
+    pub redis: redis::Client,
+    pub prefix: String,
+    pub settings: ServeSettings,
+    stop: Option<oneshot::Sender<()>>,
+    /// Dropped after the server is told to stop (fields drop after `Drop::drop`).
+    _scratch: Option<Scratch>,
+}
+
+/// A database and a key prefix that a test made and that are removed when it ends, passed or not.
+pub struct Scratch {
+    pub database: String,
+    pub database_url: String,
+    pub prefix: String,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let database = format!("vs_test_{}", uuid::Uuid::new_v4().simple());
+        let mut url = servers().postgres.clone();
+        url.set_path(&database);
+        let prefix = format!("vs-test-{}", uuid::Uuid::new_v4().simple());
+        Self {
+            database,
+            database_url: url.to_string(),
+            prefix,
+        }
+    }
+}
+
+/// A replica on a new database (migrated and seeded with the sample data) and a new key prefix.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// As [`spawn_app`], with settings changed by `tweak` before the server is built.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeSettings)) -> TestApp {
+    let scratch = Scratch::new();
+    let mut settings = settings(&scratch.database_url, &redis_url(), &scratch.prefix);
+    tweak(&mut settings);
+    let mut app = start(settings).await;
+    app._scratch = Some(scratch);
+    app
+}
+
+/// A second replica beside `app`: same database, same Redis and prefix, owning nothing.
+pub async fn spawn_replica(app: &TestApp, tweak: impl FnOnce(&mut ServeSettings)) -> TestApp {
+    let mut settings = app.settings.clone();
+    settings.seed = None;
+    settings.migrate_on_start = false;
+    tweak(&mut settings);
+    start(settings).await
+}
+
+async fn start(settings: ServeSettings) -> TestApp {
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(settings.database.database_url.options.clone());
+    let redis = redis::Client::open(settings.redis.redis_url.as_str()).expect("a valid Redis URL");
+    let prefix = settings.cache.cache_key_prefix.clone();
+    let application = Application::build(settings.clone())
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let result = application
+            .run_until_stopped(async {
+                // A dropped sender stops the server too.
+                let _stopped = stopped.await;
+            })
+            .await;
+        if let Err(e) = result {
+            eprintln!("test server failed: {e:#}");
+        }
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    TestApp {
+        address,
+        client,
+        db,
+        redis,
+        prefix,
+        settings,
+        stop: Some(stop),
+        _scratch: None,
+    }
+}
+
+/// What the tests look at in a response.
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts an RFC 9457 problem of this status and type, and returns its detail.
+    pub fn assert_problem(&self, status: u16, kind: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.header("content-type"), PROBLEM_JSON);
+        let body = self.json();
+        assert_eq!(body["type"], kind, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        let detail = body["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(!detail.is_empty(), "{body}");
+        detail
+    }
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> Reply {
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.client.get(format!("{}{}", self.address, path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.expect("a body");
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET /vehicles/{id}/timestamp/{ts}`, with `ts` percent-encoded as a client would.
+    pub async fn state_at(&self, id: &str, ts: &str) -> Reply {
+        let ts = ts
+            .replace('%', "%25")
+            .replace(' ', "%20")
+            .replace('+', "%2B");
+        self.get(&format!("/vehicles/{id}/timestamp/{ts}")).await
+    }
+
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the test reaches Redis")
+    }
+
+    /// The keys this app's replicas wrote.
+    pub async fn cache_keys(&self) -> Vec<String> {
+        let mut conn = self.redis_conn().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    pub async fn add_state_log(&self, vehicle: i32, state: &str, at: &str) {
+        sqlx::query(r#"INSERT INTO "stateLogs" ("vehicleId", state, "timestamp") VALUES ($1, $2, $3::timestamptz)"#)
+            .bind(vehicle)
+            .bind(state)
+            .bind(at)
+            .execute(&self.db)
+            .await
+            .expect("insert a state log");
+    }
+
+    pub async fn add_vehicle(&self, id: i32, make: &str, model: &str, state: &str) {
+        sqlx::query("INSERT INTO vehicles (id, make, model, state) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(make)
+            .bind(model)
+            .bind(state)
+            .execute(&self.db)
+            .await
+            .expect("insert a vehicle");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _already_stopped = stop.send(());
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (database, prefix) = (self.database.clone(), self.prefix.clone());
+        let admin = servers().postgres.to_string();
+        let redis = servers().redis.clone();
+        // Drop cannot await, and the test's runtime may be shutting down: clean up on a thread
+        // with a runtime of its own, and wait for it.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("connect to drop the test database");
+                let drop = format!(r#"DROP DATABASE IF EXISTS "{database}" WITH (FORCE)"#);
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(drop))
+                    .await
+                    .expect("drop the test database");
+                let client = redis::Client::open(redis).expect("a Redis URL");
+                let mut redis = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to Redis");
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:*"))
+                    .query_async(&mut redis)
+                    .await
+                    .expect("KEYS");
+                if !keys.is_empty() {
+                    redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async::<()>(&mut redis)
+                        .await
+                        .expect("DEL");
+                }
+            });
+        });
+        if cleanup.join().is_err() && !std::thread::panicking() {
+            panic!("the test's database or keys could not be removed");
+        }
+    }
+}

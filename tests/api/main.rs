@@ -1,0 +1,11 @@
+//! The service over HTTP, against real PostgreSQL and Redis (see `helpers` for where they come
+//! from). One binary, so the servers are resolved once and tests run in parallel.
+
+mod cache;
+mod cli;
+mod errors;
+mod health;
+mod helpers;
+mod lookup;
+mod openapi;
+mod shutdown;

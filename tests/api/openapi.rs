@@ -1,0 +1,90 @@
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn the_committed_openapi_yaml_is_the_document_the_code_describes() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
+        .expect("openapi.yaml");
+
+    let generated = vehicle_state::openapi::yaml().expect("the document renders");
+
+    assert!(
+        committed == generated,
+        "openapi.yaml is out of date: run `cargo run -- openapi > openapi.yaml` and commit it"
+    );
+}
+
+#[tokio::test]
+async fn the_served_document_is_the_committed_one() {
+    let app = spawn_app().await;
+
+    let reply = app.get("/api-docs/openapi.json").await;
+
+    assert_eq!(reply.status, 200);
+    let served = reply.json();
+    let expected = serde_json::to_value(vehicle_state::openapi::spec()).expect("JSON");
+    assert_eq!(served, expected);
+    assert_eq!(
+        served["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn every_documented_path_is_served_and_the_problem_schema_is_documented() {
+    let app = spawn_app().await;
+    let spec = serde_json::to_value(vehicle_state::openapi::spec()).expect("JSON");
+    let paths: Vec<String> = spec["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+
+    assert_eq!(
+        paths,
+        ["/livez", "/readyz", "/vehicles/{id}/timestamp/{ts}"]
+    );
+    for path in paths {
+        let concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");
+        let reply = app.get(&concrete).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    let problem = &spec["components"]["schemas"]["Problem"]["properties"];
+    for field in ["type", "title", "status", "detail"] {
+        assert!(
+            problem.get(field).is_some(),
+            "Problem.{field} is documented"
+        );
+    }
+    let bad_request =
+        &spec["paths"]["/vehicles/{id}/timestamp/{ts}"]["get"]["responses"]["400"]["content"];
+    assert!(
+        bad_request.get("application/problem+json").is_some(),
+        "{bad_request}"
+    );
+}
+
+#[tokio::test]
+async fn swagger_ui_is_served_from_the_binary() {
+    let app = spawn_app().await;
+
+    let redirect = app.get("/swagger-ui").await;
+    let page = app.get("/swagger-ui/").await;
+    let script = app.get("/swagger-ui/swagger-ui-bundle.js").await;
+    let config = app.get("/swagger-ui/swagger-initializer.js").await;
+
+    assert!((300..400).contains(&redirect.status), "{}", redirect.status);
+    assert_eq!(redirect.header("location"), "/swagger-ui/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("swagger-ui"), "{}", page.body);
+    assert_eq!(script.status, 200);
+    assert!(
+        script.body.len() > 100_000,
+        "the bundle itself, not a link to a CDN"
+    );
+    assert!(
+        config.body.contains("/api-docs/openapi.json"),
+        "{}",
+        config.body
+    );
+}
