@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseSettings, Dataset, LogFormat, ServeSettings};
-use crate::{db, openapi, startup, telemetry};
+use crate::{db, healthcheck, openapi, startup, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,15 @@ pub enum Command {
     },
     /// Print the OpenAPI document as YAML (this is `openapi.yaml`).
     Openapi,
+    /// Exit 0 if the server at ADDR answers `/readyz` with 200, 1 otherwise (for container health checks).
+    Healthcheck {
+        /// Address of the server to ask.
+        #[arg(long, env = "HEALTHCHECK_ADDR", default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// How long to wait for the answer.
+        #[arg(long, env = "HEALTHCHECK_TIMEOUT_MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 impl Command {
@@ -53,6 +62,9 @@ impl Command {
                 db::seed(&db::connect(&database), dataset).await?;
             }
             Command::Openapi => print!("{}", openapi::yaml()?),
+            Command::Healthcheck { addr, timeout_ms } => {
+                healthcheck::check(&addr, std::time::Duration::from_millis(timeout_ms)).await?
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod healthcheck;
 pub mod openapi;
 pub mod routes;
 pub mod service;

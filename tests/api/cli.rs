@@ -141,3 +141,41 @@ async fn migrate_adopts_existing_tables_and_keeps_their_rows() {
     assert!(migrate.status.success(), "{}", stderr(&migrate));
     assert_eq!(counts(&scratch.database_url).await, (1, 1, true));
 }
+
+#[tokio::test]
+async fn healthcheck_exits_zero_for_a_ready_server_and_one_otherwise() {
+    let app = crate::helpers::spawn_app().await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+
+    let ready =
+        tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
+            .await
+            .expect("task");
+    let cut_off = crate::helpers::spawn_replica(&app, |s| {
+        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
+            .parse()
+            .expect("a URL");
+        s.database.db_acquire_timeout_ms = 300;
+    })
+    .await;
+    let addr = cut_off.address.trim_start_matches("http://").to_owned();
+    let not_ready =
+        tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
+            .await
+            .expect("task");
+    let nothing = vehicle_state(&["healthcheck", "--addr", "127.0.0.1:1"], &[]);
+
+    assert!(ready.status.success(), "{}", stderr(&ready));
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(
+        stderr(&not_ready).contains("/readyz answered 503"),
+        "{}",
+        stderr(&not_ready)
+    );
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        stderr(&nothing).contains("cannot connect to 127.0.0.1:1"),
+        "{}",
+        stderr(&nothing)
+    );
+}
