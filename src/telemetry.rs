@@ -1,5 +1,6 @@
 //! Logs, request ids and the shutdown signal.
 
+use std::io::IsTerminal;
 use std::time::Instant as Clock;
 
 use actix_web::body::MessageBody;
@@ -26,7 +27,11 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
             .flatten_event(true)
             .with_current_span(true)
             .init(),
-        LogFormat::Pretty => builder.compact().init(),
+        // Colours only for a person at a terminal, not for a file or a collector.
+        LogFormat::Pretty => builder
+            .compact()
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
     }
 }
 

@@ -34,20 +34,26 @@ pub fn connect(settings: &DatabaseSettings) -> PgPool {
 
 /// Creates the database if it is absent, then applies pending migrations. Replicas starting
 /// together are safe: creation tolerates a twin that won the race, and the migrator holds an
-/// advisory lock while it runs.
+/// advisory lock while it runs. The maintenance database is only touched when the target is
+/// missing, so a role that may not connect to it works against an existing database.
 pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
     let url = &settings.database_url;
-    let exists = sqlx::Postgres::database_exists(&url.text)
-        .await
-        .with_context(|| format!("cannot reach PostgreSQL at {url}"))?;
-    if !exists {
-        match sqlx::Postgres::create_database(&url.text).await {
-            Ok(()) => tracing::info!(database = %url, "created the database"),
-            Err(e) if is_duplicate_database(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create the database {url}")),
-        }
-    }
     let pool = connect(settings);
+    match pool.acquire().await {
+        Ok(conn) => drop(conn),
+        Err(e) if has_code(&e, "3D000") => {
+            // 3D000 invalid_catalog_name: the database does not exist yet.
+            match sqlx::Postgres::create_database(&url.text).await {
+                Ok(()) => tracing::info!(database = %url, "created the database"),
+                // 42P04 duplicate_database; 23505 when two CREATE DATABASE race on pg_database.
+                Err(e) if has_code(&e, "42P04") || has_code(&e, "23505") => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create the database {url}"));
+                }
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot reach PostgreSQL at {url}")),
+    }
     MIGRATOR
         .run(&pool)
         .await
@@ -57,11 +63,10 @@ pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_duplicate_database(e: &sqlx::Error) -> bool {
-    // 42P04 duplicate_database; 23505 when two CREATE DATABASE race on pg_database's index.
+fn has_code(e: &sqlx::Error, code: &str) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c == "42P04" || c == "23505")
+        .is_some_and(|c| c == code)
 }
 
 /// Whether PostgreSQL answers a trivial query (for `/readyz`).
