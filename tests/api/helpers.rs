@@ -1,7 +1,8 @@
 //! Starts the real server, against real PostgreSQL and Redis, the way `main` does.
 //!
-//! Where the servers come from, in order: `TEST_DATABASE_URL` / `TEST_REDIS_URL` (a PostgreSQL
-//! role that may create databases, and a Redis); otherwise PostgreSQL on 127.0.0.1:5432 and Redis
+//! Where the servers come from, in order: `TEST_DATABASE_URL` / `TEST_REDIS_URL`, else
+//! `DATABASE_URL` / `REDIS_URL` (a server where the role may create databases, and a Redis; only
+//! the server is used, each test makes its own database); otherwise PostgreSQL on 127.0.0.1:5432 and Redis
 //! on 127.0.0.1:6379 when they answer; otherwise containers started with testcontainers (Docker
 //! needed), removed when the test binary exits. With none of these the run fails and says how to
 //! provide them: a test never passes by skipping.
@@ -46,14 +47,19 @@ fn servers() -> &'static Servers {
 }
 
 fn resolve_servers() -> Servers {
-    let postgres = std::env::var("TEST_DATABASE_URL").ok().unwrap_or_else(|| {
+    let from_env = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    };
+    let postgres = from_env(["TEST_DATABASE_URL", "DATABASE_URL"]).unwrap_or_else(|| {
         if answers("127.0.0.1:5432") {
             "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned()
         } else {
             start_postgres_container()
         }
     });
-    let redis = std::env::var("TEST_REDIS_URL").ok().unwrap_or_else(|| {
+    let redis = from_env(["TEST_REDIS_URL", "REDIS_URL"]).unwrap_or_else(|| {
         if answers("127.0.0.1:6379") {
             "redis://127.0.0.1:6379".to_owned()
         } else {
@@ -70,7 +76,7 @@ fn answers(addr: &str) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-const HOW_TO_PROVIDE: &str = "set TEST_DATABASE_URL and TEST_REDIS_URL, or run PostgreSQL on \
+const HOW_TO_PROVIDE: &str = "set TEST_DATABASE_URL and TEST_REDIS_URL (or DATABASE_URL and REDIS_URL), or run PostgreSQL on \
 127.0.0.1:5432 (role postgres) and Redis on 127.0.0.1:6379, or make Docker available so \
 testcontainers can start them";
 
