@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_replica};
+use crate::helpers::{spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres};
 
 const README_ANSWER: &str = r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#;
 
@@ -200,13 +200,7 @@ async fn when_redis_hangs_answers_come_from_postgres_within_the_redis_timeout() 
 #[tokio::test]
 async fn when_postgres_is_down_an_uncached_lookup_is_unavailable_with_retry_after() {
     let app = spawn_app().await;
-    let cut_off = spawn_replica(&app, |s| {
-        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
-            .parse()
-            .expect("a URL");
-        s.database.db_acquire_timeout_ms = 300;
-    })
-    .await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
 
     let started = Instant::now();
     let reply = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
@@ -228,13 +222,7 @@ async fn when_postgres_is_down_an_uncached_lookup_is_unavailable_with_retry_afte
 #[tokio::test]
 async fn when_postgres_is_down_a_cached_answer_is_still_served() {
     let app = spawn_app().await;
-    let cut_off = spawn_replica(&app, |s| {
-        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
-            .parse()
-            .expect("a URL");
-        s.database.db_acquire_timeout_ms = 300;
-    })
-    .await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
 
     let reply = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;

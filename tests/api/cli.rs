@@ -151,13 +151,7 @@ async fn healthcheck_exits_zero_for_a_ready_server_and_one_otherwise() {
         tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
             .await
             .expect("task");
-    let cut_off = crate::helpers::spawn_replica(&app, |s| {
-        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
-            .parse()
-            .expect("a URL");
-        s.database.db_acquire_timeout_ms = 300;
-    })
-    .await;
+    let cut_off = crate::helpers::spawn_replica_without_postgres(&app).await;
     let addr = cut_off.address.trim_start_matches("http://").to_owned();
     let not_ready =
         tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))

@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app, spawn_app_with, spawn_replica};
+use crate::helpers::{spawn_app, spawn_app_with, spawn_replica_without_postgres};
 
 #[tokio::test]
 async fn livez_says_the_process_serves() {
@@ -41,13 +41,7 @@ async fn readyz_reports_redis_down_but_stays_ready() {
 #[tokio::test]
 async fn readyz_is_not_ready_without_postgres_while_livez_stays_up() {
     let app = spawn_app().await;
-    let cut_off = spawn_replica(&app, |s| {
-        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
-            .parse()
-            .expect("a URL");
-        s.database.db_acquire_timeout_ms = 300;
-    })
-    .await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
 
     let ready = cut_off.get("/readyz").await;
     let live = cut_off.get("/livez").await;

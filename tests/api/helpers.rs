@@ -223,6 +223,18 @@ pub async fn spawn_replica(app: &TestApp, tweak: impl FnOnce(&mut ServeSettings)
     start(settings).await
 }
 
+/// A replica beside `app` whose PostgreSQL is unreachable (nothing listens on port 1), with a
+/// short acquire timeout: it shares `app`'s Redis and prefix, so it sees what `app` cached.
+pub async fn spawn_replica_without_postgres(app: &TestApp) -> TestApp {
+    spawn_replica(app, |s| {
+        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
+            .parse()
+            .expect("a URL");
+        s.database.db_acquire_timeout_ms = 300;
+    })
+    .await
+}
+
 async fn start(settings: ServeSettings) -> TestApp {
     let db = PgPoolOptions::new()
         .max_connections(2)

@@ -51,6 +51,13 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
+/// Waits (off the runtime's threads) for the process to exit, killing it past `within`.
+async fn exit_status(mut child: Child, within: Duration) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || wait_for_exit(&mut child, within))
+        .await
+        .expect("wait task")
+}
+
 fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
@@ -68,7 +75,7 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
     let app = spawn_app().await;
-    let (mut child, address) = start_binary(&app, 1);
+    let (child, address) = start_binary(&app, 1);
     let client = reqwest::Client::new();
     assert_eq!(
         client
@@ -119,10 +126,7 @@ async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
         response.json::<serde_json::Value>().await.expect("JSON")["state"],
         "selling"
     );
-    let status =
-        tokio::task::spawn_blocking(move || wait_for_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .expect("wait task");
+    let status = exit_status(child, Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
     assert!(
         client.get(format!("{address}/livez")).send().await.is_err(),
@@ -133,7 +137,7 @@ async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_server_exits_zero_promptly_on_sigterm() {
     let app = spawn_app().await;
-    let (mut child, address) = start_binary(&app, 0);
+    let (child, address) = start_binary(&app, 0);
     assert_eq!(
         reqwest::get(format!("{address}/livez"))
             .await
@@ -144,10 +148,7 @@ async fn an_idle_server_exits_zero_promptly_on_sigterm() {
 
     let started = Instant::now();
     sigterm(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_for_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .expect("wait task");
+    let status = exit_status(child, Duration::from_secs(10)).await;
 
     assert!(status.success(), "exit status {status}");
     assert!(
