@@ -26,6 +26,7 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .init(),
         // Colours only for a person at a terminal, not for a file or a collector.
         LogFormat::Pretty => builder

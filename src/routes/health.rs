@@ -30,7 +30,7 @@ pub struct Readiness {
 
 /// Liveness: the process is serving HTTP. Checks nothing else, so an outage of PostgreSQL or
 /// Redis never gets replicas restarted.
-#[utoipa::path(tag = "health", responses((status = 200, description = "The process serves requests.")))]
+#[utoipa::path(tag = "health", responses((status = 200, description = "The process serves requests.", body = String, content_type = "text/plain", example = "ok")))]
 #[get("/livez")]
 pub async fn livez() -> HttpResponse {
     HttpResponse::Ok()
