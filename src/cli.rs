@@ -1,5 +1,7 @@
 //! The command line: which command runs, and the settings each one reads.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseSettings, Dataset, LogFormat, ServeSettings};
@@ -17,7 +19,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Which log lines to write, as a tracing filter (e.g. `info`, `vehicle_state=debug,info`).
-    #[arg(long, env = "RUST_LOG", default_value = "info", global = true, value_parser = telemetry::parse_filter)]
+    #[arg(long, env = "RUST_LOG", value_name = "RUST_LOG", default_value = "info", global = true, value_parser = telemetry::parse_filter)]
     pub log_filter: tracing_subscriber::EnvFilter,
 
     #[command(subcommand)]
@@ -41,12 +43,69 @@ pub enum Command {
     /// Exit 0 if the server at ADDR answers `/readyz` with 200, 1 otherwise (for container health checks).
     Healthcheck {
         /// Address of the server to ask.
-        #[arg(long, env = "HEALTHCHECK_ADDR", default_value = "127.0.0.1:8080")]
+        #[arg(
+            long,
+            env = "HEALTHCHECK_ADDR",
+            value_name = "HEALTHCHECK_ADDR",
+            default_value = "127.0.0.1:8080"
+        )]
         addr: String,
         /// How long to wait for the answer.
-        #[arg(long, env = "HEALTHCHECK_TIMEOUT_MS", default_value_t = 2000)]
+        #[arg(
+            long,
+            env = "HEALTHCHECK_TIMEOUT_MS",
+            value_name = "HEALTHCHECK_TIMEOUT_MS",
+            default_value_t = 2000
+        )]
         timeout_ms: u64,
     },
+}
+
+/// Exit codes: 2 for a bad setting (as clap), 1 for a failure while running.
+pub const EXIT_BAD_SETTING: u8 = 2;
+pub const EXIT_FAILURE: u8 = 1;
+
+impl Cli {
+    /// Parses the command line and environment. `--help` and `--version` print and exit 0; a bad
+    /// or missing setting prints one line naming it, without its value (which may hold a
+    /// password), and exits 2.
+    pub fn try_parse_settings() -> Result<Self, ExitCode> {
+        Self::try_parse().map_err(|error| {
+            use clap::error::ErrorKind;
+            match error.kind() {
+                // Printing help can only fail on a closed stdout, and then nobody reads it.
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _printed = error.print();
+                    return ExitCode::SUCCESS;
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _printed = error.print();
+                    return ExitCode::from(EXIT_BAD_SETTING);
+                }
+                _ => {}
+            }
+            eprintln!("{}", one_line(&error));
+            ExitCode::from(EXIT_BAD_SETTING)
+        })
+    }
+}
+
+/// clap's message, first line only, with the rejected value taken out.
+fn one_line(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid settings")
+        .to_owned();
+    if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+        line = line.replace(&format!(" '{value}'"), "");
+    }
+    if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+        line = format!("{line}: expected one of {}", valid.join(", "));
+    }
+    line
 }
 
 impl Command {
@@ -56,11 +115,8 @@ impl Command {
                 let app = startup::Application::build(*settings).await?;
                 app.run_until_stopped(telemetry::shutdown_signal()).await?;
             }
-            Command::Migrate(database) => db::prepare(&database).await?,
-            Command::Seed { dataset, database } => {
-                db::prepare(&database).await?;
-                db::seed(&db::connect(&database), dataset).await?;
-            }
+            Command::Migrate(database) => db::prepare(&database, None).await?,
+            Command::Seed { dataset, database } => db::prepare(&database, Some(dataset)).await?,
             Command::Openapi => print!("{}", openapi::yaml()?),
             Command::Healthcheck { addr, timeout_ms } => {
                 healthcheck::check(&addr, std::time::Duration::from_millis(timeout_ms)).await?
@@ -78,6 +134,47 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_option_shows_its_environment_variable_as_its_value_name() {
+        // An error names the option by `--flag <VALUE_NAME>`; operators set variables, so the
+        // value name must be the variable's name.
+        let cli = Cli::command();
+        let mut checked = 0;
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let names: Vec<_> = arg
+                    .get_value_names()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect();
+                assert_eq!(names, [env.to_string_lossy()], "--{}", arg.get_id());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "{checked}");
+    }
+
+    #[test]
+    fn a_refused_setting_is_one_line_without_its_value() {
+        let error = Cli::try_parse_from([
+            "vehicle-state",
+            "serve",
+            "--database-url",
+            "postgres://u:s3cret@h:notaport/db",
+        ])
+        .expect_err("refused");
+
+        let line = one_line(&error);
+
+        assert!(
+            line.starts_with("error: invalid value for '--database-url <DATABASE_URL>'"),
+            "{line}"
+        );
+        assert!(!line.contains("s3cret") && !line.contains('\n'), "{line}");
     }
 
     #[test]

@@ -39,14 +39,10 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         if settings.migrate_on_start || settings.seed.is_some() {
-            db::prepare(&settings.database).await?;
-        }
-        let pool = db::connect(&settings.database);
-        if let Some(dataset) = settings.seed {
-            db::seed(&pool, dataset).await?;
+            db::prepare(&settings.database, settings.seed).await?;
         }
         let state = web::Data::new(AppState {
-            db: pool,
+            db: db::connect(&settings.database),
             cache: Cache::new(&settings.redis, &settings.cache)?,
             retry_after_secs: settings.http.retry_after_secs,
             shutting_down: AtomicBool::new(false),

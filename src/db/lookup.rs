@@ -9,7 +9,8 @@ use crate::domain::{Instant, Lookup, StateAnswer, Vehicle, VehicleId};
 /// one probe of `stateLogs_vehicleId_timestamp_idx`, never by reading the history.
 ///
 /// Rows with equal timestamps are ordered by lifecycle (a vehicle sold in the same second it went
-/// on sale is sold), then by state text, so the answer does not depend on physical row order.
+/// on sale is sold), then by state text compared bytewise (`COLLATE "C"`, the same whatever the
+/// database's collation), so the answer does not depend on physical row order.
 pub const LOOKUP_SQL: &str = r#"
 SELECT v.make, v.model, s.state, s."timestamp"
 FROM vehicles v
@@ -19,7 +20,7 @@ LEFT JOIN LATERAL (
     WHERE l."vehicleId" = v.id AND l."timestamp" <= $2
     ORDER BY l."timestamp" DESC,
              CASE l.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
-             l.state DESC
+             l.state COLLATE "C" DESC
     LIMIT 1
 ) s ON true
 WHERE v.id = $1

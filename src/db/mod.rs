@@ -4,20 +4,20 @@ mod lookup;
 mod seed;
 
 pub use lookup::{LOOKUP_SQL, lookup};
-pub use seed::seed;
 
 use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, Dataset};
 
 /// The migrations, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A pool that connects on first use, so the server can start (and report itself not ready)
-/// while PostgreSQL is still down, and recovers by itself when it comes back.
+/// The request path's pool. It connects on first use, so the server can start (and report itself
+/// not ready) while PostgreSQL is still down, and recovers by itself when it comes back. Every
+/// statement is bounded by `DB_STATEMENT_TIMEOUT_MS`.
 pub fn connect(settings: &DatabaseSettings) -> PgPool {
     let statement_timeout = settings.db_statement_timeout_ms.to_string();
     let options = settings
@@ -26,19 +26,39 @@ pub fn connect(settings: &DatabaseSettings) -> PgPool {
         .clone()
         .application_name("vehicle-state")
         .options([("statement_timeout", statement_timeout.as_str())]);
+    pool_options(settings).connect_lazy_with(options)
+}
+
+/// A pool for migrations and seeding: no statement timeout, since building an index on a large
+/// table, or waiting for another replica's migrations, takes as long as it takes.
+fn connect_for_maintenance(settings: &DatabaseSettings) -> PgPool {
+    let options = settings
+        .database_url
+        .options
+        .clone()
+        .application_name("vehicle-state migrate");
+    pool_options(settings)
+        .max_connections(2)
+        .connect_lazy_with(options)
+}
+
+fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.db_pool_max_size)
         .acquire_timeout(settings.acquire_timeout())
-        .connect_lazy_with(options)
 }
 
 /// Creates the database if it is absent, then applies pending migrations. Replicas starting
 /// together are safe: creation tolerates a twin that won the race, and the migrator holds an
 /// advisory lock while it runs. The maintenance database is only touched when the target is
 /// missing, so a role that may not connect to it works against an existing database.
-pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
+/// Then, with `seed_with`, loads that data set.
+pub async fn prepare(
+    settings: &DatabaseSettings,
+    seed_with: Option<Dataset>,
+) -> anyhow::Result<()> {
     let url = &settings.database_url;
-    let pool = connect(settings);
+    let pool = connect_for_maintenance(settings);
     match pool.acquire().await {
         Ok(conn) => drop(conn),
         Err(e) if has_code(&e, "3D000") => {
@@ -58,8 +78,11 @@ pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
         .run(&pool)
         .await
         .with_context(|| format!("cannot apply migrations to {url}"))?;
-    pool.close().await;
     tracing::info!(database = %url, "migrations are up to date");
+    if let Some(dataset) = seed_with {
+        seed::seed(&pool, dataset).await?;
+    }
+    pool.close().await;
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use crate::config::Dataset;
 
 /// Loads a data set. Each is idempotent SQL, so running it twice changes nothing.
-pub async fn seed(pool: &PgPool, dataset: Dataset) -> anyhow::Result<()> {
+pub(super) async fn seed(pool: &PgPool, dataset: Dataset) -> anyhow::Result<()> {
     let sql = match dataset {
         Dataset::Sample => include_str!("../../seed/sample.sql"),
     };

@@ -32,12 +32,28 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
 
         let stderr = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
-        let first = stderr.lines().next().unwrap_or_default();
+        assert_eq!(stderr.lines().count(), 1, "{name}={value}: {stderr}");
         assert!(
-            first.starts_with("error:") && first.contains(name),
+            stderr.starts_with("error:") && stderr.contains(name),
             "{name}={value}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_refused_url_is_not_echoed_because_it_may_hold_a_password() {
+    for (name, value) in [
+        ("DATABASE_URL", "postgres://app:s3cret@db:notaport/vs"),
+        ("REDIS_URL", "rediss://:s3cret@cache:notaport"),
+    ] {
+        let output = vehicle_state(&["serve"], &[(name, value)]);
+
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
     }
 }
 
