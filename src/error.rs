@@ -45,15 +45,13 @@ pub enum ApiError {
     InvalidVehicleId(VehicleIdError),
     #[error("{0}")]
     InvalidTimestamp(InstantError),
-    #[error("the request path is not valid: {0}")]
-    InvalidPath(String),
     #[error("no vehicle has id {0}")]
     VehicleNotFound(VehicleId),
     #[error("vehicle {0} has no recorded state at or before {1}; its first state change is later")]
     NoStateYet(VehicleId, Instant),
     #[error("no route matches this path; see /swagger-ui/ for the API")]
     RouteNotFound,
-    #[error("this path only answers GET")]
+    #[error("this path only answers GET and HEAD")]
     MethodNotAllowed,
     #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
     DatabaseUnavailable {
@@ -71,7 +69,6 @@ impl ApiError {
         match self {
             ApiError::InvalidVehicleId(_) => ("/problems/invalid-vehicle-id", "Invalid vehicle id"),
             ApiError::InvalidTimestamp(_) => ("/problems/invalid-timestamp", "Invalid timestamp"),
-            ApiError::InvalidPath(_) => ("/problems/invalid-path", "Invalid path"),
             ApiError::VehicleNotFound(_) => ("/problems/vehicle-not-found", "Vehicle not found"),
             ApiError::NoStateYet(..) => (
                 "/problems/no-state-at-timestamp",
@@ -123,7 +120,7 @@ impl ApiError {
         }
         if let ApiError::MethodNotAllowed = self {
             // Every route of this service is read-only.
-            builder.insert_header((header::ALLOW, HeaderValue::from_static("GET")));
+            builder.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         }
         // A Problem of plain strings and integers always serialises.
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
@@ -134,9 +131,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidVehicleId(_)
-            | ApiError::InvalidTimestamp(_)
-            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidVehicleId(_) | ApiError::InvalidTimestamp(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -189,7 +186,6 @@ mod tests {
         let errors = [
             ApiError::InvalidVehicleId(VehicleIdError::Empty),
             ApiError::InvalidTimestamp(InstantError::Unrecognised),
-            ApiError::InvalidPath(String::new()),
             ApiError::VehicleNotFound(id),
             ApiError::NoStateYet(id, at),
             ApiError::RouteNotFound,

@@ -16,7 +16,6 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cache::Cache;
 use crate::config::ServeSettings;
-use crate::error::ApiError;
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
@@ -61,10 +60,6 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .app_data(
-                    web::PathConfig::default()
-                        .error_handler(|error, _| ApiError::InvalidPath(error.to_string()).into()),
-                )
                 .into_utoipa_app()
                 .configure(routes::configure)
                 .into_app()

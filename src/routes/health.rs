@@ -1,7 +1,7 @@
 use std::sync::atomic::Ordering;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, route, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,8 +30,8 @@ pub struct Readiness {
 
 /// Liveness: the process is serving HTTP. Checks nothing else, so an outage of PostgreSQL or
 /// Redis never gets replicas restarted.
-#[utoipa::path(tag = "health", responses((status = 200, description = "The process serves requests.", body = String, content_type = "text/plain", example = "ok")))]
-#[get("/livez")]
+#[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, description = "The process serves requests.", body = String, content_type = "text/plain", example = "ok")))]
+#[route("/livez", method = "GET", method = "HEAD")]
 pub async fn livez() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(CacheControl(vec![CacheDirective::NoStore]))
@@ -41,11 +41,11 @@ pub async fn livez() -> HttpResponse {
 
 /// Readiness: PostgreSQL answers and the replica is not shutting down. Redis is reported but
 /// not required.
-#[utoipa::path(tag = "health", responses(
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready to serve.", body = Readiness),
     (status = 503, description = "PostgreSQL is unreachable, or the replica is shutting down.", body = Readiness),
 ))]
-#[get("/readyz")]
+#[route("/readyz", method = "GET", method = "HEAD")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(crate::db::ping(&state.db), state.cache.ping());
     let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };

@@ -16,7 +16,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 }
 
 /// Requests no route takes get a problem body too, not actix's empty 404: 405 when the path is
-/// known (every route is registered for GET only), 404 otherwise.
+/// known (every route is registered for GET and HEAD only), 404 otherwise.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     if req.match_pattern().is_some() {
         ApiError::MethodNotAllowed.error_response()

@@ -1,5 +1,5 @@
 use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
-use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, get, web};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
 use crate::domain::{Instant, Lookup, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
@@ -16,6 +16,8 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// default): `X-Cache` says whether this one came from the cache, and `Cache-Control: max-age`
 /// how many more seconds it may be reused.
 #[utoipa::path(
+    get,
+    path = "/vehicles/{id}/timestamp/{ts}",
     tag = "vehicles",
     params(
         ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
@@ -36,7 +38,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
         )),
     ),
 )]
-#[get("/vehicles/{id}/timestamp/{ts}")]
+#[route("/vehicles/{id}/timestamp/{ts}", method = "GET", method = "HEAD")]
 pub async fn vehicle_state_at(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,

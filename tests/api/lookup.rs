@@ -231,3 +231,20 @@ async fn the_lookup_is_answered_by_an_index_scan() {
     let reply = app.state_at("5000", "2030-01-01T00:00:00Z").await;
     assert_eq!(reply.json()["state"], "sold");
 }
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let app = spawn_app().await;
+    for path in ["/vehicles/3/timestamp/1662976800", "/livez", "/readyz"] {
+        let response = app
+            .client
+            .head(format!("{}{path}", app.address))
+            .send()
+            .await
+            .expect("HEAD");
+
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().contains_key("content-type"), "{path}");
+        assert_eq!(response.text().await.expect("body"), "", "{path}");
+    }
+}
