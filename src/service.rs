@@ -1,6 +1,6 @@
 //! The lookup with its cache: the one place that decides HIT or MISS.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sqlx::PgPool;
 
@@ -56,8 +56,10 @@ pub async fn vehicle_state(
             tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
         }
     }
+    // Taken before the query, so the recorded age errs on the old side.
+    let read_at = SystemTime::now();
     let lookup = db::lookup(pool, id, at).await?;
-    if let Err(error) = cache.put(&key, &lookup).await {
+    if let Err(error) = cache.put(&key, &lookup, read_at).await {
         let errors = cache.record_error();
         tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
     }

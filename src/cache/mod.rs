@@ -10,10 +10,11 @@ mod key;
 pub use key::CacheKey;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use deadpool_redis::{Pool, Runtime};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{CacheSettings, RedisSettings};
 use crate::domain::Lookup;
@@ -35,6 +36,19 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("the cached value is not a lookup answer")]
     Corrupt(#[from] serde_json::Error),
+}
+
+/// What is stored under a key: the answer and when it was read from PostgreSQL.
+#[derive(Serialize, Deserialize)]
+struct Entry<L> {
+    #[serde(rename = "readAt")]
+    read_at_ms: i64,
+    lookup: L,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub struct Cache {
@@ -90,16 +104,36 @@ impl Cache {
             })
             .await?;
         let Some(value) = value else { return Ok(None) };
-        let lookup = serde_json::from_slice(&value)?;
+        let entry: Entry<Lookup> = serde_json::from_slice(&value)?;
+        // This replica's TTL bounds the answer's age even when the entry was written by a replica
+        // with a longer one. A read time up to a TTL ahead is a writer's clock running ahead of
+        // ours and counts as no age; further ahead, the entry is not to be trusted.
+        let age_ms = unix_ms(SystemTime::now()).saturating_sub(entry.read_at_ms);
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        if age_ms < -ttl_ms || age_ms >= ttl_ms {
+            return Ok(None);
+        }
+        let left = self.ttl - Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
         // PTTL is negative when the key vanished between the two commands (-2) or has no expiry
         // (-1, which this service never writes): serve it, but let nobody keep it.
-        let remaining = Duration::from_millis(u64::try_from(pttl).unwrap_or(0)).min(self.ttl);
-        Ok(Some(Cached { lookup, remaining }))
+        let remaining = Duration::from_millis(u64::try_from(pttl).unwrap_or(0)).min(left);
+        Ok(Some(Cached {
+            lookup: entry.lookup,
+            remaining,
+        }))
     }
 
-    /// Stores an answer for the configured TTL.
-    pub async fn put(&self, key: &CacheKey, lookup: &Lookup) -> Result<(), CacheError> {
-        let value = serde_json::to_vec(lookup)?;
+    /// Stores an answer read from PostgreSQL at `read_at`, for the configured TTL.
+    pub async fn put(
+        &self,
+        key: &CacheKey,
+        lookup: &Lookup,
+        read_at: SystemTime,
+    ) -> Result<(), CacheError> {
+        let value = serde_json::to_vec(&Entry {
+            read_at_ms: unix_ms(read_at),
+            lookup,
+        })?;
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         self.bounded(async {
             let mut conn = self.pool.get().await?;

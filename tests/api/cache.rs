@@ -231,3 +231,50 @@ async fn when_postgres_is_down_a_cached_answer_is_still_served() {
     assert_eq!(reply.header("x-cache"), "HIT");
     assert_eq!(reply.body, README_ANSWER);
 }
+
+#[tokio::test]
+async fn a_replica_with_a_shorter_ttl_bounds_the_age_of_what_a_longer_ttl_replica_cached() {
+    let app = spawn_app().await;
+    let short = spawn_replica(&app, |s| s.cache.cache_ttl_secs = 1).await;
+    app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    let young = short.state_at("3", "2022-09-12T10:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let too_old = short.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(young.header("x-cache"), "HIT");
+    let cache_control = young.header("cache-control");
+    assert!(
+        ["public, max-age=0", "public, max-age=1"].contains(&cache_control),
+        "{cache_control}"
+    );
+    assert_eq!(
+        too_old.header("x-cache"),
+        "MISS",
+        "the entry is older than this replica's TTL"
+    );
+    assert_eq!(too_old.body, README_ANSWER);
+}
+
+#[tokio::test]
+async fn a_cached_entry_with_an_absurd_read_time_is_refetched_not_a_crash() {
+    let app = spawn_app().await;
+    let key = format!("{}:v1:state:3:1662976800000000", app.prefix);
+    let mut conn = app.redis_conn().await;
+    for read_at in [i64::MIN, i64::MAX] {
+        let value = format!(r#"{{"readAt":{read_at},"lookup":"unknown_vehicle"}}"#);
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .arg("EX")
+            .arg(60)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("SET");
+
+        let reply = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+        assert_eq!(reply.status, 200, "readAt {read_at}: {}", reply.body);
+        assert_eq!(reply.body, README_ANSWER);
+    }
+}
