@@ -112,8 +112,26 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(settings) => {
-                let app = startup::Application::build(*settings).await?;
-                app.run_until_stopped(telemetry::shutdown_signal()).await?;
+                // Listening from the start: a SIGTERM while migrations run (PID 1 in a container
+                // gets no default handler) stops the start-up instead of being ignored.
+                let mut stop = std::pin::pin!(telemetry::shutdown_signal());
+                let app = tokio::select! {
+                    app = startup::Application::build(*settings) => app?,
+                    () = &mut stop => {
+                        tracing::info!("stopped before serving");
+                        return Ok(());
+                    }
+                };
+                app.run_until_stopped(async {
+                    stop.await;
+                    // A second signal means "now": skip the drain and the wait for requests.
+                    tokio::spawn(async {
+                        telemetry::shutdown_signal().await;
+                        tracing::warn!("second signal: exiting without waiting for requests");
+                        std::process::exit(i32::from(EXIT_FAILURE));
+                    });
+                })
+                .await?;
             }
             Command::Migrate(database) => db::prepare(&database, None).await?,
             Command::Seed { dataset, database } => db::prepare(&database, Some(dataset)).await?,

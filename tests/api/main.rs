@@ -8,4 +8,4 @@ mod health;
 mod helpers;
 mod lookup;
 mod openapi;
-mod shutdown;
+mod process;

@@ -1,0 +1,274 @@
+//! The real binary as a process: signals, exit codes and its log.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{TestApp, redis_url, spawn_app};
+
+/// The binary with its JSON log events arriving on a channel.
+struct Binary {
+    child: Child,
+    address: String,
+    log: Receiver<serde_json::Value>,
+}
+
+/// The real binary, serving the database and prefix of `app`, with `extra` settings on top.
+fn start_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
+    let mut binary = spawn_binary(app, extra);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let address = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = binary
+            .log
+            .recv_timeout(left)
+            .expect("the binary logs its address as JSON");
+        if event["message"] == "listening" {
+            break event["address"].as_str().unwrap_or_default().to_owned();
+        }
+    };
+    binary.address = format!("http://{address}");
+    binary
+}
+
+/// As [`start_binary`], without waiting for it to listen.
+fn spawn_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &app.settings.database.database_url.text)
+        .env("REDIS_URL", redis_url())
+        .env("CACHE_KEY_PREFIX", &app.prefix)
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("MIGRATE_ON_START", "false")
+        .env("HTTP_WORKERS", "1")
+        .env("DB_STATEMENT_TIMEOUT_MS", "10000")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, log) = std::sync::mpsc::channel();
+    // Reads the log on a thread until the end, so the pipe never fills.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let event = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    Binary {
+        child,
+        address: String::new(),
+        log,
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits (off the runtime's threads) for the process to exit, killing it past `within`.
+async fn exit_status(mut child: Child, within: Duration) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || wait_for_exit(&mut child, within))
+        .await
+        .expect("wait task")
+}
+
+fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
+    let app = spawn_app().await;
+    let Binary { child, address, .. } = start_binary(&app, &[("SHUTDOWN_DRAIN_SECS", "1")]);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    // Hold the lookup in PostgreSQL behind a lock, so the request is in flight across the stop.
+    let mut lock = app.db.begin().await.expect("begin");
+    sqlx::query(r#"LOCK TABLE "stateLogs" IN ACCESS EXCLUSIVE MODE"#)
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{address}/vehicles/3/timestamp/2022-09-12T10:00:00Z");
+        async move { client.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let draining = client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .expect("readyz while draining");
+    assert_eq!(draining.status(), 503);
+    let body: serde_json::Value = draining.json().await.expect("JSON");
+    assert_eq!(body["status"], "shutting_down");
+    // Past the drain the listener is closed; the held request is still being served.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request waits for its lookup"
+    );
+    lock.commit().await.expect("release the lock");
+
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.expect("JSON")["state"],
+        "selling"
+    );
+    let status = exit_status(child, Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        client.get(format!("{address}/livez")).send().await.is_err(),
+        "nothing listens any more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_exits_zero_promptly_on_sigterm() {
+    let app = spawn_app().await;
+    let Binary { child, address, .. } = start_binary(&app, &[]);
+    assert_eq!(
+        reqwest::get(format!("{address}/livez"))
+            .await
+            .expect("livez")
+            .status(),
+        200
+    );
+
+    let started = Instant::now();
+    sigterm(&child);
+    let status = exit_status(child, Duration::from_secs(10)).await;
+
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_exits_zero_without_waiting_for_the_database() {
+    let app = spawn_app().await;
+    // Nothing listens on port 1, and the start-up would keep retrying for 30 s.
+    let Binary { child, .. } = spawn_binary(
+        &app,
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/vs"),
+            ("MIGRATE_ON_START", "true"),
+            ("DB_ACQUIRE_TIMEOUT_MS", "30000"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    sigterm(&child);
+    let status = exit_status(child, Duration::from_secs(10)).await;
+
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_without_the_drain() {
+    let app = spawn_app().await;
+    let Binary { child, .. } = start_binary(&app, &[("SHUTDOWN_DRAIN_SECS", "60")]);
+
+    let started = Instant::now();
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child);
+    let status = exit_status(child, Duration::from_secs(10)).await;
+
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_writes_one_json_log_line_with_its_request_id() {
+    let app = spawn_app().await;
+    let binary = start_binary(&app, &[]);
+    let client = reqwest::Client::new();
+
+    for (id, path) in [
+        ("req-lookup-1", "/vehicles/3/timestamp/1662976800"),
+        ("req-bad-2", "/vehicles/x/timestamp/1"),
+    ] {
+        let response = client
+            .get(format!("{}{path}", binary.address))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.headers()["x-request-id"], id);
+    }
+    sigterm(&binary.child);
+    let Binary { child, log, .. } = binary;
+    let status = exit_status(child, Duration::from_secs(10)).await;
+    assert!(status.success());
+
+    let events: Vec<serde_json::Value> = log.try_iter().collect();
+    for (id, path, status) in [
+        ("req-lookup-1", "/vehicles/3/timestamp/1662976800", 200),
+        ("req-bad-2", "/vehicles/x/timestamp/1", 400),
+    ] {
+        let lines: Vec<_> = events
+            .iter()
+            .filter(|e| e["span"]["request_id"] == id || e["request_id"] == id)
+            .collect();
+        assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+        let span = &lines[0]["span"];
+        assert_eq!(lines[0]["message"], "request completed");
+        assert_eq!(span["path"], path);
+        assert_eq!(span["method"], "GET");
+        assert_eq!(span["route"], "/vehicles/{id}/timestamp/{ts}");
+        assert_eq!(span["status"], status);
+        assert!(span["latency_ms"].as_f64().is_some(), "{span}");
+    }
+}
