@@ -158,8 +158,9 @@ pub struct HttpSettings {
     #[arg(long, env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_workers: Option<u16>,
 
-    /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so
-    /// the load balancer stops sending traffic here first.
+    /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so a
+    /// load balancer or orchestrator that polls it (Kubernetes, HAProxy, cloud balancers) stops
+    /// sending traffic here first.
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_drain_secs: u64,
 

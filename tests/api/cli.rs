@@ -189,3 +189,66 @@ async fn healthcheck_exits_zero_for_a_ready_server_and_one_otherwise() {
         stderr(&nothing)
     );
 }
+
+#[tokio::test]
+async fn migrations_from_several_replicas_at_once_all_succeed() {
+    let scratch = Scratch::new();
+    let url = scratch.database_url.clone();
+
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                vehicle_state(&["migrate"], &[("DATABASE_URL", url.as_str())])
+            })
+        })
+        .collect();
+    let outputs: Vec<Output> = runs
+        .into_iter()
+        .map(|r| r.join().expect("a migrate run"))
+        .collect();
+
+    for output in &outputs {
+        assert!(output.status.success(), "{}", stderr(output));
+    }
+    assert_eq!(counts(&scratch.database_url).await, (0, 0, true));
+}
+
+#[tokio::test]
+async fn serve_leaves_the_schema_alone_when_migrate_on_start_is_off() {
+    let scratch = Scratch::new();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        &scratch.database_url.replace(&scratch.database, "postgres"),
+    )
+    .await
+    .expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"CREATE DATABASE "{}""#,
+        scratch.database
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create");
+    let mut settings = crate::helpers::settings(
+        &scratch.database_url,
+        &crate::helpers::redis_url(),
+        &scratch.prefix,
+    );
+    settings.migrate_on_start = false;
+    settings.seed = None;
+
+    let app = vehicle_state::startup::Application::build(settings)
+        .await
+        .expect("starts without migrating");
+
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch.database_url)
+        .await
+        .expect("connect");
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+    assert_eq!(tables, 0, "no migration ran");
+    app.run_until_stopped(async {}).await.expect("stops cleanly");
+}

@@ -160,6 +160,41 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
     }
 }
 
+/// The address of the tests' PostgreSQL server.
+pub fn postgres_addr() -> SocketAddr {
+    let url = &servers().postgres;
+    resolve(
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432),
+    )
+}
+
+/// The address of the tests' Redis server.
+pub fn redis_addr() -> SocketAddr {
+    let url = url::Url::parse(&servers().redis).expect("a Redis URL");
+    resolve(
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(6379),
+    )
+}
+
+fn resolve(host: &str, port: u16) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve {host}:{port}"))
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port` (to route it through a proxy).
+pub fn via_port(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).expect("a URL");
+    url.set_host(Some("127.0.0.1")).expect("a host");
+    url.set_port(Some(port)).expect("a port");
+    url.to_string()
+}
+
 pub fn redis_url() -> String {
     servers().redis.clone()
 }

@@ -2,10 +2,12 @@
 //! from). One binary, so the servers are resolved once and tests run in parallel.
 
 mod cache;
+mod chaos;
 mod cli;
 mod errors;
 mod health;
 mod helpers;
 mod lookup;
 mod openapi;
+mod outages;
 mod process;
