@@ -90,7 +90,7 @@ impl Cache {
         CacheKey::new(&self.prefix, id, at)
     }
 
-    /// The cached answer and its remaining lifetime, read in one round trip.
+    /// The cached answer and its remaining lifetime, read in one pipeline (GET and PTTL).
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Cached>, CacheError> {
         let (value, pttl): (Option<Vec<u8>>, i64) = self
             .bounded(async {
