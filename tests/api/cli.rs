@@ -122,19 +122,7 @@ async fn migrate_creates_the_database_and_seed_twice_changes_nothing() {
 
 #[tokio::test]
 async fn migrate_adopts_existing_tables_and_keeps_their_rows() {
-    let scratch = Scratch::new();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
-        &scratch.database_url.replace(&scratch.database, "postgres"),
-    )
-    .await
-    .expect("connect");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        scratch.database
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("create");
+    let scratch = Scratch::with_empty_database().await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch.database_url)
         .await
         .expect("connect");
@@ -216,19 +204,7 @@ async fn migrations_from_several_replicas_at_once_all_succeed() {
 
 #[tokio::test]
 async fn serve_leaves_the_schema_alone_when_migrate_on_start_is_off() {
-    let scratch = Scratch::new();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
-        &scratch.database_url.replace(&scratch.database, "postgres"),
-    )
-    .await
-    .expect("connect");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        scratch.database
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("create");
+    let scratch = Scratch::with_empty_database().await;
     let mut settings = crate::helpers::settings(
         &scratch.database_url,
         &crate::helpers::redis_url(),
@@ -250,5 +226,7 @@ async fn serve_leaves_the_schema_alone_when_migrate_on_start_is_off() {
             .await
             .expect("count");
     assert_eq!(tables, 0, "no migration ran");
-    app.run_until_stopped(async {}).await.expect("stops cleanly");
+    app.run_until_stopped(async {})
+        .await
+        .expect("stops cleanly");
 }

@@ -221,6 +221,20 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// As [`Scratch::new`], with the database created empty (no migrations).
+    pub async fn with_empty_database() -> Self {
+        let scratch = Self::new();
+        let mut admin =
+            <sqlx::PgConnection as sqlx::Connection>::connect(servers().postgres.as_str())
+                .await
+                .expect("connect to the tests' PostgreSQL");
+        let create = format!(r#"CREATE DATABASE "{}""#, scratch.database);
+        sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(create))
+            .await
+            .expect("create the database");
+        scratch
+    }
+
     pub fn new() -> Self {
         let database = format!("vs_test_{}", uuid::Uuid::new_v4().simple());
         let mut url = servers().postgres.clone();

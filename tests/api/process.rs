@@ -78,6 +78,14 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
+/// Sends SIGTERM and waits for the exit; returns its status and how long it took.
+async fn sigterm_and_wait(child: Child) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    sigterm(&child);
+    let status = exit_status(child, Duration::from_secs(10)).await;
+    (status, started.elapsed())
+}
+
 /// Waits (off the runtime's threads) for the process to exit, killing it past `within`.
 async fn exit_status(mut child: Child, within: Duration) -> std::process::ExitStatus {
     tokio::task::spawn_blocking(move || wait_for_exit(&mut child, within))
@@ -173,16 +181,10 @@ async fn an_idle_server_exits_zero_promptly_on_sigterm() {
         200
     );
 
-    let started = Instant::now();
-    sigterm(&child);
-    let status = exit_status(child, Duration::from_secs(10)).await;
+    let (status, took) = sigterm_and_wait(child).await;
 
     assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,16 +201,10 @@ async fn sigterm_during_start_up_exits_zero_without_waiting_for_the_database() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let started = Instant::now();
-    sigterm(&child);
-    let status = exit_status(child, Duration::from_secs(10)).await;
+    let (status, took) = sigterm_and_wait(child).await;
 
     assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
