@@ -28,8 +28,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct Problem {
     /// Identifies the kind of problem; stable, so clients can match on it.
     #[serde(rename = "type")]
-    #[schema(example = "/problems/vehicle-not-found")]
-    pub kind: &'static str,
+    pub kind: ProblemType,
     /// A short summary of the kind of problem; the same for every occurrence.
     pub title: &'static str,
     /// The HTTP status code.
@@ -37,6 +36,43 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong this time and, for 4xx, how to fix it.
     pub detail: String,
+}
+
+/// Every problem `type` this service sends. Relative URIs, resolved against the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
+pub enum ProblemType {
+    #[serde(rename = "/problems/invalid-vehicle-id")]
+    InvalidVehicleId,
+    #[serde(rename = "/problems/invalid-timestamp")]
+    InvalidTimestamp,
+    #[serde(rename = "/problems/vehicle-not-found")]
+    VehicleNotFound,
+    #[serde(rename = "/problems/no-state-at-timestamp")]
+    NoStateAtTimestamp,
+    #[serde(rename = "/problems/route-not-found")]
+    RouteNotFound,
+    #[serde(rename = "/problems/method-not-allowed")]
+    MethodNotAllowed,
+    #[serde(rename = "/problems/database-unavailable")]
+    DatabaseUnavailable,
+    #[serde(rename = "/problems/internal-error")]
+    InternalError,
+}
+
+impl ProblemType {
+    /// The `title`: the same for every occurrence of the type.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemType::InvalidVehicleId => "Invalid vehicle id",
+            ProblemType::InvalidTimestamp => "Invalid timestamp",
+            ProblemType::VehicleNotFound => "Vehicle not found",
+            ProblemType::NoStateAtTimestamp => "No state at this timestamp",
+            ProblemType::RouteNotFound => "Route not found",
+            ProblemType::MethodNotAllowed => "Method not allowed",
+            ProblemType::DatabaseUnavailable => "Database unavailable",
+            ProblemType::InternalError => "Internal server error",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,30 +100,24 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// `type` and `title` of each kind; the README and the OpenAPI document list the same.
-    fn kind(&self) -> (&'static str, &'static str) {
+    fn kind(&self) -> ProblemType {
         match self {
-            ApiError::InvalidVehicleId(_) => ("/problems/invalid-vehicle-id", "Invalid vehicle id"),
-            ApiError::InvalidTimestamp(_) => ("/problems/invalid-timestamp", "Invalid timestamp"),
-            ApiError::VehicleNotFound(_) => ("/problems/vehicle-not-found", "Vehicle not found"),
-            ApiError::NoStateYet(..) => (
-                "/problems/no-state-at-timestamp",
-                "No state at this timestamp",
-            ),
-            ApiError::RouteNotFound => ("/problems/route-not-found", "Route not found"),
-            ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
-            ApiError::DatabaseUnavailable { .. } => {
-                ("/problems/database-unavailable", "Database unavailable")
-            }
-            ApiError::Internal(_) => ("/problems/internal-error", "Internal server error"),
+            ApiError::InvalidVehicleId(_) => ProblemType::InvalidVehicleId,
+            ApiError::InvalidTimestamp(_) => ProblemType::InvalidTimestamp,
+            ApiError::VehicleNotFound(_) => ProblemType::VehicleNotFound,
+            ApiError::NoStateYet(..) => ProblemType::NoStateAtTimestamp,
+            ApiError::RouteNotFound => ProblemType::RouteNotFound,
+            ApiError::MethodNotAllowed => ProblemType::MethodNotAllowed,
+            ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
+            ApiError::Internal(_) => ProblemType::InternalError,
         }
     }
 
     pub fn problem(&self) -> Problem {
-        let (kind, title) = self.kind();
+        let kind = self.kind();
         Problem {
             kind,
-            title,
+            title: kind.title(),
             status: self.status_code().as_u16(),
             detail: self.to_string(),
         }

@@ -15,13 +15,22 @@ pub enum Dependency {
     Down,
 }
 
+/// Whether this replica takes traffic, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    Ready,
+    /// PostgreSQL does not answer.
+    NotReady,
+    /// SIGTERM received: draining before the stop.
+    ShuttingDown,
+}
+
 /// Readiness of this replica to take traffic.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Readiness {
-    /// `ready`, `not_ready` (PostgreSQL is down) or `shutting_down`.
-    #[schema(example = "ready")]
-    pub status: &'static str,
+    pub status: ReadinessStatus,
     /// PostgreSQL is required: without it, uncached lookups fail.
     pub postgres: Dependency,
     /// Redis is reported but not required: without it, answers come from PostgreSQL.
@@ -58,11 +67,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
     let status = match (shutting_down, postgres.is_ok()) {
-        (true, _) => "shutting_down",
-        (false, false) => "not_ready",
-        (false, true) => "ready",
+        (true, _) => ReadinessStatus::ShuttingDown,
+        (false, false) => ReadinessStatus::NotReady,
+        (false, true) => ReadinessStatus::Ready,
     };
-    let mut response = if status == "ready" {
+    let mut response = if status == ReadinessStatus::Ready {
         HttpResponse::Ok()
     } else {
         HttpResponse::ServiceUnavailable()
