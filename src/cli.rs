@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{DatabaseSettings, Dataset, LogFormat, ServeSettings};
+use crate::config::{DatabaseSettings, LogFormat, SeedData, ServeSettings};
 use crate::{db, healthcheck, openapi, startup, telemetry};
 
 #[derive(Debug, Parser)]
@@ -32,9 +32,10 @@ pub enum Command {
     Serve(Box<ServeSettings>),
     /// Create the database if absent, apply pending migrations, and exit.
     Migrate(DatabaseSettings),
-    /// Load a data set (after applying migrations); running it twice changes nothing.
+    /// Apply migrations, then load a data set.
     Seed {
-        dataset: Dataset,
+        #[command(subcommand)]
+        data: SeedData,
         #[command(flatten)]
         database: DatabaseSettings,
     },
@@ -134,7 +135,7 @@ impl Command {
                 .await?;
             }
             Command::Migrate(database) => db::prepare(&database, None).await?,
-            Command::Seed { dataset, database } => db::prepare(&database, Some(dataset)).await?,
+            Command::Seed { data, database } => db::prepare(&database, Some(data)).await?,
             Command::Openapi => print!("{}", openapi::yaml()?),
             Command::Healthcheck { addr, timeout_ms } => {
                 healthcheck::check(&addr, std::time::Duration::from_millis(timeout_ms)).await?

@@ -15,6 +15,7 @@ pub struct DatabaseSettings {
     /// PostgreSQL connection URL. The database is created if it does not exist.
     #[arg(
         long = "database-url",
+        global = true,
         env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@localhost:5432/vehicle_state",
         value_parser = parse_database_url,
@@ -24,17 +25,17 @@ pub struct DatabaseSettings {
     pub database_url: DatabaseUrl,
 
     /// Most connections one replica holds to PostgreSQL.
-    #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, global = true, env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_max_size: u32,
 
     /// How long a request waits for a PostgreSQL connection (including connecting) before it
     /// is answered 503.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, global = true, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_acquire_timeout_ms: u64,
 
     /// Server-side bound on one statement (PostgreSQL's statement_timeout); a lookup past it is
     /// answered 503.
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, global = true, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_statement_timeout_ms: u64,
 }
 
@@ -173,11 +174,43 @@ pub struct HttpSettings {
     pub retry_after_secs: u32,
 }
 
-/// Sample data sets that `seed` can load.
+/// The data set `serve --seed` can load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Dataset {
     /// Three vehicles and six state changes (`seed/sample.sql`).
     Sample,
+}
+
+/// What `seed` loads.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum SeedData {
+    /// Three vehicles and six state changes (`seed/sample.sql`); loading it twice changes nothing.
+    Sample,
+    /// Generated histories for many vehicles, bulk-loaded with COPY; the same seed gives the same
+    /// data. Refuses a database that already holds vehicles unless --replace.
+    Synthetic(SyntheticSettings),
+}
+
+impl From<Dataset> for SeedData {
+    fn from(dataset: Dataset) -> Self {
+        match dataset {
+            Dataset::Sample => SeedData::Sample,
+        }
+    }
+}
+
+/// The size and randomness of a synthetic data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct SyntheticSettings {
+    /// How many vehicles (ids 1 to N); each gets 1 to 6 state changes, about 2.6 on average.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub vehicles: u32,
+    /// Seed of the random generator: the same seed gives the same data.
+    #[arg(long = "seed", default_value_t = 1)]
+    pub rng_seed: u64,
+    /// Empty `vehicles` and `"stateLogs"` first, instead of refusing a database that has rows.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// How log lines are written to standard output.

@@ -38,7 +38,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         if settings.migrate_on_start || settings.seed.is_some() {
-            db::prepare(&settings.database, settings.seed).await?;
+            db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
         }
         let state = web::Data::new(AppState {
             db: db::connect(&settings.database),

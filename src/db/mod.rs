@@ -2,6 +2,9 @@
 
 mod lookup;
 mod seed;
+mod synthetic;
+
+pub use synthetic::{SyntheticHistory, generate};
 
 pub use lookup::{LOOKUP_SQL, lookup};
 
@@ -10,7 +13,7 @@ use sqlx::PgPool;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::config::{DatabaseSettings, Dataset};
+use crate::config::{DatabaseSettings, SeedData};
 
 /// The migrations, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -55,7 +58,7 @@ fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
 /// Then, with `seed_with`, loads that data set.
 pub async fn prepare(
     settings: &DatabaseSettings,
-    seed_with: Option<Dataset>,
+    seed_with: Option<SeedData>,
 ) -> anyhow::Result<()> {
     let url = &settings.database_url;
     let pool = connect_for_maintenance(settings);
@@ -79,8 +82,10 @@ pub async fn prepare(
         .await
         .with_context(|| format!("cannot apply migrations to {url}"))?;
     tracing::info!(database = %url, "migrations are up to date");
-    if let Some(dataset) = seed_with {
-        seed::seed(&pool, dataset).await?;
+    match seed_with {
+        None => {}
+        Some(SeedData::Sample) => seed::sample(&pool).await?,
+        Some(SeedData::Synthetic(settings)) => synthetic::load(&pool, settings).await?,
     }
     pool.close().await;
     Ok(())

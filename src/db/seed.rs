@@ -1,17 +1,12 @@
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::config::Dataset;
-
-/// Loads a data set. Each is idempotent SQL, so running it twice changes nothing.
-pub(super) async fn seed(pool: &PgPool, dataset: Dataset) -> anyhow::Result<()> {
-    let sql = match dataset {
-        Dataset::Sample => include_str!("../../seed/sample.sql"),
-    };
-    sqlx::raw_sql(sql)
+/// Loads `seed/sample.sql`: idempotent SQL, so running it twice changes nothing.
+pub(super) async fn sample(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(include_str!("../../seed/sample.sql"))
         .execute(pool)
         .await
-        .with_context(|| format!("cannot load the {dataset:?} data set"))?;
-    tracing::info!(?dataset, "data set loaded");
+        .context("cannot load the sample data set")?;
+    tracing::info!("sample data set loaded");
     Ok(())
 }

@@ -230,3 +230,78 @@ async fn serve_leaves_the_schema_alone_when_migrate_on_start_is_off() {
         .await
         .expect("stops cleanly");
 }
+
+async fn fingerprint(url: &str) -> (i64, i64, String) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("connect");
+    sqlx::query_as(
+        r#"SELECT (SELECT count(*) FROM vehicles), (SELECT count(*) FROM "stateLogs"),
+                  (SELECT md5(string_agg(concat_ws(',', "vehicleId", state, "timestamp"), ';' ORDER BY "vehicleId", "timestamp", state)) FROM "stateLogs")"#,
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("fingerprint")
+}
+
+#[tokio::test]
+async fn seed_synthetic_loads_the_same_data_for_the_same_seed_and_refuses_a_full_database() {
+    let scratch = Scratch::new();
+    let env = [("DATABASE_URL", scratch.database_url.as_str())];
+
+    let first = vehicle_state(
+        &["seed", "synthetic", "--vehicles", "3000", "--seed", "42"],
+        &env,
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let loaded = fingerprint(&scratch.database_url).await;
+    let refused = vehicle_state(
+        &["seed", "synthetic", "--vehicles", "3000", "--seed", "42"],
+        &env,
+    );
+    let unchanged = fingerprint(&scratch.database_url).await;
+    let replaced = vehicle_state(
+        &[
+            "seed",
+            "synthetic",
+            "--vehicles",
+            "3000",
+            "--seed",
+            "42",
+            "--replace",
+        ],
+        &env,
+    );
+    let again = fingerprint(&scratch.database_url).await;
+    let other = vehicle_state(
+        &[
+            "seed",
+            "synthetic",
+            "--vehicles",
+            "3000",
+            "--seed",
+            "43",
+            "--replace",
+        ],
+        &env,
+    );
+    let other_seed = fingerprint(&scratch.database_url).await;
+
+    assert_eq!(loaded.0, 3000);
+    assert!(
+        (6000..=9600).contains(&loaded.1),
+        "{} state changes",
+        loaded.1
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--replace"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(unchanged, loaded);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    assert_eq!(again, loaded, "the same seed gives the same data");
+    assert!(other.status.success(), "{}", stderr(&other));
+    assert_ne!(other_seed.2, loaded.2, "another seed gives other data");
+}

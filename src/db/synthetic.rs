@@ -1,0 +1,325 @@
+//! `seed synthetic`: realistic histories for many vehicles, generated deterministically from a
+//! seed and bulk-loaded with COPY.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant as Clock;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolCopyExt;
+
+use crate::config::SyntheticSettings;
+
+/// Makes and their models, roughly the European used-car market.
+const CATALOGUE: &[(&str, &[&str])] = &[
+    ("VW", &["GOLF", "POLO", "PASSAT", "TIGUAN", "T-ROC", "UP"]),
+    ("BMW", &["1ER", "3ER", "5ER", "X1", "X3"]),
+    (
+        "MERCEDES",
+        &["A-KLASSE", "C-KLASSE", "E-KLASSE", "GLA", "GLC"],
+    ),
+    ("AUDI", &["A1", "A3", "A4", "A6", "Q3", "Q5"]),
+    ("OPEL", &["CORSA", "ASTRA", "MOKKA", "INSIGNIA"]),
+    ("FORD", &["FIESTA", "FOCUS", "KUGA", "PUMA"]),
+    ("SKODA", &["FABIA", "OCTAVIA", "SUPERB", "KODIAQ"]),
+    ("SEAT", &["IBIZA", "LEON", "ATECA", "ARONA"]),
+    ("RENAULT", &["CLIO", "MEGANE", "CAPTUR", "ZOE"]),
+    ("TOYOTA", &["YARIS", "COROLLA", "C-HR", "RAV4"]),
+    ("HYUNDAI", &["I10", "I20", "I30", "TUCSON", "KONA"]),
+    ("PEUGEOT", &["208", "308", "2008", "3008"]),
+    ("FIAT", &["500", "PANDA", "TIPO"]),
+    ("KIA", &["PICANTO", "RIO", "CEED", "SPORTAGE"]),
+    ("TESLA", &["MODEL 3", "MODEL Y"]),
+];
+
+/// Histories start between 2019-01-01 and 2025-06-30 (Unix seconds).
+const FIRST_START: i64 = 1_546_300_800;
+const LAST_START: i64 = 1_751_241_600;
+const MAX_ROWS: usize = 6;
+
+/// One generated vehicle: its row and its state changes, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticHistory {
+    pub id: u32,
+    pub make: &'static str,
+    pub model: &'static str,
+    pub changes: Vec<(&'static str, i64)>,
+}
+
+impl SyntheticHistory {
+    /// The vehicle's current state: that of its latest change.
+    pub fn state(&self) -> &'static str {
+        self.changes.last().map_or("quoted", |(state, _)| state)
+    }
+}
+
+/// The histories of vehicles 1 to `vehicles`: each starts `quoted`; 80 % go on sale; of those on
+/// sale 60 % are sold and half of the rest fall back to `quoted` to try again; 1 to 6 changes
+/// each, hours to weeks apart, and 2 % of changes share the previous change's exact timestamp.
+pub fn generate(settings: SyntheticSettings) -> impl Iterator<Item = SyntheticHistory> {
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.rng_seed);
+    (1..=settings.vehicles).map(move |id| history(&mut rng, id))
+}
+
+fn history(rng: &mut ChaCha8Rng, id: u32) -> SyntheticHistory {
+    let (make, models) = CATALOGUE[rng.random_range(0..CATALOGUE.len())];
+    let model = models[rng.random_range(0..models.len())];
+    let mut at = rng.random_range(FIRST_START..=LAST_START);
+    let mut changes = vec![("quoted", at)];
+    let next = |rng: &mut ChaCha8Rng, at: &mut i64| {
+        if !rng.random_bool(0.02) {
+            *at += rng.random_range(3_600..=45 * 86_400);
+        }
+        *at
+    };
+    while changes.len() < MAX_ROWS && rng.random_bool(0.8) {
+        changes.push(("selling", next(rng, &mut at)));
+        if changes.len() == MAX_ROWS {
+            break;
+        }
+        if rng.random_bool(0.6) {
+            changes.push(("sold", next(rng, &mut at)));
+            break;
+        }
+        if !rng.random_bool(0.5) {
+            break;
+        }
+        changes.push(("quoted", next(rng, &mut at)));
+    }
+    SyntheticHistory {
+        id,
+        make,
+        model,
+        changes,
+    }
+}
+
+/// Vehicles per COPY chunk: large enough to keep the server busy, small enough to stay flat in
+/// memory whatever the total.
+const CHUNK: u32 = 20_000;
+
+/// Loads the histories with two COPY streams, one per table, then refreshes the planner's
+/// statistics and the visibility map (so lookups can be index-only scans).
+pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::Result<()> {
+    let started = Clock::now();
+    let has_rows: bool = sqlx::query_scalar(
+        r#"SELECT EXISTS (SELECT 1 FROM vehicles) OR EXISTS (SELECT 1 FROM "stateLogs")"#,
+    )
+    .fetch_one(pool)
+    .await
+    .context("cannot read the tables")?;
+    if has_rows && !settings.replace {
+        bail!(
+            "the database already holds vehicles or state changes; seed a new database, or pass --replace to empty both tables first"
+        );
+    }
+    if settings.replace {
+        sqlx::query(r#"TRUNCATE vehicles, "stateLogs""#)
+            .execute(pool)
+            .await
+            .context("cannot empty the tables")?;
+    }
+    let mut vehicles = pool
+        .copy_in_raw("COPY vehicles (id, make, model, state) FROM STDIN")
+        .await
+        .context("cannot start COPY into vehicles")?;
+    let mut logs = pool
+        .copy_in_raw(r#"COPY "stateLogs" ("vehicleId", state, "timestamp") FROM STDIN"#)
+        .await
+        .context("cannot start COPY into stateLogs")?;
+    let progress = Progress::new(settings.vehicles);
+    let (mut vehicle_rows, mut log_rows) = (Vec::new(), Vec::new());
+    let mut total_changes = 0u64;
+    for history in generate(settings) {
+        write_history(&history, &mut vehicle_rows, &mut log_rows);
+        total_changes += history.changes.len() as u64;
+        if history.id % CHUNK == 0 || history.id == settings.vehicles {
+            vehicles
+                .send(std::mem::take(&mut vehicle_rows))
+                .await
+                .context("COPY into vehicles failed")?;
+            logs.send(std::mem::take(&mut log_rows))
+                .await
+                .context("COPY into stateLogs failed")?;
+            progress.set(history.id);
+        }
+    }
+    vehicles
+        .finish()
+        .await
+        .context("COPY into vehicles failed")?;
+    logs.finish().await.context("COPY into stateLogs failed")?;
+    progress.finish();
+    // Separate statements: VACUUM refuses to run inside the implicit transaction of a batch.
+    for statement in ["ANALYZE vehicles", r#"VACUUM (ANALYZE) "stateLogs""#] {
+        sqlx::query(statement)
+            .execute(pool)
+            .await
+            .with_context(|| format!("{statement} failed"))?;
+    }
+    tracing::info!(
+        vehicles = settings.vehicles,
+        state_changes = total_changes,
+        seed = settings.rng_seed,
+        seconds = started.elapsed().as_secs_f64(),
+        "synthetic data set loaded"
+    );
+    Ok(())
+}
+
+/// COPY's text format: tab-separated, one row a line. Makes, models and states hold no tab,
+/// newline or backslash, so nothing needs escaping.
+fn write_history(history: &SyntheticHistory, vehicles: &mut Vec<u8>, logs: &mut Vec<u8>) {
+    let SyntheticHistory {
+        id, make, model, ..
+    } = history;
+    // Writing into a Vec<u8> cannot fail.
+    let _infallible = writeln!(vehicles, "{id}\t{make}\t{model}\t{}", history.state());
+    for (state, at) in &history.changes {
+        let at = DateTime::<Utc>::from_timestamp(*at, 0).unwrap_or_default();
+        let _infallible = writeln!(logs, "{id}\t{state}\t{}", at.format("%Y-%m-%d %H:%M:%S+00"));
+    }
+}
+
+/// A progress bar on a terminal; a line every tenth of the way otherwise (CI, logs).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u32,
+}
+
+impl Progress {
+    fn new(total: u32) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total.into());
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} vehicles, {per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Self { bar, total }
+    }
+
+    fn set(&self, done: u32) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done.into()),
+            None => {
+                let tenth = (self.total / 10).max(1);
+                if done % tenth < CHUNK.min(tenth) || done == self.total {
+                    tracing::info!(done, total = self.total, "loading vehicles");
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vehicles: u32, rng_seed: u64) -> SyntheticSettings {
+        SyntheticSettings {
+            vehicles,
+            rng_seed,
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_data_and_another_seed_other_data() {
+        let a: Vec<_> = generate(settings(500, 7)).collect();
+        let b: Vec<_> = generate(settings(500, 7)).collect();
+        let c: Vec<_> = generate(settings(500, 8)).collect();
+
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn histories_follow_the_lifecycle() {
+        for h in generate(settings(20_000, 1)) {
+            assert!((1..=MAX_ROWS).contains(&h.changes.len()), "{h:?}");
+            assert_eq!(h.changes[0].0, "quoted", "{h:?}");
+            assert!(
+                h.changes.windows(2).all(|w| w[0].1 <= w[1].1),
+                "time never goes back: {h:?}"
+            );
+            for w in h.changes.windows(2) {
+                let allowed = matches!(
+                    (w[0].0, w[1].0),
+                    ("quoted", "selling") | ("selling", "sold") | ("selling", "quoted")
+                );
+                assert!(allowed, "{h:?}");
+            }
+            assert!(h.changes.iter().all(|(_, at)| *at >= FIRST_START), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn the_mix_is_realistic() {
+        let all: Vec<_> = generate(settings(50_000, 3)).collect();
+        let rows: usize = all.iter().map(|h| h.changes.len()).sum();
+        let share = |state: &str| {
+            all.iter().filter(|h| h.state() == state).count() as f64 / all.len() as f64
+        };
+        let requoted = all
+            .iter()
+            .filter(|h| h.changes.iter().filter(|(s, _)| *s == "quoted").count() > 1)
+            .count();
+        let ties = all
+            .iter()
+            .flat_map(|h| h.changes.windows(2).map(|w| w[0].1 == w[1].1))
+            .filter(|t| *t)
+            .count();
+
+        let per_vehicle = rows as f64 / all.len() as f64;
+        assert!(
+            (2.2..3.2).contains(&per_vehicle),
+            "{per_vehicle} rows per vehicle"
+        );
+        assert!(
+            (0.40..0.60).contains(&share("sold")),
+            "sold {}",
+            share("sold")
+        );
+        assert!(share("quoted") > 0.15 && share("selling") > 0.1);
+        assert!(requoted > all.len() / 20, "{requoted} quoted again");
+        assert!(ties > 0, "some exact ties");
+        assert!(
+            all.iter()
+                .map(|h| h.make)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == CATALOGUE.len()
+        );
+    }
+
+    #[test]
+    fn rows_are_written_in_copy_text_format() {
+        let history = SyntheticHistory {
+            id: 7,
+            make: "VW",
+            model: "GOLF",
+            changes: vec![("quoted", 1_662_976_800), ("selling", 1_662_980_400)],
+        };
+        let (mut vehicles, mut logs) = (Vec::new(), Vec::new());
+
+        write_history(&history, &mut vehicles, &mut logs);
+
+        assert_eq!(String::from_utf8_lossy(&vehicles), "7\tVW\tGOLF\tselling\n");
+        assert_eq!(
+            String::from_utf8_lossy(&logs),
+            "7\tquoted\t2022-09-12 10:00:00+00\n7\tselling\t2022-09-12 11:00:00+00\n"
+        );
+    }
+}
