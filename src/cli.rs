@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseSettings, LogFormat, SeedData, ServeSettings};
@@ -115,19 +116,20 @@ impl Command {
             Command::Serve(settings) => {
                 // Listening from the start: a SIGTERM while migrations run (PID 1 in a container
                 // gets no default handler) stops the start-up instead of being ignored.
-                let mut stop = std::pin::pin!(telemetry::shutdown_signal());
+                let mut signals = telemetry::ShutdownSignals::listen()
+                    .context("cannot listen for SIGTERM and Ctrl-C")?;
                 let app = tokio::select! {
                     app = startup::Application::build(*settings) => app?,
-                    () = &mut stop => {
+                    () = signals.recv() => {
                         tracing::info!("stopped before serving");
                         return Ok(());
                     }
                 };
-                app.run_until_stopped(async {
-                    stop.await;
+                app.run_until_stopped(async move {
+                    signals.recv().await;
                     // A second signal means "now": skip the drain and the wait for requests.
-                    tokio::spawn(async {
-                        telemetry::shutdown_signal().await;
+                    tokio::spawn(async move {
+                        signals.recv().await;
                         tracing::warn!("second signal: exiting without waiting for requests");
                         std::process::exit(i32::from(EXIT_FAILURE));
                     });

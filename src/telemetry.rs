@@ -41,33 +41,39 @@ pub fn parse_filter(raw: &str) -> Result<EnvFilter, String> {
         .map_err(|e| format!("not a log filter (try `info` or `vehicle_state=debug,info`): {e}"))
 }
 
-/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
-pub async fn shutdown_signal() {
+/// SIGTERM (what orchestrators send) and Ctrl-C, listened for from the moment this is made:
+/// a signal that arrives before anything awaits it is kept, not lost to the default action.
+pub struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                tokio::select! {
-                    _ = sigterm.recv() => tracing::info!("SIGTERM received"),
-                    _ = ctrl_c() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");
-                ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c().await;
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
 }
 
-async fn ctrl_c() {
-    match tokio::signal::ctrl_c().await {
-        Ok(()) => tracing::info!("Ctrl-C received"),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
+impl ShutdownSignals {
+    /// Takes over both signals now. Must run inside the runtime.
+    pub fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on the next signal.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("Ctrl-C received"),
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
