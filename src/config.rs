@@ -130,6 +130,11 @@ pub struct CacheSettings {
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
     pub cache_ttl_secs: u32,
 
+    /// Memory budget of this replica's in-process cache, in bytes of keys and answers (0 turns it
+    /// off; concurrent misses for one key are still coalesced).
+    #[arg(long, env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub local_cache_max_bytes: u64,
+
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
     #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "vehicle-state", value_parser = parse_key_prefix)]
     pub cache_key_prefix: String,

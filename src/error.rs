@@ -5,6 +5,7 @@
 //! (relative, resolved against the service) that clients can match on.
 
 use std::fmt;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -93,7 +94,7 @@ pub enum ApiError {
     DatabaseUnavailable {
         retry_after_secs: u32,
         #[source]
-        source: DbError,
+        source: Arc<DbError>,
     },
     #[error("the server failed to answer")]
     Internal(#[source] anyhow::Error),
@@ -123,13 +124,14 @@ impl ApiError {
         }
     }
 
-    pub fn from_db(source: DbError, retry_after_secs: u32) -> Self {
-        match source {
+    /// The error is shared (in an `Arc`) by every request that waited on the same lookup.
+    pub fn from_db(source: Arc<DbError>, retry_after_secs: u32) -> Self {
+        match *source {
             DbError::Unavailable(_) => ApiError::DatabaseUnavailable {
                 retry_after_secs,
                 source,
             },
-            DbError::Query(_) => ApiError::Internal(source.into()),
+            DbError::Query(_) => ApiError::Internal(anyhow::Error::new(source)),
         }
     }
 

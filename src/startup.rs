@@ -9,20 +9,19 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::cache::Cache;
+use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
+use crate::service::StateService;
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
 /// What every request handler shares.
 pub struct AppState {
-    pub db: PgPool,
-    pub cache: Cache,
+    pub service: StateService,
     pub retry_after_secs: u32,
     /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
     pub shutting_down: AtomicBool,
@@ -41,8 +40,11 @@ impl Application {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
         }
         let state = web::Data::new(AppState {
-            db: db::connect(&settings.database),
-            cache: Cache::new(&settings.redis, &settings.cache)?,
+            service: StateService {
+                db: db::connect(&settings.database),
+                redis: RedisCache::new(&settings.redis, &settings.cache)?,
+                local: LocalCache::new(settings.cache.local_cache_max_bytes),
+            },
             retry_after_secs: settings.http.retry_after_secs,
             shutting_down: AtomicBool::new(false),
         });
@@ -109,7 +111,7 @@ impl Application {
         tokio::time::sleep(self.drain).await;
         handle.stop(true).await;
         server.await.context("the HTTP server task failed")??;
-        self.state.db.close().await;
+        self.state.service.db.close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -1,7 +1,7 @@
 use crate::domain::{Instant, VehicleId};
 
 /// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
-/// spelling of one instant shares an entry. `v1` names the value format: a change to what is
+/// spelling of one instant shares an entry. `v2` names the value format: a change to what is
 /// stored bumps it, and replicas of two versions then never read each other's values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
@@ -9,7 +9,7 @@ pub struct CacheKey(String);
 impl CacheKey {
     pub fn new(prefix: &str, id: VehicleId, at: Instant) -> Self {
         Self(format!(
-            "{prefix}:v1:state:{}:{}",
+            "{prefix}:v2:state:{}:{}",
             id.get(),
             at.unix_micros()
         ))
@@ -36,9 +36,9 @@ mod tests {
     fn a_key_names_prefix_version_vehicle_and_microseconds() {
         assert_eq!(
             key("3", "2022-09-12T10:00:00.000001Z").as_str(),
-            "vs:v1:state:3:1662976800000001"
+            "vs:v2:state:3:1662976800000001"
         );
-        assert_eq!(key("1", "-1").as_str(), "vs:v1:state:1:-1000000");
+        assert_eq!(key("1", "-1").as_str(), "vs:v2:state:1:-1000000");
     }
 
     #[test]

@@ -44,6 +44,30 @@ pub enum Lookup {
     NoStateYet,
 }
 
+/// Which of the three outcomes a lookup had, without the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Found,
+    UnknownVehicle,
+    NoStateYet,
+}
+
+impl Lookup {
+    /// The outcome, and for `Found` the response body (the answer as JSON), rendered once so that
+    /// every later hit serves these bytes as they are.
+    pub fn render(&self) -> (Outcome, Vec<u8>) {
+        match self {
+            // A struct of strings, integers and timestamps always serialises.
+            Lookup::Found(answer) => (
+                Outcome::Found,
+                serde_json::to_vec(answer).unwrap_or_default(),
+            ),
+            Lookup::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
+            Lookup::NoStateYet => (Outcome::NoStateYet, Vec::new()),
+        }
+    }
+}
+
 /// Same spelling as [`Instant`]'s: `Z`, and only the fraction digits needed.
 mod rfc3339_utc {
     use chrono::{DateTime, SecondsFormat, Utc};

@@ -4,6 +4,6 @@ mod answer;
 mod instant;
 mod vehicle_id;
 
-pub use answer::{Lookup, StateAnswer, Vehicle};
+pub use answer::{Lookup, Outcome, StateAnswer, Vehicle};
 pub use instant::{Instant, InstantError};
 pub use vehicle_id::{VehicleId, VehicleIdError};

@@ -56,13 +56,16 @@ pub async fn livez() -> HttpResponse {
 ))]
 #[route("/readyz", method = "GET", method = "HEAD")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (postgres, redis) = tokio::join!(crate::db::ping(&state.db), state.cache.ping());
+    let (postgres, redis) = tokio::join!(
+        crate::db::ping(&state.service.db),
+        state.service.redis.ping()
+    );
     let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
     if let Err(error) = &postgres {
         tracing::warn!(error = %crate::error::chain(error), "readiness: PostgreSQL is down");
     }
     if let Err(error) = &redis {
-        let errors = state.cache.record_error();
+        let errors = state.service.redis.record_error();
         tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
     }
     let shutting_down = state.shutting_down.load(Ordering::Acquire);

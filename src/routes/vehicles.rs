@@ -1,9 +1,9 @@
 use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
-use crate::domain::{Instant, Lookup, StateAnswer, VehicleId};
+use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
-use crate::service::{self, Served};
+use crate::service::Served;
 use crate::startup::AppState;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -53,32 +53,40 @@ pub async fn vehicle_state_at(
 async fn answer(raw_id: &str, raw_ts: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
     let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
     let at = Instant::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
-    let served = service::vehicle_state(&state.db, &state.cache, id, at)
+    let served = state
+        .service
+        .vehicle_state(id, at)
         .await
         .map_err(|e| ApiError::from_db(e, state.retry_after_secs))?;
-    Ok(respond(served, id, at))
+    Ok(respond(&served, id, at))
 }
 
-fn respond(served: Served, id: VehicleId, at: Instant) -> HttpResponse {
-    let Served {
-        lookup,
-        cache,
-        fresh_for,
-    } = served;
-    let (mut builder, body) = match lookup {
-        Lookup::Found(answer) => {
+fn respond(served: &Served, id: VehicleId, at: Instant) -> HttpResponse {
+    let answer = &served.entry.answer;
+    let (mut builder, body) = match answer.outcome {
+        Outcome::Found => {
             let mut builder = HttpResponse::Ok();
             builder.insert_header((
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ));
-            // A struct of strings, integers and timestamps always serialises.
-            (builder, serde_json::to_vec(&answer).unwrap_or_default())
+            // The bytes as cached: a hit does no JSON work.
+            (builder, answer.body.clone())
         }
-        Lookup::UnknownVehicle => ApiError::VehicleNotFound(id).response_builder(),
-        Lookup::NoStateYet => ApiError::NoStateYet(id, at).response_builder(),
+        Outcome::UnknownVehicle => {
+            let (builder, body) = ApiError::VehicleNotFound(id).response_builder();
+            (builder, body.into())
+        }
+        Outcome::NoStateYet => {
+            let (builder, body) = ApiError::NoStateYet(id, at).response_builder();
+            (builder, body.into())
+        }
     };
-    cache_headers(&mut builder, cache.as_str(), fresh_for.as_secs());
+    cache_headers(
+        &mut builder,
+        served.cache.as_str(),
+        served.fresh_for.as_secs(),
+    );
     builder.body(body)
 }
 

@@ -146,6 +146,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
         },
         cache: CacheSettings {
             cache_ttl_secs: 60,
+            local_cache_max_bytes: 8 * 1024 * 1024,
             cache_key_prefix: prefix.to_owned(),
         },
         http: HttpSettings {
@@ -285,10 +286,23 @@ pub async fn spawn_replica_without_postgres(app: &TestApp) -> TestApp {
 }
 
 async fn start(settings: ServeSettings) -> TestApp {
+    // The tests' own view of the app's database: same name, but straight to the server, never
+    // through an app's proxy or dead address.
+    let mut direct = servers().postgres.clone();
+    direct.set_path(
+        settings
+            .database
+            .database_url
+            .options
+            .get_database()
+            .unwrap_or("postgres"),
+    );
     let db = PgPoolOptions::new()
         .max_connections(2)
-        .connect_lazy_with(settings.database.database_url.options.clone());
-    let redis = redis::Client::open(settings.redis.redis_url.as_str()).expect("a valid Redis URL");
+        .connect_lazy(direct.as_str())
+        .expect("a valid URL");
+    // The tests' own view of Redis, never through an app's proxy or dead address.
+    let redis = redis::Client::open(redis_url()).expect("a valid Redis URL");
     let prefix = settings.cache.cache_key_prefix.clone();
     let application = Application::build(settings.clone())
         .await

@@ -1,0 +1,85 @@
+//! This replica's memory: the first tier, in front of Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{Answer, CacheKey};
+
+/// Where an answer in memory came from, for `X-Cache` on the request that fetched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Redis,
+    Postgres,
+}
+
+/// An answer held in memory until `expires_at`: the moment it stops being servable under the TTL
+/// (counted from its read in PostgreSQL) or leaves Redis, whichever is first.
+#[derive(Debug)]
+pub struct LocalEntry {
+    pub answer: Answer,
+    pub expires_at: Instant,
+    pub source: Source,
+}
+
+/// Bounded by weight (bytes of key and body plus bookkeeping), so `LOCAL_CACHE_MAX_BYTES` caps
+/// the memory it can take whatever the mix of answers.
+#[derive(Clone)]
+pub struct LocalCache {
+    cache: Cache<CacheKey, Arc<LocalEntry>>,
+}
+
+/// Each entry lives exactly as long as its own `expires_at`.
+struct UntilExpiry;
+
+impl Expiry<CacheKey, Arc<LocalEntry>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<LocalEntry>,
+        created: Instant,
+    ) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(created))
+    }
+}
+
+/// Bytes counted per entry beyond its key and body: the entry, the Arc, moka's node.
+const ENTRY_OVERHEAD: usize = 160;
+
+impl LocalCache {
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &CacheKey, entry: &Arc<LocalEntry>| {
+                u32::try_from(key.as_str().len() + entry.answer.body.len() + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilExpiry)
+            .build();
+        Self { cache }
+    }
+
+    /// The entry for `key`; when absent, `fetch` makes it. Concurrent calls for one key share a
+    /// single `fetch` (single flight): a thousand simultaneous misses make one fetch. The flag
+    /// says whether this call's `fetch` made the entry.
+    pub async fn get_or_fetch<E, F>(
+        &self,
+        key: CacheKey,
+        fetch: F,
+    ) -> Result<(Arc<LocalEntry>, bool), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Arc<LocalEntry>, E>>,
+    {
+        let entry = self.cache.entry(key).or_try_insert_with(fetch).await?;
+        let fresh = entry.is_fresh();
+        Ok((entry.into_value(), fresh))
+    }
+
+    /// Entries held now (approximate; for tests and metrics).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

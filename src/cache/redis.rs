@@ -1,0 +1,143 @@
+//! Redis: answers shared by every replica, kept for `CACHE_TTL_SECS`.
+//!
+//! Redis only speeds answers up. Every call is bounded by `REDIS_TIMEOUT_MS` (pool wait and
+//! connecting included) and its failure is returned to the caller, which logs it and asks
+//! PostgreSQL instead. Broken connections are replaced by the pool, so the cache comes back by
+//! itself when Redis does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use actix_web::web::Bytes;
+use anyhow::Context;
+use deadpool_redis::{Pool, Runtime};
+
+use super::{Answer, CacheKey, Corrupt, time_left};
+use crate::config::{CacheSettings, RedisSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no Redis connection")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+pub struct RedisCache {
+    pool: Pool,
+    prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    errors: AtomicU64,
+}
+
+impl RedisCache {
+    /// Builds the pool; connects on first use, so a Redis that is down does not stop the start.
+    pub fn new(redis: &RedisSettings, cache: &CacheSettings) -> anyhow::Result<Self> {
+        let timeout = redis.timeout();
+        let pool = deadpool_redis::Config::from_url(redis.redis_url.clone())
+            .builder()
+            .context("REDIS_URL: cannot configure the Redis pool")?
+            .max_size(usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .context("cannot build the Redis pool")?;
+        Ok(Self {
+            pool,
+            prefix: cache.cache_key_prefix.clone(),
+            ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
+            timeout,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn key(&self, id: crate::domain::VehicleId, at: crate::domain::Instant) -> CacheKey {
+        CacheKey::new(&self.prefix, id, at)
+    }
+
+    /// The cached answer and how much longer it may be served, read in one pipeline (GET and
+    /// PTTL); `None` when absent or too old for this replica's TTL.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<(Answer, Duration)>, CacheError> {
+        let (value, pttl): (Option<Vec<u8>>, i64) = self
+            .bounded(async {
+                let mut conn = self.pool.get().await?;
+                let reply = redis::pipe()
+                    .get(key.as_str())
+                    .pttl(key.as_str())
+                    .query_async(&mut *conn)
+                    .await?;
+                Ok(reply)
+            })
+            .await?;
+        let Some(value) = value else { return Ok(None) };
+        let answer = Answer::decode(Bytes::from(value))?;
+        let Some(left) = time_left(answer.read_at_ms, self.ttl, SystemTime::now()) else {
+            return Ok(None);
+        };
+        // PTTL is negative when the key vanished between the two commands (-2) or has no expiry
+        // (-1, which this service never writes): serve it, but let nobody keep it.
+        let remaining = Duration::from_millis(u64::try_from(pttl).unwrap_or(0)).min(left);
+        Ok(Some((answer, remaining)))
+    }
+
+    /// Stores an answer for what is left of its TTL (counted from when it was read).
+    pub async fn put(&self, key: &CacheKey, answer: &Answer) -> Result<(), CacheError> {
+        let Some(left) = time_left(answer.read_at_ms, self.ttl, SystemTime::now()) else {
+            return Ok(());
+        };
+        let ttl_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        let value = answer.encode();
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("SET")
+                .arg(key.as_str())
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<()>(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("PING").query_async::<()>(&mut *conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts a failed call. Callers log the error itself, where they know what they were doing.
+    pub fn record_error(&self) -> u64 {
+        self.errors.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Failed Redis calls since start.
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        // A multiplexed connection is safe to abandon mid-command: its reply is discarded.
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
+    }
+}
