@@ -4,13 +4,20 @@
 //! connecting included) and its failure is returned to the caller, which logs it and asks
 //! PostgreSQL instead. Broken connections are replaced by the pool, so the cache comes back by
 //! itself when Redis does.
+//!
+//! One multiplexed connection carries any number of concurrent commands, so the service holds a
+//! handle to one taken from the pool and uses it until a call fails; only then does it go back to
+//! the pool, which checks (with a PING) or replaces connections. Taking a connection from
+//! deadpool-redis for every call would add that PING round trip to every lookup.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use actix_web::web::Bytes;
 use anyhow::Context;
 use deadpool_redis::{Pool, Runtime};
+use redis::aio::MultiplexedConnection;
 
 use super::{Answer, CacheKey, Corrupt, time_left};
 use crate::config::{CacheSettings, RedisSettings};
@@ -29,6 +36,8 @@ pub enum CacheError {
 
 pub struct RedisCache {
     pool: Pool,
+    /// The connection in use, until a call on it fails.
+    held: Mutex<Option<MultiplexedConnection>>,
     prefix: String,
     ttl: Duration,
     timeout: Duration,
@@ -51,6 +60,7 @@ impl RedisCache {
             .context("cannot build the Redis pool")?;
         Ok(Self {
             pool,
+            held: Mutex::new(None),
             prefix: cache.cache_key_prefix.clone(),
             ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
             timeout,
@@ -71,11 +81,11 @@ impl RedisCache {
     pub async fn get(&self, key: &CacheKey) -> Result<Option<(Answer, Duration)>, CacheError> {
         let (value, pttl): (Option<Vec<u8>>, i64) = self
             .bounded(async {
-                let mut conn = self.pool.get().await?;
+                let mut conn = self.connection().await?;
                 let reply = redis::pipe()
                     .get(key.as_str())
                     .pttl(key.as_str())
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 Ok(reply)
             })
@@ -99,13 +109,13 @@ impl RedisCache {
         let ttl_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         let value = answer.encode();
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection().await?;
             redis::cmd("SET")
                 .arg(key.as_str())
                 .arg(value)
                 .arg("PX")
                 .arg(ttl_ms)
-                .query_async::<()>(&mut *conn)
+                .query_async::<()>(&mut conn)
                 .await?;
             Ok(())
         })
@@ -114,8 +124,8 @@ impl RedisCache {
 
     pub async fn ping(&self) -> Result<(), CacheError> {
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
-            redis::cmd("PING").query_async::<()>(&mut *conn).await?;
+            let mut conn = self.connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await
@@ -131,13 +141,31 @@ impl RedisCache {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// The held connection, or a new one from the pool.
+    async fn connection(&self) -> Result<MultiplexedConnection, CacheError> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(conn) = held {
+            return Ok(conn);
+        }
+        let pooled = self.pool.get().await?;
+        // A clone is another handle on the same socket; the pooled object goes back to the pool.
+        let conn: MultiplexedConnection = (*pooled).clone();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, CacheError>>,
     ) -> Result<T, CacheError> {
         // A multiplexed connection is safe to abandon mid-command: its reply is discarded.
-        tokio::time::timeout(self.timeout, call)
+        let result = tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)));
+        if result.is_err() {
+            // Whatever failed, the next call starts from the pool, which checks or replaces it.
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        result
     }
 }
