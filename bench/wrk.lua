@@ -1,0 +1,80 @@
+-- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed); VEHICLES is
+-- the data set's size. Counts answers other than 200 and 404 (404 is a valid answer: no such
+-- vehicle, or no state yet at that instant) and prints one JSON line of results at the end.
+
+local workload = os.getenv("WORKLOAD") or "livez"
+local vehicles = tonumber(os.getenv("VEHICLES") or "3")
+-- Instants spread over the synthetic data's years: 2019-01-01 to 2026-01-01.
+local first_ts, last_ts = 1546300800, 1767225600
+local hot_keys = 1000
+
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(id * 7919 + os.time())
+  unexpected = 0
+  -- Zipf over vehicles (s = 1.1) by inverse transform on a precomputed CDF of the first ranks,
+  -- a long uniform tail beyond them.
+  if workload == "mixed" then
+    local ranks = math.min(vehicles, 10000)
+    cdf, total = {}, 0
+    for k = 1, ranks do total = total + 1 / (k ^ 1.1); cdf[k] = total end
+  end
+end
+
+local function zipf()
+  local u = math.random() * total
+  local lo, hi = 1, #cdf
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
+local function path_for(vehicle, ts)
+  return "/vehicles/" .. vehicle .. "/timestamp/" .. ts
+end
+
+-- Key k of the hot set: vehicle and instant both derived from k, so every thread shares them.
+function hot_path(k)
+  local vehicle = (k % vehicles) + 1
+  local ts = first_ts + (k * 86413) % (last_ts - first_ts)
+  return path_for(vehicle, ts)
+end
+
+function request()
+  local path
+  if workload == "livez" then
+    path = "/livez"
+  elseif workload == "hot" then
+    path = hot_path(math.random(0, hot_keys - 1))
+  elseif workload == "cold" then
+    path = path_for(math.random(1, vehicles), math.random(first_ts, last_ts))
+  else
+    -- A few popular vehicles asked about at a few instants each, and a long tail.
+    local vehicle = zipf()
+    if vehicle >= #cdf then vehicle = math.random(1, vehicles) end
+    path = path_for(vehicle, first_ts + math.random(0, 9) * 21600000)
+  end
+  return wrk.format("GET", path)
+end
+
+function response(status, headers, body)
+  if status ~= 200 and status ~= 404 then unexpected = unexpected + 1 end
+end
+
+function done(summary, latency, requests)
+  local bad = 0
+  for _, thread in ipairs(threads) do bad = bad + thread:get("unexpected") end
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "seconds": %.3f, "p50_ms": %.3f, "p99_ms": %.3f, "errors": %d, "unexpected_status": %d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    e.connect + e.read + e.write + e.timeout, bad))
+end
