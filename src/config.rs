@@ -132,7 +132,7 @@ pub struct CacheSettings {
 
     /// Memory budget of this replica's in-process cache, in bytes of keys and answers (0 turns it
     /// off; concurrent misses for one key are still coalesced).
-    #[arg(long, env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub local_cache_max_bytes: u64,
 
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
