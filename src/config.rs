@@ -207,7 +207,7 @@ impl From<Dataset> for SeedData {
 /// The size and randomness of a synthetic data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
 pub struct SyntheticSettings {
-    /// How many vehicles (ids 1 to N); each gets 1 to 6 state changes, about 2.6 on average.
+    /// How many vehicles (ids 1 to N); each gets 1 to 6 state changes, about 2.7 on average.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub vehicles: u32,
     /// Seed of the random generator: the same seed gives the same data.

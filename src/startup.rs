@@ -42,7 +42,7 @@ impl Application {
         let state = web::Data::new(AppState {
             service: StateService {
                 db: db::connect(&settings.database),
-                redis: RedisCache::new(&settings.redis, &settings.cache)?,
+                redis: std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?),
                 local: LocalCache::new(settings.cache.local_cache_max_bytes),
             },
             retry_after_secs: settings.http.retry_after_secs,

@@ -368,3 +368,39 @@ async fn a_burst_of_identical_misses_makes_one_query() {
         .count();
     assert!(misses >= 1, "the request that asked PostgreSQL says MISS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_does_not_abandon_the_lookup_others_share() {
+    // Holds whether or not the server drops the handler of a client that left (actix's HTTP/1
+    // dispatcher did not, here): the fetch is a task of its own, so it is never redone.
+    let app = spawn_app().await;
+    let mut lock = app.db.begin().await.expect("begin");
+    sqlx::query(r#"LOCK TABLE "stateLogs" IN ACCESS EXCLUSIVE MODE"#)
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let url = format!("{}/vehicles/3/timestamp/1662976800", app.address);
+    let leaver = tokio::spawn(app.client.get(&url).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leaver.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stayer = tokio::spawn(app.client.get(&url).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query = $1",
+    )
+    .bind(vehicle_state::db::LOOKUP_SQL)
+    .fetch_one(&app.db)
+    .await
+    .expect("pg_stat_activity");
+    lock.commit().await.expect("release");
+    let response = stayer.await.expect("task").expect("answered");
+
+    assert_eq!(
+        in_flight, 1,
+        "the first query went on after its client left, and was shared"
+    );
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), README_ANSWER);
+}
