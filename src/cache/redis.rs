@@ -36,8 +36,9 @@ pub enum CacheError {
 
 pub struct RedisCache {
     pool: Pool,
-    /// The connection in use, until a call on it fails.
-    held: Mutex<Option<MultiplexedConnection>>,
+    /// The connection in use and its generation, until a call on it fails.
+    held: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generations: AtomicU64,
     prefix: String,
     ttl: Duration,
     timeout: Duration,
@@ -61,6 +62,7 @@ impl RedisCache {
         Ok(Self {
             pool,
             held: Mutex::new(None),
+            generations: AtomicU64::new(0),
             prefix: cache.cache_key_prefix.clone(),
             ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
             timeout,
@@ -80,8 +82,7 @@ impl RedisCache {
     /// PTTL); `None` when absent or too old for this replica's TTL.
     pub async fn get(&self, key: &CacheKey) -> Result<Option<(Answer, Duration)>, CacheError> {
         let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .bounded(async {
-                let mut conn = self.connection().await?;
+            .bounded(|mut conn| async move {
                 let reply = redis::pipe()
                     .get(key.as_str())
                     .pttl(key.as_str())
@@ -108,8 +109,7 @@ impl RedisCache {
         };
         let ttl_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         let value = answer.encode();
-        self.bounded(async {
-            let mut conn = self.connection().await?;
+        self.bounded(|mut conn| async move {
             redis::cmd("SET")
                 .arg(key.as_str())
                 .arg(value)
@@ -123,8 +123,7 @@ impl RedisCache {
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {
-        self.bounded(async {
-            let mut conn = self.connection().await?;
+        self.bounded(|mut conn| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })
@@ -141,30 +140,47 @@ impl RedisCache {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// The held connection, or a new one from the pool.
-    async fn connection(&self) -> Result<MultiplexedConnection, CacheError> {
+    /// The held connection and its generation, or a new one from the pool.
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), CacheError> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(conn) = held {
-            return Ok(conn);
+        if let Some(held) = held {
+            return Ok(held);
         }
         let pooled = self.pool.get().await?;
         // A clone is another handle on the same socket; the pooled object goes back to the pool.
         let conn: MultiplexedConnection = (*pooled).clone();
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok(conn)
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
+        Ok((generation, conn))
     }
 
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
+    /// Runs `call` on the held connection within `REDIS_TIMEOUT_MS`. When it fails, that
+    /// connection is let go (and only that one: a newer one another call installed stays), so
+    /// the next call starts from the pool, which checks or replaces it.
+    async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, CacheError>>,
+    {
+        let used = AtomicU64::new(0);
+        let attempt = async {
+            let (generation, conn) = self.connection().await?;
+            used.store(generation, Ordering::Relaxed);
+            call(conn).await
+        };
         // A multiplexed connection is safe to abandon mid-command: its reply is discarded.
-        let result = tokio::time::timeout(self.timeout, call)
+        let result = tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or(Err(CacheError::Timeout(self.timeout)));
         if result.is_err() {
-            // Whatever failed, the next call starts from the pool, which checks or replaces it.
-            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let failed = used.load(Ordering::Relaxed);
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held
+                .as_ref()
+                .is_some_and(|(generation, _)| *generation == failed)
+            {
+                *held = None;
+            }
         }
         result
     }
