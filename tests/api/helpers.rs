@@ -352,6 +352,17 @@ impl Reply {
             .unwrap_or("")
     }
 
+    /// Asserts `Cache-Control: public, max-age=N` with N at most `max`, and returns N.
+    pub fn assert_max_age_at_most(&self, max: u64) -> u64 {
+        let cache_control = self.header("cache-control");
+        let age = cache_control
+            .strip_prefix("public, max-age=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cache-control: {cache_control}"));
+        assert!(age <= max, "{cache_control}");
+        age
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -433,6 +444,29 @@ impl TestApp {
             .execute(&self.db)
             .await
             .expect("insert a state log");
+    }
+
+    /// Holds every lookup of this app in PostgreSQL (an exclusive lock on "stateLogs") until the
+    /// returned transaction ends.
+    pub async fn hold_lookups(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut lock = self.db.begin().await.expect("begin");
+        sqlx::query(r#"LOCK TABLE "stateLogs" IN ACCESS EXCLUSIVE MODE"#)
+            .execute(&mut *lock)
+            .await
+            .expect("lock");
+        lock
+    }
+
+    /// How many of the service's lookup queries are running on this app's database now.
+    pub async fn lookups_in_flight(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state = 'active' AND query = $1",
+        )
+        .bind(vehicle_state::db::LOOKUP_SQL)
+        .fetch_one(&self.db)
+        .await
+        .expect("pg_stat_activity")
     }
 
     pub async fn add_vehicle(&self, id: i32, make: &str, model: &str, state: &str) {

@@ -122,11 +122,7 @@ async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
         200
     );
     // Hold the lookup in PostgreSQL behind a lock, so the request is in flight across the stop.
-    let mut lock = app.db.begin().await.expect("begin");
-    sqlx::query(r#"LOCK TABLE "stateLogs" IN ACCESS EXCLUSIVE MODE"#)
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
+    let lock = app.hold_lookups().await;
     let in_flight = tokio::spawn({
         let client = client.clone();
         let url = format!("{address}/vehicles/3/timestamp/2022-09-12T10:00:00Z");
