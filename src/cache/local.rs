@@ -84,9 +84,4 @@ impl LocalCache {
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<LocalEntry>> {
         self.cache.get(key).await
     }
-
-    /// Entries held now (approximate; for tests and metrics).
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
 }

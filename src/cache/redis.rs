@@ -135,11 +135,6 @@ impl RedisCache {
         self.errors.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Failed Redis calls since start.
-    pub fn error_count(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
     /// The held connection and its generation, or a new one from the pool.
     async fn connection(&self) -> Result<(u64, MultiplexedConnection), CacheError> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();

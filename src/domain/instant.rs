@@ -80,11 +80,6 @@ impl Instant {
         DateTime::from_timestamp_micros(micros).map(Self)
     }
 
-    /// The instant `t`, truncated to microseconds, if within the supported range.
-    pub fn from_datetime(t: DateTime<Utc>) -> Option<Self> {
-        Self::from_unix_micros(t.timestamp_micros())
-    }
-
     pub fn unix_micros(self) -> i64 {
         self.0.timestamp_micros()
     }

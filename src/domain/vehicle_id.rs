@@ -48,18 +48,6 @@ impl VehicleId {
     }
 }
 
-impl TryFrom<i32> for VehicleId {
-    type Error = VehicleIdError;
-
-    fn try_from(value: i32) -> Result<Self, Self::Error> {
-        if value >= 1 {
-            Ok(Self(value))
-        } else {
-            Err(VehicleIdError::OutOfRange)
-        }
-    }
-}
-
 impl fmt::Display for VehicleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
