@@ -135,6 +135,12 @@ pub struct CacheSettings {
     #[arg(long, env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub local_cache_max_bytes: u64,
 
+    /// Seconds past the TTL an answer stays in Redis so that, while PostgreSQL cannot answer, it
+    /// can still be served, marked `X-Cache: STALE` (RFC 5861 `stale-if-error`). 0, the default,
+    /// turns this off: no answer is ever older than `CACHE_TTL_SECS`.
+    #[arg(long, env = "STALE_IF_ERROR_SECS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub stale_if_error_secs: u32,
+
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
     #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "vehicle-state", value_parser = parse_key_prefix)]
     pub cache_key_prefix: String,
@@ -177,6 +183,31 @@ pub struct HttpSettings {
     /// Seconds sent in `Retry-After` when PostgreSQL cannot answer.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub retry_after_secs: u32,
+
+    /// Most lookups one replica runs at once past its memory cache (asking Redis, then
+    /// PostgreSQL); concurrent requests for one answer count once. A lookup beyond it is answered
+    /// 503 with `Retry-After` at once instead of queueing, so latency stays bounded under overload.
+    #[arg(long, env = "LOOKUP_CONCURRENCY_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub lookup_concurrency_limit: u32,
+
+    /// Seconds sent in `Retry-After` when a lookup is shed by `LOOKUP_CONCURRENCY_LIMIT`.
+    #[arg(long, env = "OVERLOAD_RETRY_AFTER_SECS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub overload_retry_after_secs: u32,
+
+    /// How long a client has to send a request's head (line and headers) from when it connects
+    /// or its previous request ends; a slower client gets 408 and is disconnected (slowloris).
+    #[arg(long, env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub http_client_request_timeout_ms: u64,
+
+    /// Seconds an idle keep-alive connection is kept open (0 closes after each response). Keep it
+    /// above the idle timeout of the load balancer's upstream connections.
+    #[arg(long, env = "HTTP_KEEP_ALIVE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub http_keep_alive_secs: u64,
+
+    /// Most open connections per worker thread; past it, new connections wait in the listen
+    /// backlog until one closes.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
 }
 
 /// The data set `serve --seed` can load.

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::db::DbError;
 use crate::domain::{Instant, InstantError, VehicleId, VehicleIdError};
+use crate::service::LookupError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -56,6 +57,8 @@ pub enum ProblemType {
     MethodNotAllowed,
     #[serde(rename = "/problems/database-unavailable")]
     DatabaseUnavailable,
+    #[serde(rename = "/problems/overloaded")]
+    Overloaded,
     #[serde(rename = "/problems/internal-error")]
     InternalError,
 }
@@ -71,6 +74,7 @@ impl ProblemType {
             ProblemType::RouteNotFound => "Route not found",
             ProblemType::MethodNotAllowed => "Method not allowed",
             ProblemType::DatabaseUnavailable => "Database unavailable",
+            ProblemType::Overloaded => "Overloaded",
             ProblemType::InternalError => "Internal server error",
         }
     }
@@ -94,7 +98,15 @@ pub enum ApiError {
     DatabaseUnavailable {
         retry_after_secs: u32,
         #[source]
-        source: Arc<DbError>,
+        source: Arc<LookupError>,
+    },
+    #[error(
+        "this replica is serving as many lookups as it may; retry after {retry_after_secs} seconds"
+    )]
+    Overloaded {
+        retry_after_secs: u32,
+        #[source]
+        source: Arc<LookupError>,
     },
     #[error("the server failed to answer")]
     Internal(#[source] anyhow::Error),
@@ -110,6 +122,7 @@ impl ApiError {
             ApiError::RouteNotFound => ProblemType::RouteNotFound,
             ApiError::MethodNotAllowed => ProblemType::MethodNotAllowed,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
+            ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::Internal(_) => ProblemType::InternalError,
         }
     }
@@ -125,25 +138,34 @@ impl ApiError {
     }
 
     /// The error is shared (in an `Arc`) by every request that waited on the same lookup.
-    pub fn from_db(source: Arc<DbError>, retry_after_secs: u32) -> Self {
+    pub fn from_lookup(source: Arc<LookupError>, retry_after: &RetryAfter) -> Self {
         match *source {
-            DbError::Unavailable(_) => ApiError::DatabaseUnavailable {
-                retry_after_secs,
+            LookupError::Overloaded(_) => ApiError::Overloaded {
+                retry_after_secs: retry_after.overloaded,
                 source,
             },
-            DbError::Query(_) => ApiError::Internal(anyhow::Error::new(source)),
+            LookupError::Db(DbError::Unavailable(_)) => ApiError::DatabaseUnavailable {
+                retry_after_secs: retry_after.database,
+                source,
+            },
+            LookupError::Db(DbError::Query(_)) => ApiError::Internal(anyhow::Error::new(source)),
         }
     }
 
     /// The response with its problem body; callers may add headers before finishing it.
     pub fn response_builder(&self) -> (HttpResponseBuilder, Vec<u8>) {
         let status = self.status_code();
-        if status.is_server_error() {
+        // A shed request is expected under overload and already has its request log line (with
+        // the 503); logging each again would add load exactly when there is too much.
+        if status.is_server_error() && !matches!(self, ApiError::Overloaded { .. }) {
             tracing::error!(error = %chain(self), "request failed");
         }
         let mut builder = HttpResponse::build(status);
         builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         if let ApiError::DatabaseUnavailable {
+            retry_after_secs, ..
+        }
+        | ApiError::Overloaded {
             retry_after_secs, ..
         } = self
         {
@@ -170,7 +192,9 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DatabaseUnavailable { .. } | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -179,6 +203,13 @@ impl ResponseError for ApiError {
         let (mut builder, body) = self.response_builder();
         builder.body(body)
     }
+}
+
+/// Seconds sent in `Retry-After`, by cause (`RETRY_AFTER_SECS`, `OVERLOAD_RETRY_AFTER_SECS`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter {
+    pub database: u32,
+    pub overloaded: u32,
 }
 
 /// An error and all its causes on one line, for logs.
@@ -211,6 +242,11 @@ mod tests {
         assert!(chain(&error).to_string().contains("stateLogs"));
     }
 
+    const RETRY: RetryAfter = RetryAfter {
+        database: 5,
+        overloaded: 1,
+    };
+
     #[test]
     fn every_kind_has_its_own_type_uri() {
         let id = VehicleId::parse("3").expect("valid");
@@ -222,6 +258,13 @@ mod tests {
             ApiError::NoStateYet(id, at),
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
+            ApiError::from_lookup(
+                Arc::new(LookupError::Db(DbError::Unavailable(
+                    sqlx::Error::PoolTimedOut,
+                ))),
+                &RETRY,
+            ),
+            ApiError::from_lookup(Arc::new(LookupError::Overloaded(1)), &RETRY),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];
         let mut kinds: Vec<_> = errors.iter().map(|e| e.problem().kind).collect();

@@ -5,11 +5,22 @@ use std::time::{Duration, Instant as Clock, SystemTime};
 
 use actix_web::web::Bytes;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheKey, LocalCache, LocalEntry, RedisCache, unix_ms};
+use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
 use crate::db::{self, DbError};
 use crate::domain::{Instant, VehicleId};
+
+/// Why a lookup has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// `LOOKUP_CONCURRENCY_LIMIT` lookups were already in flight: shed, not queued.
+    #[error("{0} lookups are already in flight (LOOKUP_CONCURRENCY_LIMIT)")]
+    Overloaded(u32),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
 
 /// Where an answer came from, as `X-Cache` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +30,8 @@ pub enum CacheStatus {
     Hit,
     /// Read from PostgreSQL for this request.
     Miss,
+    /// Older than the TTL, served because PostgreSQL could not answer (`STALE_IF_ERROR_SECS`).
+    Stale,
 }
 
 impl CacheStatus {
@@ -26,6 +39,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
         }
     }
 }
@@ -38,19 +52,46 @@ pub struct Served {
     pub fresh_for: Duration,
 }
 
+impl Served {
+    /// Seconds since the answer was read from PostgreSQL (for `Age` on a stale answer).
+    pub fn age_secs(&self) -> u64 {
+        let age_ms = unix_ms(SystemTime::now()).saturating_sub(self.entry.answer.read_at_ms);
+        u64::try_from(age_ms / 1000).unwrap_or(0)
+    }
+}
+
 /// The lookup path and everything it reads from.
 pub struct StateService {
     pub db: PgPool,
     pub redis: Arc<RedisCache>,
     pub local: LocalCache,
+    /// One permit per lookup in flight past memory (`LOOKUP_CONCURRENCY_LIMIT`).
+    limit: Arc<Semaphore>,
+    max_in_flight: u32,
 }
 
 impl StateService {
+    pub fn new(db: PgPool, redis: Arc<RedisCache>, local: LocalCache, max_in_flight: u32) -> Self {
+        let permits = usize::try_from(max_in_flight).unwrap_or(Semaphore::MAX_PERMITS);
+        Self {
+            db,
+            redis,
+            local,
+            limit: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+            max_in_flight,
+        }
+    }
+
     /// Memory first; then, once per key however many requests ask at the same moment, Redis,
     /// and on a miss, a Redis failure or an unreadable value, PostgreSQL, whose answer is written
     /// back to Redis before it is returned. A Redis failure is logged and counted, never passed
-    /// to the client.
-    pub async fn vehicle_state(&self, id: VehicleId, at: Instant) -> Result<Served, Arc<DbError>> {
+    /// to the client. Only the request that starts a fetch takes a permit of the concurrency
+    /// limit; without one it fails at once (and so do the requests waiting on it).
+    pub async fn vehicle_state(
+        &self,
+        id: VehicleId,
+        at: Instant,
+    ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
         if let Some(entry) = self.local.get(&key).await {
             let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
@@ -64,13 +105,27 @@ impl StateService {
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
         // instead of starting the query again.
         let (local, db, redis) = (self.local.clone(), self.db.clone(), self.redis.clone());
+        let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
         let (entry, fetched_here) = tokio::spawn(async move {
-            let fetch = fetch(db, redis, key.clone(), id, at);
+            let fetch = {
+                let key = key.clone();
+                async move {
+                    let _permit = limit
+                        .try_acquire_owned()
+                        .map_err(|_| LookupError::Overloaded(max_in_flight))?;
+                    fetch(db, redis, key, id, at).await
+                }
+            };
             local.get_or_fetch(key, fetch).await
         })
         .await
-        .unwrap_or_else(|_| Err(Arc::new(DbError::Unavailable(sqlx::Error::WorkerCrashed))))?;
+        .unwrap_or_else(|_| {
+            Err(Arc::new(LookupError::Db(DbError::Unavailable(
+                sqlx::Error::WorkerCrashed,
+            ))))
+        })?;
         let cache = match (fetched_here, entry.source) {
+            (_, Source::Stale) => CacheStatus::Stale,
             (true, Source::Postgres) => CacheStatus::Miss,
             _ => CacheStatus::Hit,
         };
@@ -89,11 +144,12 @@ async fn fetch(
     key: CacheKey,
     id: VehicleId,
     at: Instant,
-) -> Result<Arc<LocalEntry>, DbError> {
+) -> Result<Arc<LocalEntry>, LookupError> {
     // Taken before asking, so memory never keeps the answer longer than Redis does.
     let asked = Clock::now();
+    let mut stale = None;
     match redis.get(&key).await {
-        Ok(Some((answer, remaining))) => {
+        Ok(Cached::Fresh(answer, remaining)) => {
             let expires_at = asked + remaining;
             return Ok(Arc::new(LocalEntry {
                 answer,
@@ -101,7 +157,8 @@ async fn fetch(
                 source: Source::Redis,
             }));
         }
-        Ok(None) => {}
+        Ok(Cached::Stale(answer)) => stale = Some(answer),
+        Ok(Cached::Absent) => {}
         Err(error) => {
             let errors = redis.record_error();
             tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
@@ -110,7 +167,23 @@ async fn fetch(
     // Taken before the query, so the recorded age errs on the old side.
     let read_at = SystemTime::now();
     let started = Clock::now();
-    let lookup = db::lookup(&db, id, at).await?;
+    let lookup = match db::lookup(&db, id, at).await {
+        Ok(lookup) => lookup,
+        Err(error @ DbError::Unavailable(_)) => {
+            let Some(answer) = stale else {
+                return Err(error.into());
+            };
+            tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
+            // Expired on arrival: memory hands it to the requests waiting now, and keeps it for
+            // nobody else, so the next request asks PostgreSQL again.
+            return Ok(Arc::new(LocalEntry {
+                answer,
+                expires_at: Clock::now(),
+                source: Source::Stale,
+            }));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let (outcome, body) = lookup.render();
     let answer = Answer {
         outcome,

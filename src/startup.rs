@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
@@ -15,6 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
+use crate::error::RetryAfter;
 use crate::service::StateService;
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
@@ -22,7 +24,9 @@ use crate::{db, openapi, routes};
 /// What every request handler shares.
 pub struct AppState {
     pub service: StateService,
-    pub retry_after_secs: u32,
+    pub retry_after: RetryAfter,
+    /// `STALE_IF_ERROR_SECS`, advertised in `Cache-Control` when not 0.
+    pub stale_if_error_secs: u32,
     /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
     pub shutting_down: AtomicBool,
 }
@@ -40,12 +44,17 @@ impl Application {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
         }
         let state = web::Data::new(AppState {
-            service: StateService {
-                db: db::connect(&settings.database),
-                redis: std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?),
-                local: LocalCache::new(settings.cache.local_cache_max_bytes),
+            service: StateService::new(
+                db::connect(&settings.database),
+                std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?),
+                LocalCache::new(settings.cache.local_cache_max_bytes),
+                settings.http.lookup_concurrency_limit,
+            ),
+            retry_after: RetryAfter {
+                database: settings.http.retry_after_secs,
+                overloaded: settings.http.overload_retry_after_secs,
             },
-            retry_after_secs: settings.http.retry_after_secs,
+            stale_if_error_secs: settings.cache.stale_if_error_secs,
             shutting_down: AtomicBool::new(false),
         });
 
@@ -76,7 +85,15 @@ impl Application {
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.
         .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout_secs);
+        .shutdown_timeout(settings.http.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_millis(
+            settings.http.http_client_request_timeout_ms,
+        ))
+        .keep_alive(match settings.http.http_keep_alive_secs {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
+        .max_connections(usize::try_from(settings.http.http_max_connections).unwrap_or(usize::MAX));
         if let Some(workers) = settings.http.http_workers {
             server = server.workers(workers.into());
         }

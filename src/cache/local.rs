@@ -13,6 +13,8 @@ use super::{Answer, CacheKey};
 pub enum Source {
     Redis,
     Postgres,
+    /// Past its TTL, from Redis, because PostgreSQL could not answer; never kept in memory.
+    Stale,
 }
 
 /// An answer held in memory until `expires_at`: the moment it stops being servable under the TTL

@@ -10,7 +10,7 @@ pub mod local;
 mod redis;
 
 pub use self::local::{LocalCache, LocalEntry};
-pub use self::redis::{CacheError, RedisCache};
+pub use self::redis::{CacheError, Cached, RedisCache};
 pub use entry::{Answer, Corrupt};
 pub use key::CacheKey;
 

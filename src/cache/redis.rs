@@ -34,6 +34,16 @@ pub enum CacheError {
     Corrupt(#[from] Corrupt),
 }
 
+/// What Redis holds for a key.
+#[derive(Debug)]
+pub enum Cached {
+    /// Servable, for this much longer.
+    Fresh(Answer, Duration),
+    /// Past the TTL but within `STALE_IF_ERROR_SECS`: only for when PostgreSQL cannot answer.
+    Stale(Answer),
+    Absent,
+}
+
 pub struct RedisCache {
     pool: Pool,
     /// The connection in use and its generation, until a call on it fails.
@@ -41,6 +51,8 @@ pub struct RedisCache {
     generations: AtomicU64,
     prefix: String,
     ttl: Duration,
+    /// TTL plus the stale-if-error window: how long answers are kept.
+    keep: Duration,
     timeout: Duration,
     errors: AtomicU64,
 }
@@ -65,6 +77,9 @@ impl RedisCache {
             generations: AtomicU64::new(0),
             prefix: cache.cache_key_prefix.clone(),
             ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
+            keep: Duration::from_secs(
+                u64::from(cache.cache_ttl_secs) + u64::from(cache.stale_if_error_secs),
+            ),
             timeout,
             errors: AtomicU64::new(0),
         })
@@ -79,8 +94,8 @@ impl RedisCache {
     }
 
     /// The cached answer and how much longer it may be served, read in one pipeline (GET and
-    /// PTTL); `None` when absent or too old for this replica's TTL.
-    pub async fn get(&self, key: &CacheKey) -> Result<Option<(Answer, Duration)>, CacheError> {
+    /// PTTL); `Stale` past this replica's TTL but within its stale-if-error window.
+    pub async fn get(&self, key: &CacheKey) -> Result<Cached, CacheError> {
         let (value, pttl): (Option<Vec<u8>>, i64) = self
             .bounded(|mut conn| async move {
                 let reply = redis::pipe()
@@ -91,20 +106,27 @@ impl RedisCache {
                 Ok(reply)
             })
             .await?;
-        let Some(value) = value else { return Ok(None) };
+        let Some(value) = value else {
+            return Ok(Cached::Absent);
+        };
         let answer = Answer::decode(Bytes::from(value))?;
-        let Some(left) = time_left(answer.read_at_ms, self.ttl, SystemTime::now()) else {
-            return Ok(None);
+        let now = SystemTime::now();
+        let Some(left) = time_left(answer.read_at_ms, self.ttl, now) else {
+            return Ok(match time_left(answer.read_at_ms, self.keep, now) {
+                Some(_) => Cached::Stale(answer),
+                None => Cached::Absent,
+            });
         };
         // PTTL is negative when the key vanished between the two commands (-2) or has no expiry
         // (-1, which this service never writes): serve it, but let nobody keep it.
         let remaining = Duration::from_millis(u64::try_from(pttl).unwrap_or(0)).min(left);
-        Ok(Some((answer, remaining)))
+        Ok(Cached::Fresh(answer, remaining))
     }
 
-    /// Stores an answer for what is left of its TTL (counted from when it was read).
+    /// Stores an answer for what is left of its TTL and stale-if-error window (counted from when
+    /// it was read).
     pub async fn put(&self, key: &CacheKey, answer: &Answer) -> Result<(), CacheError> {
-        let Some(left) = time_left(answer.read_at_ms, self.ttl, SystemTime::now()) else {
+        let Some(left) = time_left(answer.read_at_ms, self.keep, SystemTime::now()) else {
             return Ok(());
         };
         let ttl_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -3,7 +3,7 @@ use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
-use crate::service::Served;
+use crate::service::{CacheStatus, Served};
 use crate::startup::AppState;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -25,15 +25,17 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     ),
     responses(
         (status = 200, description = "The vehicle and its state at `ts`.", body = StateAnswer, headers(
-            ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database."),
-            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused."),
+            ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database, `STALE` when older than the TTL and served because the database cannot answer (only with `STALE_IF_ERROR_SECS` set)."),
+            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861)."),
+            ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
-        (status = 400, description = "The id or the timestamp is not valid; `detail` says why and lists the accepted forms.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id or the timestamp is not valid (`type` `/problems/invalid-vehicle-id` or `/problems/invalid-timestamp`); `detail` says why and lists the accepted forms.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle (`type` `/problems/vehicle-not-found`), or the vehicle had no state yet at `ts` (`type` `/problems/no-state-at-timestamp`). Cached like a 200.", body = Problem, content_type = "application/problem+json", headers(
-            ("X-Cache" = String, description = "`HIT` or `MISS`."),
-            ("Cache-Control" = String, description = "`public, max-age=N`."),
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`."),
+            ("Cache-Control" = String, description = "`public, max-age=N`, as for 200."),
+            ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
-        (status = 503, description = "The database cannot be reached and the answer is not cached; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
+        (status = 503, description = "The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`); retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
     ),
@@ -57,11 +59,11 @@ async fn answer(raw_id: &str, raw_ts: &str, state: &AppState) -> Result<HttpResp
         .service
         .vehicle_state(id, at)
         .await
-        .map_err(|e| ApiError::from_db(e, state.retry_after_secs))?;
-    Ok(respond(&served, id, at))
+        .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
+    Ok(respond(&served, id, at, state.stale_if_error_secs))
 }
 
-fn respond(served: &Served, id: VehicleId, at: Instant) -> HttpResponse {
+fn respond(served: &Served, id: VehicleId, at: Instant, stale_if_error: u32) -> HttpResponse {
     let answer = &served.entry.answer;
     let (mut builder, body) = match answer.outcome {
         Outcome::Found => {
@@ -82,18 +84,24 @@ fn respond(served: &Served, id: VehicleId, at: Instant) -> HttpResponse {
             (builder, body.into())
         }
     };
-    cache_headers(
-        &mut builder,
-        served.cache.as_str(),
-        served.fresh_for.as_secs(),
-    );
+    cache_headers(&mut builder, served, stale_if_error);
     builder.body(body)
 }
 
-fn cache_headers(builder: &mut HttpResponseBuilder, status: &'static str, max_age: u64) {
-    builder.insert_header((X_CACHE, HeaderValue::from_static(status)));
-    builder.insert_header(CacheControl(vec![
-        CacheDirective::Public,
-        CacheDirective::MaxAge(u32::try_from(max_age).unwrap_or(u32::MAX)),
-    ]));
+/// `X-Cache`; `Cache-Control` with what is left of the TTL (and, when the service keeps stale
+/// answers, the same `stale-if-error` window for caches downstream); `Age` on a stale answer.
+fn cache_headers(builder: &mut HttpResponseBuilder, served: &Served, stale_if_error: u32) {
+    builder.insert_header((X_CACHE, HeaderValue::from_static(served.cache.as_str())));
+    let max_age = u32::try_from(served.fresh_for.as_secs()).unwrap_or(u32::MAX);
+    let mut directives = vec![CacheDirective::Public, CacheDirective::MaxAge(max_age)];
+    if stale_if_error > 0 {
+        directives.push(CacheDirective::Extension(
+            "stale-if-error".to_owned(),
+            Some(stale_if_error.to_string()),
+        ));
+    }
+    builder.insert_header(CacheControl(directives));
+    if served.cache == CacheStatus::Stale {
+        builder.insert_header((header::AGE, served.age_secs()));
+    }
 }

@@ -147,6 +147,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
         cache: CacheSettings {
             cache_ttl_secs: 60,
             local_cache_max_bytes: 8 * 1024 * 1024,
+            stale_if_error_secs: 0,
             cache_key_prefix: prefix.to_owned(),
         },
         http: HttpSettings {
@@ -155,6 +156,11 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             shutdown_drain_secs: 0,
             shutdown_timeout_secs: 5,
             retry_after_secs: 5,
+            lookup_concurrency_limit: 256,
+            overload_retry_after_secs: 1,
+            http_client_request_timeout_ms: 5000,
+            http_keep_alive_secs: 5,
+            http_max_connections: 25_000,
         },
         migrate_on_start: true,
         seed: Some(Dataset::Sample),

@@ -3,7 +3,10 @@
 use std::time::{Duration, Instant};
 
 use crate::chaos::ChaosProxy;
-use crate::helpers::{Reply, TestApp, postgres_addr, redis_addr, spawn_app_with, via_port};
+use crate::helpers::{
+    Reply, TestApp, postgres_addr, redis_addr, spawn_app_with, spawn_replica_without_postgres,
+    via_port,
+};
 
 /// Asks until `done` holds for a reply, for at most `within`; returns every reply seen.
 async fn poll(
@@ -116,4 +119,77 @@ async fn when_postgres_goes_away_cached_answers_continue_and_the_service_recover
     );
     assert_eq!(recovered.status, 200, "{}", recovered.body);
     assert_eq!(recovered.json()["state"], "selling");
+}
+
+#[tokio::test]
+async fn with_stale_if_error_an_answer_past_its_ttl_is_served_marked_stale_while_postgres_is_down()
+{
+    let app = spawn_app_with(|s| {
+        s.cache.cache_ttl_secs = 1;
+        s.cache.stale_if_error_secs = 30;
+    })
+    .await;
+    let fresh = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
+
+    let stale = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+    let uncached = cut_off.state_at("2", "2022-09-12T10:00:00Z").await;
+    let refreshed = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(fresh.header("x-cache"), "MISS");
+    let cache_control = fresh.header("cache-control");
+    assert!(
+        cache_control.starts_with("public, max-age=")
+            && cache_control.ends_with(", stale-if-error=30"),
+        "downstream caches are told the same window: {cache_control}"
+    );
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    assert_eq!(stale.body, fresh.body);
+    assert_eq!(stale.header("x-cache"), "STALE");
+    assert_eq!(
+        stale.header("cache-control"),
+        "public, max-age=0, stale-if-error=30"
+    );
+    let age: u64 = stale.header("age").parse().expect("an Age header");
+    assert!((1..30).contains(&age), "age {age}");
+    uncached.assert_problem(503, "/problems/database-unavailable");
+    assert_eq!(
+        refreshed.header("x-cache"),
+        "MISS",
+        "with PostgreSQL up, a stale answer is read again, never served"
+    );
+}
+
+#[tokio::test]
+async fn without_stale_if_error_no_answer_is_served_past_its_ttl() {
+    let app = spawn_app_with(|s| s.cache.cache_ttl_secs = 1).await;
+    let fresh = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
+
+    let expired = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    fresh.assert_max_age_at_most(1);
+    expired.assert_problem(503, "/problems/database-unavailable");
+    assert!(
+        app.cache_keys().await.is_empty(),
+        "gone from Redis at the TTL"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_answer_past_the_stale_if_error_window_is_not_served() {
+    let app = spawn_app_with(|s| {
+        s.cache.cache_ttl_secs = 1;
+        s.cache.stale_if_error_secs = 1;
+    })
+    .await;
+    app.state_at("3", "2022-09-12T10:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
+
+    let too_old = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    too_old.assert_problem(503, "/problems/database-unavailable");
 }
