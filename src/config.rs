@@ -109,11 +109,20 @@ pub struct RedisSettings {
     /// Bound on each Redis call, connecting included; past it the request goes to PostgreSQL.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub redis_timeout_ms: u64,
+
+    /// After a Redis call fails, how long Redis is left alone (lookups go straight to PostgreSQL)
+    /// before one call tries it again; so a hanging Redis costs at most one timeout per interval.
+    #[arg(long, env = "REDIS_RETRY_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub redis_retry_interval_ms: u64,
 }
 
 impl RedisSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn retry_interval(&self) -> Duration {
+        Duration::from_millis(self.redis_retry_interval_ms)
     }
 }
 

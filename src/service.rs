@@ -8,7 +8,9 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
+use crate::cache::{
+    Answer, CacheError, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms,
+};
 use crate::db::{self, DbError};
 use crate::domain::{Instant, VehicleId};
 
@@ -159,6 +161,10 @@ async fn fetch(
         }
         Ok(Cached::Stale(answer)) => stale = Some(answer),
         Ok(Cached::Absent) => {}
+        // Already logged when Redis failed; each lookup while it cools down is only counted.
+        Err(CacheError::CoolingDown(_)) => {
+            redis.record_error();
+        }
         Err(error) => {
             let errors = redis.record_error();
             tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
@@ -190,9 +196,15 @@ async fn fetch(
         body: Bytes::from(body),
         read_at_ms: unix_ms(read_at),
     };
-    if let Err(error) = redis.put(&key, &answer).await {
-        let errors = redis.record_error();
-        tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
+    match redis.put(&key, &answer).await {
+        Ok(()) => {}
+        Err(CacheError::CoolingDown(_)) => {
+            redis.record_error();
+        }
+        Err(error) => {
+            let errors = redis.record_error();
+            tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
+        }
     }
     let expires_at = started + redis.ttl();
     Ok(Arc::new(LocalEntry {

@@ -9,10 +9,15 @@
 //! handle to one taken from the pool and uses it until a call fails; only then does it go back to
 //! the pool, which checks (with a PING) or replaces connections. Taking a connection from
 //! deadpool-redis for every call would add that PING round trip to every lookup.
+//!
+//! After a failure, Redis is left alone for `REDIS_RETRY_INTERVAL_MS`: calls fail at once
+//! instead of each waiting out the timeout on a Redis that hangs, then one call tries it again
+//! for everyone. So a dead or hanging Redis costs a lookup nothing, and at most one lookup per
+//! interval pays the timeout.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::web::Bytes;
 use anyhow::Context;
@@ -26,6 +31,8 @@ use crate::config::{CacheSettings, RedisSettings};
 pub enum CacheError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("Redis failed less than {0:?} ago (REDIS_RETRY_INTERVAL_MS); not asked")]
+    CoolingDown(Duration),
     #[error("no Redis connection")]
     Pool(#[from] deadpool_redis::PoolError),
     #[error("Redis command failed")]
@@ -54,7 +61,55 @@ pub struct RedisCache {
     /// TTL plus the stale-if-error window: how long answers are kept.
     keep: Duration,
     timeout: Duration,
+    breaker: Breaker,
     errors: AtomicU64,
+}
+
+/// Whether Redis may be asked: closed (0), or open until a moment (ms since `epoch`).
+struct Breaker {
+    epoch: Instant,
+    open_until_ms: AtomicU64,
+    interval: Duration,
+}
+
+impl Breaker {
+    fn new(interval: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            interval,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn reopen_at(&self) -> u64 {
+        let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
+        // Never 0, which means closed.
+        self.now_ms().saturating_add(interval).max(1)
+    }
+
+    /// Whether this call may ask Redis. Once the interval has passed, exactly one caller is let
+    /// through to try it (the others keep failing at once until that one is done).
+    fn admit(&self) -> bool {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if self.now_ms() < until {
+            return false;
+        }
+        self.open_until_ms
+            .compare_exchange(until, self.reopen_at(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn record(&self, ok: bool) {
+        let state = if ok { 0 } else { self.reopen_at() };
+        self.open_until_ms.store(state, Ordering::Release);
+    }
 }
 
 impl RedisCache {
@@ -81,6 +136,7 @@ impl RedisCache {
                 u64::from(cache.cache_ttl_secs) + u64::from(cache.stale_if_error_secs),
             ),
             timeout,
+            breaker: Breaker::new(redis.retry_interval()),
             errors: AtomicU64::new(0),
         })
     }
@@ -179,6 +235,9 @@ impl RedisCache {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, CacheError>>,
     {
+        if !self.breaker.admit() {
+            return Err(CacheError::CoolingDown(self.breaker.interval));
+        }
         let used = AtomicU64::new(0);
         let attempt = async {
             let (generation, conn) = self.connection().await?;
@@ -189,6 +248,7 @@ impl RedisCache {
         let result = tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or(Err(CacheError::Timeout(self.timeout)));
+        self.breaker.record(result.is_ok());
         if result.is_err() {
             let failed = used.load(Ordering::Relaxed);
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,5 +260,26 @@ impl RedisCache {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_failure_calls_are_refused_until_the_interval_passes_then_one_tries() {
+        let breaker = Breaker::new(Duration::from_millis(50));
+        assert!(breaker.admit() && breaker.admit(), "closed: everyone asks");
+
+        breaker.record(false);
+        let refused = !breaker.admit();
+        std::thread::sleep(Duration::from_millis(60));
+        let (first, second) = (breaker.admit(), breaker.admit());
+        breaker.record(true);
+
+        assert!(refused);
+        assert!(first && !second, "one probe after the interval");
+        assert!(breaker.admit(), "closed again after a success");
     }
 }

@@ -143,6 +143,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             redis_url: redis_url.to_owned(),
             redis_pool_max_size: 4,
             redis_timeout_ms: 200,
+            redis_retry_interval_ms: 250,
         },
         cache: CacheSettings {
             cache_ttl_secs: 60,
