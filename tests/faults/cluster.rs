@@ -1,0 +1,565 @@
+//! Real processes for the fault tests: replicas of the service's binary, nginx, and private
+//! Redis and PostgreSQL servers. Each is stopped (killed if it must be) when dropped.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Tests in this binary take turns: each loads the machine, and timings from two at once would
+/// say nothing.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+pub async fn one_at_a_time() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// A port nothing listens on now (the OS's pick; free until someone else takes it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A directory of the test's own, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vs-faults-{what}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {}", child.id());
+}
+
+/// Polls `url` until it answers 200, for at most `within`.
+pub async fn wait_until_ok(url: &str, within: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let answered = client
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+        if answered.is_ok_and(|r| r.status() == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// One replica: the service's own binary serving on a fixed loopback port, so it comes back on
+/// the same address after a restart, as behind a load balancer.
+pub struct Replica {
+    pub port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Replica {
+    /// Settings as in `docker-compose.yml`, on a database and Redis of the test's choosing.
+    pub fn new(dir: &Path, database_url: &str, redis_url: &str, prefix: &str) -> Self {
+        let port = free_port();
+        let env = [
+            ("DATABASE_URL", database_url),
+            ("REDIS_URL", redis_url),
+            ("CACHE_KEY_PREFIX", prefix),
+            ("MIGRATE_ON_START", "false"),
+            ("SHUTDOWN_DRAIN_SECS", "0"),
+            ("HTTP_WORKERS", "1"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"))])
+        .collect();
+        Self {
+            port,
+            env,
+            child: None,
+            log: dir.join(format!("replica-{port}.log")),
+        }
+    }
+
+    /// Sets (or replaces) a setting for the next start.
+    pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Starts the process and waits until it serves `/livez`.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the replica's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+            .arg("serve")
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("the binary starts");
+        self.child = Some(child);
+        let up = wait_until_ok(&format!("{}/livez", self.url()), Duration::from_secs(20)).await;
+        assert!(
+            up,
+            "replica on {} did not start: {}",
+            self.port,
+            self.log_tail()
+        );
+    }
+
+    /// Waits until `/readyz` says 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let ready = wait_until_ok(&format!("{}/readyz", self.url()), within).await;
+        assert!(
+            ready,
+            "replica on {} never ready: {}",
+            self.port,
+            self.log_tail()
+        );
+    }
+
+    /// SIGKILL: gone at once, mid-request.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        signal(&child, "KILL");
+        let _ = wait_for_exit(&mut child, Duration::from_secs(5));
+    }
+
+    /// Sends SIGTERM and leaves the process to stop by itself.
+    pub fn send_sigterm(&self) {
+        signal(self.child.as_ref().expect("running"), "TERM");
+    }
+
+    /// Waits for the process to exit (after [`Replica::send_sigterm`]); None if it did not
+    /// within `within` (it is then killed).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || {
+            let status = wait_for_exit(&mut child, within);
+            if status.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            status
+        })
+        .await
+        .expect("wait task")
+    }
+
+    /// Resident memory of the process, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for {}", self.pid()))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = log.lines().rev().take(20).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the service's binary once (e.g. `seed sample`) and asserts it succeeded.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "vehicle-state {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// nginx from the machine's package, configured from `deploy/nginx.conf` (what
+/// `docker-compose.yml` runs) with the replicas' loopback ports in place of Docker's DNS name.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub async fn start(dir: &Path, upstreams: &[u16]) -> Self {
+        let binary = [
+            "/usr/sbin/nginx",
+            "/usr/local/sbin/nginx",
+            "/usr/local/nginx/sbin/nginx",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("nginx is not installed: install Debian's nginx-light (.ci/run does)")
+        });
+        let port = free_port();
+        let dir = dir.join(format!("nginx-{port}"));
+        fs::create_dir_all(&dir).expect("nginx's directory");
+        let conf = nginx_conf(&dir, port, upstreams);
+        fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+        let prefix = format!("{}/", dir.display());
+        let child = Command::new(binary)
+            .args(["-p", &prefix, "-c", "nginx.conf", "-e", "error.log"])
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts");
+        let nginx = Self { port, child, dir };
+        let up = wait_until_ok(
+            &format!("{}/nginx-health", nginx.url()),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(up, "nginx did not start: {}", nginx.error_log());
+        nginx
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `deploy/nginx.conf` with what only works in Docker replaced: the replicas' ports instead of a
+/// name resolved by Docker's DNS (and no `resolve`, which Debian's nginx 1.22 lacks), a listen
+/// port of the test's, and files under the test's directory. Everything else, retries and
+/// timeouts included, is the committed file's, so a change there is tested here.
+fn nginx_conf(dir: &Path, port: u16, upstreams: &[u16]) -> String {
+    let committed = include_str!("../../deploy/nginx.conf");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "pid {0}/nginx.pid;\nerror_log {0}/error.log warn;\n",
+        dir.display()
+    ));
+    let mut replaced = (false, false, false);
+    for line in committed.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("resolver ") {
+            replaced.0 = true;
+            continue;
+        }
+        if let Some(params) = trimmed.strip_prefix("server app:8080 ") {
+            let params = params.trim_end_matches(';').replace("resolve", "");
+            for upstream in upstreams {
+                out.push_str(&format!("        server 127.0.0.1:{upstream} {params};\n"));
+            }
+            replaced.1 = true;
+            continue;
+        }
+        if trimmed == "listen 8080;" {
+            out.push_str(&format!("        listen 127.0.0.1:{port};\n"));
+            replaced.2 = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if trimmed == "http {" {
+            for (directive, sub) in [
+                ("client_body_temp_path", "body"),
+                ("proxy_temp_path", "proxy"),
+            ] {
+                out.push_str(&format!("    {directive} {}/{sub};\n", dir.display()));
+            }
+        }
+    }
+    assert_eq!(
+        replaced,
+        (true, true, true),
+        "deploy/nginx.conf changed shape: update nginx_conf in tests/faults/cluster.rs"
+    );
+    out
+}
+
+/// A Redis server of the test's own on a spare port, which the test may stop and start again.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (Debian package redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(self.url()).expect("a URL");
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    /// Stops it the way an operator or a crash would: SIGKILL, connections reset.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// How many keys it holds.
+    pub async fn dbsize(&self) -> u64 {
+        let client = redis::Client::open(self.url()).expect("a URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("reach the test's Redis");
+        redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .expect("DBSIZE")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb, pg_ctl), on a spare port, trust auth, which
+/// the test may stop and start again. As root, its programs run as the `postgres` user.
+pub struct PgServer {
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+impl PgServer {
+    pub fn start() -> Self {
+        let bin = pg_bindir();
+        let dir = TempDir::new("pg");
+        let data = dir.0.join("data");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir.0)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let server = Self {
+            port: free_port(),
+            bin,
+            data,
+            _dir: dir,
+        };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.resume();
+        server
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts (again) and waits until it accepts connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=100",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.join("server.log").display().to_string();
+        let data = self.data.display().to_string();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        );
+    }
+
+    /// Stops it as an operator would (fast shutdown: sessions are told and closed).
+    pub fn stop(&self) {
+        let data = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut command = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let output = command
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program");
+        assert!(
+            output.status.success(),
+            "{} {args:?}: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        let program = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&program)
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+        let _ = Command::new(&program)
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Where initdb and pg_ctl are: on PATH, or Debian's /usr/lib/postgresql/<version>/bin.
+fn pg_bindir() -> PathBuf {
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
+        && output.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL's server programs (initdb, pg_ctl) are installed")
+}
