@@ -24,7 +24,7 @@ use anyhow::Context;
 use deadpool_redis::{Pool, Runtime};
 use redis::aio::MultiplexedConnection;
 
-use super::{Answer, CacheKey, Corrupt, time_left};
+use super::{Answer, CacheKey, Corrupt, time_left, unix_ms};
 use crate::config::{CacheSettings, RedisSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,23 @@ pub enum Cached {
     /// Past the TTL but within `STALE_IF_ERROR_SECS`: only for when PostgreSQL cannot answer.
     Stale(Answer),
     Absent,
+}
+
+impl CacheError {
+    /// Whether Redis could not be reached (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            CacheError::Timeout(_) | CacheError::Pool(_) | CacheError::CoolingDown(_) => true,
+            CacheError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+            }
+            CacheError::Corrupt(_) => false,
+        }
+    }
 }
 
 pub struct RedisCache {
@@ -136,7 +153,8 @@ impl RedisCache {
                 u64::from(cache.cache_ttl_secs) + u64::from(cache.stale_if_error_secs),
             ),
             timeout,
-            breaker: Breaker::new(redis.retry_interval()),
+            // Never shorter than a call may take, so a probe still running is the only one.
+            breaker: Breaker::new(redis.retry_interval().max(timeout)),
             errors: AtomicU64::new(0),
         })
     }
@@ -168,9 +186,14 @@ impl RedisCache {
         let answer = Answer::decode(Bytes::from(value))?;
         let now = SystemTime::now();
         let Some(left) = time_left(answer.read_at_ms, self.ttl, now) else {
-            return Ok(match time_left(answer.read_at_ms, self.keep, now) {
-                Some(_) => Cached::Stale(answer),
-                None => Cached::Absent,
+            // Stale only if past the TTL, not if its read time is implausibly far ahead.
+            let age_ms = unix_ms(now).saturating_sub(answer.read_at_ms);
+            let expired = age_ms >= i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+            let kept = time_left(answer.read_at_ms, self.keep, now).is_some();
+            return Ok(if expired && kept {
+                Cached::Stale(answer)
+            } else {
+                Cached::Absent
             });
         };
         // PTTL is negative when the key vanished between the two commands (-2) or has no expiry
@@ -248,8 +271,14 @@ impl RedisCache {
         let result = tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or(Err(CacheError::Timeout(self.timeout)));
-        self.breaker.record(result.is_ok());
-        if result.is_err() {
+        // Only a failure to reach Redis opens the breaker and lets the connection go; a reply
+        // that is an error (OOM on a full Redis, say) shows Redis and the connection working.
+        let unreachable = result
+            .as_ref()
+            .err()
+            .is_some_and(CacheError::is_unreachable);
+        self.breaker.record(!unreachable);
+        if unreachable {
             let failed = used.load(Ordering::Relaxed);
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             if held

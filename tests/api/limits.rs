@@ -29,6 +29,11 @@ async fn past_the_concurrency_limit_a_lookup_is_shed_at_once_and_cached_answers_
     while app.lookups_in_flight().await < 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        app.lookups_in_flight().await,
+        1,
+        "the lookup is held in PostgreSQL"
+    );
 
     let started = Instant::now();
     let shed = app.state_at("2", "2022-09-12T10:00:00Z").await;

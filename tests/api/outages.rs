@@ -134,6 +134,7 @@ async fn with_stale_if_error_an_answer_past_its_ttl_is_served_marked_stale_while
     let cut_off = spawn_replica_without_postgres(&app).await;
 
     let stale = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
+    let again = cut_off.state_at("3", "2022-09-12T10:00:00Z").await;
     let uncached = cut_off.state_at("2", "2022-09-12T10:00:00Z").await;
     let refreshed = app.state_at("3", "2022-09-12T10:00:00Z").await;
 
@@ -150,6 +151,11 @@ async fn with_stale_if_error_an_answer_past_its_ttl_is_served_marked_stale_while
     assert_eq!(
         stale.header("cache-control"),
         "public, max-age=0, stale-if-error=30"
+    );
+    assert_eq!(
+        again.header("x-cache"),
+        "STALE",
+        "a stale answer is never kept in memory as if it were fresh"
     );
     let age: u64 = stale.header("age").parse().expect("an Age header");
     assert!((1..30).contains(&age), "age {age}");

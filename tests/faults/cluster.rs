@@ -17,6 +17,23 @@ pub async fn one_at_a_time() -> MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// Runs a test's scenario with a deadline: past it the test fails, and dropping the scenario
+/// stops every process it started.
+pub async fn bounded(scenario: impl Future<Output = ()>) {
+    const DEADLINE: Duration = Duration::from_secs(120);
+    if tokio::time::timeout(DEADLINE, scenario).await.is_err() {
+        panic!("the scenario did not finish within {DEADLINE:?}");
+    }
+}
+
+/// An HTTP client whose every request gives up after 10 s.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
+}
+
 /// A port nothing listens on now (the OS's pick; free until someone else takes it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -68,7 +85,7 @@ fn signal(child: &Child, name: &str) {
 
 /// Polls `url` until it answers 200, for at most `within`.
 pub async fn wait_until_ok(url: &str, within: Duration) -> bool {
-    let client = reqwest::Client::new();
+    let client = client();
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let answered = client
@@ -175,7 +192,17 @@ impl Replica {
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
         signal(&child, "KILL");
-        let _ = wait_for_exit(&mut child, Duration::from_secs(5));
+        // Off the runtime's threads' schedule: the load runs on them.
+        tokio::task::block_in_place(|| wait_for_exit(&mut child, Duration::from_secs(5)));
+    }
+
+    /// The lines of its log that contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> usize {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
     }
 
     /// Sends SIGTERM and leaves the process to stop by itself.
@@ -296,8 +323,15 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM to the master, which stops its workers; SIGKILL would leave them running,
+        // orphaned, still holding the port.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if wait_for_exit(&mut self.child, Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -478,7 +512,8 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Starts (again) and waits until it accepts connections.
+    /// Starts (again) and waits until it accepts connections. Blocks: call it off the runtime's
+    /// schedule ([`tokio::task::block_in_place`]) while load runs.
     pub fn resume(&self) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=100",
