@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Nginx, Replica, TempDir, bounded, client, one_at_a_time, run_binary};
+use crate::cluster::{Nginx, Replica, TempDir, bounded, client, one_at_a_time, sample_database};
 use crate::helpers::{Scratch, redis_url};
 use crate::load::{Load, mixed};
 
@@ -16,11 +16,7 @@ struct Fleet {
 }
 
 async fn fleet(drain_secs: &str) -> Fleet {
-    let scratch = Scratch::new();
-    run_binary(
-        &["seed", "sample"],
-        &[("DATABASE_URL", &scratch.database_url)],
-    );
+    let scratch = sample_database();
     let dir = TempDir::new("fleet");
     let mut replicas = Vec::new();
     for _ in 0..3 {

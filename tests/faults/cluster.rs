@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::helpers::Scratch;
+
 /// Tests in this binary take turns: each loads the machine, and timings from two at once would
 /// say nothing.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -249,6 +251,29 @@ impl Drop for Replica {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A database of the test's own on the shared server, migrated and seeded with the sample data
+/// by the binary itself, and a Redis key prefix of its own; both removed when dropped.
+pub fn sample_database() -> Scratch {
+    let scratch = Scratch::new();
+    run_binary(
+        &["seed", "sample"],
+        &[("DATABASE_URL", &scratch.database_url)],
+    );
+    scratch
+}
+
+/// Runs `statements` on the database at `url`, to arrange a fault.
+pub async fn execute(url: &str, statements: &[&'static str]) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("connect");
+    for statement in statements {
+        sqlx::Executor::execute(&mut conn, *statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 }
 

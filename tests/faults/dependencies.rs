@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{
-    PgServer, RedisServer, Replica, TempDir, bounded, client, one_at_a_time, run_binary,
+    PgServer, RedisServer, Replica, TempDir, bounded, client, execute, one_at_a_time, run_binary,
+    sample_database,
 };
 use crate::helpers::{Scratch, redis_url};
 use crate::load::{Load, mixed, uncached};
@@ -16,11 +17,7 @@ async fn when_redis_stops_under_load_no_request_fails_and_caching_resumes_when_i
     let _serial = one_at_a_time().await;
     bounded(async {
         let mut redis = RedisServer::start().await;
-        let scratch = Scratch::new();
-        run_binary(
-            &["seed", "sample"],
-            &[("DATABASE_URL", &scratch.database_url)],
-        );
+        let scratch = sample_database();
         let dir = TempDir::new("redis-stop");
         let mut replica =
             Replica::new(&dir.0, &scratch.database_url, &redis.url(), &scratch.prefix);
@@ -91,11 +88,7 @@ async fn when_redis_hangs_under_load_answers_come_within_its_timeout_and_nothing
                 }
             }
         });
-        let scratch = Scratch::new();
-        run_binary(
-            &["seed", "sample"],
-            &[("DATABASE_URL", &scratch.database_url)],
-        );
+        let scratch = sample_database();
         let dir = TempDir::new("redis-hang");
         let redis = format!("redis://127.0.0.1:{port}");
         let mut replica = Replica::new(&dir.0, &scratch.database_url, &redis, &scratch.prefix);
@@ -145,8 +138,9 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
         let database_url = postgres.url("vehicle_state");
         run_binary(&["seed", "sample"], &[("DATABASE_URL", &database_url)]);
         let dir = TempDir::new("pg-stop");
-        let prefix = format!("vs-faults-{}", uuid::Uuid::new_v4().simple());
-        let mut replica = Replica::new(&dir.0, &database_url, &redis_url(), &prefix);
+        // Only its key prefix (removed at the end): the database is on the suite's own server.
+        let keys = Scratch::new();
+        let mut replica = Replica::new(&dir.0, &database_url, &redis_url(), &keys.prefix);
         replica.set("DB_ACQUIRE_TIMEOUT_MS", "1000");
         replica.start().await;
         replica.wait_ready(Duration::from_secs(10)).await;
@@ -237,24 +231,6 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
                 .all(|s| matches!(s.outcome, Ok(200 | 404))),
             "uncached lookups answered again after recovery"
         );
-        drop(replica);
-        let redis = redis::Client::open(redis_url()).expect("a URL");
-        let mut conn = redis
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut conn)
-                .await
-                .expect("DEL");
-        }
     })
     .await;
 }
@@ -262,29 +238,22 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
 /// Makes every lookup of vehicle 2 sleep in PostgreSQL (a view over the real table that calls
 /// pg_sleep for its rows), as a lock or a bad plan would; the others stay fast.
 async fn make_vehicle_2_slow(database_url: &str) {
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(database_url)
-        .await
-        .expect("connect");
-    for statement in [
-        r#"ALTER TABLE "stateLogs" RENAME TO "stateLogs_data""#,
-        r#"CREATE VIEW "stateLogs" AS SELECT * FROM "stateLogs_data"
-           WHERE "vehicleId" <> 2 OR pg_sleep(30) IS NOT NULL"#,
-    ] {
-        sqlx::Executor::execute(&mut conn, statement)
-            .await
-            .expect("slow down vehicle 2");
-    }
+    execute(
+        database_url,
+        &[
+            r#"ALTER TABLE "stateLogs" RENAME TO "stateLogs_data""#,
+            r#"CREATE VIEW "stateLogs" AS SELECT * FROM "stateLogs_data"
+               WHERE "vehicleId" <> 2 OR pg_sleep(30) IS NOT NULL"#,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_pool() {
     let _serial = one_at_a_time().await;
     bounded(async {
-        let scratch = Scratch::new();
-        run_binary(
-            &["seed", "sample"],
-            &[("DATABASE_URL", &scratch.database_url)],
-        );
+        let scratch = sample_database();
         make_vehicle_2_slow(&scratch.database_url).await;
         let dir = TempDir::new("pg-slow");
         let mut replica =

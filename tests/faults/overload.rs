@@ -3,35 +3,28 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir, bounded, one_at_a_time, run_binary};
-use crate::helpers::{Scratch, redis_url};
+use crate::cluster::{Replica, TempDir, bounded, execute, one_at_a_time, sample_database};
+use crate::helpers::redis_url;
 use crate::load::{Load, uncached};
 
 /// Every lookup costs PostgreSQL about 20 ms per vehicle row it visits (a view over the real
 /// table that sleeps), so capacity is small and known: about pool size / 20 ms.
 async fn make_every_lookup_cost_20_ms(database_url: &str) {
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(database_url)
-        .await
-        .expect("connect");
-    for statement in [
-        "ALTER TABLE vehicles RENAME TO vehicles_data",
-        "CREATE VIEW vehicles AS SELECT * FROM vehicles_data WHERE pg_sleep(0.02) IS NOT NULL",
-    ] {
-        sqlx::Executor::execute(&mut conn, statement)
-            .await
-            .expect("slow the lookups down");
-    }
+    execute(
+        database_url,
+        &[
+            "ALTER TABLE vehicles RENAME TO vehicles_data",
+            "CREATE VIEW vehicles AS SELECT * FROM vehicles_data WHERE pg_sleep(0.02) IS NOT NULL",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_many_times_capacity_excess_lookups_are_shed_and_latency_and_memory_stay_bounded() {
     let _serial = one_at_a_time().await;
     bounded(async {
-        let scratch = Scratch::new();
-        run_binary(
-            &["seed", "sample"],
-            &[("DATABASE_URL", &scratch.database_url)],
-        );
+        let scratch = sample_database();
         make_every_lookup_cost_20_ms(&scratch.database_url).await;
         let dir = TempDir::new("overload");
         let mut replica =
