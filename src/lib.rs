@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod healthcheck;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod service;

@@ -13,6 +13,7 @@ use crate::cache::{
 };
 use crate::db::{self, DbError};
 use crate::domain::{Instant, VehicleId};
+use crate::metrics::LOOKUPS;
 
 /// Why a lookup has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,7 @@ impl StateService {
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
         if let Some(entry) = self.local.get(&key).await {
+            metrics::counter!(LOOKUPS, "result" => "memory_hit").increment(1);
             let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
             return Ok(Served {
                 entry,
@@ -125,12 +127,21 @@ impl StateService {
             Err(Arc::new(LookupError::Db(DbError::Unavailable(
                 sqlx::Error::WorkerCrashed,
             ))))
+        })
+        .inspect_err(|error| {
+            let result = match **error {
+                LookupError::Overloaded(_) => "shed",
+                LookupError::Db(_) => "error",
+            };
+            metrics::counter!(LOOKUPS, "result" => result).increment(1);
         })?;
-        let cache = match (fetched_here, entry.source) {
-            (_, Source::Stale) => CacheStatus::Stale,
-            (true, Source::Postgres) => CacheStatus::Miss,
-            _ => CacheStatus::Hit,
+        let (cache, result) = match (fetched_here, entry.source) {
+            (_, Source::Stale) => (CacheStatus::Stale, "stale"),
+            (false, _) => (CacheStatus::Hit, "coalesced"),
+            (true, Source::Postgres) => (CacheStatus::Miss, "miss"),
+            (true, Source::Redis) => (CacheStatus::Hit, "redis_hit"),
         };
+        metrics::counter!(LOOKUPS, "result" => result).increment(1);
         let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
         Ok(Served {
             entry,
@@ -161,19 +172,22 @@ async fn fetch(
         }
         Ok(Cached::Stale(answer)) => stale = Some(answer),
         Ok(Cached::Absent) => {}
-        // Already logged when Redis failed; each lookup while it cools down is only counted.
-        Err(CacheError::CoolingDown(_)) => {
-            redis.record_error();
-        }
         Err(error) => {
-            let errors = redis.record_error();
-            tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
+            let errors = redis.record_error("get", &error);
+            // Already logged when Redis failed; a call skipped while it is left alone is only
+            // counted.
+            if !matches!(error, CacheError::CoolingDown(_)) {
+                tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
+            }
         }
     }
     // Taken before the query, so the recorded age errs on the old side.
     let read_at = SystemTime::now();
     let started = Clock::now();
-    let lookup = match db::lookup(&db, id, at).await {
+    let lookup = db::lookup(&db, id, at).await.inspect_err(|error| {
+        metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind()).increment(1);
+    });
+    let lookup = match lookup {
         Ok(lookup) => lookup,
         Err(error @ DbError::Unavailable(_)) => {
             let Some(answer) = stale else {
@@ -198,12 +212,11 @@ async fn fetch(
     };
     match redis.put(&key, &answer).await {
         Ok(()) => {}
-        Err(CacheError::CoolingDown(_)) => {
-            redis.record_error();
-        }
         Err(error) => {
-            let errors = redis.record_error();
-            tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
+            let errors = redis.record_error("set", &error);
+            if !matches!(error, CacheError::CoolingDown(_)) {
+                tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
+            }
         }
     }
     let expires_at = started + redis.ttl();

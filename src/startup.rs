@@ -67,6 +67,7 @@ impl Application {
 
         // Built once here, not per worker.
         let spec = openapi::spec();
+        crate::metrics::handle();
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -80,6 +81,7 @@ impl Application {
                 )
                 .service(web::redirect("/swagger-ui", "/swagger-ui/"))
                 .default_service(web::to(routes::not_found))
+                .wrap(from_fn(crate::metrics::record_request))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(from_fn(telemetry::request_id))
         })
@@ -119,6 +121,15 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        // Histogram samples no scrape reads are drained now and then, so memory stays bounded.
+        let upkeep = tokio::spawn(async {
+            let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                crate::metrics::handle().run_upkeep();
+            }
+        });
+        let _stop_upkeep = AbortOnDrop(upkeep);
         tokio::select! {
             result = &mut server => return Ok(result.context("the HTTP server task failed")??),
             () = shutdown => {}
@@ -131,5 +142,14 @@ impl Application {
         self.state.service.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped (when `run_until_stopped` returns, however it returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -66,6 +66,17 @@ impl CacheError {
             CacheError::Corrupt(_) => false,
         }
     }
+
+    /// The `kind` label of `vehicle_state_redis_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Timeout(_) => "timeout",
+            CacheError::CoolingDown(_) => "skipped",
+            CacheError::Corrupt(_) => "corrupt",
+            error if error.is_unreachable() => "unreachable",
+            _ => "reply",
+        }
+    }
 }
 
 pub struct RedisCache {
@@ -231,9 +242,21 @@ impl RedisCache {
         .await
     }
 
-    /// Counts a failed call. Callers log the error itself, where they know what they were doing.
-    pub fn record_error(&self) -> u64 {
+    /// Counts a failed call (in the metrics too) and returns how many there have been. Callers
+    /// log the error itself, where they know what they were doing.
+    pub fn record_error(&self, operation: &'static str, error: &CacheError) -> u64 {
+        metrics::counter!(crate::metrics::REDIS_ERRORS, "operation" => operation, "kind" => error.kind())
+            .increment(1);
         self.errors.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections of the pool: checked out, and idle.
+    pub fn pool_gauge(&self) -> crate::metrics::PoolGauge {
+        let status = self.pool.status();
+        crate::metrics::PoolGauge {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+        }
     }
 
     /// The held connection and its generation, or a new one from the pool.

@@ -116,6 +116,32 @@ pub enum DbError {
     Query(#[source] sqlx::Error),
 }
 
+impl DbError {
+    /// The `kind` label of `vehicle_state_db_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DbError::Unavailable(sqlx::Error::PoolTimedOut) => "timeout",
+            DbError::Unavailable(sqlx::Error::Database(d))
+                if d.code().as_deref() == Some("57014") =>
+            {
+                "timeout"
+            }
+            DbError::Unavailable(_) => "unavailable",
+            DbError::Query(_) => "query",
+        }
+    }
+}
+
+/// Connections of the pool: in use, and idle.
+pub fn pool_gauge(pool: &PgPool) -> crate::metrics::PoolGauge {
+    let idle = pool.num_idle();
+    let size = usize::try_from(pool.size()).unwrap_or(usize::MAX);
+    crate::metrics::PoolGauge {
+        in_use: size.saturating_sub(idle),
+        idle,
+    }
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         let unavailable = match &e {

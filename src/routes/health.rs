@@ -64,14 +64,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Err(error) = &postgres {
         tracing::warn!(error = %crate::error::chain(error), "readiness: PostgreSQL is down");
     }
-    match &redis {
-        Ok(()) => {}
+    if let Err(error) = &redis {
+        let errors = state.service.redis.record_error("ping", error);
         // Already logged when it failed; not again on every probe while Redis is left alone.
-        Err(crate::cache::CacheError::CoolingDown(_)) => {
-            state.service.redis.record_error();
-        }
-        Err(error) => {
-            let errors = state.service.redis.record_error();
+        if !matches!(error, crate::cache::CacheError::CoolingDown(_)) {
             tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
         }
     }

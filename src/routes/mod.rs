@@ -2,6 +2,7 @@
 //! config, so the OpenAPI document is built from the same registrations that serve requests.
 
 mod health;
+mod metrics;
 mod vehicles;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -12,7 +13,8 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
         .service(health::livez)
-        .service(health::readyz);
+        .service(health::readyz)
+        .service(metrics::metrics);
 }
 
 /// Requests no route takes get a problem body too, not actix's empty 404: 405 when the path is

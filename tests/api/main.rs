@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod limits;
 mod lookup;
+mod metrics;
 mod openapi;
 mod outages;
 mod process;

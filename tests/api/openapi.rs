@@ -42,7 +42,12 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
 
     assert_eq!(
         paths,
-        ["/livez", "/readyz", "/vehicles/{id}/timestamp/{ts}"]
+        [
+            "/livez",
+            "/metrics",
+            "/readyz",
+            "/vehicles/{id}/timestamp/{ts}"
+        ]
     );
     for path in paths {
         let concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");

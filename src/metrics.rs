@@ -1,0 +1,155 @@
+//! Prometheus metrics: the series, where they are counted, and `GET /metrics`.
+//!
+//! Counters and histograms go through the `metrics` facade into one process-wide Prometheus
+//! recorder (metrics-exporter-prometheus, without its HTTP listener: the service's own server
+//! answers `/metrics`). Gauges that describe one replica's pools are read from the pools when
+//! scraped, never kept. The README's metrics reference says what each series is for.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests by route template (never the raw path) and status.
+pub const HTTP_REQUESTS: &str = "vehicle_state_http_requests_total";
+/// Time from a request's head to its response, by route template.
+pub const HTTP_DURATION: &str = "vehicle_state_http_request_duration_seconds";
+/// Lookups by where the answer came from, each counted once: `memory_hit`, `redis_hit`, `miss`
+/// (read from PostgreSQL), `coalesced` (waited for another request's fetch of the same answer),
+/// `stale` (`STALE_IF_ERROR_SECS`), `shed` (`LOOKUP_CONCURRENCY_LIMIT`), `error`.
+pub const LOOKUPS: &str = "vehicle_state_lookups_total";
+/// Redis calls that failed, by operation and kind.
+pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
+/// PostgreSQL lookups that failed, by kind: `timeout` (statement or acquire timeout),
+/// `unavailable` (connection refused or lost), `query` (a defect).
+pub const DB_ERRORS: &str = "vehicle_state_db_errors_total";
+
+/// Bucket bounds of [`HTTP_DURATION`], in seconds: from a memory hit to the timeouts.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// How often the recorder drains histogram samples that no scrape has read.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The process-wide recorder's handle, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        // Only fails for an empty list of buckets, which DURATION_BUCKETS is not.
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), DURATION_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if let Err(error) = metrics::set_global_recorder(recorder) {
+            tracing::warn!(%error, "another metrics recorder is installed; /metrics shows only gauges");
+        }
+        describe();
+        register_at_zero();
+        handle
+    })
+}
+
+/// Every value of the labels a lookup, Redis or PostgreSQL series can take, registered at zero
+/// so each series is there from the first scrape (a rate over a series that appears late is wrong).
+fn register_at_zero() {
+    for result in [
+        "memory_hit",
+        "redis_hit",
+        "miss",
+        "coalesced",
+        "stale",
+        "shed",
+        "error",
+    ] {
+        metrics::counter!(LOOKUPS, "result" => result).increment(0);
+    }
+    for operation in ["get", "set", "ping"] {
+        for kind in ["timeout", "unreachable", "reply", "corrupt", "skipped"] {
+            metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => kind).increment(0);
+        }
+    }
+    for kind in ["timeout", "unavailable", "query"] {
+        metrics::counter!(DB_ERRORS, "kind" => kind).increment(0);
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a request's head to its response, by route template."
+    );
+    metrics::describe_counter!(
+        LOOKUPS,
+        "Lookups by where the answer came from: memory_hit, redis_hit, miss, coalesced, stale, shed, error."
+    );
+    metrics::describe_counter!(
+        REDIS_ERRORS,
+        "Redis calls that failed, by operation (get, set, ping) and kind (timeout, unreachable, reply, corrupt, skipped)."
+    );
+    metrics::describe_counter!(
+        DB_ERRORS,
+        "PostgreSQL lookups that failed, by kind (timeout, unavailable, query)."
+    );
+}
+
+/// Counts every request and times it, labelled by the route template it matched.
+pub async fn record_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let response = next.call(req).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(started.elapsed());
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    Ok(response)
+}
+
+/// Connections of one pool, as scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauge {
+    pub in_use: usize,
+    pub idle: usize,
+}
+
+/// The exposition text: the recorder's series, then this replica's pools and build.
+pub fn render(postgres: PoolGauge, redis: PoolGauge) -> String {
+    let mut text = handle().render();
+    for (name, help, pool) in [
+        (
+            "vehicle_state_db_pool_connections",
+            "PostgreSQL connections of this replica's pool, in use or idle.",
+            postgres,
+        ),
+        (
+            "vehicle_state_redis_pool_connections",
+            "Redis connections of this replica's pool, checked out or idle (lookups share one multiplexed connection taken from it).",
+            redis,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{state=\"in_use\"}} {}\n{name}{{state=\"idle\"}} {}\n",
+            pool.in_use, pool.idle
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP vehicle_state_build_info The running build: version and git commit.\n\
+         # TYPE vehicle_state_build_info gauge\n\
+         vehicle_state_build_info{{version=\"{}\",git_sha=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("VEHICLE_STATE_GIT_SHA"),
+    ));
+    text
+}

@@ -1,0 +1,22 @@
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{HttpResponse, route, web};
+
+use crate::startup::AppState;
+
+/// Prometheus metrics of this replica, in the text exposition format. The README's metrics
+/// reference describes each series.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "Every series, in Prometheus text format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4"),
+))]
+#[route("/metrics", method = "GET", method = "HEAD")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let service = &state.service;
+    let text = crate::metrics::render(
+        crate::db::pool_gauge(&service.db),
+        service.redis.pool_gauge(),
+    );
+    HttpResponse::Ok()
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
+}
