@@ -152,8 +152,14 @@ impl From<sqlx::Error> for DbError {
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(d) => d.code().is_some_and(|c| {
                 // 08: connection exceptions; 57014: statement timeout; 57P01-57P03: the server is
-                // shutting down or starting; 53300: too many connections.
-                c.starts_with("08") || c == "57014" || c.starts_with("57P") || c == "53300"
+                // shutting down or starting; 53300: too many connections; 40001: on a read
+                // replica, a query cancelled by a conflict with recovery; 40P01: a deadlock.
+                c.starts_with("08")
+                    || c == "57014"
+                    || c.starts_with("57P")
+                    || c == "53300"
+                    || c == "40001"
+                    || c == "40P01"
             }),
             _ => false,
         };
