@@ -26,15 +26,22 @@ for size in sizes:
         "cold_over_db": round(get("cold") / get("db"), 3) if get("db") else None,
     }
 
-print(f"\n{'size':>9} {'workload':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7}")
+for result in by.values():
+    # Requests per second of the service's own CPU time (user + system): what one core serves.
+    if result.get("service_cpu_s") and result.get("seconds"):
+        result["service_cores"] = round(result["service_cpu_s"] / result["seconds"], 2)
+        result["rps_per_core"] = round(result["rps"] / result["service_cores"])
+
+print(f"\n{'size':>9} {'workload':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
 for size in sizes:
     for w in WORKLOADS:
         r = by.get((size, w))
         if not r:
             continue
         rss = r.get("rss_mb", "")
+        cores, per_core = r.get("service_cores", ""), r.get("rps_per_core", "")
         print(f"{size:>9} {NAMES[w]:<22} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['errors']:>7} {r['unexpected_status']:>11} {rss:>7}")
+              f"{r['errors']:>7} {r['unexpected_status']:>11} {rss:>7} {cores:>6} {per_core:>10}")
     print(f"{size:>9} ratios: hot/ceiling {ratios[size]['hot_over_ceiling']}, "
           f"cold/db ceiling {ratios[size]['cold_over_db']}")
 
