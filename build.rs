@@ -18,11 +18,22 @@ fn main() {
                 .args(["rev-parse", "--short=12", "HEAD"])
                 .output()
                 .ok()?;
-            output.status.success().then(|| {
-                println!("cargo:rerun-if-changed=.git/HEAD");
-                println!("cargo:rerun-if-changed=.git/refs/heads");
-                String::from_utf8_lossy(&output.stdout).trim().to_owned()
-            })
+            if !output.status.success() {
+                return None;
+            }
+            // Rebuild when HEAD moves: watch git's own files, wherever they are (a worktree's
+            // .git is a file pointing elsewhere).
+            let git_dir = Command::new("git")
+                .args(["rev-parse", "--git-dir", "--git-common-dir"])
+                .output()
+                .ok()?;
+            let dirs = String::from_utf8_lossy(&git_dir.stdout).into_owned();
+            let mut dirs = dirs.lines();
+            if let (Some(own), Some(common)) = (dirs.next(), dirs.next()) {
+                println!("cargo:rerun-if-changed={own}/HEAD");
+                println!("cargo:rerun-if-changed={common}/refs/heads");
+            }
+            Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
         })
         .filter(|s| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .unwrap_or_else(|| "unknown".to_owned());

@@ -18,13 +18,15 @@ pub const HTTP_REQUESTS: &str = "vehicle_state_http_requests_total";
 /// Time from a request's head to its response, by route template.
 pub const HTTP_DURATION: &str = "vehicle_state_http_request_duration_seconds";
 /// Lookups by where the answer came from, each counted once: `memory_hit`, `redis_hit`, `miss`
-/// (read from PostgreSQL), `coalesced` (waited for another request's fetch of the same answer),
-/// `stale` (`STALE_IF_ERROR_SECS`), `shed` (`LOOKUP_CONCURRENCY_LIMIT`), `error`.
+/// (read from PostgreSQL), `redis_error` (read from PostgreSQL because Redis failed),
+/// `coalesced` (waited for another request's fetch of the same answer), `stale`
+/// (`STALE_IF_ERROR_SECS`), `shed` (`LOOKUP_CONCURRENCY_LIMIT`), `error`.
 pub const LOOKUPS: &str = "vehicle_state_lookups_total";
 /// Redis calls that failed, by operation and kind.
 pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
-/// PostgreSQL lookups that failed, by kind: `timeout` (statement or acquire timeout),
-/// `unavailable` (connection refused or lost), `query` (a defect).
+/// PostgreSQL lookups that failed, by kind: `acquire_timeout` (no connection in time: the pool is
+/// busy or PostgreSQL unreachable), `statement_timeout`, `unavailable` (connection lost, server
+/// shutting down), `query` (a defect).
 pub const DB_ERRORS: &str = "vehicle_state_db_errors_total";
 
 /// Bucket bounds of [`HTTP_DURATION`], in seconds: from a memory hit to the timeouts.
@@ -62,6 +64,7 @@ fn register_at_zero() {
         "memory_hit",
         "redis_hit",
         "miss",
+        "redis_error",
         "coalesced",
         "stale",
         "shed",
@@ -74,7 +77,12 @@ fn register_at_zero() {
             metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => kind).increment(0);
         }
     }
-    for kind in ["timeout", "unavailable", "query"] {
+    for kind in [
+        "acquire_timeout",
+        "statement_timeout",
+        "unavailable",
+        "query",
+    ] {
         metrics::counter!(DB_ERRORS, "kind" => kind).increment(0);
     }
 }
@@ -88,7 +96,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         LOOKUPS,
-        "Lookups by where the answer came from: memory_hit, redis_hit, miss, coalesced, stale, shed, error."
+        "Lookups by where the answer came from: memory_hit, redis_hit, miss, redis_error, coalesced, stale, shed, error."
     );
     metrics::describe_counter!(
         REDIS_ERRORS,
@@ -96,7 +104,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         DB_ERRORS,
-        "PostgreSQL lookups that failed, by kind (timeout, unavailable, query)."
+        "PostgreSQL lookups that failed, by kind (acquire_timeout, statement_timeout, unavailable, query)."
     );
 }
 
@@ -135,7 +143,7 @@ pub fn render(postgres: PoolGauge, redis: PoolGauge) -> String {
         ),
         (
             "vehicle_state_redis_pool_connections",
-            "Redis connections of this replica's pool, checked out or idle (lookups share one multiplexed connection taken from it).",
+            "Redis connections of this replica: in use (the multiplexed connection lookups share, and any taken for a check) or idle in the pool.",
             redis,
         ),
     ] {

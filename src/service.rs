@@ -139,6 +139,7 @@ impl StateService {
             (_, Source::Stale) => (CacheStatus::Stale, "stale"),
             (false, _) => (CacheStatus::Hit, "coalesced"),
             (true, Source::Postgres) => (CacheStatus::Miss, "miss"),
+            (true, Source::PostgresWithoutRedis) => (CacheStatus::Miss, "redis_error"),
             (true, Source::Redis) => (CacheStatus::Hit, "redis_hit"),
         };
         metrics::counter!(LOOKUPS, "result" => result).increment(1);
@@ -161,6 +162,7 @@ async fn fetch(
     // Taken before asking, so memory never keeps the answer longer than Redis does.
     let asked = Clock::now();
     let mut stale = None;
+    let mut redis_failed = false;
     match redis.get(&key).await {
         Ok(Cached::Fresh(answer, remaining)) => {
             let expires_at = asked + remaining;
@@ -173,6 +175,7 @@ async fn fetch(
         Ok(Cached::Stale(answer)) => stale = Some(answer),
         Ok(Cached::Absent) => {}
         Err(error) => {
+            redis_failed = true;
             let errors = redis.record_error("get", &error);
             // Already logged when Redis failed; a call skipped while it is left alone is only
             // counted.
@@ -223,6 +226,10 @@ async fn fetch(
     Ok(Arc::new(LocalEntry {
         answer,
         expires_at,
-        source: Source::Postgres,
+        source: if redis_failed {
+            Source::PostgresWithoutRedis
+        } else {
+            Source::Postgres
+        },
     }))
 }

@@ -13,6 +13,8 @@ use super::{Answer, CacheKey};
 pub enum Source {
     Redis,
     Postgres,
+    /// From PostgreSQL because Redis failed (or was being left alone after a failure).
+    PostgresWithoutRedis,
     /// Past its TTL, from Redis, because PostgreSQL could not answer; never kept in memory.
     Stale,
 }

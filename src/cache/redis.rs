@@ -250,12 +250,21 @@ impl RedisCache {
         self.errors.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Connections of the pool: checked out, and idle.
+    /// Connections in use (the one lookups share, while held, and any checked out of the pool
+    /// for a check) and idle in the pool. The held connection's pooled object went back to the
+    /// pool when it was taken, so the pool counts it as available: it is moved to `in_use`.
     pub fn pool_gauge(&self) -> crate::metrics::PoolGauge {
         let status = self.pool.status();
+        let held = usize::from(
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some(),
+        );
+        let idle = status.available.saturating_sub(held);
         crate::metrics::PoolGauge {
-            in_use: status.size.saturating_sub(status.available),
-            idle: status.available,
+            in_use: status.size.saturating_sub(idle),
+            idle,
         }
     }
 

@@ -117,14 +117,16 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// The `kind` label of `vehicle_state_db_errors_total`.
+    /// The `kind` label of `vehicle_state_db_errors_total`. sqlx retries a refused connection
+    /// until the acquire timeout, so a PostgreSQL that is down shows as `acquire_timeout`, as
+    /// does a pool whose connections are all busy.
     pub fn kind(&self) -> &'static str {
         match self {
-            DbError::Unavailable(sqlx::Error::PoolTimedOut) => "timeout",
+            DbError::Unavailable(sqlx::Error::PoolTimedOut) => "acquire_timeout",
             DbError::Unavailable(sqlx::Error::Database(d))
                 if d.code().as_deref() == Some("57014") =>
             {
-                "timeout"
+                "statement_timeout"
             }
             DbError::Unavailable(_) => "unavailable",
             DbError::Query(_) => "query",

@@ -9,7 +9,6 @@ mod health;
 mod helpers;
 mod limits;
 mod lookup;
-mod metrics;
 mod openapi;
 mod outages;
 mod process;
