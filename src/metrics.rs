@@ -22,6 +22,50 @@ pub const HTTP_DURATION: &str = "vehicle_state_http_request_duration_seconds";
 /// `coalesced` (waited for another request's fetch of the same answer), `stale`
 /// (`STALE_IF_ERROR_SECS`), `shed` (`LOOKUP_CONCURRENCY_LIMIT`), `error`.
 pub const LOOKUPS: &str = "vehicle_state_lookups_total";
+/// Where a lookup's answer came from: the `result` label of [`LOOKUPS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    MemoryHit,
+    RedisHit,
+    Miss,
+    RedisError,
+    Coalesced,
+    Stale,
+    Shed,
+    Error,
+}
+
+impl LookupResult {
+    pub const ALL: [LookupResult; 8] = [
+        LookupResult::MemoryHit,
+        LookupResult::RedisHit,
+        LookupResult::Miss,
+        LookupResult::RedisError,
+        LookupResult::Coalesced,
+        LookupResult::Stale,
+        LookupResult::Shed,
+        LookupResult::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LookupResult::MemoryHit => "memory_hit",
+            LookupResult::RedisHit => "redis_hit",
+            LookupResult::Miss => "miss",
+            LookupResult::RedisError => "redis_error",
+            LookupResult::Coalesced => "coalesced",
+            LookupResult::Stale => "stale",
+            LookupResult::Shed => "shed",
+            LookupResult::Error => "error",
+        }
+    }
+
+    /// Counts one lookup with this result.
+    pub fn count(self) {
+        metrics::counter!(LOOKUPS, "result" => self.label()).increment(1);
+    }
+}
+
 /// Redis calls that failed, by operation and kind.
 pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
 /// PostgreSQL lookups that failed, by kind: `acquire_timeout` (no connection in time: the pool is
@@ -60,29 +104,15 @@ pub fn handle() -> &'static PrometheusHandle {
 /// Every value of the labels a lookup, Redis or PostgreSQL series can take, registered at zero
 /// so each series is there from the first scrape (a rate over a series that appears late is wrong).
 fn register_at_zero() {
-    for result in [
-        "memory_hit",
-        "redis_hit",
-        "miss",
-        "redis_error",
-        "coalesced",
-        "stale",
-        "shed",
-        "error",
-    ] {
-        metrics::counter!(LOOKUPS, "result" => result).increment(0);
+    for result in LookupResult::ALL {
+        metrics::counter!(LOOKUPS, "result" => result.label()).increment(0);
     }
     for operation in ["get", "set", "ping"] {
-        for kind in ["timeout", "unreachable", "reply", "corrupt", "skipped"] {
+        for kind in crate::cache::CacheError::KINDS {
             metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => kind).increment(0);
         }
     }
-    for kind in [
-        "acquire_timeout",
-        "statement_timeout",
-        "unavailable",
-        "query",
-    ] {
+    for kind in crate::db::DbError::KINDS {
         metrics::counter!(DB_ERRORS, "kind" => kind).increment(0);
     }
 }

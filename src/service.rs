@@ -8,12 +8,10 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::cache::local::Source;
-use crate::cache::{
-    Answer, CacheError, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms,
-};
+use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
 use crate::db::{self, DbError};
 use crate::domain::{Instant, VehicleId};
-use crate::metrics::LOOKUPS;
+use crate::metrics::LookupResult;
 
 /// Why a lookup has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +95,7 @@ impl StateService {
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
         if let Some(entry) = self.local.get(&key).await {
-            metrics::counter!(LOOKUPS, "result" => "memory_hit").increment(1);
+            LookupResult::MemoryHit.count();
             let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
             return Ok(Served {
                 entry,
@@ -128,21 +126,18 @@ impl StateService {
                 sqlx::Error::WorkerCrashed,
             ))))
         })
-        .inspect_err(|error| {
-            let result = match **error {
-                LookupError::Overloaded(_) => "shed",
-                LookupError::Db(_) => "error",
-            };
-            metrics::counter!(LOOKUPS, "result" => result).increment(1);
+        .inspect_err(|error| match **error {
+            LookupError::Overloaded(_) => LookupResult::Shed.count(),
+            LookupError::Db(_) => LookupResult::Error.count(),
         })?;
         let (cache, result) = match (fetched_here, entry.source) {
-            (_, Source::Stale) => (CacheStatus::Stale, "stale"),
-            (false, _) => (CacheStatus::Hit, "coalesced"),
-            (true, Source::Postgres) => (CacheStatus::Miss, "miss"),
-            (true, Source::PostgresWithoutRedis) => (CacheStatus::Miss, "redis_error"),
-            (true, Source::Redis) => (CacheStatus::Hit, "redis_hit"),
+            (_, Source::Stale) => (CacheStatus::Stale, LookupResult::Stale),
+            (false, _) => (CacheStatus::Hit, LookupResult::Coalesced),
+            (true, Source::Postgres) => (CacheStatus::Miss, LookupResult::Miss),
+            (true, Source::PostgresWithoutRedis) => (CacheStatus::Miss, LookupResult::RedisError),
+            (true, Source::Redis) => (CacheStatus::Hit, LookupResult::RedisHit),
         };
-        metrics::counter!(LOOKUPS, "result" => result).increment(1);
+        result.count();
         let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
         Ok(Served {
             entry,
@@ -176,10 +171,7 @@ async fn fetch(
         Ok(Cached::Absent) => {}
         Err(error) => {
             redis_failed = true;
-            let errors = redis.record_error("get", &error);
-            // Already logged when Redis failed; a call skipped while it is left alone is only
-            // counted.
-            if !matches!(error, CacheError::CoolingDown(_)) {
+            if let Some(errors) = redis.record_error("get", &error) {
                 tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
             }
         }
@@ -216,8 +208,7 @@ async fn fetch(
     match redis.put(&key, &answer).await {
         Ok(()) => {}
         Err(error) => {
-            let errors = redis.record_error("set", &error);
-            if !matches!(error, CacheError::CoolingDown(_)) {
+            if let Some(errors) = redis.record_error("set", &error) {
                 tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
             }
         }

@@ -67,6 +67,9 @@ impl CacheError {
         }
     }
 
+    /// Every value [`CacheError::kind`] returns.
+    pub const KINDS: [&'static str; 5] = ["timeout", "unreachable", "reply", "corrupt", "skipped"];
+
     /// The `kind` label of `vehicle_state_redis_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -242,12 +245,14 @@ impl RedisCache {
         .await
     }
 
-    /// Counts a failed call (in the metrics too) and returns how many there have been. Callers
-    /// log the error itself, where they know what they were doing.
-    pub fn record_error(&self, operation: &'static str, error: &CacheError) -> u64 {
+    /// Counts a failed call (in the metrics too). Returns how many there have been when the
+    /// caller should log this one, where it knows what it was doing; `None` for a call skipped
+    /// while Redis is left alone, whose failure was logged when it happened.
+    pub fn record_error(&self, operation: &'static str, error: &CacheError) -> Option<u64> {
         metrics::counter!(crate::metrics::REDIS_ERRORS, "operation" => operation, "kind" => error.kind())
             .increment(1);
-        self.errors.fetch_add(1, Ordering::Relaxed) + 1
+        let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        (!matches!(error, CacheError::CoolingDown(_))).then_some(errors)
     }
 
     /// Connections in use (the one lookups share, while held, and any checked out of the pool

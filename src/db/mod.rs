@@ -117,6 +117,14 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Every value [`DbError::kind`] returns.
+    pub const KINDS: [&'static str; 4] = [
+        "acquire_timeout",
+        "statement_timeout",
+        "unavailable",
+        "query",
+    ];
+
     /// The `kind` label of `vehicle_state_db_errors_total`. sqlx retries a refused connection
     /// until the acquire timeout, so a PostgreSQL that is down shows as `acquire_timeout`, as
     /// does a pool whose connections are all busy.

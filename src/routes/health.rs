@@ -64,12 +64,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Err(error) = &postgres {
         tracing::warn!(error = %crate::error::chain(error), "readiness: PostgreSQL is down");
     }
-    if let Err(error) = &redis {
-        let errors = state.service.redis.record_error("ping", error);
-        // Already logged when it failed; not again on every probe while Redis is left alone.
-        if !matches!(error, crate::cache::CacheError::CoolingDown(_)) {
-            tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
-        }
+    if let Err(error) = &redis
+        && let Some(errors) = state.service.redis.record_error("ping", error)
+    {
+        tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
     }
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
     let status = match (shutting_down, postgres.is_ok()) {
