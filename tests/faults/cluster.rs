@@ -490,6 +490,8 @@ pub struct PgServer {
     pub port: u16,
     bin: PathBuf,
     data: PathBuf,
+    /// PostgreSQL refuses to run as root: its programs then run as `postgres`.
+    as_root: bool,
     _dir: TempDir,
 }
 
@@ -513,6 +515,7 @@ impl PgServer {
         let server = Self {
             port: free_port(),
             bin,
+            as_root,
             data,
             _dir: dir,
         };
@@ -559,27 +562,27 @@ impl PgServer {
         self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of PostgreSQL's programs, as the user it must run as.
+    fn command(&self, program: &str) -> Command {
         let program = self.bin.join(program);
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let mut command = if as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
+        if self.as_root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
         } else {
             Command::new(&program)
-        };
-        let output = command
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
             .args(args)
             .output()
             .expect("run a PostgreSQL program");
         assert!(
             output.status.success(),
-            "{} {args:?}: {}{}",
-            program.display(),
+            "{program} {args:?}: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -589,13 +592,8 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let data = self.data.display().to_string();
-        let program = self.bin.join("pg_ctl");
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&program)
-            .args(["-D", &data, "-m", "immediate", "stop"])
-            .output();
-        let _ = Command::new(&program)
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &data, "-m", "immediate", "stop"])
             .output();
     }
