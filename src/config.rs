@@ -37,11 +37,21 @@ pub struct DatabaseSettings {
     /// answered 503.
     #[arg(long, global = true, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_statement_timeout_ms: u64,
+
+    /// Seconds a PostgreSQL connection is used before it is closed and replaced, so that a
+    /// failover behind a DNS name (Aurora's cluster endpoints, Patroni) is followed without a
+    /// restart.
+    #[arg(long, global = true, env = "DB_MAX_LIFETIME_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub db_max_lifetime_secs: u64,
 }
 
 impl DatabaseSettings {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.db_max_lifetime_secs)
     }
 }
 
@@ -88,6 +98,24 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
     }
     let options = PgConnectOptions::from_str(raw)
         .map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
+    // libpq's TLS files are read when connecting; a missing one is a mistake to name now.
+    let url =
+        url::Url::parse(raw).map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
+    for (name, value) in url.query_pairs() {
+        if matches!(
+            name.as_ref(),
+            "sslrootcert"
+                | "ssl-root-cert"
+                | "ssl-ca"
+                | "sslcert"
+                | "ssl-cert"
+                | "sslkey"
+                | "ssl-key"
+        ) && let Err(e) = std::fs::metadata(value.as_ref())
+        {
+            return Err(format!("{name}={value}: cannot read it: {e}"));
+        }
+    }
     Ok(DatabaseUrl {
         text: raw.to_owned(),
         options,
@@ -98,9 +126,37 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
 /// `REDIS_TIMEOUT_MS`, and a failed call falls back to PostgreSQL.
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    /// Redis connection URL.
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_url, hide_env_values = true)]
-    pub redis_url: String,
+    /// Redis connection URL: `redis://` or `rediss://` (TLS). With REDIS_MODE=cluster, a
+    /// comma-separated list of seed nodes; with REDIS_MODE=sentinel, of the sentinels.
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_urls, hide_env_values = true)]
+    pub redis_url: RedisUrls,
+
+    /// Which Redis topology REDIS_URL names.
+    #[arg(long, env = "REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub redis_mode: RedisMode,
+
+    /// With REDIS_MODE=sentinel: the name of the master set the sentinels watch.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+
+    /// With REDIS_MODE=sentinel: the sentinels' own password, when they require one (the
+    /// password in REDIS_URL is the master's).
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// PEM file of the CA that signed the Redis servers' certificates (rediss:// only); unset,
+    /// the system's trusted roots are used.
+    #[arg(long, env = "REDIS_CA_CERT", value_parser = PemFile::read)]
+    pub redis_ca_cert: Option<PemFile>,
+
+    /// PEM file of the client certificate, for Redis servers that require one (mutual TLS);
+    /// goes with REDIS_CLIENT_KEY.
+    #[arg(long, env = "REDIS_CLIENT_CERT", value_parser = PemFile::read)]
+    pub redis_client_cert: Option<PemFile>,
+
+    /// PEM file of the client certificate's private key; goes with REDIS_CLIENT_CERT.
+    #[arg(long, env = "REDIS_CLIENT_KEY", value_parser = PemFile::read)]
+    pub redis_client_key: Option<PemFile>,
 
     /// Most connections one replica holds to Redis (each is multiplexed).
     #[arg(long, env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -126,10 +182,110 @@ impl RedisSettings {
     }
 }
 
-fn parse_redis_url(raw: &str) -> Result<String, String> {
-    redis::IntoConnectionInfo::into_connection_info(raw)
-        .map(|_| raw.to_owned())
-        .map_err(|e| format!("not a Redis URL (redis://host:port/db): {e}"))
+/// Which Redis topology `REDIS_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that hides its replicas).
+    Standalone,
+    /// A Redis Cluster: keys spread over several masters by slot.
+    Cluster,
+    /// A master and its replicas watched by Redis Sentinel, which names the master.
+    Sentinel,
+}
+
+impl RedisMode {
+    /// Every value [`RedisMode::label`] returns.
+    pub const ALL: [RedisMode; 3] = [
+        RedisMode::Standalone,
+        RedisMode::Cluster,
+        RedisMode::Sentinel,
+    ];
+
+    /// Its name, as in `REDIS_MODE` and the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// The servers of `REDIS_URL`, parsed; printed without their passwords.
+#[derive(Clone)]
+pub struct RedisUrls {
+    pub nodes: Vec<redis::ConnectionInfo>,
+}
+
+impl std::fmt::Debug for RedisUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addresses: Vec<String> = self.nodes.iter().map(|n| n.addr().to_string()).collect();
+        write!(f, "{}", addresses.join(","))
+    }
+}
+
+impl FromStr for RedisUrls {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        parse_redis_urls(raw)
+    }
+}
+
+fn parse_redis_urls(raw: &str) -> Result<RedisUrls, String> {
+    let nodes = raw
+        .split(',')
+        .map(|url| {
+            let url = url.trim();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!(
+                    "{:?} is not a Redis URL: expected redis://host:port/db or rediss:// for TLS, comma-separated for several",
+                    redacted(url)
+                ));
+            }
+            redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+                format!(
+                    "{:?} is not a Redis URL (redis://host:port/db): {e}",
+                    redacted(url)
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RedisUrls { nodes })
+}
+
+/// A URL with its user information left out, to name it in an error.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A PEM file (a certificate or a key), read once at start; the path names it in messages.
+#[derive(Clone)]
+pub struct PemFile {
+    pub path: std::path::PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())
+    }
+}
+
+impl PemFile {
+    fn read(raw: &str) -> Result<Self, String> {
+        let path = std::path::PathBuf::from(raw);
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {raw}: {e}"))?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!("{raw} is not a PEM file (no -----BEGIN line)"));
+        }
+        Ok(Self { path, bytes })
+    }
 }
 
 /// What is cached and for how long.
@@ -304,8 +460,14 @@ mod tests {
     fn malformed_urls_and_prefixes_are_refused() {
         assert!(parse_database_url("mysql://x").is_err());
         assert!(parse_database_url("postgres://host:notaport/db").is_err());
-        assert!(parse_redis_url("http://localhost").is_err());
-        assert!(parse_redis_url("redis://localhost:6379/0").is_ok());
+        assert!(parse_redis_urls("http://localhost").is_err());
+        assert!(parse_redis_urls("redis://localhost:6379/0").is_ok());
+        assert!(parse_redis_urls("redis://a:1,http://b:2").is_err());
+        let err = parse_redis_urls("http://user:s3cret@host:1").expect_err("not Redis");
+        assert!(!err.contains("s3cret"), "{err}");
+        let urls = parse_redis_urls("rediss://:pw@a:7000, rediss://b:7001").expect("a list");
+        assert_eq!(urls.nodes.len(), 2);
+        assert!(!format!("{urls:?}").contains("pw"));
         for bad in ["", "has space", "a:b", &"x".repeat(65)] {
             assert!(parse_key_prefix(bad).is_err(), "{bad:?}");
         }

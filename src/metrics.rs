@@ -107,7 +107,7 @@ fn register_at_zero() {
     for result in LookupResult::ALL {
         metrics::counter!(LOOKUPS, "result" => result.label()).increment(0);
     }
-    for operation in ["get", "set", "ping"] {
+    for operation in ["get", "set", "ping", "topology"] {
         for kind in crate::cache::CacheError::KINDS {
             metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => kind).increment(0);
         }
@@ -130,7 +130,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         REDIS_ERRORS,
-        "Redis calls that failed, by operation (get, set, ping) and kind (timeout, unreachable, reply, corrupt, skipped)."
+        "Redis calls that failed, by operation (get, set, ping, topology) and kind (timeout, unreachable, read_only, reply, corrupt, skipped)."
     );
     metrics::describe_counter!(
         DB_ERRORS,
@@ -162,8 +162,18 @@ pub struct PoolGauge {
     pub idle: usize,
 }
 
-/// The exposition text: the recorder's series, then this replica's pools and build.
-pub fn render(postgres: PoolGauge, redis: PoolGauge) -> String {
+/// The Redis topology one replica sees, as scraped: `REDIS_MODE` and how many nodes of each
+/// role answer (0 and 0 while Redis cannot be reached).
+#[derive(Debug, Clone, Copy)]
+pub struct RedisNodesGauge {
+    pub mode: &'static str,
+    pub masters: usize,
+    pub replicas: usize,
+}
+
+/// The exposition text: the recorder's series, then this replica's pools, Redis topology and
+/// build.
+pub fn render(postgres: PoolGauge, redis: PoolGauge, nodes: RedisNodesGauge) -> String {
     let mut text = handle().render();
     for (name, help, pool) in [
         (
@@ -182,6 +192,17 @@ pub fn render(postgres: PoolGauge, redis: PoolGauge) -> String {
             pool.in_use, pool.idle
         ));
     }
+    let RedisNodesGauge {
+        mode,
+        masters,
+        replicas,
+    } = nodes;
+    text.push_str(&format!(
+        "# HELP vehicle_state_redis_nodes Redis nodes this replica sees, by topology (REDIS_MODE) and role; 0 while it cannot reach Redis.\n\
+         # TYPE vehicle_state_redis_nodes gauge\n\
+         vehicle_state_redis_nodes{{mode=\"{mode}\",role=\"master\"}} {masters}\n\
+         vehicle_state_redis_nodes{{mode=\"{mode}\",role=\"replica\"}} {replicas}\n"
+    ));
     text.push_str(&format!(
         "# HELP vehicle_state_build_info The running build: version and git commit.\n\
          # TYPE vehicle_state_build_info gauge\n\

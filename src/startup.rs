@@ -42,6 +42,8 @@ impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
+        } else {
+            db::check_connection(&settings.database).await?;
         }
         let state = web::Data::new(AppState {
             service: StateService::new(

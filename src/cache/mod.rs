@@ -8,6 +8,7 @@ mod entry;
 mod key;
 pub mod local;
 mod redis;
+pub mod topology;
 
 pub use self::local::{LocalCache, LocalEntry};
 pub use self::redis::{CacheError, Cached, RedisCache};

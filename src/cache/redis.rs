@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::web::Bytes;
 use anyhow::Context;
-use deadpool_redis::{Pool, Runtime};
-use redis::aio::MultiplexedConnection;
+use deadpool::Runtime;
 
+use super::topology::{self, Connection, Manager, Nodes, Pool, PoolError};
 use super::{Answer, CacheKey, Corrupt, time_left, unix_ms};
-use crate::config::{CacheSettings, RedisSettings};
+use crate::config::{CacheSettings, RedisMode, RedisSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -34,7 +34,7 @@ pub enum CacheError {
     #[error("Redis failed less than {0:?} ago (REDIS_RETRY_INTERVAL_MS); not asked")]
     CoolingDown(Duration),
     #[error("no Redis connection")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] PoolError),
     #[error("Redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -52,7 +52,8 @@ pub enum Cached {
 }
 
 impl CacheError {
-    /// Whether Redis could not be reached (as opposed to answering with an error).
+    /// Whether Redis could not be reached, or what answered is not the master any more (as
+    /// opposed to answering with an error).
     pub fn is_unreachable(&self) -> bool {
         match self {
             CacheError::Timeout(_) | CacheError::Pool(_) | CacheError::CoolingDown(_) => true,
@@ -62,13 +63,28 @@ impl CacheError {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_unrecoverable_error()
+                    || self.is_read_only()
             }
             CacheError::Corrupt(_) => false,
         }
     }
 
+    /// `READONLY`: the connection reaches a replica, as a master demoted by a Sentinel failover
+    /// becomes one.
+    fn is_read_only(&self) -> bool {
+        matches!(self, CacheError::Redis(e)
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+    }
+
     /// Every value [`CacheError::kind`] returns.
-    pub const KINDS: [&'static str; 5] = ["timeout", "unreachable", "reply", "corrupt", "skipped"];
+    pub const KINDS: [&'static str; 6] = [
+        "timeout",
+        "unreachable",
+        "read_only",
+        "reply",
+        "corrupt",
+        "skipped",
+    ];
 
     /// The `kind` label of `vehicle_state_redis_errors_total`.
     pub fn kind(&self) -> &'static str {
@@ -76,6 +92,7 @@ impl CacheError {
             CacheError::Timeout(_) => "timeout",
             CacheError::CoolingDown(_) => "skipped",
             CacheError::Corrupt(_) => "corrupt",
+            error if error.is_read_only() => "read_only",
             error if error.is_unreachable() => "unreachable",
             _ => "reply",
         }
@@ -84,8 +101,9 @@ impl CacheError {
 
 pub struct RedisCache {
     pool: Pool,
+    mode: RedisMode,
     /// The connection in use and its generation, until a call on it fails.
-    held: Mutex<Option<(u64, MultiplexedConnection)>>,
+    held: Mutex<Option<(u64, Connection)>>,
     generations: AtomicU64,
     prefix: String,
     ttl: Duration,
@@ -122,6 +140,10 @@ impl Breaker {
         self.now_ms().saturating_add(interval).max(1)
     }
 
+    fn is_closed(&self) -> bool {
+        self.open_until_ms.load(Ordering::Acquire) == 0
+    }
+
     /// Whether this call may ask Redis. Once the interval has passed, exactly one caller is let
     /// through to try it (the others keep failing at once until that one is done).
     fn admit(&self) -> bool {
@@ -147,9 +169,9 @@ impl RedisCache {
     /// Builds the pool; connects on first use, so a Redis that is down does not stop the start.
     pub fn new(redis: &RedisSettings, cache: &CacheSettings) -> anyhow::Result<Self> {
         let timeout = redis.timeout();
-        let pool = deadpool_redis::Config::from_url(redis.redis_url.clone())
-            .builder()
-            .context("REDIS_URL: cannot configure the Redis pool")?
+        let manager = Manager::new(redis)?;
+        let mode = manager.mode();
+        let pool = Pool::builder(manager)
             .max_size(usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX))
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
@@ -159,6 +181,7 @@ impl RedisCache {
             .context("cannot build the Redis pool")?;
         Ok(Self {
             pool,
+            mode,
             held: Mutex::new(None),
             generations: AtomicU64::new(0),
             prefix: cache.cache_key_prefix.clone(),
@@ -237,6 +260,28 @@ impl RedisCache {
         .await
     }
 
+    /// Which topology this replica was configured for.
+    pub fn mode(&self) -> RedisMode {
+        self.mode
+    }
+
+    /// How many masters and replicas the topology has now, asked within `REDIS_TIMEOUT_MS`.
+    /// For a scrape, not a lookup: it neither trips nor probes the breaker (while Redis is left
+    /// alone it is not asked at all), and a failure here lets no connection go; lookups find
+    /// out for themselves.
+    pub async fn nodes(&self) -> Result<Nodes, CacheError> {
+        if !self.breaker.is_closed() {
+            return Err(CacheError::CoolingDown(self.breaker.interval));
+        }
+        let ask = async {
+            let (_, mut conn) = self.connection().await?;
+            Ok(topology::nodes(self.mode, &mut conn).await?)
+        };
+        tokio::time::timeout(self.timeout, ask)
+            .await
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
+    }
+
     pub async fn ping(&self) -> Result<(), CacheError> {
         self.bounded(|mut conn| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -274,14 +319,14 @@ impl RedisCache {
     }
 
     /// The held connection and its generation, or a new one from the pool.
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection), CacheError> {
+    async fn connection(&self) -> Result<(u64, Connection), CacheError> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(held) = held {
             return Ok(held);
         }
         let pooled = self.pool.get().await?;
         // A clone is another handle on the same socket; the pooled object goes back to the pool.
-        let conn: MultiplexedConnection = (*pooled).clone();
+        let conn: Connection = (*pooled).clone();
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -292,7 +337,7 @@ impl RedisCache {
     /// the next call starts from the pool, which checks or replaces it.
     async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, CacheError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, CacheError>>,
     {
         if !self.breaker.admit() {
@@ -308,8 +353,9 @@ impl RedisCache {
         let result = tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or(Err(CacheError::Timeout(self.timeout)));
-        // Only a failure to reach Redis opens the breaker and lets the connection go; a reply
-        // that is an error (OOM on a full Redis, say) shows Redis and the connection working.
+        // Only a failure to reach Redis (or the master) opens the breaker and lets the connection
+        // go; a reply that is an error (OOM on a full Redis, say) shows Redis and the connection
+        // working.
         let unreachable = result
             .as_ref()
             .err()
@@ -324,6 +370,10 @@ impl RedisCache {
             {
                 *held = None;
             }
+            drop(held);
+            // The idle connections are as likely to be broken, or to reach a demoted master:
+            // the next one is made afresh (in sentinel mode, asking the sentinels again).
+            self.pool.retain(|_, _| false);
         }
         result
     }

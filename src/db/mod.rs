@@ -1,8 +1,11 @@
 //! PostgreSQL: connecting, migrating, seeding and the one lookup query. No HTTP types here.
 
+mod connect;
 mod lookup;
 mod seed;
 mod synthetic;
+
+pub use connect::check_connection;
 
 pub use synthetic::{SyntheticHistory, generate};
 
@@ -49,6 +52,7 @@ fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.db_pool_max_size)
         .acquire_timeout(settings.acquire_timeout())
+        .max_lifetime(settings.max_lifetime())
 }
 
 /// Creates the database if it is absent, then applies pending migrations. Replicas starting
@@ -75,7 +79,7 @@ pub async fn prepare(
                 }
             }
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot reach PostgreSQL at {url}")),
+        Err(e) => return Err(connect::failure(&e, url)),
     }
     MIGRATOR
         .run(&pool)

@@ -11,9 +11,24 @@ use crate::startup::AppState;
 #[route("/metrics", method = "GET", method = "HEAD")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let service = &state.service;
+    let redis = &service.redis;
+    let nodes = match redis.nodes().await {
+        Ok(nodes) => nodes,
+        Err(error) => {
+            if let Some(errors) = redis.record_error("topology", &error) {
+                tracing::warn!(error = %crate::error::chain(&error), errors, "metrics: cannot read the Redis topology");
+            }
+            crate::cache::topology::Nodes::default()
+        }
+    };
     let text = crate::metrics::render(
         crate::db::pool_gauge(&service.db),
-        service.redis.pool_gauge(),
+        redis.pool_gauge(),
+        crate::metrics::RedisNodesGauge {
+            mode: redis.mode().label(),
+            masters: nodes.masters,
+            replicas: nodes.replicas,
+        },
     );
     HttpResponse::Ok()
         .insert_header(CacheControl(vec![CacheDirective::NoStore]))

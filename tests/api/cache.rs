@@ -149,7 +149,8 @@ async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
 #[tokio::test]
 async fn when_redis_is_down_answers_come_from_postgres() {
     // Port 1 on loopback: nothing listens, so every connection is refused.
-    let app = spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".to_owned()).await;
+    let app =
+        spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
 
     for ts in ["1662976800", "1662976801", "1662976802"] {
         let reply = app.state_at("3", ts).await;
@@ -178,7 +179,7 @@ async fn when_redis_hangs_answers_come_from_postgres_within_the_redis_timeout() 
         }
     });
     let app = spawn_app_with(|s| {
-        s.redis.redis_url = format!("redis://127.0.0.1:{port}");
+        s.redis.redis_url = format!("redis://127.0.0.1:{port}").parse().expect("a URL");
         s.redis.redis_timeout_ms = 150;
     })
     .await;

@@ -20,7 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use testcontainers_modules::testcontainers::runners::SyncRunner;
 use tokio::sync::oneshot;
 use vehicle_state::config::{
-    CacheSettings, DatabaseSettings, Dataset, HttpSettings, RedisSettings, ServeSettings,
+    CacheSettings, DatabaseSettings, Dataset, HttpSettings, RedisMode, RedisSettings, ServeSettings,
 };
 use vehicle_state::startup::Application;
 
@@ -138,9 +138,18 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             db_pool_max_size: 5,
             db_acquire_timeout_ms: 1000,
             db_statement_timeout_ms: 2000,
+            db_max_lifetime_secs: 300,
         },
         redis: RedisSettings {
-            redis_url: redis_url.to_owned(),
+            redis_url: redis_url
+                .parse()
+                .unwrap_or_else(|e| panic!("{redis_url}: {e}")),
+            redis_mode: RedisMode::Standalone,
+            redis_sentinel_master: "mymaster".to_owned(),
+            redis_sentinel_password: None,
+            redis_ca_cert: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             redis_pool_max_size: 4,
             redis_timeout_ms: 200,
             redis_retry_interval_ms: 250,

@@ -31,8 +31,12 @@ async fn poll(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_returns() {
     let proxy = ChaosProxy::start(redis_addr()).await;
-    let app =
-        spawn_app_with(|s| s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())).await;
+    let app = spawn_app_with(|s| {
+        s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())
+            .parse()
+            .expect("a URL")
+    })
+    .await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
     assert_eq!(
         app.state_at("3", "2022-09-12T10:00:00Z")

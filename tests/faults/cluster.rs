@@ -277,6 +277,23 @@ pub async fn execute(url: &str, statements: &[&'static str]) {
     }
 }
 
+/// Runs the service's binary, expecting it to fail; returns its exit code and what it wrote to
+/// standard error (standard output, its logs, is left out).
+pub fn run_binary_failing(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "json")
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Runs the service's binary once (e.g. `seed sample`) and asserts it succeeded.
 pub fn run_binary(args: &[&str], env: &[(&str, &str)]) {
     let output = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
@@ -497,28 +514,14 @@ pub struct PgServer {
 
 impl PgServer {
     pub fn start() -> Self {
-        let bin = pg_bindir();
-        let dir = TempDir::new("pg");
-        let data = dir.0.join("data");
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if as_root {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir.0)
-                .status()
-                .expect("chown");
-            assert!(status.success());
-        }
-        let server = Self {
-            port: free_port(),
-            bin,
-            as_root,
-            data,
-            _dir: dir,
-        };
+        let server = Self::init();
+        server.resume();
+        server
+    }
+
+    /// A new cluster (initdb), not started: configure it, then [`PgServer::resume`].
+    pub fn init() -> Self {
+        let server = Self::empty("pg");
         server.run(
             "initdb",
             &[
@@ -532,8 +535,93 @@ impl PgServer {
                 "UTF8",
             ],
         );
+        server
+    }
+
+    /// A streaming standby of `primary` (a base backup with `-R`, which writes the
+    /// `primary_conninfo` and `standby.signal`), on a port of its own, started.
+    pub fn standby_of(primary: &PgServer) -> Self {
+        let server = Self::empty("pg-standby");
+        server.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &server.data.display().to_string(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
         server.resume();
         server
+    }
+
+    /// A directory for a cluster that does not exist yet, and a port.
+    fn empty(what: &str) -> Self {
+        let bin = pg_bindir();
+        let dir = TempDir::new(what);
+        let data = dir.0.join("data");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir.0)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        Self {
+            port: free_port(),
+            bin,
+            as_root,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// Appends settings to `postgresql.conf`; they count from the next start.
+    pub fn configure(&self, lines: &str) {
+        let path = self.data.join("postgresql.conf");
+        let mut conf = fs::read_to_string(&path).expect("postgresql.conf");
+        conf.push_str(lines);
+        fs::write(&path, conf).expect("write postgresql.conf");
+    }
+
+    /// Replaces `pg_hba.conf` (local socket connections, which pg_ctl uses, stay trusted).
+    pub fn hba(&self, rules: &str) {
+        fs::write(
+            self.data.join("pg_hba.conf"),
+            format!("local all all trust\n{rules}"),
+        )
+        .expect("write pg_hba.conf");
+    }
+
+    /// Copies a file (a certificate or key) into the data directory, readable by the server
+    /// alone; returns its new path.
+    pub fn install(&self, file: &Path) -> PathBuf {
+        let target = self.data.join(file.file_name().expect("a file name"));
+        fs::copy(file, &target).expect("copy into the data directory");
+        if self.as_root {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&target)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        target
     }
 
     pub fn url(&self, database: &str) -> String {

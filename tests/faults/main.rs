@@ -22,3 +22,5 @@ mod cluster;
 mod dependencies;
 mod load;
 mod overload;
+mod pki;
+mod postgres;

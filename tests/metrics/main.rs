@@ -218,7 +218,7 @@ async fn failures_of_redis_and_postgres_are_counted_by_kind() {
     let _serial = one_at_a_time().await;
     let app = spawn_app_with(|s| {
         // Nothing listens on port 1.
-        s.redis.redis_url = "redis://127.0.0.1:1".to_owned();
+        s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL");
         s.redis.redis_retry_interval_ms = 60_000;
         s.database.db_statement_timeout_ms = 300;
     })

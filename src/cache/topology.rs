@@ -1,0 +1,321 @@
+//! Which Redis this replica talks to, and how: one server, a Redis Cluster, or the master a set
+//! of Sentinels names; over TCP or TLS. The one module that knows the topology: above it, a
+//! [`Connection`] is where commands go, whatever the mode.
+//!
+//! redis-rs does the work of each mode: its cluster client follows `MOVED` and `ASK` and
+//! refreshes the slot map when the cluster changes; its sentinel client asks the sentinels for
+//! the current master each time it connects. The pool's manager is ours rather than
+//! deadpool-redis's because those cannot be given a private CA or a client certificate in
+//! cluster and sentinel modes.
+//!
+//! Every command the service sends names one key (`GET` and `PTTL` of one key in a pipeline, or
+//! one `SET`), so in cluster mode each goes whole to the node that owns the key's slot.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, RedisError, TlsCertificates, TlsMode,
+};
+
+use crate::config::{RedisMode, RedisSettings};
+
+/// A connection that carries any number of concurrent commands; clones share it.
+#[derive(Clone)]
+pub enum Connection {
+    /// To a standalone server, or to the master the sentinels named.
+    Single(MultiplexedConnection),
+    /// To every node of a cluster, each command routed by its key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Standalone(redis::Client),
+    Cluster(ClusterClient),
+    /// Asking the sentinels takes `&mut`: one connection is made at a time.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// Makes connections for the pool, and checks them (with a `PING`) before they are reused.
+pub struct Manager {
+    client: Client,
+    mode: RedisMode,
+    pings: AtomicUsize,
+}
+
+pub type Pool = managed::Pool<Manager>;
+pub type PoolError = managed::PoolError<RedisError>;
+
+impl Manager {
+    /// A manager for the topology `settings` describe. Connects to nothing yet.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        // redis-rs sets up TLS with the process-wide crypto provider; pick it once, so that
+        // which provider features other crates enable can never make that set-up fail. An
+        // error means one is installed already, which serves as well.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let nodes = &settings.redis_url.nodes;
+        let certificates = certificates(settings, nodes)?;
+        let client = match settings.redis_mode {
+            RedisMode::Standalone => {
+                let [node] = nodes.as_slice() else {
+                    bail!(
+                        "REDIS_URL lists {} servers: REDIS_MODE=standalone takes one (set REDIS_MODE=cluster or sentinel for a list)",
+                        nodes.len()
+                    );
+                };
+                let client = match certificates {
+                    Some(certs) => redis::Client::build_with_tls(node.clone(), certs),
+                    None => redis::Client::open(node.clone()),
+                };
+                Client::Standalone(client.context("REDIS_URL: cannot configure the Redis client")?)
+            }
+            RedisMode::Cluster => {
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(settings.timeout())
+                    .response_timeout(settings.timeout());
+                if let Some(certs) = certificates {
+                    builder = builder.certs(certs);
+                }
+                Client::Cluster(
+                    builder
+                        .build()
+                        .context("REDIS_URL: cannot configure the Redis Cluster client")?,
+                )
+            }
+            RedisMode::Sentinel => Client::Sentinel(tokio::sync::Mutex::new(sentinel_client(
+                settings,
+                nodes,
+                certificates,
+            )?)),
+        };
+        Ok(Self {
+            client,
+            mode: settings.redis_mode,
+            pings: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn mode(&self) -> RedisMode {
+        self.mode
+    }
+}
+
+/// The sentinels are the URLs' addresses; the URLs' user name, password and database are the
+/// master's, as they would be in a standalone `REDIS_URL`; `REDIS_SENTINEL_PASSWORD`, if set, is
+/// the sentinels' own. TLS (and its certificates) applies to both when the URLs use `rediss://`.
+fn sentinel_client(
+    settings: &RedisSettings,
+    nodes: &[ConnectionInfo],
+    certificates: Option<TlsCertificates>,
+) -> anyhow::Result<SentinelClient> {
+    let Some(first) = nodes.first() else {
+        bail!("REDIS_URL lists no sentinel");
+    };
+    let is_tls = |n: &ConnectionInfo| matches!(n.addr(), ConnectionAddr::TcpTls { .. });
+    let tls = is_tls(first);
+    if nodes.iter().any(|n| is_tls(n) != tls) {
+        bail!("REDIS_URL: the sentinels' URLs mix redis:// and rediss://");
+    }
+    let master = first.redis_settings();
+    let mut builder = SentinelClientBuilder::new(
+        nodes.iter().map(|n| n.addr().clone()),
+        &settings.redis_sentinel_master,
+        SentinelServerType::Master,
+    )
+    .context("REDIS_URL: cannot configure the sentinel client")?
+    .set_client_to_redis_db(master.db());
+    if let Some(username) = master.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = master.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(password) = &settings.redis_sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if tls {
+        builder = builder
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+        if let Some(certs) = certificates {
+            builder = builder
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs);
+        }
+    }
+    builder
+        .build()
+        .context("REDIS_URL: cannot configure the sentinel client")
+}
+
+/// The private CA and client certificate, if any were given; only for `rediss://` URLs.
+fn certificates(
+    settings: &RedisSettings,
+    nodes: &[ConnectionInfo],
+) -> anyhow::Result<Option<TlsCertificates>> {
+    let client_tls = match (&settings.redis_client_cert, &settings.redis_client_key) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: cert.bytes.clone(),
+            client_key: key.bytes.clone(),
+        }),
+        (None, None) => None,
+        _ => bail!("REDIS_CLIENT_CERT and REDIS_CLIENT_KEY go together: set both or neither"),
+    };
+    let root_cert = settings.redis_ca_cert.as_ref().map(|ca| ca.bytes.clone());
+    if client_tls.is_none() && root_cert.is_none() {
+        return Ok(None);
+    }
+    let all_tls = nodes
+        .iter()
+        .all(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }));
+    if !all_tls {
+        bail!(
+            "REDIS_CA_CERT, REDIS_CLIENT_CERT and REDIS_CLIENT_KEY are for TLS: use rediss:// URLs in REDIS_URL"
+        );
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+impl managed::Manager for Manager {
+    type Type = Connection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Connection, RedisError> {
+        Ok(match &self.client {
+            Client::Standalone(client) => {
+                Connection::Single(client.get_multiplexed_async_connection().await?)
+            }
+            Client::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+            Client::Sentinel(client) => {
+                Connection::Single(client.lock().await.get_async_connection().await?)
+            }
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<RedisError> {
+        let token = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        let echoed: String = redis::cmd("PING").arg(&token).query_async(conn).await?;
+        if echoed == token {
+            Ok(())
+        } else {
+            Err(RecycleError::message("PING answered something else"))
+        }
+    }
+}
+
+/// How many nodes of each role this replica sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Nodes {
+    pub masters: usize,
+    pub replicas: usize,
+}
+
+/// Asks the topology how many masters and replicas it has: `CLUSTER NODES` in a cluster
+/// (nodes marked failed are not counted), `ROLE` of the server or of the master otherwise.
+pub async fn nodes(mode: RedisMode, conn: &mut Connection) -> Result<Nodes, RedisError> {
+    if mode == RedisMode::Cluster {
+        let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+        return Ok(count_cluster_nodes(&text));
+    }
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+    let replicas = match (role.first(), role.get(2)) {
+        (Some(redis::Value::BulkString(kind)), Some(redis::Value::Array(replicas)))
+            if kind.as_slice() == b"master" =>
+        {
+            replicas.len()
+        }
+        _ => 0,
+    };
+    Ok(Nodes {
+        masters: 1,
+        replicas,
+    })
+}
+
+/// Counts the healthy masters and replicas in the text of `CLUSTER NODES`: one line a node,
+/// its flags third (`myself,master`, `slave`, `master,fail`, ...).
+fn count_cluster_nodes(text: &str) -> Nodes {
+    let mut nodes = Nodes::default();
+    for line in text.lines() {
+        let Some(flags) = line.split_whitespace().nth(2) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if flags
+            .iter()
+            .any(|f| matches!(*f, "fail" | "fail?" | "noaddr"))
+        {
+            continue;
+        }
+        if flags.contains(&"master") {
+            nodes.masters += 1;
+        } else if flags.contains(&"slave") {
+            nodes.replicas += 1;
+        }
+    }
+    nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_are_counted_by_role_leaving_out_failed_ones() {
+        let text = "\
+07c37dfe 127.0.0.1:30004@31004 slave e7d1eecc 0 1426238317239 4 connected
+67ed2db8 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b36 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+6ec23923 127.0.0.1:30005@31005 slave 67ed2db8 0 1426238316232 5 connected
+824fe116 127.0.0.1:30006@31006 master,fail? - 0 1426238317741 6 connected
+e7d1eecc 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            count_cluster_nodes(text),
+            Nodes {
+                masters: 3,
+                replicas: 2
+            }
+        );
+        assert_eq!(count_cluster_nodes(""), Nodes::default());
+    }
+}

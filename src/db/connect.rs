@@ -1,0 +1,128 @@
+//! What a failure to connect to PostgreSQL means, in one line an operator can act on: a
+//! certificate that is not trusted or names another host, a server that refuses plain
+//! connections or offers no TLS, a refused login. Never the password: the URL is printed
+//! without it.
+
+use std::error::Error as _;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgSslMode};
+
+use crate::config::{DatabaseSettings, DatabaseUrl};
+
+/// At start, when nothing else connects first (`MIGRATE_ON_START=false`): one connection,
+/// within `DB_ACQUIRE_TIMEOUT_MS`. A setting that can never work (TLS, the login, a missing
+/// database) stops the start with its cause; a server that is down or slow does not, since the
+/// pool connects when it comes back and `/readyz` says not ready meanwhile.
+pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let url = &settings.database_url;
+    let attempt = PgConnection::connect_with(&url.options);
+    match tokio::time::timeout(settings.acquire_timeout(), attempt).await {
+        Ok(Ok(conn)) => {
+            if let Err(error) = conn.close().await {
+                tracing::debug!(error = %error, "closing the start-up check's connection");
+            }
+            Ok(())
+        }
+        Ok(Err(error)) if is_setting(&error) => Err(failure(&error, url)),
+        Ok(Err(error)) => {
+            tracing::warn!(database = %url, error = %error, "PostgreSQL cannot be reached yet; serving, not ready until it can");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(database = %url, timeout = ?settings.acquire_timeout(), "PostgreSQL did not answer in time; serving, not ready until it does");
+            Ok(())
+        }
+    }
+}
+
+/// Whether a failure to connect comes from the settings (and will happen again), as opposed
+/// to a server that is down or busy.
+fn is_setting(error: &sqlx::Error) -> bool {
+    if tls_error(error).is_some() || matches!(error, sqlx::Error::Tls(_)) {
+        return true;
+    }
+    // 28: invalid authorization (a refused login, no pg_hba.conf entry); 3D000: no such database.
+    error
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("28") || c == "3D000")
+}
+
+/// The error to stop on: what went wrong with `url`, and what to change.
+pub fn failure(error: &sqlx::Error, url: &DatabaseUrl) -> anyhow::Error {
+    let options = &url.options;
+    let host = options.get_host();
+    let mode = ssl_mode_name(options.get_ssl_mode());
+    let cause = if let Some(tls) = tls_error(error) {
+        use rustls::CertificateError as C;
+        match tls {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                "TLS: the server's certificate is not trusted (signed by an unknown CA): give the CA's certificate with sslrootcert=/path/to/ca.pem in DATABASE_URL ({tls})"
+            ),
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => format!(
+                "TLS: the server's certificate is not valid for the host name {host:?}: connect by a name the certificate lists, or use sslmode=verify-ca to check only the CA ({tls})"
+            ),
+            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                format!("TLS: the server's certificate has expired ({tls})")
+            }
+            other => format!("TLS: the handshake failed: {other}"),
+        }
+    } else if let sqlx::Error::Tls(cause) = error {
+        if cause.to_string().contains("does not support TLS") {
+            format!(
+                "the server does not offer TLS, and sslmode={mode} requires it: turn ssl on in the server, or use sslmode=prefer"
+            )
+        } else {
+            format!("TLS: {cause}")
+        }
+    } else if let Some(db) = error.as_database_error() {
+        let message = db.message();
+        match db.code().as_deref() {
+            Some(code) if code.starts_with("28") && message.contains("no encryption") => format!(
+                "the server refuses connections without TLS from here ({message}): use sslmode=require, verify-ca or verify-full (now sslmode={mode})"
+            ),
+            Some(code) if code.starts_with("28") => {
+                format!("the server refused the login: {message}")
+            }
+            Some("3D000") => format!(
+                "{message}: create it and apply the migrations with `vehicle-state migrate` (against the primary)"
+            ),
+            _ => format!("the server answered: {message}"),
+        }
+    } else {
+        // Not reached at all. sqlx's message already includes its I/O cause.
+        return anyhow::anyhow!("cannot reach PostgreSQL at {url}: {error}");
+    };
+    anyhow::anyhow!("cannot connect to PostgreSQL at {url}: {cause}")
+}
+
+/// The rustls error under a failed handshake, however sqlx wrapped it.
+fn tls_error(error: &sqlx::Error) -> Option<&rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
+    if let sqlx::Error::Io(io) = error {
+        cause = io
+            .get_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+    }
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = current.source();
+    }
+    None
+}
+
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
