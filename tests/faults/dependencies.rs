@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{
-    PgServer, RedisServer, Replica, TempDir, bounded, client, execute, one_at_a_time, run_binary,
+    PgServer, Replica, TempDir, bounded, client, execute, one_at_a_time, run_binary,
     sample_database,
 };
 use crate::helpers::{Scratch, redis_url};
 use crate::load::{Load, mixed, uncached};
+use crate::redis_servers::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_stops_under_load_no_request_fails_and_caching_resumes_when_it_returns() {

@@ -24,3 +24,5 @@ mod load;
 mod overload;
 mod pki;
 mod postgres;
+mod redis_servers;
+mod redis_topologies;

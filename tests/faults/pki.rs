@@ -11,6 +11,7 @@ use rcgen::{
     SanType,
 };
 
+#[derive(Clone)]
 pub struct Pki {
     pub ca: PathBuf,
     pub other_ca: PathBuf,
