@@ -159,10 +159,13 @@ pub fn pool_gauge(pool: &PgPool) -> crate::metrics::PoolGauge {
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         let unavailable = match &e {
+            // Protocol: the connection closed in the middle of a message, as when PostgreSQL
+            // (or the network) goes away during the TLS request that `sslmode=prefer` sends.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(d) => d.code().is_some_and(|c| {
                 // 08: connection exceptions; 57014: statement timeout; 57P01-57P03: the server is
