@@ -203,3 +203,44 @@ async fn a_stale_answer_past_the_stale_if_error_window_is_not_served() {
 
     too_old.assert_problem(503, "/problems/database-unavailable");
 }
+
+#[tokio::test]
+async fn connections_older_than_db_max_lifetime_secs_are_replaced_so_a_dns_failover_is_followed() {
+    let app = spawn_app_with(|s| s.database.db_max_lifetime_secs = 1).await;
+    let database = app
+        .settings
+        .database
+        .database_url
+        .options
+        .get_database()
+        .expect("a database name")
+        .to_owned();
+    let backends = || async {
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'vehicle-state'",
+        )
+        .bind(&database)
+        .fetch_all(&app.db)
+        .await
+        .expect("pg_stat_activity");
+        pids.into_iter().map(|(pid,)| pid).collect::<Vec<_>>()
+    };
+    app.state_at("3", "2022-09-12T10:00:01Z").await;
+    let first = backends().await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The next lookup finds its connection past its lifetime: it is closed when given back,
+    // and the lookup after that opens a new one.
+    let reply = app.state_at("3", "2022-09-12T10:00:02Z").await;
+    let next = app.state_at("3", "2022-09-12T10:00:03Z").await;
+    let later = backends().await;
+
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert!(!first.is_empty(), "the service held a connection");
+    assert!(!later.is_empty(), "and holds one again: {first:?} then {later:?}");
+    assert!(
+        first.iter().all(|pid| !later.contains(pid)),
+        "every connection was replaced: {first:?} then {later:?}"
+    );
+}
