@@ -40,6 +40,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        // Settings that cannot work fail before anything is touched.
+        let redis = std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?);
         if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
         } else {
@@ -48,7 +50,7 @@ impl Application {
         let state = web::Data::new(AppState {
             service: StateService::new(
                 db::connect(&settings.database),
-                std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?),
+                redis,
                 LocalCache::new(settings.cache.local_cache_max_bytes),
                 settings.http.lookup_concurrency_limit,
             ),

@@ -27,6 +27,14 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
         ("DB_POOL_MAX_SIZE", "0"),
         ("REDIS_TIMEOUT_MS", "-5"),
         ("MIGRATE_ON_START", "perhaps"),
+        ("REDIS_MODE", "sharded"),
+        ("REDIS_CA_CERT", "/no/such/ca.pem"),
+        ("REDIS_CLIENT_KEY", "/etc/hostname"),
+        (
+            "DATABASE_URL",
+            "postgres://h/db?sslmode=verify-full&sslrootcert=/no/such/ca.pem",
+        ),
+        ("DATABASE_URL", "postgres://h/db?sslmode=sometimes"),
     ] {
         let output = vehicle_state(&["serve"], &[(name, value)]);
 
@@ -39,6 +47,66 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn a_redis_topology_that_cannot_work_stops_the_start_with_one_line_before_anything_is_touched() {
+    let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let pem = std::env::temp_dir().join(format!("vs-test-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write a PEM file");
+    let pem = pem.display().to_string();
+    let cases = [
+        (
+            vec![("REDIS_URL", "redis://:s3cret@a:6379,redis://b:6379")],
+            "REDIS_MODE=standalone takes one",
+        ),
+        (
+            vec![
+                ("REDIS_URL", "redis://:s3cret@a:6379"),
+                ("REDIS_CA_CERT", &pem),
+            ],
+            "use rediss:// URLs",
+        ),
+        (
+            vec![
+                ("REDIS_URL", "rediss://:s3cret@a:6379"),
+                ("REDIS_CLIENT_CERT", &pem),
+            ],
+            "REDIS_CLIENT_CERT and REDIS_CLIENT_KEY go together",
+        ),
+        (
+            vec![
+                ("REDIS_MODE", "sentinel"),
+                ("REDIS_URL", "redis://:s3cret@a:26379,rediss://b:26379"),
+            ],
+            "mix redis:// and rediss://",
+        ),
+    ];
+    for (env, cause) in &cases {
+        // A database nobody can reach: the Redis settings are refused before it is tried.
+        let mut env = env.clone();
+        env.push(("DATABASE_URL", "postgres://app@127.0.0.1:1/vs"));
+        let output = vehicle_state(&["serve"], &env);
+
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(cause), "{cause:?} in {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+    // A file that is not PEM at all is refused when the setting is read.
+    let output = vehicle_state(&["serve"], &[("REDIS_CA_CERT", not_pem)]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not a PEM file"),
+        "{}",
+        stderr(&output)
+    );
+    let _ = std::fs::remove_file(&pem);
 }
 
 #[test]

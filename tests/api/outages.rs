@@ -238,7 +238,10 @@ async fn connections_older_than_db_max_lifetime_secs_are_replaced_so_a_dns_failo
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(next.status, 200, "{}", next.body);
     assert!(!first.is_empty(), "the service held a connection");
-    assert!(!later.is_empty(), "and holds one again: {first:?} then {later:?}");
+    assert!(
+        !later.is_empty(),
+        "and holds one again: {first:?} then {later:?}"
+    );
     assert!(
         first.iter().all(|pid| !later.contains(pid)),
         "every connection was replaced: {first:?} then {later:?}"
