@@ -98,7 +98,8 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
     }
     let options = PgConnectOptions::from_str(raw)
         .map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
-    // libpq's TLS files are read when connecting; a missing one is a mistake to name now.
+    // libpq's TLS files are read when connecting; one that is missing, unreadable or not PEM
+    // is a mistake to name now.
     let url =
         url::Url::parse(raw).map_err(|e| format!("not a PostgreSQL URL ({e}); {EXPECTED}"))?;
     for (name, value) in url.query_pairs() {
@@ -111,9 +112,8 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
                 | "ssl-cert"
                 | "sslkey"
                 | "ssl-key"
-        ) && let Err(e) = std::fs::metadata(value.as_ref())
-        {
-            return Err(format!("{name}={value}: cannot read it: {e}"));
+        ) {
+            PemFile::read(&value).map_err(|e| format!("{name}: {e}"))?;
         }
     }
     Ok(DatabaseUrl {
@@ -141,8 +141,8 @@ pub struct RedisSettings {
 
     /// With REDIS_MODE=sentinel: the sentinels' own password, when they require one (the
     /// password in REDIS_URL is the master's).
-    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
-    pub redis_sentinel_password: Option<String>,
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true, value_parser = Secret::parse)]
+    pub redis_sentinel_password: Option<Secret>,
 
     /// PEM file of the CA that signed the Redis servers' certificates (rediss:// only); unset,
     /// the system's trusted roots are used.
@@ -254,13 +254,35 @@ fn parse_redis_urls(raw: &str) -> Result<RedisUrls, String> {
     Ok(RedisUrls { nodes })
 }
 
-/// A URL with its user information left out, to name it in an error.
+/// A URL with its user information left out, to name it in an error (everything before the
+/// last `@` when the scheme is missing too).
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
+        (_, Some(at)) => format!("***{}", &url[at..]),
         _ => url.to_owned(),
+    }
+}
+
+/// A password: printed as `***`, whatever prints the settings.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    fn parse(raw: &str) -> Result<Self, String> {
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -463,8 +485,17 @@ mod tests {
         assert!(parse_redis_urls("http://localhost").is_err());
         assert!(parse_redis_urls("redis://localhost:6379/0").is_ok());
         assert!(parse_redis_urls("redis://a:1,http://b:2").is_err());
-        let err = parse_redis_urls("http://user:s3cret@host:1").expect_err("not Redis");
-        assert!(!err.contains("s3cret"), "{err}");
+        for not_redis in [
+            "http://user:s3cret@host:1",
+            ":s3cret@host:6379",
+            "s3cret@host",
+        ] {
+            let err = parse_redis_urls(not_redis).expect_err("not Redis");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let secret = Secret::parse("s3cret").expect("any text");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(secret.expose(), "s3cret");
         let urls = parse_redis_urls("rediss://:pw@a:7000, rediss://b:7001").expect("a list");
         assert_eq!(urls.nodes.len(), 2);
         assert!(!format!("{urls:?}").contains("pw"));

@@ -344,6 +344,7 @@ impl RedisCache {
             return Err(CacheError::CoolingDown(self.breaker.interval));
         }
         let used = AtomicU64::new(0);
+        let started = Instant::now();
         let attempt = async {
             let (generation, conn) = self.connection().await?;
             used.store(generation, Ordering::Relaxed);
@@ -361,7 +362,11 @@ impl RedisCache {
             .err()
             .is_some_and(CacheError::is_unreachable);
         self.breaker.record(!unreachable);
-        if unreachable {
+        // A cluster connection reaches every node and reconnects to a slow or lost one by
+        // itself; rebuilding it after a timeout would only add a round of connecting and
+        // fetching the slot map.
+        let keep = self.mode == RedisMode::Cluster && matches!(result, Err(CacheError::Timeout(_)));
+        if unreachable && !keep {
             let failed = used.load(Ordering::Relaxed);
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             if held
@@ -369,11 +374,12 @@ impl RedisCache {
                 .is_some_and(|(generation, _)| *generation == failed)
             {
                 *held = None;
+                drop(held);
+                // Idle connections made before this call are as likely to be broken, or to
+                // reach a demoted master: the next one is made afresh (in sentinel mode, asking
+                // the sentinels again). Newer ones, made by calls since, stay.
+                self.pool.retain(|_, made| made.created > started);
             }
-            drop(held);
-            // The idle connections are as likely to be broken, or to reach a demoted master:
-            // the next one is made afresh (in sentinel mode, asking the sentinels again).
-            self.pool.retain(|_, _| false);
         }
         result
     }

@@ -20,7 +20,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, RedisError, TlsCertificates, TlsMode,
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, ConnectionInfo, RedisError,
+    TlsCertificates, TlsMode,
 };
 
 use crate::config::{RedisMode, RedisSettings};
@@ -76,6 +77,8 @@ enum Client {
 pub struct Manager {
     client: Client,
     mode: RedisMode,
+    /// `REDIS_TIMEOUT_MS` for connecting and for each reply, in place of redis-rs's defaults.
+    config: AsyncConnectionConfig,
     pings: AtomicUsize,
 }
 
@@ -127,6 +130,9 @@ impl Manager {
         Ok(Self {
             client,
             mode: settings.redis_mode,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.timeout()))
+                .set_response_timeout(Some(settings.timeout())),
             pings: AtomicUsize::new(0),
         })
     }
@@ -147,7 +153,6 @@ fn sentinel_client(
     let Some(first) = nodes.first() else {
         bail!("REDIS_URL lists no sentinel");
     };
-    let is_tls = |n: &ConnectionInfo| matches!(n.addr(), ConnectionAddr::TcpTls { .. });
     let tls = is_tls(first);
     if nodes.iter().any(|n| is_tls(n) != tls) {
         bail!("REDIS_URL: the sentinels' URLs mix redis:// and rediss://");
@@ -167,7 +172,7 @@ fn sentinel_client(
         builder = builder.set_client_to_redis_password(password);
     }
     if let Some(password) = &settings.redis_sentinel_password {
-        builder = builder.set_client_to_sentinel_password(password);
+        builder = builder.set_client_to_sentinel_password(password.expose());
     }
     if tls {
         builder = builder
@@ -201,10 +206,7 @@ fn certificates(
     if client_tls.is_none() && root_cert.is_none() {
         return Ok(None);
     }
-    let all_tls = nodes
-        .iter()
-        .all(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }));
-    if !all_tls {
+    if !nodes.iter().all(is_tls) {
         bail!(
             "REDIS_CA_CERT, REDIS_CLIENT_CERT and REDIS_CLIENT_KEY are for TLS: use rediss:// URLs in REDIS_URL"
         );
@@ -215,19 +217,29 @@ fn certificates(
     }))
 }
 
+fn is_tls(node: &ConnectionInfo) -> bool {
+    matches!(node.addr(), ConnectionAddr::TcpTls { .. })
+}
+
 impl managed::Manager for Manager {
     type Type = Connection;
     type Error = RedisError;
 
     async fn create(&self) -> Result<Connection, RedisError> {
         Ok(match &self.client {
-            Client::Standalone(client) => {
-                Connection::Single(client.get_multiplexed_async_connection().await?)
-            }
+            Client::Standalone(client) => Connection::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?,
+            ),
             Client::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
-            Client::Sentinel(client) => {
-                Connection::Single(client.lock().await.get_async_connection().await?)
-            }
+            Client::Sentinel(client) => Connection::Single(
+                client
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&self.config)
+                    .await?,
+            ),
         })
     }
 
@@ -257,17 +269,18 @@ pub async fn nodes(mode: RedisMode, conn: &mut Connection) -> Result<Nodes, Redi
         return Ok(count_cluster_nodes(&text));
     }
     let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
-    let replicas = match (role.first(), role.get(2)) {
+    // A master lists its replicas third; a replica (a master demoted under a connection that
+    // has not noticed yet) is no master this replica can write to.
+    Ok(match (role.first(), role.get(2)) {
         (Some(redis::Value::BulkString(kind)), Some(redis::Value::Array(replicas)))
             if kind.as_slice() == b"master" =>
         {
-            replicas.len()
+            Nodes {
+                masters: 1,
+                replicas: replicas.len(),
+            }
         }
-        _ => 0,
-    };
-    Ok(Nodes {
-        masters: 1,
-        replicas,
+        _ => Nodes::default(),
     })
 }
 

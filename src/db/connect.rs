@@ -39,14 +39,18 @@ pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<()>
 /// Whether a failure to connect comes from the settings (and will happen again), as opposed
 /// to a server that is down or busy.
 fn is_setting(error: &sqlx::Error) -> bool {
-    if tls_error(error).is_some() || matches!(error, sqlx::Error::Tls(_)) {
+    // Configuration: an unusable certificate or key file, among others.
+    if tls_error(error).is_some()
+        || matches!(error, sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))
+    {
         return true;
     }
     // 28: invalid authorization (a refused login, no pg_hba.conf entry); 3D000: no such database.
-    error
-        .as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c.starts_with("28") || c == "3D000")
+    super::has_code(error, "3D000")
+        || error
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("28"))
 }
 
 /// The error to stop on: what went wrong with `url`, and what to change.
@@ -92,6 +96,8 @@ pub fn failure(error: &sqlx::Error, url: &DatabaseUrl) -> anyhow::Error {
             ),
             _ => format!("the server answered: {message}"),
         }
+    } else if let sqlx::Error::Configuration(cause) = error {
+        format!("DATABASE_URL: {cause}")
     } else {
         // Not reached at all. sqlx's message already includes its I/O cause.
         return anyhow::anyhow!("cannot reach PostgreSQL at {url}: {error}");

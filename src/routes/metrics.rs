@@ -15,8 +15,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let nodes = match redis.nodes().await {
         Ok(nodes) => nodes,
         Err(error) => {
+            // Counted (operation `topology`); logged at debug only, since a managed Redis that
+            // refuses ROLE or CLUSTER NODES would otherwise warn at every scrape.
             if let Some(errors) = redis.record_error("topology", &error) {
-                tracing::warn!(error = %crate::error::chain(&error), errors, "metrics: cannot read the Redis topology");
+                tracing::debug!(error = %crate::error::chain(&error), errors, "metrics: cannot read the Redis topology");
             }
             crate::cache::topology::Nodes::default()
         }
