@@ -4,7 +4,6 @@
 //! failure it was, and the cause chain goes to the log. Each kind has a stable `type` URI
 //! (relative, resolved against the service) that clients can match on.
 
-use std::fmt;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -16,6 +15,7 @@ use utoipa::ToSchema;
 use crate::db::DbError;
 use crate::domain::{Instant, InstantError, VehicleId, VehicleIdError};
 use crate::service::LookupError;
+use crate::telemetry::chain;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -210,23 +210,6 @@ impl ResponseError for ApiError {
 pub struct RetryAfter {
     pub database: u32,
     pub overloaded: u32,
-}
-
-/// An error and all its causes on one line, for logs.
-pub fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display + 'a {
-    struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-    impl fmt::Display for Chain<'_> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}", self.0)?;
-            let mut source = self.0.source();
-            while let Some(cause) = source {
-                write!(f, ": {cause}")?;
-                source = cause.source();
-            }
-            Ok(())
-        }
-    }
-    Chain(error)
 }
 
 #[cfg(test)]

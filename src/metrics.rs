@@ -96,26 +96,30 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!(%error, "another metrics recorder is installed; /metrics shows only gauges");
         }
         describe();
-        register_at_zero();
         handle
     })
 }
 
-/// Every value of the labels a lookup, Redis or PostgreSQL series can take, registered at zero
-/// so each series is there from the first scrape (a rate over a series that appears late is wrong).
-fn register_at_zero() {
+/// Registers every value of the labels a lookup, Redis or PostgreSQL series can take, at zero,
+/// so each series is there from the first scrape (a rate over a series that appears late is
+/// wrong). The Redis and PostgreSQL error kinds are the callers' (this module knows no layer
+/// above it).
+pub fn register_at_zero(redis_error_kinds: &[&'static str], db_error_kinds: &[&'static str]) {
     for result in LookupResult::ALL {
         metrics::counter!(LOOKUPS, "result" => result.label()).increment(0);
     }
-    for operation in ["get", "set", "ping", "topology"] {
-        for kind in crate::cache::CacheError::KINDS {
-            metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => kind).increment(0);
+    for operation in REDIS_OPERATIONS {
+        for kind in redis_error_kinds {
+            metrics::counter!(REDIS_ERRORS, "operation" => operation, "kind" => *kind).increment(0);
         }
     }
-    for kind in crate::db::DbError::KINDS {
-        metrics::counter!(DB_ERRORS, "kind" => kind).increment(0);
+    for kind in db_error_kinds {
+        metrics::counter!(DB_ERRORS, "kind" => *kind).increment(0);
     }
 }
+
+/// The `operation` label of [`REDIS_ERRORS`].
+pub const REDIS_OPERATIONS: [&str; 4] = ["get", "set", "ping", "topology"];
 
 fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");

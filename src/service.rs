@@ -172,7 +172,7 @@ async fn fetch(
         Err(error) => {
             redis_failed = true;
             if let Some(errors) = redis.record_error("get", &error) {
-                tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
+                tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), errors, "cache read failed; asking PostgreSQL");
             }
         }
     }
@@ -188,7 +188,7 @@ async fn fetch(
             let Some(answer) = stale else {
                 return Err(error.into());
             };
-            tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
+            tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
             // Expired on arrival: memory hands it to the requests waiting now, and keeps it for
             // nobody else, so the next request asks PostgreSQL again.
             return Ok(Arc::new(LocalEntry {
@@ -209,7 +209,7 @@ async fn fetch(
         Ok(()) => {}
         Err(error) => {
             if let Some(errors) = redis.record_error("set", &error) {
-                tracing::warn!(error = %crate::error::chain(&error), key = key.as_str(), errors, "cache write failed");
+                tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), errors, "cache write failed");
             }
         }
     }

@@ -18,18 +18,9 @@ use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
 use crate::service::StateService;
+use crate::state::AppState;
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
-
-/// What every request handler shares.
-pub struct AppState {
-    pub service: StateService,
-    pub retry_after: RetryAfter,
-    /// `STALE_IF_ERROR_SECS`, advertised in `Cache-Control` when not 0.
-    pub stale_if_error_secs: u32,
-    /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
-    pub shutting_down: AtomicBool,
-}
 
 pub struct Application {
     port: u16,
@@ -72,6 +63,7 @@ impl Application {
         // Built once here, not per worker.
         let spec = openapi::spec();
         crate::metrics::handle();
+        crate::metrics::register_at_zero(&crate::cache::CacheError::KINDS, &db::DbError::KINDS);
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, route, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Whether a dependency answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -62,12 +62,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     );
     let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
     if let Err(error) = &postgres {
-        tracing::warn!(error = %crate::error::chain(error), "readiness: PostgreSQL is down");
+        tracing::warn!(error = %crate::telemetry::chain(error), "readiness: PostgreSQL is down");
     }
     if let Err(error) = &redis
         && let Some(errors) = state.service.redis.record_error("ping", error)
     {
-        tracing::warn!(error = %crate::error::chain(error), errors, "readiness: Redis is down");
+        tracing::warn!(error = %crate::telemetry::chain(error), errors, "readiness: Redis is down");
     }
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
     let status = match (shutting_down, postgres.is_ok()) {

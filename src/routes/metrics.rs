@@ -1,7 +1,7 @@
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{HttpResponse, route, web};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Prometheus metrics of this replica, in the text exposition format. The README's metrics
 /// reference describes each series.
@@ -18,7 +18,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             // Counted (operation `topology`); logged at debug only, since a managed Redis that
             // refuses ROLE or CLUSTER NODES would otherwise warn at every scrape.
             if let Some(errors) = redis.record_error("topology", &error) {
-                tracing::debug!(error = %crate::error::chain(&error), errors, "metrics: cannot read the Redis topology");
+                tracing::debug!(error = %crate::telemetry::chain(&error), errors, "metrics: cannot read the Redis topology");
             }
             crate::cache::topology::Nodes::default()
         }

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::service::{CacheStatus, Served};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 

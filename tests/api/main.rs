@@ -7,6 +7,7 @@ mod cli;
 mod errors;
 mod health;
 mod helpers;
+mod layout;
 mod limits;
 mod lookup;
 mod openapi;

@@ -1,0 +1,16 @@
+//! What every request handler shares: built by `startup`, read by `routes`.
+
+use std::sync::atomic::AtomicBool;
+
+use crate::error::RetryAfter;
+use crate::service::StateService;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub service: StateService,
+    pub retry_after: RetryAfter,
+    /// `STALE_IF_ERROR_SECS`, advertised in `Cache-Control` when not 0.
+    pub stale_if_error_secs: u32,
+    /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
+    pub shutting_down: AtomicBool,
+}
