@@ -377,6 +377,15 @@ pub struct HttpSettings {
     #[arg(long, env = "LOOKUP_CONCURRENCY_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub lookup_concurrency_limit: u32,
 
+    /// Most lookups in one `POST /vehicles/states`; more is a 400 `invalid-batch-size`.
+    #[arg(long, env = "BATCH_MAX_LOOKUPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_max_lookups: u32,
+
+    /// Largest body of a `POST /vehicles/states`, in bytes; a larger one is a 413 before it is
+    /// read.
+    #[arg(long, env = "BATCH_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(64..=16 * 1024 * 1024))]
+    pub batch_max_body_bytes: u32,
+
     /// Seconds sent in `Retry-After` when a lookup is shed by `LOOKUP_CONCURRENCY_LIMIT`.
     #[arg(long, env = "OVERLOAD_RETRY_AFTER_SECS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub overload_retry_after_secs: u32,

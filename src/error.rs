@@ -61,6 +61,16 @@ pub enum ProblemType {
     Overloaded,
     #[serde(rename = "/problems/internal-error")]
     InternalError,
+    #[serde(rename = "/problems/invalid-body")]
+    InvalidBody,
+    #[serde(rename = "/problems/invalid-batch-size")]
+    InvalidBatchSize,
+    #[serde(rename = "/problems/body-too-large")]
+    BodyTooLarge,
+    #[serde(rename = "/problems/unsupported-media-type")]
+    UnsupportedMediaType,
+    #[serde(rename = "/problems/invalid-query")]
+    InvalidQuery,
 }
 
 impl ProblemType {
@@ -76,6 +86,11 @@ impl ProblemType {
             ProblemType::DatabaseUnavailable => "Database unavailable",
             ProblemType::Overloaded => "Overloaded",
             ProblemType::InternalError => "Internal server error",
+            ProblemType::InvalidBody => "Invalid request body",
+            ProblemType::InvalidBatchSize => "Invalid batch size",
+            ProblemType::BodyTooLarge => "Request body too large",
+            ProblemType::UnsupportedMediaType => "Unsupported media type",
+            ProblemType::InvalidQuery => "Invalid query",
         }
     }
 }
@@ -92,8 +107,20 @@ pub enum ApiError {
     NoStateYet(VehicleId, Instant),
     #[error("no route matches this path; see /swagger-ui/ for the API")]
     RouteNotFound,
-    #[error("this path only answers GET and HEAD")]
-    MethodNotAllowed,
+    #[error("this path only answers {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("a batch holds 1 to {max} lookups (BATCH_MAX_LOOKUPS); this one holds {count}")]
+    InvalidBatchSize { count: usize, max: usize },
+    #[error(
+        "the body is larger than {max} bytes (BATCH_MAX_BODY_BYTES); send fewer lookups per request"
+    )]
+    BodyTooLarge { max: usize },
+    #[error("the body must be JSON: send Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
     DatabaseUnavailable {
         retry_after_secs: u32,
@@ -120,7 +147,12 @@ impl ApiError {
             ApiError::VehicleNotFound(_) => ProblemType::VehicleNotFound,
             ApiError::NoStateYet(..) => ProblemType::NoStateAtTimestamp,
             ApiError::RouteNotFound => ProblemType::RouteNotFound,
-            ApiError::MethodNotAllowed => ProblemType::MethodNotAllowed,
+            ApiError::MethodNotAllowed(_) => ProblemType::MethodNotAllowed,
+            ApiError::InvalidBody(_) => ProblemType::InvalidBody,
+            ApiError::InvalidBatchSize { .. } => ProblemType::InvalidBatchSize,
+            ApiError::BodyTooLarge { .. } => ProblemType::BodyTooLarge,
+            ApiError::UnsupportedMediaType => ProblemType::UnsupportedMediaType,
+            ApiError::InvalidQuery(_) => ProblemType::InvalidQuery,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::Internal(_) => ProblemType::InternalError,
@@ -172,9 +204,8 @@ impl ApiError {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         }
-        if let ApiError::MethodNotAllowed = self {
-            // Every route of this service is read-only.
-            builder.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+        if let ApiError::MethodNotAllowed(allow) = self {
+            builder.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
         }
         // A Problem of plain strings and integers always serialises.
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
@@ -185,13 +216,17 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidVehicleId(_) | ApiError::InvalidTimestamp(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidVehicleId(_)
+            | ApiError::InvalidTimestamp(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidBatchSize { .. }
+            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DatabaseUnavailable { .. } | ApiError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -34,7 +34,66 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     spec
 }
 
-/// The document as YAML: the text of `openapi.yaml`.
+/// The document as YAML: the text of `openapi.yaml`. Values that a YAML 1.1 parser (PyYAML,
+/// and the tools built on it) would read as a date or a time rather than a string are quoted,
+/// so the file reads the same in every parser as the JSON the service serves.
 pub fn yaml() -> anyhow::Result<String> {
-    Ok(spec().to_yaml()?)
+    let plain = spec().to_yaml()?;
+    let mut out = String::with_capacity(plain.len() + 64);
+    for line in plain.lines() {
+        match line.split_once(": ") {
+            Some((key, value)) if is_yaml11_timestamp(value) && !key.trim_start().is_empty() => {
+                out.push_str(key);
+                out.push_str(": '");
+                out.push_str(value);
+                out.push('\'');
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Whether a plain scalar matches YAML 1.1's timestamp type: `2022-09-12`, or a date followed
+/// by `T`, `t` or spaces and a time (`2022-09-12T10:00:00Z`, `2022-09-12 10:00:00+00`).
+fn is_yaml11_timestamp(value: &str) -> bool {
+    let b = value.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+    };
+    if !(digits(0..4) && b.get(4) == Some(&b'-')) {
+        return false;
+    }
+    // Month and day of one or two digits each.
+    let rest = &value[5..];
+    let mut parts = rest.splitn(3, |c| c == '-' || c == 'T' || c == 't' || c == ' ');
+    let month = parts.next().unwrap_or("");
+    let day = parts.next().unwrap_or("");
+    let ok = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit());
+    ok(month) && ok(&day[..day.find(|c: char| !c.is_ascii_digit()).unwrap_or(day.len())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_yaml11_timestamp;
+
+    #[test]
+    fn the_scalars_yaml_11_reads_as_timestamps_are_recognised() {
+        for (value, expected) in [
+            ("2022-09-12T10:00:00Z", true),
+            ("2022-09-12", true),
+            ("2022-9-2", true),
+            ("2022-09-12 10:00:00+00", true),
+            ("1662976800", false),
+            ("selling", false),
+            ("2022", false),
+            ("20220912", false),
+            ("'2022-09-12'", false),
+            ("", false),
+        ] {
+            assert_eq!(is_yaml11_timestamp(value), expected, "{value}");
+        }
+    }
 }

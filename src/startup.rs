@@ -18,7 +18,7 @@ use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
 use crate::service::StateService;
-use crate::state::AppState;
+use crate::state::{AppState, BatchLimits};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
@@ -51,6 +51,11 @@ impl Application {
             },
             stale_if_error_secs: settings.cache.stale_if_error_secs,
             shutting_down: AtomicBool::new(false),
+            batch: BatchLimits {
+                max_lookups: usize::try_from(settings.http.batch_max_lookups).unwrap_or(usize::MAX),
+                max_body_bytes: usize::try_from(settings.http.batch_max_body_bytes)
+                    .unwrap_or(usize::MAX),
+            },
         });
 
         let addr = settings.http.bind_addr;

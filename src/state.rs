@@ -13,4 +13,13 @@ pub struct AppState {
     pub stale_if_error_secs: u32,
     /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
     pub shutting_down: AtomicBool,
+    /// `BATCH_MAX_LOOKUPS` and `BATCH_MAX_BODY_BYTES`.
+    pub batch: BatchLimits,
+}
+
+/// The bounds of one `POST /vehicles/states`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_lookups: usize,
+    pub max_body_bytes: usize,
 }

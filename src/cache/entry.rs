@@ -1,5 +1,6 @@
 //! What is cached for one lookup, and its byte format in Redis.
 
+use actix_web::http::header::HeaderValue;
 use actix_web::web::Bytes;
 
 use crate::domain::Outcome;
@@ -35,6 +36,18 @@ impl Answer {
 
     /// The inverse of [`Answer::encode`]. Checks the shape cheaply (tag, length, a JSON object for
     /// a found vehicle) so that garbage is refused without parsing JSON on every hit.
+    /// A strong entity tag for a found answer: FNV-1a (64 bits) of its body, the same on every
+    /// replica and across builds. `None` for the 404 outcomes, whose bodies are made per request.
+    pub fn etag(&self) -> Option<HeaderValue> {
+        if self.outcome != Outcome::Found {
+            return None;
+        }
+        let hash = self.body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        HeaderValue::from_str(&format!("\"{hash:016x}\"")).ok()
+    }
+
     pub fn decode(raw: Bytes) -> Result<Self, Corrupt> {
         let (Some(&tag), Some(time)) = (raw.first(), raw.get(1..9)) else {
             return Err(Corrupt("too short"));
@@ -77,6 +90,32 @@ mod tests {
 
             assert_eq!(decoded.ok(), Some(answer));
         }
+    }
+
+    #[test]
+    fn a_found_answer_has_a_strong_etag_that_changes_with_its_body() {
+        let answer = |outcome, body: &'static [u8]| Answer {
+            outcome,
+            body: Bytes::from_static(body),
+            read_at_ms: 1,
+        };
+        let sold = answer(Outcome::Found, br#"{"state":"sold"}"#).etag();
+        let selling = answer(Outcome::Found, br#"{"state":"selling"}"#).etag();
+
+        let sold = sold.expect("a tag");
+        assert_eq!(sold.len(), 18, "{sold:?}");
+        assert!(
+            sold.to_str()
+                .is_ok_and(|t| t.starts_with('"') && t.ends_with('"'))
+        );
+        assert_eq!(
+            Some(&sold),
+            answer(Outcome::Found, br#"{"state":"sold"}"#)
+                .etag()
+                .as_ref()
+        );
+        assert_ne!(Some(sold), selling);
+        assert_eq!(answer(Outcome::UnknownVehicle, b"").etag(), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderValue;
 use moka::Expiry;
 use moka::future::Cache;
 
@@ -26,6 +27,20 @@ pub struct LocalEntry {
     pub answer: Answer,
     pub expires_at: Instant,
     pub source: Source,
+    /// The strong `ETag` of a found answer's body, computed once here, not per request.
+    pub etag: Option<HeaderValue>,
+}
+
+impl LocalEntry {
+    pub fn new(answer: Answer, expires_at: Instant, source: Source) -> Self {
+        let etag = answer.etag();
+        Self {
+            answer,
+            expires_at,
+            source,
+            etag,
+        }
+    }
 }
 
 /// Bounded by weight (bytes of key and body plus estimated bookkeeping), so
@@ -85,6 +100,12 @@ impl LocalCache {
     }
 
     /// The entry for `key`, if held and not expired.
+    /// Keeps an entry fetched by a batch (which does its own round trips, outside the single
+    /// flight of [`LocalCache::get_or_fetch`]).
+    pub async fn insert(&self, key: CacheKey, entry: Arc<LocalEntry>) {
+        self.cache.insert(key, entry).await;
+    }
+
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<LocalEntry>> {
         self.cache.get(key).await
     }

@@ -217,6 +217,55 @@ impl RedisCache {
                 Ok(reply)
             })
             .await?;
+        Ok(self.interpret(value, pttl)?)
+    }
+
+    /// [`RedisCache::get`] for many keys in one round trip: one pipeline of GET and PTTL per
+    /// key (in a cluster, one such pipeline per key, all sent at once, since keys live on
+    /// different nodes). A value that is not an answer spoils only its own key.
+    pub async fn get_many(
+        &self,
+        keys: &[&CacheKey],
+    ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
+        let replies: Vec<(Option<Vec<u8>>, i64)> = self
+            .bounded(|mut conn| async move {
+                if self.mode == RedisMode::Cluster {
+                    let each = keys.iter().map(|key| {
+                        let mut conn = conn.clone();
+                        async move {
+                            redis::pipe()
+                                .get(key.as_str())
+                                .pttl(key.as_str())
+                                .query_async::<(Option<Vec<u8>>, i64)>(&mut conn)
+                                .await
+                        }
+                    });
+                    return Ok(futures_util::future::try_join_all(each).await?);
+                }
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.get(key.as_str()).pttl(key.as_str());
+                }
+                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let mut replies = Vec::with_capacity(keys.len());
+                let mut values = flat.into_iter();
+                while let (Some(value), Some(pttl)) = (values.next(), values.next()) {
+                    replies.push((
+                        redis::from_redis_value(value).map_err(redis::RedisError::from)?,
+                        redis::from_redis_value(pttl).map_err(redis::RedisError::from)?,
+                    ));
+                }
+                Ok(replies)
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|(value, pttl)| self.interpret(value, pttl))
+            .collect())
+    }
+
+    /// What a GET and a PTTL reply mean now.
+    fn interpret(&self, value: Option<Vec<u8>>, pttl: i64) -> Result<Cached, Corrupt> {
         let Some(value) = value else {
             return Ok(Cached::Absent);
         };
@@ -239,22 +288,57 @@ impl RedisCache {
         Ok(Cached::Fresh(answer, remaining))
     }
 
+    /// How long an answer read at `read_at_ms` is kept in Redis: what is left of its TTL and
+    /// stale-if-error window, counted from the read; `None` once nothing is.
+    fn keep_ms(&self, answer: &Answer) -> Option<u64> {
+        let left = time_left(answer.read_at_ms, self.keep, SystemTime::now())?;
+        Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
     /// Stores an answer for what is left of its TTL and stale-if-error window (counted from when
     /// it was read).
     pub async fn put(&self, key: &CacheKey, answer: &Answer) -> Result<(), CacheError> {
-        let Some(left) = time_left(answer.read_at_ms, self.keep, SystemTime::now()) else {
+        self.put_many(&[(key, answer)]).await
+    }
+
+    /// [`RedisCache::put`] for many answers in one round trip (one pipeline of SETs; in a
+    /// cluster, one SET per key, all sent at once).
+    pub async fn put_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {
+        let sets: Vec<(&CacheKey, Vec<u8>, u64)> = entries
+            .iter()
+            .filter_map(|(key, answer)| Some((*key, answer.encode(), self.keep_ms(answer)?)))
+            .collect();
+        if sets.is_empty() {
             return Ok(());
-        };
-        let ttl_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-        let value = answer.encode();
+        }
+        let sets = &sets;
         self.bounded(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(key.as_str())
-                .arg(value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async::<()>(&mut conn)
-                .await?;
+            if self.mode == RedisMode::Cluster && sets.len() > 1 {
+                let each = sets.iter().map(|(key, value, ttl_ms)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("SET")
+                            .arg(key.as_str())
+                            .arg(value)
+                            .arg("PX")
+                            .arg(ttl_ms)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(each).await?;
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for (key, value, ttl_ms) in sets {
+                pipe.cmd("SET")
+                    .arg(key.as_str())
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await

@@ -4,27 +4,58 @@ use sqlx::PgPool;
 use super::DbError;
 use crate::domain::{Instant, Lookup, StateAnswer, Vehicle, VehicleId};
 
+/// The order of a vehicle's state changes, latest first: by time, then, for equal timestamps, by
+/// lifecycle (a vehicle sold in the same second it went on sale is sold), then by state text
+/// compared bytewise (`COLLATE "C"`, the same whatever the database's collation), so an answer
+/// never depends on physical row order. Every query that picks "the change in effect" uses it.
+macro_rules! latest_first {
+    () => {
+        r#"l."timestamp" DESC,
+             CASE l.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
+             l.state COLLATE "C" DESC"#
+    };
+}
+
 /// One round trip answers all three outcomes: no row means no such vehicle; a row with a NULL
 /// state means the vehicle had no state yet. The vehicle comes by primary key; the state row by
 /// one probe of `stateLogs_vehicleId_timestamp_idx`, never by reading the history.
-///
-/// Rows with equal timestamps are ordered by lifecycle (a vehicle sold in the same second it went
-/// on sale is sold), then by state text compared bytewise (`COLLATE "C"`, the same whatever the
-/// database's collation), so the answer does not depend on physical row order.
-pub const LOOKUP_SQL: &str = r#"
+pub const LOOKUP_SQL: &str = concat!(
+    r#"
 SELECT v.make, v.model, s.state, s."timestamp"
 FROM vehicles v
 LEFT JOIN LATERAL (
     SELECT l.state, l."timestamp"
     FROM "stateLogs" l
     WHERE l."vehicleId" = v.id AND l."timestamp" <= $2
-    ORDER BY l."timestamp" DESC,
-             CASE l.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
-             l.state COLLATE "C" DESC
+    ORDER BY "#,
+    latest_first!(),
+    r#"
     LIMIT 1
 ) s ON true
 WHERE v.id = $1
-"#;
+"#
+);
+
+/// Many (vehicle, instant) pairs in one statement: each pair, in order, joined to its vehicle by
+/// primary key and laterally to the same index probe as [`LOOKUP_SQL`]. A NULL make means no such
+/// vehicle; a NULL state, no state yet.
+pub const LOOKUP_MANY_SQL: &str = concat!(
+    r#"
+SELECT v.make, v.model, s.state, s."timestamp"
+FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY AS q(id, at, n)
+LEFT JOIN vehicles v ON v.id = q.id
+LEFT JOIN LATERAL (
+    SELECT l.state, l."timestamp"
+    FROM "stateLogs" l
+    WHERE l."vehicleId" = v.id AND l."timestamp" <= q.at
+    ORDER BY "#,
+    latest_first!(),
+    r#"
+    LIMIT 1
+) s ON true
+ORDER BY q.n
+"#
+);
 
 type Row = (String, String, Option<String>, Option<DateTime<Utc>>);
 
@@ -36,7 +67,57 @@ pub async fn lookup(pool: &PgPool, id: VehicleId, at: Instant) -> Result<Lookup,
         .await?;
     Ok(match row {
         None => Lookup::UnknownVehicle,
-        Some((make, model, Some(state), Some(state_since))) => Lookup::Found(StateAnswer {
+        Some((make, model, state, since)) => outcome(id, at, Some((make, model)), state, since),
+    })
+}
+
+type ManyRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
+
+/// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]).
+pub async fn lookup_many(
+    pool: &PgPool,
+    pairs: &[(VehicleId, Instant)],
+) -> Result<Vec<Lookup>, DbError> {
+    let ids: Vec<i32> = pairs.iter().map(|(id, _)| id.get()).collect();
+    let ats: Vec<DateTime<Utc>> = pairs.iter().map(|(_, at)| at.as_datetime()).collect();
+    let rows: Vec<ManyRow> = sqlx::query_as(LOOKUP_MANY_SQL)
+        .bind(&ids)
+        .bind(&ats)
+        .fetch_all(pool)
+        .await?;
+    if rows.len() != pairs.len() {
+        // unnest yields one row per pair: anything else is a defect, not an outage.
+        return Err(DbError::Query(sqlx::Error::Protocol(format!(
+            "{} rows for {} pairs",
+            rows.len(),
+            pairs.len()
+        ))));
+    }
+    Ok(pairs
+        .iter()
+        .zip(rows)
+        .map(|(&(id, at), (make, model, state, since))| {
+            let vehicle = make.zip(model);
+            outcome(id, at, vehicle, state, since)
+        })
+        .collect())
+}
+
+fn outcome(
+    id: VehicleId,
+    at: Instant,
+    vehicle: Option<(String, String)>,
+    state: Option<String>,
+    since: Option<DateTime<Utc>>,
+) -> Lookup {
+    match (vehicle, state, since) {
+        (None, _, _) => Lookup::UnknownVehicle,
+        (Some((make, model)), Some(state), Some(state_since)) => Lookup::Found(StateAnswer {
             vehicle: Vehicle {
                 id: id.get(),
                 make,
@@ -46,6 +127,6 @@ pub async fn lookup(pool: &PgPool, id: VehicleId, at: Instant) -> Result<Lookup,
             state_since,
             timestamp: at,
         }),
-        Some(_) => Lookup::NoStateYet,
-    })
+        (Some(_), _, _) => Lookup::NoStateYet,
+    }
 }

@@ -9,7 +9,7 @@ pub use connect::check_connection;
 
 pub use synthetic::{SyntheticHistory, generate};
 
-pub use lookup::{LOOKUP_SQL, lookup};
+pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup, lookup_many};
 
 use anyhow::Context;
 use sqlx::PgPool;

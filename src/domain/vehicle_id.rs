@@ -43,6 +43,15 @@ impl VehicleId {
         Ok(Self(value as i32))
     }
 
+    /// From a JSON integer, say: 1 to 2147483647.
+    pub fn from_i64(value: i64) -> Result<Self, VehicleIdError> {
+        i32::try_from(value)
+            .ok()
+            .filter(|v| *v >= 1)
+            .map(Self)
+            .ok_or(VehicleIdError::OutOfRange)
+    }
+
     pub fn get(self) -> i32 {
         self.0
     }

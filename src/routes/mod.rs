@@ -1,6 +1,8 @@
 //! HTTP only: extract, call, map. Every route is registered here, once, on a utoipa-actix-web
 //! config, so the OpenAPI document is built from the same registrations that serve requests.
 
+mod batch;
+mod conditional;
 mod health;
 mod metrics;
 mod vehicles;
@@ -12,16 +14,22 @@ use crate::error::ApiError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
+        .service(batch::vehicle_states)
         .service(health::livez)
         .service(health::readyz)
         .service(metrics::metrics);
 }
 
 /// Requests no route takes get a problem body too, not actix's empty 404: 405 when the path is
-/// known (every route is registered for GET and HEAD only), 404 otherwise.
+/// known (with the methods it takes in `Allow`), 404 otherwise.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    if req.match_pattern().is_some() {
-        ApiError::MethodNotAllowed.error_response()
+    if let Some(pattern) = req.match_pattern() {
+        let allow = if pattern == batch::PATH {
+            "POST"
+        } else {
+            "GET, HEAD"
+        };
+        ApiError::MethodNotAllowed(allow).error_response()
     } else {
         ApiError::RouteNotFound.error_response()
     }

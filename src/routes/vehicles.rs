@@ -1,6 +1,7 @@
 use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
-use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, route, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
+use super::conditional::not_modified;
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::service::{CacheStatus, Served};
@@ -21,6 +22,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     tag = "vehicles",
     params(
         ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of an answer the client holds: 304 if it is still the answer."),
         ("ts" = String, Path, max_length = 64, description = "The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds.", example = "2022-09-12T10:00:00Z"),
     ),
     responses(
@@ -28,6 +30,12 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
             ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database, `STALE` when older than the TTL and served because the database cannot answer (only with `STALE_IF_ERROR_SECS` set)."),
             ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861)."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
+            ("ETag" = String, description = "A strong entity tag of this answer. Send it back in `If-None-Match` to get 304 while the answer is unchanged."),
+        )),
+        (status = 304, description = "Not modified: `If-None-Match` named this answer's `ETag`. No body; `ETag`, `Cache-Control` and `X-Cache` as for 200.", headers(
+            ("ETag" = String, description = "The answer's entity tag."),
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`."),
+            ("Cache-Control" = String, description = "As for 200."),
         )),
         (status = 400, description = "The id or the timestamp is not valid (`type` `/problems/invalid-vehicle-id` or `/problems/invalid-timestamp`); `detail` says why and lists the accepted forms.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle (`type` `/problems/vehicle-not-found`), or the vehicle had no state yet at `ts` (`type` `/problems/no-state-at-timestamp`). Cached like a 200.", body = Problem, content_type = "application/problem+json", headers(
@@ -42,17 +50,23 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 )]
 #[route("/vehicles/{id}/timestamp/{ts}", method = "GET", method = "HEAD")]
 pub async fn vehicle_state_at(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (raw_id, raw_ts) = path.into_inner();
     // Errors are rendered here rather than returned, so the request logs one line, not two.
-    answer(&raw_id, &raw_ts, &state)
+    answer(&req, &raw_id, &raw_ts, &state)
         .await
         .unwrap_or_else(|error| error.error_response())
 }
 
-async fn answer(raw_id: &str, raw_ts: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+async fn answer(
+    req: &HttpRequest,
+    raw_id: &str,
+    raw_ts: &str,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
     let at = Instant::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
     let served = state
@@ -60,11 +74,25 @@ async fn answer(raw_id: &str, raw_ts: &str, state: &AppState) -> Result<HttpResp
         .vehicle_state(id, at)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(&served, id, at, state.stale_if_error_secs))
+    Ok(respond(req, &served, id, at, state.stale_if_error_secs))
 }
 
-fn respond(served: &Served, id: VehicleId, at: Instant, stale_if_error: u32) -> HttpResponse {
+fn respond(
+    req: &HttpRequest,
+    served: &Served,
+    id: VehicleId,
+    at: Instant,
+    stale_if_error: u32,
+) -> HttpResponse {
     let answer = &served.entry.answer;
+    if let Some(etag) = &served.entry.etag
+        && not_modified(req, etag)
+    {
+        let mut builder = HttpResponse::NotModified();
+        builder.insert_header((header::ETAG, etag.clone()));
+        cache_headers(&mut builder, served, stale_if_error);
+        return builder.finish();
+    }
     let (mut builder, body) = match answer.outcome {
         Outcome::Found => {
             let mut builder = HttpResponse::Ok();
@@ -72,6 +100,9 @@ fn respond(served: &Served, id: VehicleId, at: Instant, stale_if_error: u32) -> 
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ));
+            if let Some(etag) = &served.entry.etag {
+                builder.insert_header((header::ETAG, etag.clone()));
+            }
             // The bytes as cached: a hit does no JSON work.
             (builder, answer.body.clone())
         }

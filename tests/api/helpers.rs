@@ -168,6 +168,8 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             retry_after_secs: 5,
             lookup_concurrency_limit: 256,
             overload_retry_after_secs: 1,
+            batch_max_lookups: 100,
+            batch_max_body_bytes: 64 * 1024,
             http_client_request_timeout_ms: 5000,
             http_keep_alive_secs: 5,
             http_max_connections: 25_000,
@@ -406,14 +408,40 @@ impl TestApp {
     }
 
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = self.client.get(format!("{}{}", self.address, path));
+        let request = self.client.get(format!("{}{}", self.address, path));
+        self.send(request, headers, path).await
+    }
+
+    /// `POST path` with a body of this content type.
+    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<String>) -> Reply {
+        let request = self
+            .client
+            .post(format!("{}{}", self.address, path))
+            .body(body.into());
+        self.send(request, &[("content-type", content_type)], path)
+            .await
+    }
+
+    /// `POST /vehicles/states` with these lookups, as JSON.
+    pub async fn batch(&self, lookups: serde_json::Value) -> Reply {
+        let body = serde_json::json!({ "lookups": lookups }).to_string();
+        self.post("/vehicles/states", "application/json", body)
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+        path: &str,
+    ) -> Reply {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let response = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.text().await.expect("a body");

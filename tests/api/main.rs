@@ -1,9 +1,11 @@
 //! The service over HTTP, against real PostgreSQL and Redis (see `helpers` for where they come
 //! from). One binary, so the servers are resolved once and tests run in parallel.
 
+mod batch;
 mod cache;
 mod chaos;
 mod cli;
+mod conditional;
 mod errors;
 mod health;
 mod helpers;

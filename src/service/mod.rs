@@ -1,5 +1,7 @@
 //! The lookup with its caches: the one place that decides HIT or MISS.
 
+mod batch;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock, SystemTime};
 
@@ -161,11 +163,7 @@ async fn fetch(
     match redis.get(&key).await {
         Ok(Cached::Fresh(answer, remaining)) => {
             let expires_at = asked + remaining;
-            return Ok(Arc::new(LocalEntry {
-                answer,
-                expires_at,
-                source: Source::Redis,
-            }));
+            return Ok(Arc::new(LocalEntry::new(answer, expires_at, Source::Redis)));
         }
         Ok(Cached::Stale(answer)) => stale = Some(answer),
         Ok(Cached::Absent) => {}
@@ -191,11 +189,11 @@ async fn fetch(
             tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
             // Expired on arrival: memory hands it to the requests waiting now, and keeps it for
             // nobody else, so the next request asks PostgreSQL again.
-            return Ok(Arc::new(LocalEntry {
+            return Ok(Arc::new(LocalEntry::new(
                 answer,
-                expires_at: Clock::now(),
-                source: Source::Stale,
-            }));
+                Clock::now(),
+                Source::Stale,
+            )));
         }
         Err(error) => return Err(error.into()),
     };
@@ -214,13 +212,10 @@ async fn fetch(
         }
     }
     let expires_at = started + redis.ttl();
-    Ok(Arc::new(LocalEntry {
-        answer,
-        expires_at,
-        source: if redis_failed {
-            Source::PostgresWithoutRedis
-        } else {
-            Source::Postgres
-        },
-    }))
+    let source = if redis_failed {
+        Source::PostgresWithoutRedis
+    } else {
+        Source::Postgres
+    };
+    Ok(Arc::new(LocalEntry::new(answer, expires_at, source)))
 }

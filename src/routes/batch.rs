@@ -1,0 +1,277 @@
+//! `POST /vehicles/states`: many (vehicle, instant) lookups in one request, each answered as the
+//! single lookup would answer it.
+
+use std::io::Write;
+
+use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
+use crate::error::{ApiError, Problem};
+use crate::service::CacheStatus;
+use crate::state::AppState;
+
+pub const PATH: &str = "/vehicles/states";
+
+/// The lookups of one request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to `BATCH_MAX_LOOKUPS` (100 by default) lookups; the same pair may appear more than once.
+    #[schema(min_items = 1, max_items = 100)]
+    pub lookups: Vec<BatchLookup>,
+}
+
+/// One lookup: a vehicle and an instant, as in `GET /vehicles/{id}/timestamp/{ts}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLookup {
+    /// The vehicle's id (1 to 2147483647; another integer is a 400 item).
+    #[schema(example = 3)]
+    pub id: i64,
+    /// The instant, in any form the path's `ts` accepts (a string the lookup cannot read is a
+    /// 400 item).
+    #[schema(example = "2022-09-12T10:00:00Z", max_length = 64)]
+    pub timestamp: String,
+}
+
+/// One result per lookup, in the request's order.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Describes the bytes `write_results` writes; never built.
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// What the single lookup would have answered for this item: its status, and its body as
+/// `answer` (200) or `problem` (anything else).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchResult {
+    /// 200, 404 (no such vehicle, or no state yet), 400 (this item's id or timestamp is not
+    /// valid), 503 (the database cannot answer it now, or the replica shed it).
+    #[schema(example = 200)]
+    pub status: u16,
+    /// Where the answer came from, as `X-Cache` says for a single lookup; absent for 400 and 503.
+    #[schema(example = "HIT", pattern = "^(HIT|MISS|STALE)$")]
+    pub cache: Option<String>,
+    /// The single lookup's 200 body.
+    pub answer: Option<StateAnswer>,
+    /// The single lookup's problem body.
+    pub problem: Option<Problem>,
+}
+
+/// Which state each of many vehicles was in, each at its own instant.
+///
+/// Each item is answered exactly as `GET /vehicles/{id}/timestamp/{ts}` would answer it, from
+/// the same cache entries: a batch warms single lookups and the reverse. One bad item never
+/// fails the others; an item the database cannot answer now is a 503 item while cached items
+/// still answer. Items missing from the cache cost one Redis round trip and one SQL statement
+/// for the whole batch.
+#[utoipa::path(
+    post,
+    path = "/vehicles/states",
+    tag = "vehicles",
+    request_body(content = BatchRequest, content_type = "application/json", example = json!({
+        "lookups": [
+            {"id": 3, "timestamp": "2022-09-12T10:00:00Z"},
+            {"id": 2, "timestamp": "1662976800"},
+            {"id": 999, "timestamp": "2022-09-12 10:00:00+00"}
+        ]
+    })),
+    responses(
+        (status = 200, description = "One result per lookup, in order. `Cache-Control: no-store`: the results are the lookups' own, each with its own freshness.", body = BatchResponse, example = json!({
+            "results": [
+                {"status": 200, "cache": "HIT", "answer": {"vehicle": {"id": 3, "make": "VW", "model": "GOLF"}, "state": "selling", "stateSince": "2022-09-11T23:21:38Z", "timestamp": "2022-09-12T10:00:00Z"}},
+                {"status": 200, "cache": "MISS", "answer": {"vehicle": {"id": 2, "make": "BMW", "model": "X5"}, "state": "selling", "stateSince": "2022-09-11T17:03:17Z", "timestamp": "2022-09-12T10:00:00Z"}},
+                {"status": 404, "cache": "MISS", "problem": {"type": "/problems/vehicle-not-found", "title": "Vehicle not found", "status": 404, "detail": "no vehicle has id 999"}}
+            ]
+        })),
+        (status = 400, description = "The body is not JSON of this shape (`/problems/invalid-body`; `detail` names the field), or holds no lookups or more than `BATCH_MAX_LOOKUPS` (`/problems/invalid-batch-size`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+#[route("/vehicles/states", method = "POST")]
+pub async fn vehicle_states(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    // Errors are rendered here rather than returned, so the request logs one line, not two.
+    answer(&req, body, &state)
+        .await
+        .unwrap_or_else(|error| error.error_response())
+}
+
+async fn answer(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let raw = read_body(req, body, state.batch.max_body_bytes).await?;
+    let request = parse(&raw)?;
+    let count = request.lookups.len();
+    let max = state.batch.max_lookups;
+    if count == 0 || count > max {
+        return Err(ApiError::InvalidBatchSize { count, max });
+    }
+
+    // Parsed one by one: a bad item is a 400 item, the others go on.
+    let parsed: Vec<Result<(VehicleId, Instant), ApiError>> = request
+        .lookups
+        .iter()
+        .map(|lookup| {
+            let id = VehicleId::from_i64(lookup.id).map_err(ApiError::InvalidVehicleId)?;
+            let at = Instant::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
+            Ok((id, at))
+        })
+        .collect();
+    let pairs: Vec<(VehicleId, Instant)> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().copied())
+        .collect();
+    let mut served = state.service.vehicle_states(&pairs).await.into_iter();
+
+    let mut out = Vec::with_capacity(64 + count * 192);
+    out.extend_from_slice(b"{\"results\":[");
+    let mut defect = None;
+    for (n, item) in parsed.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let result = match item {
+            Err(invalid) => Err(invalid),
+            Ok((id, at)) => match served.next() {
+                Some(Ok(answer)) => Ok((id, at, answer)),
+                Some(Err(error)) => Err(ApiError::from_lookup(error, &state.retry_after)),
+                None => Err(ApiError::Internal(anyhow::anyhow!(
+                    "no answer for a lookup"
+                ))),
+            },
+        };
+        match result {
+            Ok((id, at, answer)) => {
+                let cache = answer.cache;
+                match answer.entry.answer.outcome {
+                    Outcome::Found => write_item(
+                        &mut out,
+                        200,
+                        Some(cache),
+                        b"answer",
+                        &answer.entry.answer.body,
+                    ),
+                    Outcome::UnknownVehicle => {
+                        write_problem(&mut out, &ApiError::VehicleNotFound(id), Some(cache))
+                    }
+                    Outcome::NoStateYet => {
+                        write_problem(&mut out, &ApiError::NoStateYet(id, at), Some(cache))
+                    }
+                }
+            }
+            Err(error) => {
+                if error.status_code().is_server_error()
+                    && !matches!(error, ApiError::Overloaded { .. })
+                {
+                    defect.get_or_insert_with(|| crate::telemetry::chain(&error).to_string());
+                }
+                write_problem(&mut out, &error, None);
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    if let Some(error) = defect {
+        // Once per batch, however many items it failed.
+        tracing::error!(%error, "batch items failed");
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .body(out))
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The body, refused with 413 as soon as it is known to be larger than `max`: from its
+/// `Content-Length`, or while it streams in.
+async fn read_body(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::BodyTooLarge { max });
+    }
+    let mut raw = Vec::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidBody(format!("the body could not be read: {e}")))?;
+        if raw.len() + chunk.len() > max {
+            return Err(ApiError::BodyTooLarge { max });
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    Ok(raw)
+}
+
+/// The request, or a 400 naming the field that is wrong (`lookups[2].id: invalid type ...`).
+fn parse(raw: &[u8]) -> Result<BatchRequest, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(raw);
+    let request: BatchRequest = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = if path == "." { "the body".to_owned() } else { path };
+        ApiError::InvalidBody(format!(
+            "{at}: {inner}; expected {{\"lookups\":[{{\"id\":3,\"timestamp\":\"2022-09-12T10:00:00Z\"}}]}}"
+        ))
+    })?;
+    json.end()
+        .map_err(|e| ApiError::InvalidBody(format!("the body: {e} after the JSON object")))?;
+    Ok(request)
+}
+
+fn write_item(
+    out: &mut Vec<u8>,
+    status: u16,
+    cache: Option<CacheStatus>,
+    field: &[u8],
+    body: &[u8],
+) {
+    // Writing to a Vec cannot fail.
+    let _infallible = write!(out, "{{\"status\":{status},");
+    if let Some(cache) = cache {
+        let _infallible = write!(out, "\"cache\":\"{}\",", cache.as_str());
+    }
+    out.push(b'"');
+    out.extend_from_slice(field);
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(body);
+    out.push(b'}');
+}
+
+fn write_problem(out: &mut Vec<u8>, error: &ApiError, cache: Option<CacheStatus>) {
+    let problem = error.problem();
+    // A Problem of plain strings and integers always serialises.
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    write_item(out, problem.status, cache, b"problem", &body);
+}
