@@ -101,6 +101,9 @@ pub enum ApiError {
     InvalidVehicleId(VehicleIdError),
     #[error("{0}")]
     InvalidTimestamp(InstantError),
+    /// A query parameter (`from`, `to`) that is not an instant.
+    #[error("`{0}`: {1}")]
+    InvalidTimestampParameter(String, InstantError),
     #[error("no vehicle has id {0}")]
     VehicleNotFound(VehicleId),
     #[error("vehicle {0} has no recorded state at or before {1}; its first state change is later")]
@@ -143,7 +146,9 @@ impl ApiError {
     fn kind(&self) -> ProblemType {
         match self {
             ApiError::InvalidVehicleId(_) => ProblemType::InvalidVehicleId,
-            ApiError::InvalidTimestamp(_) => ProblemType::InvalidTimestamp,
+            ApiError::InvalidTimestamp(_) | ApiError::InvalidTimestampParameter(..) => {
+                ProblemType::InvalidTimestamp
+            }
             ApiError::VehicleNotFound(_) => ProblemType::VehicleNotFound,
             ApiError::NoStateYet(..) => ProblemType::NoStateAtTimestamp,
             ApiError::RouteNotFound => ProblemType::RouteNotFound,
@@ -218,6 +223,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidVehicleId(_)
             | ApiError::InvalidTimestamp(_)
+            | ApiError::InvalidTimestampParameter(..)
             | ApiError::InvalidBody(_)
             | ApiError::InvalidBatchSize { .. }
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
@@ -275,7 +281,12 @@ mod tests {
             ApiError::VehicleNotFound(id),
             ApiError::NoStateYet(id, at),
             ApiError::RouteNotFound,
-            ApiError::MethodNotAllowed,
+            ApiError::MethodNotAllowed("GET, HEAD"),
+            ApiError::InvalidBody("x".to_owned()),
+            ApiError::InvalidBatchSize { count: 0, max: 1 },
+            ApiError::BodyTooLarge { max: 1 },
+            ApiError::UnsupportedMediaType,
+            ApiError::InvalidQuery("x".to_owned()),
             ApiError::from_lookup(
                 Arc::new(LookupError::Db(DbError::Unavailable(
                     sqlx::Error::PoolTimedOut,

@@ -68,7 +68,7 @@ fn is_yaml11_timestamp(value: &str) -> bool {
     }
     // Month and day of one or two digits each.
     let rest = &value[5..];
-    let mut parts = rest.splitn(3, |c| c == '-' || c == 'T' || c == 't' || c == ' ');
+    let mut parts = rest.splitn(3, ['-', 'T', 't', ' ']);
     let month = parts.next().unwrap_or("");
     let day = parts.next().unwrap_or("");
     let ok = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit());

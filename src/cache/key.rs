@@ -1,3 +1,4 @@
+use crate::domain::history::HistoryQuery;
 use crate::domain::{Instant, VehicleId};
 
 /// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
@@ -12,6 +13,20 @@ impl CacheKey {
             "{prefix}:v2:state:{}:{}",
             id.get(),
             at.unix_micros()
+        ))
+    }
+
+    /// A page of a timeline: the vehicle, the bounds (`-` when open), the limit and the cursor.
+    pub fn history(prefix: &str, query: &HistoryQuery) -> Self {
+        let micros =
+            |at: Option<Instant>| at.map_or("-".to_owned(), |at| at.unix_micros().to_string());
+        Self(format!(
+            "{prefix}:v1:history:{}:{}:{}:{}:{}",
+            query.id.get(),
+            micros(query.from),
+            micros(query.to),
+            query.limit,
+            query.after.as_ref().map_or("-".to_owned(), |c| c.encode()),
         ))
     }
 

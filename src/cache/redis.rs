@@ -204,6 +204,10 @@ impl RedisCache {
         CacheKey::new(&self.prefix, id, at)
     }
 
+    pub fn history_key(&self, query: &crate::domain::history::HistoryQuery) -> CacheKey {
+        CacheKey::history(&self.prefix, query)
+    }
+
     /// The cached answer and how much longer it may be served, read in one pipeline (GET and
     /// PTTL); `Stale` past this replica's TTL but within its stale-if-error window.
     pub async fn get(&self, key: &CacheKey) -> Result<Cached, CacheError> {

@@ -1,11 +1,13 @@
 //! PostgreSQL: connecting, migrating, seeding and the one lookup query. No HTTP types here.
 
 mod connect;
+mod history;
 mod lookup;
 mod seed;
 mod synthetic;
 
 pub use connect::check_connection;
+pub use history::{HISTORY_SQL, history};
 
 pub use synthetic::{SyntheticHistory, generate};
 

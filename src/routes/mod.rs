@@ -4,6 +4,7 @@
 mod batch;
 mod conditional;
 mod health;
+mod history;
 mod metrics;
 mod vehicles;
 
@@ -15,6 +16,7 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
         .service(batch::vehicle_states)
+        .service(history::vehicle_history)
         .service(health::livez)
         .service(health::readyz)
         .service(metrics::metrics);

@@ -74,15 +74,24 @@ async fn answer(
         .vehicle_state(id, at)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(req, &served, id, at, state.stale_if_error_secs))
+    Ok(respond(
+        req,
+        &served,
+        state.stale_if_error_secs,
+        |outcome| match outcome {
+            Outcome::NoStateYet => ApiError::NoStateYet(id, at),
+            Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
+        },
+    ))
 }
 
-fn respond(
+/// A cached answer as a response: the body as cached for a found one (with its `ETag`, or 304
+/// when `If-None-Match` names it), `problem`'s for the others; the cache headers either way.
+pub(super) fn respond(
     req: &HttpRequest,
     served: &Served,
-    id: VehicleId,
-    at: Instant,
     stale_if_error: u32,
+    problem: impl FnOnce(Outcome) -> ApiError,
 ) -> HttpResponse {
     let answer = &served.entry.answer;
     if let Some(etag) = &served.entry.etag
@@ -106,12 +115,8 @@ fn respond(
             // The bytes as cached: a hit does no JSON work.
             (builder, answer.body.clone())
         }
-        Outcome::UnknownVehicle => {
-            let (builder, body) = ApiError::VehicleNotFound(id).response_builder();
-            (builder, body.into())
-        }
-        Outcome::NoStateYet => {
-            let (builder, body) = ApiError::NoStateYet(id, at).response_builder();
+        outcome @ (Outcome::UnknownVehicle | Outcome::NoStateYet) => {
+            let (builder, body) = problem(outcome).response_builder();
             (builder, body.into())
         }
     };

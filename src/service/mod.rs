@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 use crate::cache::local::Source;
 use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
 use crate::db::{self, DbError};
-use crate::domain::{Instant, VehicleId};
+use crate::domain::history::{HistoryPage, HistoryQuery};
+use crate::domain::{Instant, Outcome, VehicleId};
 use crate::metrics::LookupResult;
 
 /// Why a lookup has no answer.
@@ -96,6 +97,36 @@ impl StateService {
         at: Instant,
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
+        self.cached(key, move |db| async move {
+            Ok(db::lookup(&db, id, at).await?.render())
+        })
+        .await
+    }
+
+    /// A page of a vehicle's timeline, cached exactly like a lookup (its own key, the same TTL
+    /// bound, single flight, shedding and stale-if-error).
+    pub async fn history(&self, query: HistoryQuery) -> Result<Served, Arc<LookupError>> {
+        let key = self.redis.history_key(&query);
+        self.cached(key, move |db| async move {
+            Ok(match db::history(&db, &query).await? {
+                HistoryPage::Found(page) => (
+                    Outcome::Found,
+                    // A struct of strings, integers and instants always serialises.
+                    serde_json::to_vec(&page).unwrap_or_default(),
+                ),
+                HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
+            })
+        })
+        .await
+    }
+
+    /// The answer under `key`: memory, then (once per key however many ask) Redis, then `load`
+    /// from PostgreSQL, written back to Redis.
+    async fn cached<L, F>(&self, key: CacheKey, load: L) -> Result<Served, Arc<LookupError>>
+    where
+        L: FnOnce(PgPool) -> F + Send + 'static,
+        F: Future<Output = Result<(Outcome, Vec<u8>), DbError>> + Send,
+    {
         if let Some(entry) = self.local.get(&key).await {
             LookupResult::MemoryHit.count();
             let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
@@ -117,7 +148,7 @@ impl StateService {
                     let _permit = limit
                         .try_acquire_owned()
                         .map_err(|_| LookupError::Overloaded(max_in_flight))?;
-                    fetch(db, redis, key, id, at).await
+                    fetch(db, redis, key, load).await
                 }
             };
             local.get_or_fetch(key, fetch).await
@@ -149,13 +180,16 @@ impl StateService {
     }
 }
 
-async fn fetch(
+async fn fetch<L, F>(
     db: PgPool,
     redis: Arc<RedisCache>,
     key: CacheKey,
-    id: VehicleId,
-    at: Instant,
-) -> Result<Arc<LocalEntry>, LookupError> {
+    load: L,
+) -> Result<Arc<LocalEntry>, LookupError>
+where
+    L: FnOnce(PgPool) -> F,
+    F: Future<Output = Result<(Outcome, Vec<u8>), DbError>>,
+{
     // Taken before asking, so memory never keeps the answer longer than Redis does.
     let asked = Clock::now();
     let mut stale = None;
@@ -177,7 +211,7 @@ async fn fetch(
     // Taken before the query, so the recorded age errs on the old side.
     let read_at = SystemTime::now();
     let started = Clock::now();
-    let lookup = db::lookup(&db, id, at).await.inspect_err(|error| {
+    let lookup = load(db).await.inspect_err(|error| {
         metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind()).increment(1);
     });
     let lookup = match lookup {
@@ -197,7 +231,7 @@ async fn fetch(
         }
         Err(error) => return Err(error.into()),
     };
-    let (outcome, body) = lookup.render();
+    let (outcome, body) = lookup;
     let answer = Answer {
         outcome,
         body: Bytes::from(body),

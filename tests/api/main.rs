@@ -9,6 +9,7 @@ mod conditional;
 mod errors;
 mod health;
 mod helpers;
+mod history;
 mod layout;
 mod limits;
 mod lookup;

@@ -53,11 +53,18 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
     );
     for path in paths {
         let concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");
-        let methods: Vec<&String> = spec["paths"][&path].as_object().expect("operations").keys().collect();
+        let methods: Vec<&String> = spec["paths"][&path]
+            .as_object()
+            .expect("operations")
+            .keys()
+            .collect();
         for method in methods {
             let reply = match method.as_str() {
                 "get" => app.get(&concrete).await,
-                "post" => app.batch(serde_json::json!([{"id": 3, "timestamp": "1662976800"}])).await,
+                "post" => {
+                    app.batch(serde_json::json!([{"id": 3, "timestamp": "1662976800"}]))
+                        .await
+                }
                 other => panic!("{path}: an operation the test does not know: {other}"),
             };
             assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);

@@ -1,0 +1,144 @@
+//! `GET /vehicles/{id}/history`: a vehicle's timeline, a page at a time.
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
+
+use super::vehicles::respond;
+use crate::domain::history::{Cursor, DEFAULT_LIMIT, History, HistoryQuery, MAX_LIMIT};
+use crate::domain::{Instant, VehicleId};
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+/// A vehicle's timeline: every state it was in during `[from, to]`.
+///
+/// Oldest first: the change in effect at `from` (if any), then each later change up to `to`
+/// (both inclusive, both optional). Each change says when it came (`at`) and when the next one
+/// did (`until`, null for the current state). Changes with equal timestamps are in the lookup's
+/// order, so for every instant T the last change at or before T is what
+/// `GET /vehicles/{id}/timestamp/{T}` answers. At most `limit` changes a page; `next` is the
+/// cursor of the following page, to pass as `after`. Cached like the lookup.
+#[utoipa::path(
+    get,
+    path = "/vehicles/{id}/history",
+    tag = "vehicles",
+    params(
+        ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
+        ("from" = Option<String>, Query, max_length = 64, description = "Start of the window, inclusive, in any form the lookup's `ts` accepts. Unset: from the first change.", example = "2022-09-11T00:00:00Z"),
+        ("to" = Option<String>, Query, max_length = 64, description = "End of the window, inclusive, in any form the lookup's `ts` accepts. Unset: up to now and beyond.", example = "2022-09-12T23:59:59Z"),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Most changes in one page (default 100).", example = 100),
+        ("after" = Option<String>, Query, max_length = 246, description = "The `next` of the previous page, as it was given.", example = json!(null)),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a page the client holds: 304 if it is still the page."),
+    ),
+    responses(
+        (status = 200, description = "A page of the vehicle's timeline.", body = History, headers(
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`, as for the lookup."),
+            ("Cache-Control" = String, description = "`public, max-age=N`, as for the lookup."),
+            ("ETag" = String, description = "A strong entity tag of this page."),
+        ), example = json!({
+            "vehicle": {"id": 3, "make": "VW", "model": "GOLF"},
+            "changes": [
+                {"state": "quoted", "at": "2022-09-11T09:11:45Z", "until": "2022-09-11T23:21:38Z"},
+                {"state": "selling", "at": "2022-09-11T23:21:38Z", "until": "2022-09-12T12:41:41Z"},
+                {"state": "sold", "at": "2022-09-12T12:41:41Z", "until": null}
+            ],
+            "next": null
+        })),
+        (status = 304, description = "Not modified: `If-None-Match` named this page's `ETag`.", headers(
+            ("ETag" = String, description = "The page's entity tag."),
+            ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`."),
+            ("Cache-Control" = String, description = "As for 200."),
+        )),
+        (status = 400, description = "The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not a cursor of this service, or a parameter is given twice (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such vehicle (`/problems/vehicle-not-found`). Cached like a 200.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`).", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+        )),
+    ),
+)]
+#[route("/vehicles/{id}/history", method = "GET", method = "HEAD")]
+pub async fn vehicle_history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    // Errors are rendered here rather than returned, so the request logs one line, not two.
+    answer(&req, &path, &state)
+        .await
+        .unwrap_or_else(|error| error.error_response())
+}
+
+async fn answer(
+    req: &HttpRequest,
+    raw_id: &str,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
+    let query = parse_query(id, req.query_string())?;
+    let served = state
+        .service
+        .history(query)
+        .await
+        .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
+    Ok(respond(req, &served, state.stale_if_error_secs, |_| {
+        ApiError::VehicleNotFound(id)
+    }))
+}
+
+/// `from`, `to`, `limit` and `after`, each at most once; other parameters are ignored.
+fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
+    let mut from = None;
+    let mut to = None;
+    let mut limit = None;
+    let mut after = None;
+    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match name.as_ref() {
+            "from" => &mut from,
+            "to" => &mut to,
+            "limit" => &mut limit,
+            "after" => &mut after,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::InvalidQuery(format!(
+                "`{name}` is given more than once; give it once"
+            )));
+        }
+    }
+    let instant = |name: &str, raw: Option<String>| {
+        raw.map(|raw| {
+            Instant::parse(&raw)
+                .map_err(|e| ApiError::InvalidTimestampParameter(name.to_owned(), e))
+        })
+        .transpose()
+    };
+    let from = instant("from", from)?;
+    let to = instant("to", to)?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "`from` ({from}) is after `to` ({to}); give a window that starts before it ends"
+        )));
+    }
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!(
+                    "`limit` must be an integer from 1 to {MAX_LIMIT}, not {raw:?}"
+                ))
+            })?,
+    };
+    let after = after
+        .map(|raw| Cursor::parse(&raw).map_err(|e| ApiError::InvalidQuery(e.to_string())))
+        .transpose()?;
+    Ok(HistoryQuery {
+        id,
+        from,
+        to,
+        limit,
+        after,
+    })
+}
