@@ -5,6 +5,7 @@ use actix_web::App;
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
+use crate::domain::Instant;
 use crate::error::Problem;
 
 #[derive(OpenApi)]
@@ -31,7 +32,26 @@ pub fn spec() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     // The version is the crate's, so a release and its document agree.
     spec.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    add_instant_patterns(&mut spec);
     spec
+}
+
+/// Every parameter that takes an instant (`ts`, `from`, `to`) gets [`Instant::PATTERN`], from
+/// the one definition beside the parser.
+fn add_instant_patterns(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+    for item in spec.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.head, &mut item.post].into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if !["ts", "from", "to"].contains(&parameter.name.as_str()) {
+                    continue;
+                }
+                if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut() {
+                    object.pattern = Some(Instant::PATTERN.to_owned());
+                }
+            }
+        }
+    }
 }
 
 /// The document as YAML: the text of `openapi.yaml`. Values that a YAML 1.1 parser (PyYAML,

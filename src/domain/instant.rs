@@ -41,6 +41,11 @@ const PG_SPACE: &str = "%Y-%m-%d %H:%M:%S%.f%#z";
 const PG_T: &str = "%Y-%m-%dT%H:%M:%S%.f%#z";
 
 impl Instant {
+    /// Every spelling [`Instant::parse`] accepts matches this (an ECMA-262 regular expression,
+    /// for the OpenAPI document: generated clients and Swagger UI check input with it). Not
+    /// every match is an instant (`2022-13-45T…`): the parser has the last word.
+    pub const PATTERN: &'static str = r"^(-?[0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?))$";
+
     /// 0001-01-01T00:00:00Z
     const MIN_MICROS: i64 = -62_135_596_800_000_000;
     /// 9999-12-31T23:59:59.999999Z
@@ -264,6 +269,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn every_accepted_spelling_matches_the_documented_pattern(
+            raw in "\\PC{0,40}|[0-9T:+ .Zz-]{0,32}|-?[0-9]{1,20}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+        ) {
+            let pattern = regex::Regex::new(Instant::PATTERN).expect("a valid expression");
+            if Instant::parse(&raw).is_ok() {
+                prop_assert!(pattern.is_match(&raw), "{raw:?} is accepted but does not match");
+            }
+        }
+
         #[test]
         fn any_string_parses_within_range_or_gives_a_reason(raw in "\\PC{0,80}|[0-9T:+ .Z-]{0,40}") {
             match Instant::parse(&raw) {

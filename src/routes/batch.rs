@@ -34,7 +34,7 @@ pub struct BatchLookup {
     pub id: i64,
     /// The instant, in any form the path's `ts` accepts (a string the lookup cannot read is a
     /// 400 item).
-    #[schema(example = "2022-09-12T10:00:00Z", max_length = 64)]
+    #[schema(example = "2022-09-12T10:00:00Z")]
     pub timestamp: String,
 }
 
