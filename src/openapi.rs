@@ -41,7 +41,10 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 fn add_instant_patterns(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{RefOr, Schema};
     for item in spec.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.head, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.head, &mut item.post]
+            .into_iter()
+            .flatten()
+        {
             for parameter in operation.parameters.iter_mut().flatten() {
                 if !["ts", "from", "to"].contains(&parameter.name.as_str()) {
                     continue;
