@@ -8,22 +8,29 @@ import tempfile
 from datetime import datetime, timezone
 
 raw, out_json, out_svg, duration, connections = sys.argv[1:6]
-WORKLOADS = ["livez", "hot", "cold", "db", "mixed"]
+WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch"]
 NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (random)",
-         "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)"}
+         "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)",
+         "batch": "batch (100 cold pairs)", "db_batch": "db, 100 pairs/statement"}
 
 rows = [json.loads(line) for line in open(raw) if line.strip()]
 sizes = list(dict.fromkeys(r["size"] for r in rows))
 by = {(r["size"], r["workload"]): r["result"] for r in rows}
 for result in by.values():
     result.setdefault("rps", result["requests"] / result["seconds"] if result.get("seconds") else 0)
+    # Lookups per second: requests times the pairs each carries (100 for the batch workloads).
+    result["lookups_per_s"] = result["rps"] * result.get("lookups_per_request", 1)
 
 ratios = {}
 for size in sizes:
     get = lambda w: by.get((size, w), {}).get("rps", 0)
+    look = lambda w: by.get((size, w), {}).get("lookups_per_s", 0)
     ratios[size] = {
         "hot_over_ceiling": round(get("hot") / get("livez"), 3) if get("livez") else None,
         "cold_over_db": round(get("cold") / get("db"), 3) if get("db") else None,
+        # Target (issue 10): batch lookups/s at least 5x the cold single lookup's.
+        "batch_lookups_over_cold": round(look("batch") / look("cold"), 2) if look("cold") else None,
+        "batch_lookups_over_db": round(look("batch") / look("db"), 2) if look("db") else None,
     }
 
 for result in by.values():
@@ -32,7 +39,7 @@ for result in by.values():
         result["service_cores"] = round(result["service_cpu_s"] / result["seconds"], 2)
         result["rps_per_core"] = round(result["rps"] / result["service_cores"])
 
-print(f"\n{'size':>9} {'workload':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
+print(f"\n{'size':>9} {'workload':<24} {'req/s':>9} {'lookups/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
 for size in sizes:
     for w in WORKLOADS:
         r = by.get((size, w))
@@ -40,10 +47,12 @@ for size in sizes:
             continue
         rss = r.get("rss_mb", "")
         cores, per_core = r.get("service_cores", ""), r.get("rps_per_core", "")
-        print(f"{size:>9} {NAMES[w]:<22} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+        print(f"{size:>9} {NAMES[w]:<24} {r['rps']:>9.0f} {r['lookups_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['errors']:>7} {r['unexpected_status']:>11} {rss:>7} {cores:>6} {per_core:>10}")
     print(f"{size:>9} ratios: hot/ceiling {ratios[size]['hot_over_ceiling']}, "
-          f"cold/db ceiling {ratios[size]['cold_over_db']}")
+          f"cold/db ceiling {ratios[size]['cold_over_db']}, "
+          f"batch/cold lookups {ratios[size]['batch_lookups_over_cold']}, "
+          f"batch/db lookups {ratios[size]['batch_lookups_over_db']}")
 
 document = {
     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -59,7 +68,7 @@ print(f"\nwrote {out_json}")
 with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as data:
     data.write("workload " + " ".join(f'"{s}"' for s in sizes) + "\n")
     for w in WORKLOADS:
-        data.write(f'"{NAMES[w]}" ' + " ".join(str(by.get((s, w), {}).get("rps", 0)) for s in sizes) + "\n")
+        data.write(f'"{NAMES[w]}" ' + " ".join(str(by.get((s, w), {}).get("lookups_per_s", 0)) for s in sizes) + "\n")
     data.write("\n\n")
     data.write("workload " + " ".join(f'"{s}"' for s in sizes) + "\n")
     for w in WORKLOADS:
@@ -75,7 +84,7 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set key top right title 'vehicles'
 set grid ytics
-set ylabel 'requests/s'
+set ylabel 'lookups/s'
 plot {columns.format(i=0)}
 set ylabel 'p99 latency (ms)'
 set logscale y

@@ -1,5 +1,6 @@
--- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed); VEHICLES is
--- the data set's size. Counts answers other than 200 and 404 (404 is a valid answer: no such
+-- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed, batch); VEHICLES
+-- is the data set's size. batch POSTs BATCH_SIZE (100) random pairs per request to
+-- /vehicles/states, nearly all misses. Counts answers other than 200 and 404 (404 is a valid answer: no such
 -- vehicle, or no state yet at that instant) and prints one JSON line of results at the end.
 
 local workload = os.getenv("WORKLOAD") or "livez"
@@ -7,6 +8,7 @@ local vehicles = tonumber(os.getenv("VEHICLES") or "3")
 -- Instants spread over the synthetic data's years: 2019-01-01 to 2026-01-01.
 local first_ts, last_ts = 1546300800, 1767225600
 local hot_keys = 1000
+local batch_size = tonumber(os.getenv("BATCH_SIZE") or "100")
 
 local threads = {}
 
@@ -48,9 +50,19 @@ function hot_path(k)
   return path_for(vehicle, ts)
 end
 
+local function batch_body()
+  local items = {}
+  for i = 1, batch_size do
+    items[i] = string.format('{"id":%d,"timestamp":"%d"}', math.random(1, vehicles), math.random(first_ts, last_ts))
+  end
+  return '{"lookups":[' .. table.concat(items, ",") .. "]}"
+end
+
 function request()
   local path
-  if workload == "livez" then
+  if workload == "batch" then
+    return wrk.format("POST", "/vehicles/states", {["Content-Type"] = "application/json"}, batch_body())
+  elseif workload == "livez" then
     path = "/livez"
   elseif workload == "hot" then
     path = hot_path(math.random(0, hot_keys - 1))
@@ -67,7 +79,12 @@ function request()
 end
 
 function response(status, headers, body)
-  if status ~= 200 and status ~= 404 then unexpected = unexpected + 1 end
+  if status ~= 200 and status ~= 404 then
+    unexpected = unexpected + 1
+  elseif workload == "batch" and (body:find('"status":5', 1, true) or body:find('"status":400', 1, true)) then
+    -- An item the service could not answer counts as an unexpected answer too.
+    unexpected = unexpected + 1
+  end
 end
 
 function done(summary, latency, requests)
@@ -75,7 +92,7 @@ function done(summary, latency, requests)
   for _, thread in ipairs(threads) do bad = bad + thread:get("unexpected") end
   local e = summary.errors
   io.write(string.format(
-    '{"requests": %d, "seconds": %.3f, "p50_ms": %.3f, "p99_ms": %.3f, "errors": %d, "unexpected_status": %d}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    '{"lookups_per_request": %d, "requests": %d, "seconds": %.3f, "p50_ms": %.3f, "p99_ms": %.3f, "errors": %d, "unexpected_status": %d}\n',
+    workload == "batch" and batch_size or 1, summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
     e.connect + e.read + e.write + e.timeout, bad))
 end
