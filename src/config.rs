@@ -377,6 +377,17 @@ pub struct HttpSettings {
     #[arg(long, env = "LOOKUP_CONCURRENCY_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub lookup_concurrency_limit: u32,
 
+    /// Most misses gathered into one batch (one Redis round trip, one SQL statement, one
+    /// write-back). Misses are gathered only while earlier batches are in flight, never by
+    /// waiting: a lone miss goes out at once. 1 turns gathering off.
+    #[arg(long, env = "LOOKUP_BATCH_MAX", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub lookup_batch_max: u32,
+
+    /// Most batches of gathered misses in flight at once; misses arriving while all are in
+    /// flight queue for the next batch. Keep it at or below DB_POOL_MAX_SIZE.
+    #[arg(long, env = "LOOKUP_BATCHES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lookup_batches_in_flight: u32,
+
     /// Most lookups in one `POST /vehicles/states`; more is a 400 `invalid-batch-size`.
     #[arg(long, env = "BATCH_MAX_LOOKUPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_max_lookups: u32,

@@ -66,6 +66,13 @@ impl LookupResult {
     }
 }
 
+/// How many keys each Redis read of gathered misses (or of a batch request) asked for.
+pub const REDIS_BATCH_SIZE: &str = "vehicle_state_redis_batch_size";
+/// How many (vehicle, instant) pairs each lookup statement answered.
+pub const DB_BATCH_SIZE: &str = "vehicle_state_db_batch_size";
+/// Bucket bounds of the batch-size histograms.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Redis calls that failed, by operation and kind.
 pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
 /// PostgreSQL lookups that failed, by kind: `acquire_timeout` (no connection in time: the pool is
@@ -89,6 +96,12 @@ pub fn handle() -> &'static PrometheusHandle {
         // Only fails for an empty list of buckets, which DURATION_BUCKETS is not.
         let builder = builder
             .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(REDIS_BATCH_SIZE.to_owned()), BATCH_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.to_owned()), BATCH_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -122,6 +135,14 @@ pub fn register_at_zero(redis_error_kinds: &[&'static str], db_error_kinds: &[&'
 pub const REDIS_OPERATIONS: [&str; 4] = ["get", "set", "ping", "topology"];
 
 fn describe() {
+    metrics::describe_histogram!(
+        REDIS_BATCH_SIZE,
+        "Keys per Redis read of misses past memory: gathered single lookups or one batch request."
+    );
+    metrics::describe_histogram!(
+        DB_BATCH_SIZE,
+        "(vehicle, instant) pairs per PostgreSQL lookup statement."
+    );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     metrics::describe_histogram!(
         HTTP_DURATION,

@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
-use crate::service::StateService;
+use crate::service::{Gathering, StateService};
 use crate::state::{AppState, BatchLimits};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
@@ -44,6 +44,12 @@ impl Application {
                 redis,
                 LocalCache::new(settings.cache.local_cache_max_bytes),
                 settings.http.lookup_concurrency_limit,
+                Gathering {
+                    max_batch: usize::try_from(settings.http.lookup_batch_max)
+                        .unwrap_or(usize::MAX),
+                    in_flight: usize::try_from(settings.http.lookup_batches_in_flight)
+                        .unwrap_or(usize::MAX),
+                },
             ),
             retry_after: RetryAfter {
                 database: settings.http.retry_after_secs,

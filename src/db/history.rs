@@ -1,11 +1,10 @@
 //! A page of a vehicle's timeline in one statement.
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::DbError;
-use crate::domain::Vehicle;
 use crate::domain::history::{self, HistoryPage, HistoryQuery};
+use crate::domain::{Instant, Vehicle};
 
 /// The lifecycle rank of a `"stateLogs"` row `l`, as in the lookup's tie order.
 macro_rules! rank {
@@ -22,7 +21,7 @@ macro_rules! rank {
 /// never splits them. No row: no such vehicle; one row with a NULL state: no changes.
 pub const HISTORY_SQL: &str = concat!(
     r#"
-SELECT v.make, v.model, h.state, h."timestamp"
+SELECT v.make, v.model, h.state, (EXTRACT(EPOCH FROM h."timestamp") * 1000000)::int8
 FROM vehicles v
 LEFT JOIN LATERAL (
     (SELECT l.state, l."timestamp", "#,
@@ -53,7 +52,8 @@ ORDER BY h."timestamp", h.rank, h.state COLLATE "C"
 "#
 );
 
-type Row = (String, String, Option<String>, Option<DateTime<Utc>>);
+/// Times as microseconds since the Unix epoch, as in the lookup (see its `ManyRow`).
+type Row = (String, String, Option<String>, Option<i64>);
 
 pub async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<HistoryPage, DbError> {
     // Where the page starts: after the cursor; or, on a first page, after `from` (the change in
@@ -86,9 +86,21 @@ pub async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<HistoryPage,
         make: make.clone(),
         model: model.clone(),
     };
-    let changes = rows
-        .into_iter()
-        .filter_map(|(_, _, state, at)| Some((state?, at?)))
-        .collect();
+    let mut changes = Vec::with_capacity(rows.len());
+    for (_, _, state, micros) in rows {
+        let (Some(state), Some(micros)) = (state, micros) else {
+            continue;
+        };
+        let at = Instant::from_unix_micros(micros).ok_or_else(|| {
+            DbError::Query(sqlx::Error::Decode(
+                format!(
+                    "vehicle {}: a state change at {micros} µs, outside 0001 to 9999",
+                    query.id
+                )
+                .into(),
+            ))
+        })?;
+        changes.push((state, at));
+    }
     Ok(HistoryPage::Found(history::page(query, vehicle, changes)))
 }

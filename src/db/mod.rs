@@ -11,7 +11,7 @@ pub use history::{HISTORY_SQL, history};
 
 pub use synthetic::{SyntheticHistory, generate};
 
-pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup, lookup_many};
+pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup_many};
 
 use anyhow::Context;
 use sqlx::PgPool;

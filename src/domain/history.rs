@@ -1,6 +1,5 @@
 //! A vehicle's timeline: the state changes in a window of time, a page at a time.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -149,14 +148,11 @@ pub enum HistoryPage {
 /// change in effect at `from` (when asked for), and holding up to `limit + 1` changes after the
 /// position the page starts from, `to` not applied: the one past the page gives the last
 /// change's `until`, and tells whether there is a next page.
-pub fn page(query: &HistoryQuery, vehicle: Vehicle, rows: Vec<(String, DateTime<Utc>)>) -> History {
+pub fn page(query: &HistoryQuery, vehicle: Vehicle, rows: Vec<(String, Instant)>) -> History {
     let to = query.to;
     let mut changes = Vec::with_capacity(rows.len().min(usize::from(query.limit)));
     let mut next = None;
-    let positions: Vec<(String, Instant)> = rows
-        .into_iter()
-        .filter_map(|(state, at)| Some((state, Instant::from_unix_micros(at.timestamp_micros())?)))
-        .collect();
+    let positions = rows;
     for (n, (state, at)) in positions.iter().enumerate() {
         let in_range = to.is_none_or(|to| *at <= to);
         if !in_range {
@@ -244,10 +240,8 @@ mod tests {
             make: "VW".to_owned(),
             model: "GOLF".to_owned(),
         };
-        let rows = |n: i64| -> Vec<(String, DateTime<Utc>)> {
-            (0..n)
-                .map(|i| ("quoted".to_owned(), at(100 + i).as_datetime()))
-                .collect()
+        let rows = |n: i64| -> Vec<(String, Instant)> {
+            (0..n).map(|i| ("quoted".to_owned(), at(100 + i))).collect()
         };
 
         let all = page(&query(None, 10), vehicle.clone(), rows(3));

@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant as Clock, SystemTime};
+use std::time::Instant as Clock;
 
-use actix_web::web::Bytes;
-
-use super::{CacheStatus, LookupError, Served, StateService};
+use super::fetch::fetch_many;
+use super::{CacheStatus, LookupError, Served, StateService, arrived};
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheKey, Cached, LocalEntry, unix_ms};
-use crate::db::{self, DbError};
+use crate::cache::{CacheKey, LocalEntry};
+use crate::db::DbError;
 use crate::domain::{Instant, VehicleId};
 use crate::metrics::LookupResult;
 
@@ -54,15 +53,35 @@ impl StateService {
             }
         }
         if !missing.is_empty() {
+            let pairs: Vec<(CacheKey, VehicleId, Instant)> =
+                missing.iter().map(|&n| distinct[n].clone()).collect();
             let fetched = match self.limit.clone().try_acquire_owned() {
-                Ok(_permit) => self.fetch_many(&distinct, &missing).await,
+                Ok(_permit) => fetch_many(&self.db, &self.redis, &pairs).await,
                 Err(_) => {
                     let shed = Arc::new(LookupError::Overloaded(self.max_in_flight));
-                    missing.iter().map(|_| Err(shed.clone())).collect()
+                    pairs.iter().map(|_| Err(shed.clone())).collect()
                 }
             };
-            for (n, outcome) in missing.iter().zip(fetched) {
-                outcomes[*n] = Some(outcome);
+            for ((n, (key, _, _)), fetched) in
+                missing.iter().map(|&n| (n, &distinct[n])).zip(fetched)
+            {
+                outcomes[n] = Some(match fetched {
+                    Ok(entry) => {
+                        let (cache, result) = arrived(entry.source);
+                        result.count();
+                        if entry.source != Source::Stale {
+                            self.local.insert(key.clone(), entry.clone()).await;
+                        }
+                        Ok((entry, cache))
+                    }
+                    Err(error) => {
+                        match *error {
+                            LookupError::Overloaded(_) => LookupResult::Shed.count(),
+                            LookupError::Db(_) => LookupResult::Error.count(),
+                        }
+                        Err(error)
+                    }
+                });
             }
         }
 
@@ -80,128 +99,6 @@ impl StateService {
                 None => Err(Arc::new(LookupError::Db(DbError::Unavailable(
                     sqlx::Error::WorkerCrashed,
                 )))),
-            })
-            .collect()
-    }
-
-    /// Redis, then PostgreSQL, for the pairs of `distinct` that `missing` names; each result
-    /// is counted in the metrics and, when it came from Redis or PostgreSQL, kept in memory.
-    async fn fetch_many(
-        &self,
-        distinct: &[(CacheKey, VehicleId, Instant)],
-        missing: &[usize],
-    ) -> Vec<Outcome> {
-        let asked = Clock::now();
-        let keys: Vec<&CacheKey> = missing.iter().map(|&n| &distinct[n].0).collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; missing.len()];
-        let mut stale: Vec<Option<Answer>> = vec![None; missing.len()];
-        let mut redis_failed = false;
-        match self.redis.get_many(&keys).await {
-            Ok(cached) => {
-                for (m, reply) in cached.into_iter().enumerate() {
-                    match reply {
-                        Ok(Cached::Fresh(answer, remaining)) => {
-                            LookupResult::RedisHit.count();
-                            let entry =
-                                Arc::new(LocalEntry::new(answer, asked + remaining, Source::Redis));
-                            self.local.insert(keys[m].clone(), entry.clone()).await;
-                            outcomes[m] = Some(Ok((entry, CacheStatus::Hit)));
-                        }
-                        Ok(Cached::Stale(answer)) => stale[m] = Some(answer),
-                        Ok(Cached::Absent) => {}
-                        Err(corrupt) => {
-                            tracing::warn!(error = %corrupt, key = keys[m].as_str(), "cache read failed; asking PostgreSQL");
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                redis_failed = true;
-                if let Some(errors) = self.redis.record_error("get", &error) {
-                    tracing::warn!(error = %crate::telemetry::chain(&error), keys = keys.len(), errors, "cache read failed; asking PostgreSQL");
-                }
-            }
-        }
-
-        let ask: Vec<usize> = (0..missing.len())
-            .filter(|&m| outcomes[m].is_none())
-            .collect();
-        if !ask.is_empty() {
-            let pairs: Vec<(VehicleId, Instant)> = ask
-                .iter()
-                .map(|&m| {
-                    let (_, id, at) = &distinct[missing[m]];
-                    (*id, *at)
-                })
-                .collect();
-            let read_at = unix_ms(SystemTime::now());
-            let started = Clock::now();
-            match db::lookup_many(&self.db, &pairs).await {
-                Ok(lookups) => {
-                    let expires_at = started + self.redis.ttl();
-                    let (source, result) = if redis_failed {
-                        (Source::PostgresWithoutRedis, LookupResult::RedisError)
-                    } else {
-                        (Source::Postgres, LookupResult::Miss)
-                    };
-                    let mut written = Vec::with_capacity(ask.len());
-                    for (&m, lookup) in ask.iter().zip(lookups) {
-                        let (outcome, body) = lookup.render();
-                        let answer = Answer {
-                            outcome,
-                            body: Bytes::from(body),
-                            read_at_ms: read_at,
-                        };
-                        result.count();
-                        let entry = Arc::new(LocalEntry::new(answer, expires_at, source));
-                        written.push((m, entry.clone()));
-                        outcomes[m] = Some(Ok((entry, CacheStatus::Miss)));
-                    }
-                    let puts: Vec<(&CacheKey, &Answer)> = written
-                        .iter()
-                        .map(|(m, entry)| (keys[*m], &entry.answer))
-                        .collect();
-                    if !redis_failed
-                        && let Err(error) = self.redis.put_many(&puts).await
-                        && let Some(errors) = self.redis.record_error("set", &error)
-                    {
-                        tracing::warn!(error = %crate::telemetry::chain(&error), keys = puts.len(), errors, "cache write failed");
-                    }
-                    for (m, entry) in written {
-                        self.local.insert(keys[m].clone(), entry).await;
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind())
-                        .increment(1);
-                    let unavailable = matches!(error, DbError::Unavailable(_));
-                    let error = Arc::new(LookupError::Db(error));
-                    for &m in &ask {
-                        outcomes[m] = Some(match (unavailable, stale[m].take()) {
-                            (true, Some(answer)) => {
-                                LookupResult::Stale.count();
-                                let entry =
-                                    Arc::new(LocalEntry::new(answer, Clock::now(), Source::Stale));
-                                Ok((entry, CacheStatus::Stale))
-                            }
-                            _ => {
-                                LookupResult::Error.count();
-                                Err(error.clone())
-                            }
-                        });
-                    }
-                    tracing::warn!(error = %crate::telemetry::chain(&*error), pairs = ask.len(), "PostgreSQL could not answer a batch");
-                }
-            }
-        }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(Arc::new(LookupError::Db(DbError::Unavailable(
-                        sqlx::Error::WorkerCrashed,
-                    ))))
-                })
             })
             .collect()
     }

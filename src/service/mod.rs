@@ -1,6 +1,10 @@
 //! The lookup with its caches: the one place that decides HIT or MISS.
 
 mod batch;
+mod fetch;
+mod gather;
+
+use gather::Gatherer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock, SystemTime};
@@ -72,17 +76,45 @@ pub struct StateService {
     /// One permit per lookup in flight past memory (`LOOKUP_CONCURRENCY_LIMIT`).
     limit: Arc<Semaphore>,
     max_in_flight: u32,
+    /// Where single misses are gathered into batches; none with `LOOKUP_BATCH_MAX=1`.
+    gatherer: Option<Arc<Gatherer>>,
+}
+
+/// How concurrent misses are gathered: `LOOKUP_BATCH_MAX` and `LOOKUP_BATCHES_IN_FLIGHT`.
+#[derive(Debug, Clone, Copy)]
+pub struct Gathering {
+    pub max_batch: usize,
+    pub in_flight: usize,
 }
 
 impl StateService {
-    pub fn new(db: PgPool, redis: Arc<RedisCache>, local: LocalCache, max_in_flight: u32) -> Self {
-        let permits = usize::try_from(max_in_flight).unwrap_or(Semaphore::MAX_PERMITS);
+    /// Starts the gathering task (call within the runtime).
+    pub fn new(
+        db: PgPool,
+        redis: Arc<RedisCache>,
+        local: LocalCache,
+        max_in_flight: u32,
+        gathering: Gathering,
+    ) -> Self {
+        let permits = usize::try_from(max_in_flight)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        let gatherer = (gathering.max_batch > 1).then(|| {
+            Arc::new(Gatherer::start(
+                db.clone(),
+                redis.clone(),
+                gathering.max_batch,
+                gathering.in_flight,
+                permits,
+            ))
+        });
         Self {
             db,
             redis,
             local,
-            limit: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+            limit: Arc::new(Semaphore::new(permits)),
             max_in_flight,
+            gatherer,
         }
     }
 
@@ -97,8 +129,21 @@ impl StateService {
         at: Instant,
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
-        self.cached(key, move |db| async move {
-            Ok(db::lookup(&db, id, at).await?.render())
+        let (db, redis, gatherer) = (self.db.clone(), self.redis.clone(), self.gatherer.clone());
+        let miss_key = key.clone();
+        self.cached(key, async move {
+            match gatherer {
+                Some(gatherer) => gatherer.fetch(miss_key, id, at).await,
+                // LOOKUP_BATCH_MAX=1: every miss on its own, at once.
+                None => {
+                    let mut one = fetch::fetch_many(&db, &redis, &[(miss_key, id, at)]).await;
+                    one.pop().unwrap_or_else(|| {
+                        Err(Arc::new(LookupError::Db(DbError::Unavailable(
+                            sqlx::Error::WorkerCrashed,
+                        ))))
+                    })
+                }
+            }
         })
         .await
     }
@@ -107,7 +152,7 @@ impl StateService {
     /// bound, single flight, shedding and stale-if-error).
     pub async fn history(&self, query: HistoryQuery) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.history_key(&query);
-        self.cached(key, move |db| async move {
+        let load = move |db: PgPool| async move {
             Ok(match db::history(&db, &query).await? {
                 HistoryPage::Found(page) => (
                     Outcome::Found,
@@ -116,16 +161,17 @@ impl StateService {
                 ),
                 HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
             })
-        })
-        .await
+        };
+        let fetch = fetch(self.db.clone(), self.redis.clone(), key.clone(), load);
+        self.cached(key, async move { fetch.await.map_err(Arc::new) })
+            .await
     }
 
-    /// The answer under `key`: memory, then (once per key however many ask) Redis, then `load`
-    /// from PostgreSQL, written back to Redis.
-    async fn cached<L, F>(&self, key: CacheKey, load: L) -> Result<Served, Arc<LookupError>>
+    /// The answer under `key`: memory, then `fetch` (Redis, then PostgreSQL, written back to
+    /// Redis), once per key however many ask at the same moment.
+    async fn cached<F>(&self, key: CacheKey, fetch: F) -> Result<Served, Arc<LookupError>>
     where
-        L: FnOnce(PgPool) -> F + Send + 'static,
-        F: Future<Output = Result<(Outcome, Vec<u8>), DbError>> + Send,
+        F: Future<Output = fetch::Fetched> + Send + 'static,
     {
         if let Some(entry) = self.local.get(&key).await {
             LookupResult::MemoryHit.count();
@@ -139,19 +185,20 @@ impl StateService {
         // A miss runs as a task of its own: if the client that started the fetch goes away, the
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
         // instead of starting the query again.
-        let (local, db, redis) = (self.local.clone(), self.db.clone(), self.redis.clone());
+        let local = self.local.clone();
         let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
         let (entry, fetched_here) = tokio::spawn(async move {
-            let fetch = {
-                let key = key.clone();
-                async move {
-                    let _permit = limit
-                        .try_acquire_owned()
-                        .map_err(|_| LookupError::Overloaded(max_in_flight))?;
-                    fetch(db, redis, key, load).await
-                }
+            let fetch = async move {
+                let _permit = limit
+                    .try_acquire_owned()
+                    .map_err(|_| Arc::new(LookupError::Overloaded(max_in_flight)))?;
+                fetch.await
             };
-            local.get_or_fetch(key, fetch).await
+            // Shared by everyone who waited: the error is already an Arc.
+            local
+                .get_or_fetch(key, fetch)
+                .await
+                .map_err(|e| Arc::clone(&*e))
         })
         .await
         .unwrap_or_else(|_| {
@@ -166,9 +213,7 @@ impl StateService {
         let (cache, result) = match (fetched_here, entry.source) {
             (_, Source::Stale) => (CacheStatus::Stale, LookupResult::Stale),
             (false, _) => (CacheStatus::Hit, LookupResult::Coalesced),
-            (true, Source::Postgres) => (CacheStatus::Miss, LookupResult::Miss),
-            (true, Source::PostgresWithoutRedis) => (CacheStatus::Miss, LookupResult::RedisError),
-            (true, Source::Redis) => (CacheStatus::Hit, LookupResult::RedisHit),
+            (true, source) => arrived(source),
         };
         result.count();
         let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
@@ -180,6 +225,19 @@ impl StateService {
     }
 }
 
+/// What an entry fetched for this request is, by where it came from: `X-Cache` and the lookup
+/// result it counts as.
+fn arrived(source: Source) -> (CacheStatus, LookupResult) {
+    match source {
+        Source::Stale => (CacheStatus::Stale, LookupResult::Stale),
+        Source::Postgres => (CacheStatus::Miss, LookupResult::Miss),
+        Source::PostgresWithoutRedis => (CacheStatus::Miss, LookupResult::RedisError),
+        Source::Redis => (CacheStatus::Hit, LookupResult::RedisHit),
+    }
+}
+
+/// One key past memory: Redis, then `load` from PostgreSQL, written back (the timeline's path;
+/// lookups go through [`fetch::fetch_many`], gathered).
 async fn fetch<L, F>(
     db: PgPool,
     redis: Arc<RedisCache>,

@@ -168,6 +168,8 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             retry_after_secs: 5,
             lookup_concurrency_limit: 256,
             overload_retry_after_secs: 1,
+            lookup_batch_max: 100,
+            lookup_batches_in_flight: 4,
             batch_max_lookups: 100,
             batch_max_body_bytes: 64 * 1024,
             http_client_request_timeout_ms: 5000,
@@ -507,7 +509,7 @@ impl TestApp {
             "SELECT count(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND state = 'active' AND query = $1",
         )
-        .bind(vehicle_state::db::LOOKUP_SQL)
+        .bind(vehicle_state::db::LOOKUP_MANY_SQL)
         .fetch_one(&self.db)
         .await
         .expect("pg_stat_activity")

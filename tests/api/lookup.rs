@@ -203,7 +203,7 @@ async fn state_changes_at_the_same_instant_resolve_to_the_later_lifecycle_state(
 }
 
 #[tokio::test]
-async fn the_lookup_is_answered_by_an_index_scan() {
+async fn the_lookup_statement_is_answered_by_index_scans() {
     let app = spawn_app().await;
     // Enough rows that a sequential scan would be the planner's choice without the index.
     sqlx::raw_sql(
@@ -216,10 +216,10 @@ async fn the_lookup_is_answered_by_an_index_scan() {
     .await
     .expect("bulk rows");
 
-    let explain = format!("EXPLAIN {}", vehicle_state::db::LOOKUP_SQL);
+    let explain = format!("EXPLAIN {}", vehicle_state::db::LOOKUP_MANY_SQL);
     let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
-        .bind(5000_i32)
-        .bind(chrono::Utc::now())
+        .bind(vec![5000_i32, 17])
+        .bind(vec![chrono::Utc::now(), chrono::Utc::now()])
         .fetch_all(&app.db)
         .await
         .expect("explain");

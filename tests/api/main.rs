@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod conditional;
 mod errors;
+mod gathering;
 mod health;
 mod helpers;
 mod history;

@@ -302,3 +302,54 @@ async fn shed_and_stale_answers_are_counted() {
     assert_eq!(delta(&before, &after, &lookups("shed")), 1.0);
     assert_eq!(delta(&before, &after, &lookups("stale")), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_are_gathered_into_few_statements() {
+    let _serial = one_at_a_time().await;
+    let app = spawn_app().await;
+    let statements = "vehicle_state_db_batch_size_count";
+    let pairs = "vehicle_state_db_batch_size_sum";
+    let redis_reads = "vehicle_state_redis_batch_size_count";
+    let before = scrape(&app).await;
+
+    // Sixty distinct uncached lookups while PostgreSQL holds the first batches: the rest queue
+    // (no timer) and go out together once those return.
+    let lock = app.hold_lookups().await;
+    let burst: Vec<_> = (0..60)
+        .map(|i| {
+            let path = format!("/vehicles/{}/timestamp/{}", 1 + i % 3, 1_662_976_800 + i);
+            get_in_background(&app, &path)
+        })
+        .collect();
+    wait_for_a_lookup_in_flight(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = app.lookups_in_flight().await;
+    drop(lock);
+    for request in burst {
+        assert_eq!(request.await.expect("task").expect("a response"), 200);
+    }
+    let after = scrape(&app).await;
+
+    let grew = |key: &str| delta(&before, &after, key);
+    eprintln!(
+        "60 misses: {} statements, {} Redis reads, {held} statements held at once",
+        grew(statements),
+        grew(redis_reads)
+    );
+    assert_eq!(grew(pairs), 60.0, "every miss asked PostgreSQL once");
+    assert!(
+        grew(statements) <= 10.0,
+        "far fewer statements than misses: {}",
+        grew(statements)
+    );
+    assert!(
+        grew(redis_reads) <= 10.0,
+        "and Redis reads: {}",
+        grew(redis_reads)
+    );
+    assert!(
+        held <= 4,
+        "at most LOOKUP_BATCHES_IN_FLIGHT (4) at once: {held}"
+    );
+    assert_eq!(grew(&lookups("miss")), 60.0, "each lookup counted once");
+}

@@ -1,0 +1,183 @@
+//! Many lookups past memory in the fewest round trips: one Redis pipeline for all the keys, one
+//! SQL statement for all that Redis lacks, one pipeline to write those back. Shared by the batch
+//! endpoint and by the gathering of concurrent single misses.
+
+use std::sync::Arc;
+use std::time::{Instant as Clock, SystemTime};
+
+use actix_web::web::Bytes;
+use sqlx::PgPool;
+
+use super::LookupError;
+use crate::cache::local::Source;
+use crate::cache::{Answer, CacheKey, Cached, LocalEntry, RedisCache, unix_ms};
+use crate::db::{self, DbError};
+use crate::domain::{Instant, Lookup, VehicleId};
+
+/// What one key came to: its entry (whose `source` says from where), or why there is none.
+pub type Fetched = Result<Arc<LocalEntry>, Arc<LookupError>>;
+
+/// Redis, then PostgreSQL, for `pairs` (distinct keys); one result per pair, in order. Entries
+/// are neither kept in memory nor counted as lookups here: callers do both, as they know whether
+/// the answer was shared. Redis and PostgreSQL failures are counted and logged here, once per
+/// round trip; a failure fails only the pairs that needed it; a stale answer (within
+/// `STALE_IF_ERROR_SECS`) stands in for a pair PostgreSQL cannot answer.
+pub async fn fetch_many(
+    db: &PgPool,
+    redis: &RedisCache,
+    pairs: &[(CacheKey, VehicleId, Instant)],
+) -> Vec<Fetched> {
+    // Taken before asking, so memory never keeps an answer longer than Redis does.
+    let asked = Clock::now();
+    let keys: Vec<&CacheKey> = pairs.iter().map(|(key, _, _)| key).collect();
+    metrics::histogram!(crate::metrics::REDIS_BATCH_SIZE).record(keys.len() as f64);
+    let mut fetched: Vec<Option<Fetched>> = vec![None; pairs.len()];
+    let mut stale: Vec<Option<Answer>> = vec![None; pairs.len()];
+    let mut redis_failed = false;
+    match redis.get_many(&keys).await {
+        Ok(cached) => {
+            for (m, reply) in cached.into_iter().enumerate() {
+                match reply {
+                    Ok(Cached::Fresh(answer, remaining)) => {
+                        let entry = LocalEntry::new(answer, asked + remaining, Source::Redis);
+                        fetched[m] = Some(Ok(Arc::new(entry)));
+                    }
+                    Ok(Cached::Stale(answer)) => stale[m] = Some(answer),
+                    Ok(Cached::Absent) => {}
+                    Err(corrupt) => {
+                        tracing::warn!(error = %corrupt, key = keys[m].as_str(), "cache read failed; asking PostgreSQL");
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            redis_failed = true;
+            if let Some(errors) = redis.record_error("get", &error) {
+                tracing::warn!(error = %crate::telemetry::chain(&error), keys = keys.len(), errors, "cache read failed; asking PostgreSQL");
+            }
+        }
+    }
+
+    let ask: Vec<usize> = (0..pairs.len()).filter(|&m| fetched[m].is_none()).collect();
+    if !ask.is_empty() {
+        let lookups: Vec<(VehicleId, Instant)> =
+            ask.iter().map(|&m| (pairs[m].1, pairs[m].2)).collect();
+        metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(lookups.len() as f64);
+        // Taken before the query, so the recorded age errs on the old side.
+        let read_at = unix_ms(SystemTime::now());
+        let started = Clock::now();
+        let mut answered = Vec::with_capacity(ask.len());
+        let mut failed: Option<Arc<LookupError>> = None;
+        match lookup_each_if_need_be(db, &lookups).await {
+            Ok(results) => {
+                for (&m, result) in ask.iter().zip(results) {
+                    match result {
+                        Ok(lookup) => answered.push((m, lookup)),
+                        Err(error) => {
+                            // A pair that fails on its own (a defect in its rows), answered alone.
+                            metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind())
+                                .increment(1);
+                            tracing::warn!(error = %crate::telemetry::chain(&error), key = keys[m].as_str(), "PostgreSQL could not answer this lookup");
+                            fetched[m] = Some(Err(Arc::new(LookupError::Db(error))));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind()).increment(1);
+                failed = Some(Arc::new(LookupError::Db(error)));
+            }
+        }
+        let expires_at = started + redis.ttl();
+        let source = if redis_failed {
+            Source::PostgresWithoutRedis
+        } else {
+            Source::Postgres
+        };
+        let mut written = Vec::with_capacity(answered.len());
+        for (m, lookup) in answered {
+            let (outcome, body) = lookup.render();
+            let answer = Answer {
+                outcome,
+                body: Bytes::from(body),
+                read_at_ms: read_at,
+            };
+            let entry = Arc::new(LocalEntry::new(answer, expires_at, source));
+            written.push((m, entry.clone()));
+            fetched[m] = Some(Ok(entry));
+        }
+        if !written.is_empty() {
+            // After a failed read the breaker skips this at once (counted as `skipped`).
+            let puts: Vec<(&CacheKey, &Answer)> = written
+                .iter()
+                .map(|(m, entry)| (keys[*m], &entry.answer))
+                .collect();
+            if let Err(error) = redis.put_many(&puts).await
+                && let Some(errors) = redis.record_error("set", &error)
+            {
+                tracing::warn!(error = %crate::telemetry::chain(&error), keys = puts.len(), errors, "cache write failed");
+            }
+        }
+        if let Some(error) = failed {
+            let unavailable = matches!(*error, LookupError::Db(DbError::Unavailable(_)));
+            let mut served_stale = 0;
+            for &m in &ask {
+                fetched[m] = Some(match (unavailable, stale[m].take()) {
+                    (true, Some(answer)) => {
+                        served_stale += 1;
+                        // Expired on arrival: memory keeps it for nobody, so the next request
+                        // asks PostgreSQL again.
+                        Ok(Arc::new(LocalEntry::new(
+                            answer,
+                            Clock::now(),
+                            Source::Stale,
+                        )))
+                    }
+                    _ => Err(error.clone()),
+                });
+            }
+            tracing::warn!(error = %crate::telemetry::chain(&*error), keys = ask.len(), served_stale, "PostgreSQL could not answer");
+        }
+    }
+    fetched
+        .into_iter()
+        .map(|f| {
+            // Every pair was answered above; this cannot be reached.
+            f.unwrap_or_else(|| {
+                Err(Arc::new(LookupError::Db(DbError::Unavailable(
+                    sqlx::Error::WorkerCrashed,
+                ))))
+            })
+        })
+        .collect()
+}
+
+/// The answers for `pairs` from one statement; if that statement fails for a reason of its own
+/// (not an outage: a row it cannot read, say), each pair again on its own, so that a bad row
+/// fails only its pair. An outage fails them all (`Err`).
+async fn lookup_each_if_need_be(
+    db: &PgPool,
+    pairs: &[(VehicleId, Instant)],
+) -> Result<Vec<Result<Lookup, DbError>>, DbError> {
+    match db::lookup_many(db, pairs).await {
+        Ok(lookups) => Ok(lookups.into_iter().map(Ok).collect()),
+        Err(error @ DbError::Unavailable(_)) => Err(error),
+        Err(error) if pairs.len() == 1 => Ok(vec![Err(error)]),
+        Err(error) => {
+            tracing::warn!(error = %crate::telemetry::chain(&error), pairs = pairs.len(), "a lookup statement failed; asking for each pair on its own");
+            let mut each = Vec::with_capacity(pairs.len());
+            for pair in pairs {
+                metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(1.0);
+                each.push(
+                    db::lookup_many(db, std::slice::from_ref(pair))
+                        .await
+                        .and_then(|mut one| {
+                            one.pop()
+                                .ok_or_else(|| DbError::Query(sqlx::Error::RowNotFound))
+                        }),
+                );
+            }
+            Ok(each)
+        }
+    }
+}
