@@ -71,6 +71,8 @@ pub enum ProblemType {
     UnsupportedMediaType,
     #[serde(rename = "/problems/invalid-query")]
     InvalidQuery,
+    #[serde(rename = "/problems/request-timeout")]
+    RequestTimeout,
 }
 
 impl ProblemType {
@@ -91,6 +93,7 @@ impl ProblemType {
             ProblemType::BodyTooLarge => "Request body too large",
             ProblemType::UnsupportedMediaType => "Unsupported media type",
             ProblemType::InvalidQuery => "Invalid query",
+            ProblemType::RequestTimeout => "Request timeout",
         }
     }
 }
@@ -124,6 +127,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("the body did not arrive within {0:?} (HTTP_CLIENT_REQUEST_TIMEOUT_MS)")]
+    BodyTimeout(std::time::Duration),
     #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
     DatabaseUnavailable {
         retry_after_secs: u32,
@@ -158,6 +163,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => ProblemType::BodyTooLarge,
             ApiError::UnsupportedMediaType => ProblemType::UnsupportedMediaType,
             ApiError::InvalidQuery(_) => ProblemType::InvalidQuery,
+            ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::Internal(_) => ProblemType::InternalError,
@@ -229,6 +235,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -287,6 +294,7 @@ mod tests {
             ApiError::BodyTooLarge { max: 1 },
             ApiError::UnsupportedMediaType,
             ApiError::InvalidQuery("x".to_owned()),
+            ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
             ApiError::from_lookup(
                 Arc::new(LookupError::Db(DbError::Unavailable(
                     sqlx::Error::PoolTimedOut,

@@ -64,11 +64,22 @@ pub fn yaml() -> anyhow::Result<String> {
     let plain = spec().to_yaml()?;
     let mut out = String::with_capacity(plain.len() + 64);
     for line in plain.lines() {
-        match line.split_once(": ") {
-            Some((key, value)) if is_yaml11_timestamp(value) && !key.trim_start().is_empty() => {
-                out.push_str(key);
-                out.push_str(": '");
-                out.push_str(value);
+        // `key: value`, or a sequence item `- value`.
+        let split = line.split_once(": ").or_else(|| {
+            let item = line.trim_start().strip_prefix("- ")?;
+            Some((&line[..line.len() - item.len() - 2], item))
+        });
+        match split {
+            Some((head, value)) if is_yaml11_timestamp(value) => {
+                let separator = if line[head.len()..].starts_with(": ") {
+                    ": "
+                } else {
+                    "- "
+                };
+                out.push_str(head);
+                out.push_str(separator);
+                out.push('\'');
+                out.push_str(&value.replace('\'', "''"));
                 out.push('\'');
             }
             _ => out.push_str(line),

@@ -61,6 +61,7 @@ impl Application {
                 max_lookups: usize::try_from(settings.http.batch_max_lookups).unwrap_or(usize::MAX),
                 max_body_bytes: usize::try_from(settings.http.batch_max_body_bytes)
                     .unwrap_or(usize::MAX),
+                read_timeout: Duration::from_millis(settings.http.http_client_request_timeout_ms),
             },
         });
 

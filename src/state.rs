@@ -22,4 +22,7 @@ pub struct AppState {
 pub struct BatchLimits {
     pub max_lookups: usize,
     pub max_body_bytes: usize,
+    /// `HTTP_CLIENT_REQUEST_TIMEOUT_MS`, for the body as for the head: a body that trickles in
+    /// slower is a 408.
+    pub read_timeout: std::time::Duration,
 }

@@ -62,6 +62,17 @@ impl Expiry<CacheKey, Arc<LocalEntry>> for UntilExpiry {
     ) -> Option<Duration> {
         Some(entry.expires_at.saturating_duration_since(created))
     }
+
+    /// An entry replaced (by a batch that fetched the key again) lives by its own deadline.
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<LocalEntry>,
+        updated: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(updated))
+    }
 }
 
 /// Bytes counted per entry beyond its key and body: the entry and its allocations, moka's node,

@@ -39,8 +39,10 @@ pub struct Cursor(pub Position);
 pub struct CursorError;
 
 impl Cursor {
-    /// At most this long: a state of 100 bytes, with the time and rank.
-    const MAX_LEN: usize = 2 * (20 + 1 + 1 + 1 + 100);
+    /// At most this long (hex of the time, the rank and a state of up to 2,000 bytes): states
+    /// are short words, but `"stateLogs".state` is free text, and a cursor this service writes
+    /// must parse.
+    pub const MAX_LEN: usize = 4096;
 
     pub fn encode(&self) -> String {
         let Position { at, rank, state } = &self.0;
@@ -211,7 +213,7 @@ mod tests {
             &text[..text.len() - 2],
             // "1,2,sold": the rank does not match the state.
             "312c322c736f6c64",
-            &"0".repeat(400),
+            &"0".repeat(5000),
         ] {
             assert_eq!(Cursor::parse(bad), Err(CursorError), "{bad}");
         }

@@ -56,6 +56,10 @@ impl Instant {
             return Err(InstantError::Unrecognised);
         }
         if is_epoch_seconds(raw) {
+            // Longer than any i64 (leading zeros included): out of range, as `PATTERN` says.
+            if raw.trim_start_matches('-').len() > 19 {
+                return Err(InstantError::OutOfRange);
+            }
             // Any overflow, in the integer or in the conversion, means out of range.
             let micros = raw
                 .parse::<i64>()
@@ -71,6 +75,9 @@ impl Instant {
             .or_else(|_| DateTime::parse_from_str(raw, PG_SPACE))
             .or_else(|_| DateTime::parse_from_str(raw, PG_T));
         match parsed {
+            // chrono also reads fields shorter than their width (`2022-9-2T1:2:3Z`); the accepted
+            // forms, and `PATTERN`, have them at full width.
+            Ok(_) if !has_full_width_fields(raw) => Err(InstantError::Unrecognised),
             // `timestamp_micros` folds a leap second (:60) into the next second, as Postgres does.
             Ok(dt) => Self::from_unix_micros(dt.timestamp_micros()).ok_or(InstantError::OutOfRange),
             Err(_) => Err(diagnose(raw)),
@@ -97,6 +104,26 @@ impl Instant {
 fn is_epoch_seconds(raw: &str) -> bool {
     let digits = raw.strip_prefix('-').unwrap_or(raw);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `dddd-dd-dd`, a `T`, `t` or space, `dd:dd:dd`: the date and time at full width.
+fn has_full_width_fields(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let digits = |from: usize, to: usize| {
+        b.get(from..to)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    digits(0, 4)
+        && b.get(4) == Some(&b'-')
+        && digits(5, 7)
+        && b.get(7) == Some(&b'-')
+        && digits(8, 10)
+        && matches!(b.get(10), Some(b'T' | b't' | b' '))
+        && digits(11, 13)
+        && b.get(13) == Some(&b':')
+        && digits(14, 16)
+        && b.get(16) == Some(&b':')
+        && digits(17, 19)
 }
 
 /// chrono's parsers skip white space in places; the accepted forms have none but the one
@@ -271,7 +298,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_accepted_spelling_matches_the_documented_pattern(
-            raw in "\\PC{0,40}|[0-9T:+ .Zz-]{0,32}|-?[0-9]{1,20}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+            raw in "\\PC{0,40}|[0-9T:+ .Zz-]{0,32}|-?0{0,4}[0-9]{1,20}|[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}[Tt ][0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}(Z|[+-][0-9]{1,2}(:[0-9]{2})?)|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
         ) {
             let pattern = regex::Regex::new(Instant::PATTERN).expect("a valid expression");
             if Instant::parse(&raw).is_ok() {

@@ -51,7 +51,8 @@ pub struct BatchResponse {
 #[allow(dead_code)]
 pub struct BatchResult {
     /// 200, 404 (no such vehicle, or no state yet), 400 (this item's id or timestamp is not
-    /// valid), 503 (the database cannot answer it now, or the replica shed it).
+    /// valid), 503 (the database cannot answer it now, or the replica shed it), 500 (a defect:
+    /// its rows could not be read).
     #[schema(example = 200)]
     pub status: u16,
     /// Where the answer came from, as `X-Cache` says for a single lookup; absent for 400 and 503.
@@ -91,6 +92,7 @@ pub struct BatchResult {
         })),
         (status = 400, description = "The body is not JSON of this shape (`/problems/invalid-body`; `detail` names the field), or holds no lookups or more than `BATCH_MAX_LOOKUPS` (`/problems/invalid-batch-size`).", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -114,7 +116,13 @@ async fn answer(
     if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let raw = read_body(req, body, state.batch.max_body_bytes).await?;
+    let limits = state.batch;
+    let raw = tokio::time::timeout(
+        limits.read_timeout,
+        read_body(req, body, limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout(limits.read_timeout))??;
     let request = parse(&raw)?;
     let count = request.lookups.len();
     let max = state.batch.max_lookups;

@@ -10,7 +10,6 @@ use super::fetch::fetch_many;
 use super::{CacheStatus, LookupError, Served, StateService, arrived};
 use crate::cache::local::Source;
 use crate::cache::{CacheKey, LocalEntry};
-use crate::db::DbError;
 use crate::domain::{Instant, VehicleId};
 use crate::metrics::LookupResult;
 
@@ -96,9 +95,7 @@ impl StateService {
                 }),
                 Some(Err(error)) => Err(error.clone()),
                 // Every distinct key was answered above; this cannot be reached.
-                None => Err(Arc::new(LookupError::Db(DbError::Unavailable(
-                    sqlx::Error::WorkerCrashed,
-                )))),
+                None => Err(LookupError::crashed()),
             })
             .collect()
     }

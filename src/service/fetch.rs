@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use super::LookupError;
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheKey, Cached, LocalEntry, RedisCache, unix_ms};
+use crate::cache::{Answer, CacheError, CacheKey, Cached, LocalEntry, RedisCache, unix_ms};
 use crate::db::{self, DbError};
 use crate::domain::{Instant, Lookup, VehicleId};
 
@@ -26,6 +26,18 @@ pub async fn fetch_many(
     db: &PgPool,
     redis: &RedisCache,
     pairs: &[(CacheKey, VehicleId, Instant)],
+) -> Vec<Fetched> {
+    fetch_many_unless(db, redis, pairs, None).await
+}
+
+/// [`fetch_many`]; with `db_down` (PostgreSQL just failed while these pairs waited for it),
+/// Redis is still asked, but PostgreSQL is not: what Redis lacks fails with `db_down` (or is
+/// served stale) at once, so no pair waits out the acquire timeout twice.
+pub async fn fetch_many_unless(
+    db: &PgPool,
+    redis: &RedisCache,
+    pairs: &[(CacheKey, VehicleId, Instant)],
+    db_down: Option<Arc<LookupError>>,
 ) -> Vec<Fetched> {
     // Taken before asking, so memory never keeps an answer longer than Redis does.
     let asked = Clock::now();
@@ -45,7 +57,10 @@ pub async fn fetch_many(
                     Ok(Cached::Stale(answer)) => stale[m] = Some(answer),
                     Ok(Cached::Absent) => {}
                     Err(corrupt) => {
-                        tracing::warn!(error = %corrupt, key = keys[m].as_str(), "cache read failed; asking PostgreSQL");
+                        let error = CacheError::Corrupt(corrupt);
+                        if let Some(errors) = redis.record_error("get", &error) {
+                            tracing::warn!(error = %crate::telemetry::chain(&error), key = keys[m].as_str(), errors, "cache read failed; asking PostgreSQL");
+                        }
                     }
                 }
             }
@@ -59,7 +74,18 @@ pub async fn fetch_many(
     }
 
     let ask: Vec<usize> = (0..pairs.len()).filter(|&m| fetched[m].is_none()).collect();
-    if !ask.is_empty() {
+    if let Some(error) = db_down.filter(|_| !ask.is_empty()) {
+        for &m in &ask {
+            fetched[m] = Some(match stale[m].take() {
+                Some(answer) => Ok(Arc::new(LocalEntry::new(
+                    answer,
+                    Clock::now(),
+                    Source::Stale,
+                ))),
+                None => Err(error.clone()),
+            });
+        }
+    } else if !ask.is_empty() {
         let lookups: Vec<(VehicleId, Instant)> =
             ask.iter().map(|&m| (pairs[m].1, pairs[m].2)).collect();
         metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(lookups.len() as f64);
@@ -143,11 +169,7 @@ pub async fn fetch_many(
         .into_iter()
         .map(|f| {
             // Every pair was answered above; this cannot be reached.
-            f.unwrap_or_else(|| {
-                Err(Arc::new(LookupError::Db(DbError::Unavailable(
-                    sqlx::Error::WorkerCrashed,
-                ))))
-            })
+            f.unwrap_or_else(|| Err(LookupError::crashed()))
         })
         .collect()
 }

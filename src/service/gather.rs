@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LookupError;
-use super::fetch::{Fetched, fetch_many};
+use super::fetch::{Fetched, fetch_many_unless};
 use crate::cache::{CacheKey, RedisCache};
 use crate::db::DbError;
 use crate::domain::{Instant, VehicleId};
@@ -21,8 +21,12 @@ struct Miss {
     key: CacheKey,
     id: VehicleId,
     at: Instant,
+    queued_at: std::time::Instant,
     reply: oneshot::Sender<Fetched>,
 }
+
+/// When a batch last found PostgreSQL unavailable, and how.
+type LastOutage = Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<LookupError>)>>>;
 
 /// Where misses are sent to be gathered.
 pub struct Gatherer {
@@ -53,7 +57,13 @@ impl Gatherer {
     /// The entry for one key, fetched in whichever batch takes it.
     pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Instant) -> Fetched {
         let (reply, answer) = oneshot::channel();
-        let miss = Miss { key, id, at, reply };
+        let miss = Miss {
+            key,
+            id,
+            at,
+            queued_at: std::time::Instant::now(),
+            reply,
+        };
         if self.misses.send(miss).await.is_err() {
             return Err(stopped());
         }
@@ -63,9 +73,7 @@ impl Gatherer {
 
 /// The gathering task ended (only when the runtime shuts down): the lookup cannot be answered.
 fn stopped() -> Arc<LookupError> {
-    Arc::new(LookupError::Db(DbError::Unavailable(
-        sqlx::Error::WorkerCrashed,
-    )))
+    LookupError::crashed()
 }
 
 async fn gather(
@@ -76,6 +84,7 @@ async fn gather(
     in_flight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
+    let outage: LastOutage = Arc::default();
     loop {
         // Wait for a free slot first: misses arriving meanwhile queue up for the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -85,13 +94,33 @@ async fn gather(
         if queued.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
-        let (db, redis) = (db.clone(), redis.clone());
+        let (db, redis, outage) = (db.clone(), redis.clone(), outage.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let pairs: Vec<(CacheKey, VehicleId, Instant)> =
-                batch.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
-            let fetched = fetch_many(&db, &redis, &pairs).await;
-            for (miss, result) in batch.into_iter().zip(fetched) {
+            // Misses that waited in the queue while a batch found PostgreSQL unavailable have
+            // waited their share: they are answered from Redis or fail now, as a lone miss would
+            // have; the others ask PostgreSQL again.
+            let last = outage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (waited, fresh): (Vec<Miss>, Vec<Miss>) = batch
+                .into_iter()
+                .partition(|m| last.as_ref().is_some_and(|(when, _)| m.queued_at < *when));
+            let mut answered = Vec::with_capacity(waited.len() + fresh.len());
+            for (misses, down) in [(waited, last.map(|(_, e)| e)), (fresh, None)] {
+                if misses.is_empty() {
+                    continue;
+                }
+                let pairs: Vec<(CacheKey, VehicleId, Instant)> =
+                    misses.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
+                let fetched = fetch_many_unless(&db, &redis, &pairs, down).await;
+                if let Some(Err(error)) = fetched.iter().find(|f| {
+                    matches!(f, Err(e) if matches!(**e, LookupError::Db(DbError::Unavailable(_))))
+                }) {
+                    *outage.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((std::time::Instant::now(), error.clone()));
+                }
+                answered.extend(misses.into_iter().zip(fetched));
+            }
+            for (miss, result) in answered {
                 if miss.reply.send(result).is_err() {
                     // Its waiter is gone (the runtime is shutting down); nobody to answer.
                     tracing::debug!(

@@ -30,6 +30,16 @@ pub enum LookupError {
     Db(#[from] DbError),
 }
 
+impl LookupError {
+    /// A task that was to answer went away (it panicked, or the runtime is stopping): the
+    /// lookup cannot be answered now, and may be retried.
+    pub fn crashed() -> Arc<Self> {
+        Arc::new(LookupError::Db(DbError::Unavailable(
+            sqlx::Error::WorkerCrashed,
+        )))
+    }
+}
+
 /// Where an answer came from, as `X-Cache` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -137,11 +147,7 @@ impl StateService {
                 // LOOKUP_BATCH_MAX=1: every miss on its own, at once.
                 None => {
                     let mut one = fetch::fetch_many(&db, &redis, &[(miss_key, id, at)]).await;
-                    one.pop().unwrap_or_else(|| {
-                        Err(Arc::new(LookupError::Db(DbError::Unavailable(
-                            sqlx::Error::WorkerCrashed,
-                        ))))
-                    })
+                    one.pop().unwrap_or_else(|| Err(LookupError::crashed()))
                 }
             }
         })
@@ -201,11 +207,7 @@ impl StateService {
                 .map_err(|e| Arc::clone(&*e))
         })
         .await
-        .unwrap_or_else(|_| {
-            Err(Arc::new(LookupError::Db(DbError::Unavailable(
-                sqlx::Error::WorkerCrashed,
-            ))))
-        })
+        .unwrap_or_else(|_| Err(LookupError::crashed()))
         .inspect_err(|error| match **error {
             LookupError::Overloaded(_) => LookupResult::Shed.count(),
             LookupError::Db(_) => LookupResult::Error.count(),

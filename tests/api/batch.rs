@@ -144,3 +144,36 @@ async fn a_malformed_batch_is_a_problem_that_names_what_to_fix() {
     get.assert_problem(405, "/problems/method-not-allowed");
     assert_eq!(get.header("allow"), "POST");
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_slower_than_the_request_timeout_is_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|s| s.http.http_client_request_timeout_ms = 500).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+
+    stream
+        .write_all(
+            b"POST /vehicles/states HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 60\r\n\r\n{\"lookups\":[",
+        )
+        .await
+        .expect("the head and the start of the body");
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer before the test gives up")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("/problems/request-timeout"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
