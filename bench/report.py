@@ -20,6 +20,10 @@ for result in by.values():
     result.setdefault("rps", result["requests"] / result["seconds"] if result.get("seconds") else 0)
     # Lookups per second: requests times the pairs each carries (100 for the batch workloads).
     result["lookups_per_s"] = result["rps"] * result.get("lookups_per_request", 1)
+    # SQL statements per 100 lookups (target, issue 11: at most 20 for cold lookups).
+    lookups = result.get("requests", 0) * result.get("lookups_per_request", 1)
+    if "db_statements" in result and lookups:
+        result["statements_per_100"] = round(100 * result["db_statements"] / lookups, 1)
 
 ratios = {}
 for size in sizes:
@@ -39,7 +43,7 @@ for result in by.values():
         result["service_cores"] = round(result["service_cpu_s"] / result["seconds"], 2)
         result["rps_per_core"] = round(result["rps"] / result["service_cores"])
 
-print(f"\n{'size':>9} {'workload':<24} {'req/s':>9} {'lookups/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
+print(f"\n{'size':>9} {'workload':<24} {'req/s':>9} {'lookups/s':>10} {'stmt/100':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
 for size in sizes:
     for w in WORKLOADS:
         r = by.get((size, w))
@@ -47,7 +51,7 @@ for size in sizes:
             continue
         rss = r.get("rss_mb", "")
         cores, per_core = r.get("service_cores", ""), r.get("rps_per_core", "")
-        print(f"{size:>9} {NAMES[w]:<24} {r['rps']:>9.0f} {r['lookups_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+        print(f"{size:>9} {NAMES[w]:<24} {r['rps']:>9.0f} {r['lookups_per_s']:>10.0f} {r.get('statements_per_100', ''):>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['errors']:>7} {r['unexpected_status']:>11} {rss:>7} {cores:>6} {per_core:>10}")
     print(f"{size:>9} ratios: hot/ceiling {ratios[size]['hot_over_ceiling']}, "
           f"cold/db ceiling {ratios[size]['cold_over_db']}, "
