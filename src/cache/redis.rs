@@ -211,17 +211,11 @@ impl RedisCache {
     /// The cached answer and how much longer it may be served, read in one pipeline (GET and
     /// PTTL); `Stale` past this replica's TTL but within its stale-if-error window.
     pub async fn get(&self, key: &CacheKey) -> Result<Cached, CacheError> {
-        let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .bounded(|mut conn| async move {
-                let reply = redis::pipe()
-                    .get(key.as_str())
-                    .pttl(key.as_str())
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(reply)
-            })
-            .await?;
-        Ok(self.interpret(value, pttl)?)
+        match self.get_many(&[key]).await?.pop() {
+            Some(cached) => Ok(cached?),
+            // One reply per key: none is a miss.
+            None => Ok(Cached::Absent),
+        }
     }
 
     /// [`RedisCache::get`] for many keys in one round trip: one pipeline of GET and PTTL per

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant as Clock;
 
 use super::fetch::fetch_many;
 use super::{CacheStatus, LookupError, Served, StateService, arrived};
@@ -74,25 +73,17 @@ impl StateService {
                         Ok((entry, cache))
                     }
                     Err(error) => {
-                        match *error {
-                            LookupError::Overloaded(_) => LookupResult::Shed.count(),
-                            LookupError::Db(_) => LookupResult::Error.count(),
-                        }
+                        error.counted_as().count();
                         Err(error)
                     }
                 });
             }
         }
 
-        let now = Clock::now();
         slots
             .into_iter()
             .map(|n| match &outcomes[n] {
-                Some(Ok((entry, cache))) => Ok(Served {
-                    entry: entry.clone(),
-                    cache: *cache,
-                    fresh_for: entry.expires_at.saturating_duration_since(now),
-                }),
+                Some(Ok((entry, cache))) => Ok(Served::new(entry.clone(), *cache)),
                 Some(Err(error)) => Err(error.clone()),
                 // Every distinct key was answered above; this cannot be reached.
                 None => Err(LookupError::crashed()),

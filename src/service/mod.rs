@@ -38,6 +38,14 @@ impl LookupError {
             sqlx::Error::WorkerCrashed,
         )))
     }
+
+    /// How a lookup that failed so is counted in `vehicle_state_lookups_total`.
+    fn counted_as(&self) -> LookupResult {
+        match self {
+            LookupError::Overloaded(_) => LookupResult::Shed,
+            LookupError::Db(_) => LookupResult::Error,
+        }
+    }
 }
 
 /// Where an answer came from, as `X-Cache` says it.
@@ -71,6 +79,16 @@ pub struct Served {
 }
 
 impl Served {
+    /// An entry served now: fresh for what is left until its deadline.
+    fn new(entry: Arc<LocalEntry>, cache: CacheStatus) -> Self {
+        let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
+        Self {
+            entry,
+            cache,
+            fresh_for,
+        }
+    }
+
     /// Seconds since the answer was read from PostgreSQL (for `Age` on a stale answer).
     pub fn age_secs(&self) -> u64 {
         let age_ms = unix_ms(SystemTime::now()).saturating_sub(self.entry.answer.read_at_ms);
@@ -181,12 +199,7 @@ impl StateService {
     {
         if let Some(entry) = self.local.get(&key).await {
             LookupResult::MemoryHit.count();
-            let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
-            return Ok(Served {
-                entry,
-                cache: CacheStatus::Hit,
-                fresh_for,
-            });
+            return Ok(Served::new(entry, CacheStatus::Hit));
         }
         // A miss runs as a task of its own: if the client that started the fetch goes away, the
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
@@ -208,22 +221,15 @@ impl StateService {
         })
         .await
         .unwrap_or_else(|_| Err(LookupError::crashed()))
-        .inspect_err(|error| match **error {
-            LookupError::Overloaded(_) => LookupResult::Shed.count(),
-            LookupError::Db(_) => LookupResult::Error.count(),
-        })?;
+        .inspect_err(|error| error.counted_as().count())?;
         let (cache, result) = match (fetched_here, entry.source) {
-            (_, Source::Stale) => (CacheStatus::Stale, LookupResult::Stale),
-            (false, _) => (CacheStatus::Hit, LookupResult::Coalesced),
-            (true, source) => arrived(source),
+            (false, source) if source != Source::Stale => {
+                (CacheStatus::Hit, LookupResult::Coalesced)
+            }
+            (_, source) => arrived(source),
         };
         result.count();
-        let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
-        Ok(Served {
-            entry,
-            cache,
-            fresh_for,
-        })
+        Ok(Served::new(entry, cache))
     }
 }
 
