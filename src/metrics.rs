@@ -5,9 +5,11 @@
 //! answers `/metrics`). Gauges that describe one replica's pools are read from the pools when
 //! scraped, never kept. The README's metrics reference says what each series is for.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use actix_web::HttpRequest;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -60,9 +62,14 @@ impl LookupResult {
         }
     }
 
-    /// Counts one lookup with this result.
+    /// Counts one lookup with this result, through a handle registered once (a lookup does not
+    /// hash its labels into the registry each time).
     pub fn count(self) {
-        metrics::counter!(LOOKUPS, "result" => self.label()).increment(1);
+        static HANDLES: OnceLock<[metrics::Counter; 8]> = OnceLock::new();
+        let handles = HANDLES.get_or_init(|| {
+            Self::ALL.map(|result| metrics::counter!(LOOKUPS, "result" => result.label()))
+        });
+        handles[self as usize].increment(1);
     }
 }
 
@@ -170,14 +177,79 @@ pub async fn record_request(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let response = next.call(req).await?;
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(started.elapsed());
-    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    let route = route_of(response.request());
+    let status = response.status().as_u16();
+    RequestSeries::with(route, status, |series| {
+        series.duration.record(started.elapsed());
+        series.requests.increment(1);
+    });
     Ok(response)
+}
+
+/// The route template a request matched (`unmatched` when none), as a label. A named resource
+/// (every route of ours: actix names each after its handler) is looked up once and then served
+/// from a table, so a request neither walks the resource map nor allocates for its label.
+pub fn route_of(req: &HttpRequest) -> &'static str {
+    static TEMPLATES: LazyLock<RwLock<HashMap<String, &'static str>>> =
+        LazyLock::new(Default::default);
+    let Some(name) = req.match_name() else {
+        return req.match_pattern().map_or("unmatched", intern);
+    };
+    if let Some(template) = read(&TEMPLATES).get(name) {
+        return template;
+    }
+    let template = req.match_pattern().map_or("unmatched", intern);
+    write(&TEMPLATES).insert(name.to_owned(), template);
+    template
+}
+
+/// One `&'static str` per distinct route template. Templates come from the routes the app
+/// registers, never from a request's path, so this holds a handful of strings for the life of
+/// the process.
+fn intern(template: String) -> &'static str {
+    static INTERNED: LazyLock<RwLock<Vec<&'static str>>> = LazyLock::new(Default::default);
+    if let Some(known) = read(&INTERNED).iter().find(|t| **t == template) {
+        return known;
+    }
+    let mut interned = write(&INTERNED);
+    if let Some(known) = interned.iter().find(|t| **t == template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.into_boxed_str());
+    interned.push(leaked);
+    leaked
+}
+
+/// The HTTP series of one route and status, registered on first use and kept.
+struct RequestSeries {
+    duration: metrics::Histogram,
+    requests: metrics::Counter,
+}
+
+impl RequestSeries {
+    fn with(route: &'static str, status: u16, record: impl FnOnce(&RequestSeries)) {
+        static SERIES: LazyLock<RwLock<HashMap<(&'static str, u16), RequestSeries>>> =
+            LazyLock::new(Default::default);
+        if let Some(series) = read(&SERIES).get(&(route, status)) {
+            return record(series);
+        }
+        let series = RequestSeries {
+            duration: metrics::histogram!(HTTP_DURATION, "route" => route),
+            requests: metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()),
+        };
+        record(&series);
+        write(&SERIES).insert((route, status), series);
+    }
+}
+
+/// A lock only ever held to read or insert into a map, never across a panic: a poisoned one
+/// still holds a consistent map.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Connections of one pool, as scraped.
@@ -236,4 +308,17 @@ pub fn render(postgres: PoolGauge, redis: PoolGauge, nodes: RedisNodesGauge) -> 
         env!("VEHICLE_STATE_GIT_SHA"),
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LookupResult;
+
+    #[test]
+    fn lookup_results_are_listed_in_declaration_order() {
+        // `count` indexes its handles by discriminant.
+        for (i, result) in LookupResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, i, "{}", result.label());
+        }
+    }
 }

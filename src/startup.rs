@@ -18,7 +18,7 @@ use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
 use crate::service::{Gathering, StateService};
-use crate::state::{AppState, BatchLimits};
+use crate::state::{AppState, BatchLimits, CacheControlValues};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
@@ -55,7 +55,10 @@ impl Application {
                 database: settings.http.retry_after_secs,
                 overloaded: settings.http.overload_retry_after_secs,
             },
-            stale_if_error_secs: settings.cache.stale_if_error_secs,
+            cache_control: CacheControlValues::new(
+                settings.cache.cache_ttl_secs,
+                settings.cache.stale_if_error_secs,
+            ),
             shutting_down: AtomicBool::new(false),
             batch: BatchLimits {
                 max_lookups: usize::try_from(settings.http.batch_max_lookups).unwrap_or(usize::MAX),

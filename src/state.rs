@@ -2,6 +2,8 @@
 
 use std::sync::atomic::AtomicBool;
 
+use actix_web::http::header::HeaderValue;
+
 use crate::error::RetryAfter;
 use crate::service::StateService;
 
@@ -9,8 +11,8 @@ use crate::service::StateService;
 pub struct AppState {
     pub service: StateService,
     pub retry_after: RetryAfter,
-    /// `STALE_IF_ERROR_SECS`, advertised in `Cache-Control` when not 0.
-    pub stale_if_error_secs: u32,
+    /// The `Cache-Control` value of each answer, by how many seconds it may still be reused.
+    pub cache_control: CacheControlValues,
     /// Set on SIGTERM, before the listener closes, so `/readyz` turns the load balancer away.
     pub shutting_down: AtomicBool,
     /// `BATCH_MAX_LOOKUPS` and `BATCH_MAX_BODY_BYTES`.
@@ -25,4 +27,72 @@ pub struct BatchLimits {
     /// `HTTP_CLIENT_REQUEST_TIMEOUT_MS`, for the body as for the head: a body that trickles in
     /// slower is a 408.
     pub read_timeout: std::time::Duration,
+}
+
+/// `Cache-Control: public, max-age=N` (with `stale-if-error=S` when `STALE_IF_ERROR_SECS` is not
+/// 0) for every N an answer can have left, rendered once at start rather than per response.
+pub struct CacheControlValues {
+    /// Index N: the value for `max-age=N`, for N from 0 to the TTL (at most [`Self::MAX_TABLE`]).
+    table: Vec<HeaderValue>,
+    stale_if_error_secs: u32,
+}
+
+impl CacheControlValues {
+    /// TTLs above this many seconds render the rare longer `max-age` per response instead.
+    pub const MAX_TABLE: u32 = 3600;
+
+    pub fn new(ttl_secs: u32, stale_if_error_secs: u32) -> Self {
+        let table = (0..=ttl_secs.min(Self::MAX_TABLE))
+            .map(|max_age| Self::render(max_age, stale_if_error_secs))
+            .collect();
+        Self {
+            table,
+            stale_if_error_secs,
+        }
+    }
+
+    /// The value for an answer that may be reused for `max_age` more seconds.
+    pub fn get(&self, max_age: u64) -> HeaderValue {
+        usize::try_from(max_age)
+            .ok()
+            .and_then(|i| self.table.get(i))
+            .cloned()
+            .unwrap_or_else(|| {
+                let max_age = u32::try_from(max_age).unwrap_or(u32::MAX);
+                Self::render(max_age, self.stale_if_error_secs)
+            })
+    }
+
+    fn render(max_age: u32, stale_if_error_secs: u32) -> HeaderValue {
+        let text = if stale_if_error_secs > 0 {
+            format!("public, max-age={max_age}, stale-if-error={stale_if_error_secs}")
+        } else {
+            format!("public, max-age={max_age}")
+        };
+        // Digits, letters, commas, spaces and `=` only: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("no-cache"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheControlValues;
+
+    #[test]
+    fn cache_control_is_rendered_for_every_max_age_and_beyond_the_table() {
+        let plain = CacheControlValues::new(60, 0);
+        assert_eq!(plain.get(0), "public, max-age=0");
+        assert_eq!(plain.get(60), "public, max-age=60");
+        assert_eq!(plain.get(61), "public, max-age=61");
+        let with_stale = CacheControlValues::new(7200, 30);
+        assert_eq!(with_stale.get(59), "public, max-age=59, stale-if-error=30");
+        assert_eq!(
+            with_stale.get(7200),
+            "public, max-age=7200, stale-if-error=30"
+        );
+        assert_eq!(
+            with_stale.get(u64::MAX),
+            format!("public, max-age={}, stale-if-error=30", u32::MAX)
+        );
+    }
 }

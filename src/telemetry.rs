@@ -119,6 +119,11 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The root span of each request, and the one log line written when it ends.
+///
+/// The span holds what is known when the request arrives (id, method, path), so every line
+/// logged while it is served carries them; the route, status and latency are fields of the
+/// completion line itself. Recording them into the span instead would make the JSON formatter
+/// parse and rewrite the span's fields once per field, on every request.
 pub struct RequestSpan;
 
 impl RootSpanBuilder for RequestSpan {
@@ -133,29 +138,30 @@ impl RootSpanBuilder for RequestSpan {
             request_id = %id,
             method = %request.method(),
             path = %request.path(),
-            route = request.match_pattern().as_deref().unwrap_or("unmatched"),
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
         )
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        let (status, started) = match outcome {
-            Ok(res) => (
-                res.status(),
-                res.request()
+        let _entered = span.enter();
+        match outcome {
+            Ok(res) => {
+                let request = res.request();
+                let latency_ms = request
                     .extensions()
                     .get::<RequestMeta>()
-                    .map(|m| m.started),
+                    .map(|m| m.started.elapsed().as_secs_f64() * 1000.0);
+                tracing::info!(
+                    route = crate::metrics::route_of(request),
+                    status = res.status().as_u16(),
+                    latency_ms,
+                    "request completed"
+                );
+            }
+            Err(error) => tracing::info!(
+                status = error.as_response_error().status_code().as_u16(),
+                "request completed"
             ),
-            Err(error) => (error.as_response_error().status_code(), None),
-        };
-        let latency_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
-        span.record("status", status.as_u16());
-        if let Some(ms) = latency_ms {
-            span.record("latency_ms", ms);
         }
-        span.in_scope(|| tracing::info!("request completed"));
     }
 }
 

@@ -1,11 +1,11 @@
-use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
 use super::conditional::not_modified;
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::service::{CacheStatus, Served};
-use crate::state::AppState;
+use crate::state::{AppState, CacheControlValues};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -77,7 +77,7 @@ async fn answer(
     Ok(respond(
         req,
         &served,
-        state.stale_if_error_secs,
+        &state.cache_control,
         |outcome| match outcome {
             Outcome::NoStateYet => ApiError::NoStateYet(id, at),
             Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
@@ -90,7 +90,7 @@ async fn answer(
 pub(super) fn respond(
     req: &HttpRequest,
     served: &Served,
-    stale_if_error: u32,
+    cache_control: &CacheControlValues,
     problem: impl FnOnce(Outcome) -> ApiError,
 ) -> HttpResponse {
     let answer = &served.entry.answer;
@@ -99,7 +99,7 @@ pub(super) fn respond(
     {
         let mut builder = HttpResponse::NotModified();
         builder.insert_header((header::ETAG, etag.clone()));
-        cache_headers(&mut builder, served, stale_if_error);
+        cache_headers(&mut builder, served, cache_control);
         return builder.finish();
     }
     let (mut builder, body) = match answer.outcome {
@@ -120,23 +120,22 @@ pub(super) fn respond(
             (builder, body.into())
         }
     };
-    cache_headers(&mut builder, served, stale_if_error);
+    cache_headers(&mut builder, served, cache_control);
     builder.body(body)
 }
 
 /// `X-Cache`; `Cache-Control` with what is left of the TTL (and, when the service keeps stale
 /// answers, the same `stale-if-error` window for caches downstream); `Age` on a stale answer.
-fn cache_headers(builder: &mut HttpResponseBuilder, served: &Served, stale_if_error: u32) {
+fn cache_headers(
+    builder: &mut HttpResponseBuilder,
+    served: &Served,
+    cache_control: &CacheControlValues,
+) {
     builder.insert_header((X_CACHE, HeaderValue::from_static(served.cache.as_str())));
-    let max_age = u32::try_from(served.fresh_for.as_secs()).unwrap_or(u32::MAX);
-    let mut directives = vec![CacheDirective::Public, CacheDirective::MaxAge(max_age)];
-    if stale_if_error > 0 {
-        directives.push(CacheDirective::Extension(
-            "stale-if-error".to_owned(),
-            Some(stale_if_error.to_string()),
-        ));
-    }
-    builder.insert_header(CacheControl(directives));
+    builder.insert_header((
+        header::CACHE_CONTROL,
+        cache_control.get(served.fresh_for.as_secs()),
+    ));
     if served.cache == CacheStatus::Stale {
         builder.insert_header((header::AGE, served.age_secs()));
     }

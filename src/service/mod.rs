@@ -157,15 +157,20 @@ impl StateService {
         at: Instant,
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
-        let (db, redis, gatherer) = (self.db.clone(), self.redis.clone(), self.gatherer.clone());
-        let miss_key = key.clone();
-        self.cached(key, async move {
-            match gatherer {
-                Some(gatherer) => gatherer.fetch(miss_key, id, at).await,
-                // LOOKUP_BATCH_MAX=1: every miss on its own, at once.
-                None => {
-                    let mut one = fetch::fetch_many(&db, &redis, &[(miss_key, id, at)]).await;
-                    one.pop().unwrap_or_else(|| Err(LookupError::crashed()))
+        self.cached(key, move |service, miss_key| {
+            let (db, redis, gatherer) = (
+                service.db.clone(),
+                service.redis.clone(),
+                service.gatherer.clone(),
+            );
+            async move {
+                match gatherer {
+                    Some(gatherer) => gatherer.fetch(miss_key, id, at).await,
+                    // LOOKUP_BATCH_MAX=1: every miss on its own, at once.
+                    None => {
+                        let mut one = fetch::fetch_many(&db, &redis, &[(miss_key, id, at)]).await;
+                        one.pop().unwrap_or_else(|| Err(LookupError::crashed()))
+                    }
                 }
             }
         })
@@ -186,21 +191,29 @@ impl StateService {
                 HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
             })
         };
-        let fetch = fetch(self.db.clone(), self.redis.clone(), key.clone(), load);
-        self.cached(key, async move { fetch.await.map_err(Arc::new) })
-            .await
+        self.cached(key, move |service, key| {
+            let fetch = fetch(service.db.clone(), service.redis.clone(), key, load);
+            async move { fetch.await.map_err(Arc::new) }
+        })
+        .await
     }
 
-    /// The answer under `key`: memory, then `fetch` (Redis, then PostgreSQL, written back to
-    /// Redis), once per key however many ask at the same moment.
-    async fn cached<F>(&self, key: CacheKey, fetch: F) -> Result<Served, Arc<LookupError>>
+    /// The answer under `key`: memory, then the future `miss` makes (Redis, then PostgreSQL,
+    /// written back to Redis), once per key however many ask at the same moment.
+    ///
+    /// `miss` is called only on a miss, and its future is boxed then: a memory hit neither
+    /// clones what a fetch needs nor carries the fetch's (large) state in its own future, which
+    /// actix moves several times per request.
+    async fn cached<M, F>(&self, key: CacheKey, miss: M) -> Result<Served, Arc<LookupError>>
     where
+        M: FnOnce(&Self, CacheKey) -> F,
         F: Future<Output = fetch::Fetched> + Send + 'static,
     {
         if let Some(entry) = self.local.get(&key).await {
             LookupResult::MemoryHit.count();
             return Ok(Served::new(entry, CacheStatus::Hit));
         }
+        let fetch = Box::pin(miss(self, key.clone()));
         // A miss runs as a task of its own: if the client that started the fetch goes away, the
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
         // instead of starting the query again.

@@ -255,12 +255,12 @@ async fn each_request_writes_one_json_log_line_with_its_request_id() {
             .filter(|e| e["span"]["request_id"] == id || e["request_id"] == id)
             .collect();
         assert_eq!(lines.len(), 1, "{id}: {lines:?}");
-        let span = &lines[0]["span"];
-        assert_eq!(lines[0]["message"], "request completed");
+        let (line, span) = (lines[0], &lines[0]["span"]);
+        assert_eq!(line["message"], "request completed");
         assert_eq!(span["path"], path);
         assert_eq!(span["method"], "GET");
-        assert_eq!(span["route"], "/vehicles/{id}/timestamp/{ts}");
-        assert_eq!(span["status"], status);
-        assert!(span["latency_ms"].as_f64().is_some(), "{span}");
+        assert_eq!(line["route"], "/vehicles/{id}/timestamp/{ts}");
+        assert_eq!(line["status"], status);
+        assert!(line["latency_ms"].as_f64().is_some(), "{line}");
     }
 }
