@@ -4,6 +4,10 @@
 //! pipeline, one SQL statement and one write-back. At most `LOOKUP_BATCHES_IN_FLIGHT` batches run
 //! at once; while they do, new misses queue, and the next batch takes them all. So at low load a
 //! batch is one key and goes out at once, and under load batches grow by themselves.
+//!
+//! A miss that finds a batch slot free and nobody queued does not go through the task at all: it
+//! is fetched in its own task, holding the slot, exactly as without gathering (no channel hop,
+//! no wake-up of another task), and misses arriving meanwhile queue for the gathering task.
 
 use std::sync::Arc;
 
@@ -31,6 +35,16 @@ type LastOutage = Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<LookupErr
 /// Where misses are sent to be gathered.
 pub struct Gatherer {
     misses: mpsc::Sender<Miss>,
+    shared: Arc<Shared>,
+}
+
+/// What the gathering task and misses fetched on their own share.
+struct Shared {
+    db: PgPool,
+    redis: Arc<RedisCache>,
+    /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched.
+    slots: Arc<Semaphore>,
+    outage: LastOutage,
 }
 
 impl Gatherer {
@@ -44,24 +58,33 @@ impl Gatherer {
         queue: usize,
     ) -> Self {
         let (misses, queued) = mpsc::channel(queue.max(1));
-        tokio::spawn(gather(
-            queued,
+        let shared = Arc::new(Shared {
             db,
             redis,
-            max_batch.max(1),
-            in_flight.max(1),
-        ));
-        Self { misses }
+            slots: Arc::new(Semaphore::new(in_flight.max(1))),
+            outage: LastOutage::default(),
+        });
+        tokio::spawn(gather(queued, shared.clone(), max_batch.max(1)));
+        Self { misses, shared }
     }
 
-    /// The entry for one key, fetched in whichever batch takes it.
+    /// The entry for one key: fetched at once in this task when a slot is free and nothing is
+    /// queued, else in whichever batch takes it.
     pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Instant) -> Fetched {
+        let queued_at = std::time::Instant::now();
+        if self.misses.capacity() == self.misses.max_capacity()
+            && let Ok(slot) = self.shared.slots.clone().try_acquire_owned()
+        {
+            let _slot = slot;
+            let mut fetched = self.shared.fetch(&[(key, id, at)], None).await;
+            return fetched.pop().unwrap_or_else(|| Err(stopped()));
+        }
         let (reply, answer) = oneshot::channel();
         let miss = Miss {
             key,
             id,
             at,
-            queued_at: std::time::Instant::now(),
+            queued_at,
             reply,
         };
         if self.misses.send(miss).await.is_err() {
@@ -71,36 +94,51 @@ impl Gatherer {
     }
 }
 
+impl Shared {
+    /// One batch: Redis, then PostgreSQL for what Redis lacks, written back; `down` short-cuts
+    /// PostgreSQL for misses that already waited out an outage. An outage seen is recorded.
+    async fn fetch(
+        &self,
+        pairs: &[(CacheKey, VehicleId, Instant)],
+        down: Option<Arc<LookupError>>,
+    ) -> Vec<Fetched> {
+        let fetched = fetch_many_unless(&self.db, &self.redis, pairs, down).await;
+        if let Some(Err(error)) = fetched.iter().find(
+            |f| matches!(f, Err(e) if matches!(**e, LookupError::Db(DbError::Unavailable(_)))),
+        ) {
+            *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), error.clone()));
+        }
+        fetched
+    }
+}
+
 /// The gathering task ended (only when the runtime shuts down): the lookup cannot be answered.
 fn stopped() -> Arc<LookupError> {
     LookupError::crashed()
 }
 
-async fn gather(
-    mut queued: mpsc::Receiver<Miss>,
-    db: PgPool,
-    redis: Arc<RedisCache>,
-    max_batch: usize,
-    in_flight: usize,
-) {
-    let slots = Arc::new(Semaphore::new(in_flight));
-    let outage: LastOutage = Arc::default();
+async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>, max_batch: usize) {
     loop {
         // Wait for a free slot first: misses arriving meanwhile queue up for the next batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
             return;
         };
         let mut batch = Vec::with_capacity(max_batch);
         if queued.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
-        let (db, redis, outage) = (db.clone(), redis.clone(), outage.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
             let _slot = slot;
             // Misses that waited in the queue while a batch found PostgreSQL unavailable have
             // waited their share: they are answered from Redis or fail now, as a lone miss would
             // have; the others ask PostgreSQL again.
-            let last = outage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let last = shared
+                .outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let (waited, fresh): (Vec<Miss>, Vec<Miss>) = batch
                 .into_iter()
                 .partition(|m| last.as_ref().is_some_and(|(when, _)| m.queued_at < *when));
@@ -111,13 +149,7 @@ async fn gather(
                 }
                 let pairs: Vec<(CacheKey, VehicleId, Instant)> =
                     misses.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
-                let fetched = fetch_many_unless(&db, &redis, &pairs, down).await;
-                if let Some(Err(error)) = fetched.iter().find(|f| {
-                    matches!(f, Err(e) if matches!(**e, LookupError::Db(DbError::Unavailable(_))))
-                }) {
-                    *outage.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((std::time::Instant::now(), error.clone()));
-                }
+                let fetched = shared.fetch(&pairs, down).await;
                 answered.extend(misses.into_iter().zip(fetched));
             }
             for (miss, result) in answered {
