@@ -50,9 +50,20 @@ pub struct SyntheticHistory {
 }
 
 impl SyntheticHistory {
-    /// The vehicle's current state: that of its latest change.
+    /// The vehicle's current state: that of its latest change, as the lookup orders them (by
+    /// time, and changes at the same instant in lifecycle order), so `vehicles.state` agrees
+    /// with what the service answers for the present and with what ingest keeps.
     pub fn state(&self) -> &'static str {
-        self.changes.last().map_or("quoted", |(state, _)| state)
+        let rank = |state: &str| match state {
+            "sold" => 3,
+            "selling" => 2,
+            "quoted" => 1,
+            _ => 0,
+        };
+        self.changes
+            .iter()
+            .max_by_key(|(state, at)| (*at, rank(state), *state))
+            .map_or("quoted", |(state, _)| state)
     }
 }
 
@@ -73,21 +84,23 @@ fn history(rng: &mut ChaCha8Rng, id: u32) -> SyntheticHistory {
         if !rng.random_bool(0.02) {
             *at += rng.random_range(3_600..=45 * 86_400);
         }
-        *at
     };
     while changes.len() < MAX_ROWS && rng.random_bool(0.8) {
-        changes.push(("selling", next(rng, &mut at)));
+        next(rng, &mut at);
+        push(&mut changes, "selling", &mut at);
         if changes.len() == MAX_ROWS {
             break;
         }
         if rng.random_bool(0.6) {
-            changes.push(("sold", next(rng, &mut at)));
+            next(rng, &mut at);
+            push(&mut changes, "sold", &mut at);
             break;
         }
         if !rng.random_bool(0.5) {
             break;
         }
-        changes.push(("quoted", next(rng, &mut at)));
+        next(rng, &mut at);
+        push(&mut changes, "quoted", &mut at);
     }
     SyntheticHistory {
         id,
@@ -95,6 +108,16 @@ fn history(rng: &mut ChaCha8Rng, id: u32) -> SyntheticHistory {
         model,
         changes,
     }
+}
+
+/// Appends a change at `at`. One that would repeat an earlier change exactly (a tie back to a
+/// state already entered at that instant) moves on a second: the same change twice is one change,
+/// and ingest stores it once.
+fn push(changes: &mut Vec<(&'static str, i64)>, state: &'static str, at: &mut i64) {
+    while changes.contains(&(state, *at)) {
+        *at += 1;
+    }
+    changes.push((state, *at));
 }
 
 /// Vehicles per COPY chunk: large enough to keep the server busy, small enough to stay flat in
