@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::{DatabaseSettings, LogFormat, SeedData, ServeSettings};
+use crate::config::{
+    DatabaseSettings, IngestSettings, LogFormat, PublishSettings, SeedData, ServeSettings,
+};
 use crate::{db, healthcheck, openapi, startup, telemetry};
 
 #[derive(Debug, Parser)]
@@ -40,6 +42,14 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseSettings,
     },
+    /// Apply vehicle events from NATS JetStream to PostgreSQL (the write side: run any number of
+    /// these beside the read-only `serve` replicas).
+    Ingest(Box<IngestSettings>),
+    /// Publish events to NATS JetStream.
+    Publish {
+        #[command(subcommand)]
+        events: PublishEvents,
+    },
     /// Print the OpenAPI document as YAML (this is `openapi.yaml`).
     Openapi,
     /// Exit 0 if the server at ADDR answers `/readyz` with 200, 1 otherwise (for container health checks).
@@ -61,6 +71,14 @@ pub enum Command {
         )]
         timeout_ms: u64,
     },
+}
+
+/// What `publish` sends.
+#[derive(Debug, Subcommand)]
+pub enum PublishEvents {
+    /// The histories `seed synthetic` generates, as `registered` and `state_changed` events:
+    /// applying them gives the same tables as `seed synthetic` with the same seed.
+    Synthetic(Box<PublishSettings>),
 }
 
 /// Exit codes: 2 for a bad setting (as clap), 1 for a failure while running.
@@ -138,6 +156,10 @@ impl Command {
             }
             Command::Migrate(database) => db::prepare(&database, None).await?,
             Command::Seed { data, database } => db::prepare(&database, Some(data)).await?,
+            Command::Ingest(settings) => crate::ingest::run(*settings).await?,
+            Command::Publish {
+                events: PublishEvents::Synthetic(settings),
+            } => crate::publish::synthetic(*settings).await?,
             Command::Openapi => print!("{}", openapi::yaml()?),
             Command::Healthcheck { addr, timeout_ms } => {
                 healthcheck::check(&addr, std::time::Duration::from_millis(timeout_ms)).await?

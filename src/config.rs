@@ -417,6 +417,189 @@ pub struct HttpSettings {
     pub http_max_connections: u32,
 }
 
+/// Where and how to reach NATS (for `ingest` and `publish`).
+#[derive(Debug, Clone, Args)]
+pub struct NatsSettings {
+    /// NATS server URL, or a comma-separated list of them: `nats://host:4222`, `tls://host:4222`
+    /// (TLS required). User and password, or a token, may be given in the URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = Secret::parse, hide_env_values = true)]
+    pub nats_url: Secret,
+
+    /// A NATS credentials file (JWT and NKey seed, as `nsc` writes them).
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to verify the NATS server with, for a private CA; implies TLS.
+    #[arg(long, env = "NATS_CA_CERT", value_parser = PemFile::read)]
+    pub nats_ca_cert: Option<PemFile>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients; needs NATS_CLIENT_KEY.
+    #[arg(long, env = "NATS_CLIENT_CERT", value_parser = PemFile::read, requires = "nats_client_key")]
+    pub nats_client_cert: Option<PemFile>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NATS_CLIENT_KEY", value_parser = PemFile::read, requires = "nats_client_cert")]
+    pub nats_client_key: Option<PemFile>,
+
+    /// How long one attempt to connect to NATS may take.
+    #[arg(long, env = "NATS_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub nats_connect_timeout_ms: u64,
+}
+
+/// The stream and subjects events travel on, shared by `ingest` and `publish`.
+#[derive(Debug, Clone, Args)]
+pub struct StreamSettings {
+    /// The JetStream stream that holds the events.
+    #[arg(long, env = "INGEST_STREAM", default_value = "VEHICLE_EVENTS", value_parser = parse_stream_name)]
+    pub ingest_stream: String,
+
+    /// Events are published on `<prefix>.registered` and `<prefix>.state_changed`; the stream
+    /// takes `<prefix>.>`.
+    #[arg(long, env = "INGEST_SUBJECT_PREFIX", default_value = "vehicles", value_parser = parse_subject)]
+    pub ingest_subject_prefix: String,
+
+    /// Create the stream at start when it is absent (with INGEST_STREAM_REPLICAS and
+    /// INGEST_STREAM_STORAGE). false: it must exist, as when streams are managed elsewhere.
+    #[arg(long, env = "INGEST_CREATE_STREAM", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ingest_create_stream: bool,
+
+    /// Replicas of a stream created here (1, or 3 or 5 in a NATS cluster).
+    #[arg(long, env = "INGEST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub ingest_stream_replicas: u8,
+
+    /// Storage of a stream created here.
+    #[arg(long, env = "INGEST_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::File)]
+    pub ingest_stream_storage: StreamStorage,
+
+    /// Seconds JetStream remembers a `Nats-Msg-Id`, dropping a second publish of it (on a
+    /// stream created here).
+    #[arg(long, env = "INGEST_DUPLICATE_WINDOW_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub ingest_duplicate_window_secs: u64,
+}
+
+/// Where a stream created here keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StreamStorage {
+    /// On disk: survives a NATS restart.
+    File,
+    /// In memory: lost when NATS restarts.
+    Memory,
+}
+
+/// Everything `ingest` needs.
+#[derive(Debug, Clone, Args)]
+pub struct IngestSettings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub stream: StreamSettings,
+
+    /// The durable pull consumer every ingest process shares.
+    #[arg(long, env = "INGEST_CONSUMER", default_value = "vehicle-state-ingest", value_parser = parse_stream_name)]
+    pub ingest_consumer: String,
+
+    /// Subject that events which can never be applied are published on, with the reason; keep it
+    /// outside the stream's subjects.
+    #[arg(long, env = "INGEST_DEAD_LETTER_SUBJECT", default_value = "vehicle-state.dead-letter", value_parser = parse_subject)]
+    pub ingest_dead_letter_subject: String,
+
+    /// Most events applied in one transaction.
+    #[arg(long, env = "INGEST_BATCH_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ingest_batch_max: u32,
+
+    /// Seconds JetStream waits for an ack before delivering a message again (to this or another
+    /// ingest process); a consumer created here gets it.
+    #[arg(long, env = "INGEST_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingest_ack_wait_secs: u64,
+
+    /// Most messages delivered and not yet acked, across every ingest process (a consumer created
+    /// here gets it).
+    #[arg(long, env = "INGEST_MAX_ACK_PENDING", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub ingest_max_ack_pending: i64,
+
+    /// How long a batch PostgreSQL could not take is left before it is delivered again (the NAK's
+    /// delay); fetching pauses as long.
+    #[arg(long, env = "INGEST_RETRY_DELAY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub ingest_retry_delay_ms: u64,
+
+    /// Address of the ingest process's own /livez, /readyz and /metrics.
+    #[arg(long, env = "INGEST_BIND_ADDR", default_value = "0.0.0.0:8081")]
+    pub ingest_bind_addr: SocketAddr,
+
+    /// Create the database if absent and apply pending migrations before ingesting.
+    #[arg(long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+}
+
+/// What `publish synthetic` sends.
+#[derive(Debug, Clone, Args)]
+pub struct PublishSettings {
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub stream: StreamSettings,
+
+    /// How many vehicles (ids 1 to N): one registration each, and each of its state changes.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub vehicles: u32,
+
+    /// Seed of the generator: the same seed gives the histories of `seed synthetic --seed S`.
+    #[arg(long = "seed", default_value_t = 1)]
+    pub rng_seed: u64,
+
+    /// Publish the events in a random order (the same for the same seed), registrations included.
+    #[arg(long)]
+    pub shuffle: bool,
+
+    /// Also publish this fraction of the events a second time, each under a new eventId (so
+    /// JetStream's duplicate window does not drop it and the consumer must).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub duplicates: f64,
+
+    /// Most publishes awaiting JetStream's acknowledgement at once.
+    #[arg(long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub publish_in_flight: u32,
+}
+
+fn parse_fraction(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("a fraction from 0 to 1, such as 0.05".to_owned()),
+    }
+}
+
+/// A stream or consumer name: 1 to 64 of A-Z, a-z, 0-9, '-' and '_' (no dots, wildcards or
+/// spaces, which JetStream refuses).
+fn parse_stream_name(raw: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("use 1 to 64 characters from A-Z, a-z, 0-9, '-' and '_'".to_owned())
+    }
+}
+
+/// A subject to publish on (or a prefix): dot-separated tokens of visible ASCII, no wildcards.
+fn parse_subject(raw: &str) -> Result<String, String> {
+    let ok = (1..=128).contains(&raw.len())
+        && raw.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+        });
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("use dot-separated tokens of visible ASCII without '*' or '>', such as vehicles or vehicle-state.dead-letter".to_owned())
+    }
+}
+
 /// The data set `serve --seed` can load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Dataset {

@@ -4,6 +4,7 @@
 //! place that decides HIT or MISS) → `db` (SQL) and `cache` (Redis). `domain` holds the types every
 //! layer shares.
 
+pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -11,8 +12,10 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod healthcheck;
+pub mod ingest;
 pub mod metrics;
 pub mod openapi;
+pub mod publish;
 pub mod routes;
 pub mod service;
 pub mod startup;

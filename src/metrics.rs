@@ -15,6 +15,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::event::EventKind;
+
 /// Requests by route template (never the raw path) and status.
 pub const HTTP_REQUESTS: &str = "vehicle_state_http_requests_total";
 /// Time from a request's head to its response, by route template.
@@ -109,6 +111,15 @@ pub fn handle() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.to_owned()), BATCH_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(INGEST_BATCH_SIZE.to_owned()),
+                    INGEST_BATCH_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(INGEST_COMMIT.to_owned()), DURATION_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -149,6 +160,16 @@ fn describe() {
     metrics::describe_histogram!(
         DB_BATCH_SIZE,
         "(vehicle, instant) pairs per PostgreSQL lookup statement."
+    );
+    metrics::describe_counter!(
+        INGEST_EVENTS,
+        "Events taken from the broker, by type (registered, state_changed, unknown) and result (applied, duplicate, dead_lettered, retried)."
+    );
+    metrics::describe_histogram!(INGEST_BATCH_SIZE, "Events per ingest transaction.");
+    metrics::describe_histogram!(
+        INGEST_COMMIT,
+        metrics::Unit::Seconds,
+        "Time to apply and commit one ingest batch."
     );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     metrics::describe_histogram!(
@@ -300,14 +321,123 @@ pub fn render(postgres: PoolGauge, redis: PoolGauge, nodes: RedisNodesGauge) -> 
          vehicle_state_redis_nodes{{mode=\"{mode}\",role=\"master\"}} {masters}\n\
          vehicle_state_redis_nodes{{mode=\"{mode}\",role=\"replica\"}} {replicas}\n"
     ));
+    text.push_str(&build_info());
+    text
+}
+
+/// Events taken from the broker, by type (`registered`, `state_changed`, `unknown` for a subject
+/// that is neither) and result.
+pub const INGEST_EVENTS: &str = "vehicle_state_ingest_events_total";
+/// Events per ingest transaction.
+pub const INGEST_BATCH_SIZE: &str = "vehicle_state_ingest_batch_size";
+/// Time to apply and commit one ingest batch.
+pub const INGEST_COMMIT: &str = "vehicle_state_ingest_commit_seconds";
+const INGEST_BATCH_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
+];
+
+/// What became of an event: the `result` label of [`INGEST_EVENTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestResult {
+    /// Stored now.
+    Applied,
+    /// Already stored (delivered or published again): nothing changed.
+    Duplicate,
+    /// Can never be applied: sent to the dead-letter subject with the reason, and acked.
+    DeadLettered,
+    /// PostgreSQL could not take its batch: NAKed, delivered again later.
+    Retried,
+}
+
+impl IngestResult {
+    pub const ALL: [IngestResult; 4] = [
+        IngestResult::Applied,
+        IngestResult::Duplicate,
+        IngestResult::DeadLettered,
+        IngestResult::Retried,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            IngestResult::Applied => "applied",
+            IngestResult::Duplicate => "duplicate",
+            IngestResult::DeadLettered => "dead_lettered",
+            IngestResult::Retried => "retried",
+        }
+    }
+
+    pub fn count(self, kind: EventKind) {
+        self.count_of(Some(kind));
+    }
+
+    /// Counts one event of `kind` (`None`: a subject that names no kind).
+    pub fn count_of(self, kind: Option<EventKind>) {
+        let kind = kind.map_or("unknown", EventKind::token);
+        metrics::counter!(INGEST_EVENTS, "type" => kind, "result" => self.label()).increment(1);
+    }
+
+    /// Every type and result at zero, so each series is there from the first scrape.
+    pub fn register_at_zero() {
+        for result in Self::ALL {
+            for kind in EventKind::ALL.map(Some).into_iter().chain([None]) {
+                let kind = kind.map_or("unknown", EventKind::token);
+                metrics::counter!(INGEST_EVENTS, "type" => kind, "result" => result.label())
+                    .increment(0);
+            }
+        }
+    }
+}
+
+/// One ingest transaction: its size and how long applying and committing it took.
+pub fn record_ingest_batch(events: usize, took: Duration) {
+    metrics::histogram!(INGEST_BATCH_SIZE).record(events as f64);
+    metrics::histogram!(INGEST_COMMIT).record(took);
+}
+
+/// The consumer as scraped: messages not yet delivered, and delivered but not yet acked.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerGauge {
+    pub pending: u64,
+    pub ack_pending: usize,
+}
+
+/// The ingest process's exposition text: the recorder's series, its pool, the consumer's lag
+/// (absent while NATS cannot say) and the build.
+pub fn render_ingest(postgres: PoolGauge, consumer: Option<ConsumerGauge>) -> String {
+    let mut text = handle().render();
     text.push_str(&format!(
+        "# HELP vehicle_state_db_pool_connections PostgreSQL connections of this process's pool, in use or idle.\n\
+         # TYPE vehicle_state_db_pool_connections gauge\n\
+         vehicle_state_db_pool_connections{{state=\"in_use\"}} {}\n\
+         vehicle_state_db_pool_connections{{state=\"idle\"}} {}\n",
+        postgres.in_use, postgres.idle
+    ));
+    if let Some(ConsumerGauge {
+        pending,
+        ack_pending,
+    }) = consumer
+    {
+        text.push_str(&format!(
+            "# HELP vehicle_state_ingest_pending Events in the stream not yet delivered to any ingest process (the lag).\n\
+             # TYPE vehicle_state_ingest_pending gauge\n\
+             vehicle_state_ingest_pending {pending}\n\
+             # HELP vehicle_state_ingest_ack_pending Events delivered and not yet acked (being applied, or waiting to be delivered again).\n\
+             # TYPE vehicle_state_ingest_ack_pending gauge\n\
+             vehicle_state_ingest_ack_pending {ack_pending}\n"
+        ));
+    }
+    text.push_str(&build_info());
+    text
+}
+
+fn build_info() -> String {
+    format!(
         "# HELP vehicle_state_build_info The running build: version and git commit.\n\
          # TYPE vehicle_state_build_info gauge\n\
          vehicle_state_build_info{{version=\"{}\",git_sha=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION"),
         env!("VEHICLE_STATE_GIT_SHA"),
-    ));
-    text
+    )
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! PostgreSQL: connecting, migrating, seeding and the one lookup query. No HTTP types here.
 
+// First: its `latest_first!` is used by the modules after it.
+#[macro_use]
+mod lookup;
 mod connect;
 mod history;
-mod lookup;
+mod ingest;
 mod seed;
 mod synthetic;
 
@@ -12,6 +15,8 @@ pub use history::{HISTORY_SQL, history};
 pub use synthetic::{SyntheticHistory, generate};
 
 pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup_many};
+
+pub use ingest::{APPLY_SQL, Applied, BatchOutcome, INGEST_LOCK_SPACE, apply as apply_events};
 
 use anyhow::Context;
 use sqlx::PgPool;

@@ -107,6 +107,8 @@ pub async fn wait_until_ok(url: &str, within: Duration) -> bool {
 /// the same address after a restart, as behind a load balancer.
 pub struct Replica {
     pub port: u16,
+    /// `serve`, or `ingest`.
+    command: &'static str,
     env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
@@ -132,9 +134,38 @@ impl Replica {
         .collect();
         Self {
             port,
+            command: "serve",
             env,
             child: None,
             log: dir.join(format!("replica-{port}.log")),
+        }
+    }
+
+    /// An ingest process (`vehicle-state ingest`) on the database, NATS server and stream of the
+    /// test's choosing, its health endpoints on a port of its own. (For the `ingest` suite.)
+    #[allow(dead_code)]
+    pub fn ingest(dir: &Path, database_url: &str, nats_url: &str, stream: &str) -> Self {
+        let port = free_port();
+        let env = [
+            ("DATABASE_URL", database_url),
+            ("NATS_URL", nats_url),
+            ("INGEST_STREAM", stream),
+            ("MIGRATE_ON_START", "false"),
+            ("INGEST_RETRY_DELAY_MS", "200"),
+            ("INGEST_ACK_WAIT_SECS", "5"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([("INGEST_BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"))])
+        .collect();
+        Self {
+            port,
+            command: "ingest",
+            env,
+            child: None,
+            log: dir.join(format!("ingest-{port}.log")),
         }
     }
 
@@ -162,7 +193,7 @@ impl Replica {
             .open(&self.log)
             .expect("the replica's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
-            .arg("serve")
+            .arg(self.command)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))

@@ -1,0 +1,179 @@
+//! Applying a batch of events: one transaction, the vehicles it touches locked in a fixed order,
+//! then one statement that stores what is new and keeps `vehicles.state` equal to each vehicle's
+//! latest change.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::DbError;
+use crate::domain::event::{Registration, StateChange};
+
+/// The first key of the advisory locks ingest takes, one per vehicle (`0x5653` is "VS"): the
+/// second key is the vehicle's id. Nothing else in the database should use this key space.
+pub const INGEST_LOCK_SPACE: i32 = 0x5653_0001;
+
+/// Locks every vehicle of the batch for the rest of the transaction, in ascending id order, so
+/// two batches that share vehicles wait for each other instead of deadlocking. One round trip,
+/// one row back.
+const LOCK_SQL: &str = r#"
+SELECT count(pg_advisory_xact_lock($1, ids.id))
+FROM (SELECT DISTINCT u.id FROM unnest($2::int4[]) AS u(id) ORDER BY u.id) AS ids
+"#;
+
+/// The batch, under the locks: state changes not already stored (same vehicle, state and
+/// instant) are inserted once; registrations of vehicles not yet known are inserted with the
+/// state of their latest change (or `quoted`); every vehicle touched gets the state of its latest
+/// change, stored or new. Every data-modifying part sees the snapshot taken after the locks were
+/// granted, so nothing another batch committed for these vehicles is missed. One row per input
+/// event: which list (`change`), its 1-based position, and its outcome (0 applied, 1 duplicate,
+/// 2 a registration that contradicts the vehicle's, with the vehicle's make and model).
+pub const APPLY_SQL: &str = concat!(
+    r#"
+WITH reg_in AS (
+    SELECT * FROM unnest($1::int4[], $2::text[], $3::text[]) WITH ORDINALITY AS r(id, make, model, n)
+), chg_in AS (
+    SELECT * FROM unnest($4::int4[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS c(id, state, at, n)
+), chg_new AS (
+    SELECT DISTINCT ON (c.id, c.state, c.at) c.id, c.state, c.at, c.n
+    FROM chg_in c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM "stateLogs" s
+        WHERE s."vehicleId" = c.id AND s."timestamp" = c.at AND s.state = c.state
+    )
+    ORDER BY c.id, c.state, c.at, c.n
+), chg_ins AS (
+    INSERT INTO "stateLogs" ("vehicleId", state, "timestamp")
+    SELECT id, state, at FROM chg_new
+), touched AS (
+    SELECT id FROM chg_new UNION SELECT id FROM reg_in
+), latest AS (
+    SELECT t.id, (
+        SELECT l.state FROM (
+            SELECT s.state, s."timestamp" FROM "stateLogs" s WHERE s."vehicleId" = t.id
+            UNION ALL
+            SELECT w.state, w.at FROM chg_new w WHERE w.id = t.id
+        ) AS l
+        ORDER BY "#,
+    latest_first!(),
+    r#"
+        LIMIT 1
+    ) AS state
+    FROM touched t
+), existing AS (
+    SELECT v.id, v.make, v.model FROM vehicles v WHERE v.id IN (SELECT id FROM reg_in)
+), reg_first AS (
+    SELECT DISTINCT ON (r.id) r.id, r.make, r.model, r.n FROM reg_in r ORDER BY r.id, r.n
+), reg_ins AS (
+    INSERT INTO vehicles (id, make, model, state)
+    SELECT f.id, f.make, f.model, COALESCE(lt.state, 'quoted')
+    FROM reg_first f JOIN latest lt ON lt.id = f.id
+    WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.id = f.id)
+    ON CONFLICT (id) DO NOTHING
+), upd AS (
+    UPDATE vehicles v SET state = lt.state
+    FROM latest lt
+    WHERE v.id = lt.id AND lt.state IS NOT NULL AND v.state IS DISTINCT FROM lt.state
+)
+SELECT false AS change, r.n,
+    (CASE
+        WHEN e.id IS NULL AND f.n = r.n THEN 0
+        WHEN COALESCE(e.make, f.make) = r.make AND COALESCE(e.model, f.model) = r.model THEN 1
+        ELSE 2
+    END)::int2 AS outcome,
+    COALESCE(e.make, f.make) AS make, COALESCE(e.model, f.model) AS model
+FROM reg_in r
+JOIN reg_first f ON f.id = r.id
+LEFT JOIN existing e ON e.id = r.id
+UNION ALL
+SELECT true, c.n, (CASE WHEN w.n IS NULL THEN 1 ELSE 0 END)::int2, NULL, NULL
+FROM chg_in c
+LEFT JOIN chg_new w ON w.n = c.n
+"#
+);
+
+/// What became of one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored now.
+    New,
+    /// Already stored (or earlier in the same batch): nothing changed.
+    Duplicate,
+    /// A registration of a vehicle registered as something else; nothing changed.
+    Contradicts { make: String, model: String },
+    /// PostgreSQL refused the event itself (not the connection): it can never be applied.
+    Refused(String),
+}
+
+/// The outcome of each registration and each change, in the order given.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub registrations: Vec<Applied>,
+    pub changes: Vec<Applied>,
+}
+
+/// Applies the batch in one transaction: BEGIN, the locks, the apply statement, COMMIT. Either all
+/// of it is committed or none of it.
+pub async fn apply(
+    pool: &PgPool,
+    registrations: &[&Registration],
+    changes: &[&StateChange],
+) -> Result<BatchOutcome, DbError> {
+    let mut vehicles: Vec<i32> = registrations
+        .iter()
+        .map(|r| r.vehicle.get())
+        .chain(changes.iter().map(|c| c.vehicle.get()))
+        .collect();
+    vehicles.sort_unstable();
+    vehicles.dedup();
+    let reg_ids: Vec<i32> = registrations.iter().map(|r| r.vehicle.get()).collect();
+    let makes: Vec<&str> = registrations.iter().map(|r| r.make.as_str()).collect();
+    let models: Vec<&str> = registrations.iter().map(|r| r.model.as_str()).collect();
+    let chg_ids: Vec<i32> = changes.iter().map(|c| c.vehicle.get()).collect();
+    let states: Vec<&str> = changes.iter().map(|c| c.state.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = changes.iter().map(|c| c.at.as_datetime()).collect();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query(LOCK_SQL)
+        .bind(INGEST_LOCK_SPACE)
+        .bind(&vehicles)
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(APPLY_SQL)
+        .bind(&reg_ids)
+        .bind(&makes)
+        .bind(&models)
+        .bind(&chg_ids)
+        .bind(&states)
+        .bind(&ats)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let mut outcome = BatchOutcome {
+        registrations: vec![Applied::Duplicate; registrations.len()],
+        changes: vec![Applied::Duplicate; changes.len()],
+    };
+    for row in rows {
+        let change: bool = row.try_get(0)?;
+        let n: i64 = row.try_get(1)?;
+        let code: i16 = row.try_get(2)?;
+        let applied = match code {
+            0 => Applied::New,
+            1 => Applied::Duplicate,
+            _ => Applied::Contradicts {
+                make: row.try_get(3)?,
+                model: row.try_get(4)?,
+            },
+        };
+        let list = if change {
+            &mut outcome.changes
+        } else {
+            &mut outcome.registrations
+        };
+        // Ordinality is 1-based and within the list's length, as the statement built it.
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| list.get_mut(i)) {
+            *slot = applied;
+        }
+    }
+    Ok(outcome)
+}

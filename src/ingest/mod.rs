@@ -1,0 +1,383 @@
+//! `vehicle-state ingest`: events from the JetStream consumer into PostgreSQL, in batches, acked
+//! only once committed. Any number of these processes share the consumer; the HTTP replicas stay
+//! read-only.
+
+mod http;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant as Clock};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures_util::StreamExt;
+use sqlx::PgPool;
+
+use crate::broker::{self, ConnectFailure};
+use crate::config::IngestSettings;
+use crate::db::{self, Applied, DbError};
+use crate::domain::event::{Event, EventKind, Registration, Rejection, StateChange};
+use crate::metrics::{self, IngestResult};
+use crate::telemetry::{self, ShutdownSignals};
+
+/// How long to wait before asking again when NATS cannot be reached or the stream cannot be set
+/// up at start.
+const SETUP_RETRY: Duration = Duration::from_secs(1);
+/// How often the consumer's pull stream sends heartbeats; a stream that misses two re-issues its
+/// pull (after a NATS restart, say).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// What the health endpoints read: the pool, and, once set up, the connection and consumer.
+pub struct Ingestor {
+    pool: PgPool,
+    nats: OnceLock<async_nats::Client>,
+    consumer: OnceLock<PullConsumer>,
+    settings: IngestSettings,
+}
+
+/// Runs until SIGTERM or Ctrl-C: then stops fetching, finishes and acks the batch in hand, and
+/// returns.
+pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::listen().context("cannot listen for SIGTERM and Ctrl-C")?;
+    if settings.migrate_on_start {
+        db::prepare(&settings.database, None).await?;
+    } else {
+        db::check_connection(&settings.database).await?;
+    }
+    let ingestor = Arc::new(Ingestor {
+        pool: db::connect(&settings.database),
+        nats: OnceLock::new(),
+        consumer: OnceLock::new(),
+        settings,
+    });
+    let server = http::serve(ingestor.clone())?;
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let result = tokio::select! {
+        biased;
+        () = signals.recv() => Ok(()),
+        set_up = ingestor.set_up() => match set_up {
+            Ok(()) => ingestor.consume(&mut signals).await,
+            Err(error) => Err(error),
+        },
+    };
+    server_handle.stop(true).await;
+    if let Err(error) = server_task.await {
+        tracing::warn!(%error, "the health server did not stop cleanly");
+    }
+    if let Some(client) = ingestor.nats.get()
+        && let Err(error) = client.flush().await
+    {
+        tracing::warn!(error = %telemetry::chain(&error), "could not flush the last acks to NATS; those events will be delivered again and found duplicate");
+    }
+    result
+}
+
+/// The events of one delivery, sorted by what becomes of them.
+#[derive(Default)]
+struct Sorted {
+    registrations: Vec<(jetstream::Message, Registration)>,
+    changes: Vec<(jetstream::Message, StateChange)>,
+    rejected: Vec<(jetstream::Message, Option<EventKind>, Rejection)>,
+}
+
+impl Ingestor {
+    /// Connects to NATS and finds (or creates) the stream and consumer, retrying while NATS
+    /// cannot be reached; a setting that cannot work is an error at once.
+    async fn set_up(&self) -> anyhow::Result<()> {
+        let client = loop {
+            match broker::connect(&self.settings.nats, "vehicle-state ingest").await {
+                Ok(client) => break client,
+                Err(ConnectFailure::Setting(message)) => anyhow::bail!(message),
+                Err(ConnectFailure::Unreachable(message)) => {
+                    tracing::warn!("{message}; trying again in {}s", SETUP_RETRY.as_secs());
+                    tokio::time::sleep(SETUP_RETRY).await;
+                }
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let consumer = loop {
+            let found = match broker::stream(&js, &self.settings.stream).await {
+                Ok(stream) => broker::consumer(&stream, &self.settings).await,
+                Err(error) => Err(error),
+            };
+            match found {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "JetStream is not ready; trying again in {}s", SETUP_RETRY.as_secs());
+                    tokio::time::sleep(SETUP_RETRY).await;
+                }
+            }
+        };
+        tracing::info!(
+            stream = %self.settings.stream.ingest_stream,
+            consumer = %self.settings.ingest_consumer,
+            batch_max = self.settings.ingest_batch_max,
+            "ingesting"
+        );
+        let _ = self.nats.set(client);
+        let _ = self.consumer.set(consumer);
+        Ok(())
+    }
+
+    /// Fetches and applies batches until a signal. A batch is what has arrived, up to
+    /// INGEST_BATCH_MAX: no timer, so a lone event is applied at once.
+    async fn consume(&self, signals: &mut ShutdownSignals) -> anyhow::Result<()> {
+        let consumer = self.consumer.get().context("consume before set_up")?;
+        let batch_max = usize::try_from(self.settings.ingest_batch_max).unwrap_or(1);
+        'pull: loop {
+            let messages = tokio::select! {
+                biased;
+                () = signals.recv() => return Ok(()),
+                messages = consumer
+                    .stream()
+                    .max_messages_per_batch(batch_max)
+                    .heartbeat(HEARTBEAT)
+                    .expires(PULL_EXPIRES)
+                    .messages() => messages,
+            };
+            let mut chunks = match messages {
+                Ok(messages) => messages.ready_chunks(batch_max),
+                Err(error) => {
+                    tracing::warn!(error = %telemetry::chain(&error), "cannot pull from the consumer; trying again");
+                    tokio::time::sleep(SETUP_RETRY).await;
+                    continue 'pull;
+                }
+            };
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    () = signals.recv() => return Ok(()),
+                    chunk = chunks.next() => chunk,
+                };
+                let Some(chunk) = chunk else {
+                    tracing::warn!("the consumer's message stream ended; pulling again");
+                    continue 'pull;
+                };
+                let mut sorted = Sorted::default();
+                for item in chunk {
+                    match item {
+                        Ok(message) => self.sort(message, &mut sorted),
+                        // Missed heartbeats and the like: the stream recovers by itself.
+                        Err(error) => {
+                            tracing::warn!(error = %telemetry::chain(&error), "pulling messages")
+                        }
+                    }
+                }
+                // Signals wait until the batch in hand is applied and acked.
+                self.process(sorted).await;
+            }
+        }
+    }
+
+    fn sort(&self, message: jetstream::Message, sorted: &mut Sorted) {
+        let prefix = &self.settings.stream.ingest_subject_prefix;
+        let Some(kind) = EventKind::of_subject(prefix, message.subject.as_str()) else {
+            let reason = Rejection(format!(
+                "subject {} is neither {prefix}.registered nor {prefix}.state_changed",
+                message.subject
+            ));
+            sorted.rejected.push((message, None, reason));
+            return;
+        };
+        match Event::parse(kind, &message.payload) {
+            Ok(Event::Registered(registration)) => {
+                sorted.registrations.push((message, registration))
+            }
+            Ok(Event::StateChanged(change)) => sorted.changes.push((message, change)),
+            Err(rejection) => sorted.rejected.push((message, Some(kind), rejection)),
+        }
+    }
+
+    /// Applies the batch, then acks what was committed (or found already stored), dead-letters
+    /// what can never be applied, and NAKs the rest for later.
+    async fn process(&self, sorted: Sorted) {
+        let Sorted {
+            registrations,
+            changes,
+            mut rejected,
+        } = sorted;
+        if !registrations.is_empty() || !changes.is_empty() {
+            match self.apply(&registrations, &changes).await {
+                Ok(outcome) => {
+                    for ((message, registration), applied) in
+                        registrations.into_iter().zip(outcome.registrations)
+                    {
+                        match applied {
+                            Applied::Contradicts { make, model } => rejected.push((
+                                message,
+                                Some(EventKind::Registered),
+                                Rejection(format!(
+                                    "vehicle {} is already registered as {make} {model}",
+                                    registration.vehicle
+                                )),
+                            )),
+                            Applied::Refused(reason) => rejected.push((
+                                message,
+                                Some(EventKind::Registered),
+                                Rejection(reason),
+                            )),
+                            applied => self.ack(&message, EventKind::Registered, &applied).await,
+                        }
+                    }
+                    for ((message, _), applied) in changes.into_iter().zip(outcome.changes) {
+                        match applied {
+                            Applied::Refused(reason) => rejected.push((
+                                message,
+                                Some(EventKind::StateChanged),
+                                Rejection(reason),
+                            )),
+                            applied => self.ack(&message, EventKind::StateChanged, &applied).await,
+                        }
+                    }
+                }
+                Err(error) => {
+                    let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                    tracing::warn!(
+                        error = %telemetry::chain(&error),
+                        events = registrations.len() + changes.len(),
+                        retry_in_ms = self.settings.ingest_retry_delay_ms,
+                        "PostgreSQL cannot take the batch; nothing acked, delivering it again later"
+                    );
+                    let messages = registrations
+                        .iter()
+                        .map(|(m, _)| (m, EventKind::Registered))
+                        .chain(changes.iter().map(|(m, _)| (m, EventKind::StateChanged)));
+                    for (message, kind) in messages {
+                        IngestResult::Retried.count(kind);
+                        if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
+                        }
+                    }
+                    // Pause fetching too, rather than spin on a database that is down.
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        for (message, kind, rejection) in rejected {
+            self.dead_letter(message, kind, rejection).await;
+        }
+    }
+
+    /// One transaction for the batch. A statement that fails for a reason of its own data (not a
+    /// connection, a timeout or a lock) is retried event by event, so one bad event is
+    /// dead-lettered and the others still applied.
+    async fn apply(
+        &self,
+        registrations: &[(jetstream::Message, Registration)],
+        changes: &[(jetstream::Message, StateChange)],
+    ) -> Result<db::BatchOutcome, DbError> {
+        let regs: Vec<&Registration> = registrations.iter().map(|(_, r)| r).collect();
+        let chgs: Vec<&StateChange> = changes.iter().map(|(_, c)| c).collect();
+        let started = Clock::now();
+        let result = db::apply_events(&self.pool, &regs, &chgs).await;
+        metrics::record_ingest_batch(regs.len() + chgs.len(), started.elapsed());
+        match result {
+            Err(DbError::Query(error)) if regs.len() + chgs.len() > 1 => {
+                tracing::warn!(error = %telemetry::chain(&error), "a batch failed on its data; applying its events one by one");
+                let mut outcome = db::BatchOutcome::default();
+                for registration in &regs {
+                    let one = db::apply_events(&self.pool, &[registration], &[]).await;
+                    outcome.registrations.push(one_outcome(one, true)?);
+                }
+                for change in &chgs {
+                    let one = db::apply_events(&self.pool, &[], &[change]).await;
+                    outcome.changes.push(one_outcome(one, false)?);
+                }
+                Ok(outcome)
+            }
+            Err(DbError::Query(error)) => {
+                // One event, failing on its own: it can never be applied.
+                let reason = format!("PostgreSQL refused it: {}", telemetry::chain(&error));
+                let failed = Applied::Refused(reason);
+                Ok(db::BatchOutcome {
+                    registrations: vec![failed.clone(); regs.len()],
+                    changes: vec![failed; chgs.len()],
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, message: &jetstream::Message, kind: EventKind, applied: &Applied) {
+        let result = match applied {
+            Applied::New => IngestResult::Applied,
+            Applied::Duplicate => IngestResult::Duplicate,
+            Applied::Contradicts { .. } | Applied::Refused(_) => {
+                // Routed to dead letters by the caller; never acked as applied.
+                return;
+            }
+        };
+        result.count(kind);
+        if let Err(error) = message.ack().await {
+            tracing::warn!(error = %telemetry::chain(&*error), "ack not sent; the event comes back after INGEST_ACK_WAIT_SECS and is found duplicate");
+        }
+    }
+
+    /// Publishes the event to the dead-letter subject, with its reason, then acks it. If the
+    /// dead letter cannot be sent, the event is NAKed instead and tried again.
+    async fn dead_letter(
+        &self,
+        message: jetstream::Message,
+        kind: Option<EventKind>,
+        rejection: Rejection,
+    ) {
+        let Some(client) = self.nats.get() else {
+            return;
+        };
+        let sequence = message.info().ok().map(|info| info.stream_sequence);
+        tracing::warn!(
+            subject = %message.subject,
+            stream_sequence = sequence,
+            reason = %rejection,
+            "event dead-lettered"
+        );
+        let headers = broker::dead_letter_headers(&rejection.0, message.subject.as_str(), sequence);
+        let subject = self.settings.ingest_dead_letter_subject.clone();
+        let sent = client
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await;
+        let sent = match sent {
+            Ok(()) => client.flush().await.map_err(anyhow::Error::from),
+            Err(error) => Err(anyhow::Error::from(error)),
+        };
+        match sent {
+            Ok(()) => {
+                IngestResult::DeadLettered.count_of(kind);
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(error = %telemetry::chain(&*error), "ack of a dead letter not sent; it will be dead-lettered again");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "dead letter not sent; delivering the event again later");
+                let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+}
+
+/// The outcome of one event applied alone: a failure of its own data is a refusal; a lost
+/// connection fails the whole batch (retried later).
+fn one_outcome(
+    result: Result<db::BatchOutcome, DbError>,
+    registration: bool,
+) -> Result<Applied, DbError> {
+    match result {
+        Ok(mut outcome) => {
+            let list = if registration {
+                &mut outcome.registrations
+            } else {
+                &mut outcome.changes
+            };
+            Ok(list.pop().unwrap_or(Applied::Duplicate))
+        }
+        Err(DbError::Query(error)) => Ok(Applied::Refused(format!(
+            "PostgreSQL refused it: {}",
+            telemetry::chain(&error)
+        ))),
+        Err(error) => Err(error),
+    }
+}

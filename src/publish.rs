@@ -1,0 +1,198 @@
+//! `vehicle-state publish synthetic`: the histories of `seed synthetic` as events on the stream,
+//! for demos, tests and the ingest benchmark. Applying them gives the tables `seed synthetic`
+//! loads with the same seed.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant as Clock};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::broker::{self, ConnectFailure};
+use crate::config::{PublishSettings, SyntheticSettings};
+use crate::db::{SyntheticHistory, generate};
+use crate::domain::Instant;
+use crate::domain::event::EventKind;
+
+/// How often a publish JetStream did not acknowledge is sent again (under the same
+/// `Nats-Msg-Id`, so a publish that did land is not stored twice).
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// One event to publish, by reference into the histories: a registration (`change` is `None`)
+/// or the `change`-th state change of the vehicle; `copy` 1 is a duplicate under a new eventId.
+#[derive(Debug, Clone, Copy)]
+struct EventRef {
+    vehicle: u32,
+    change: Option<u8>,
+    copy: u8,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisteredJson<'a> {
+    event_id: &'a str,
+    vehicle_id: u32,
+    make: &'a str,
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateChangedJson<'a> {
+    event_id: &'a str,
+    vehicle_id: u32,
+    state: &'a str,
+    timestamp: String,
+}
+
+pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
+    let client = broker::connect(&settings.nats, "vehicle-state publish")
+        .await
+        .map_err(|failure| match failure {
+            ConnectFailure::Setting(m) | ConnectFailure::Unreachable(m) => anyhow::anyhow!(m),
+        })?;
+    let js = jetstream::new(client.clone());
+    broker::stream(&js, &settings.stream).await?;
+
+    let histories: Vec<SyntheticHistory> = generate(SyntheticSettings {
+        vehicles: settings.vehicles,
+        rng_seed: settings.rng_seed,
+        replace: false,
+    })
+    .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.rng_seed ^ 0x0050_5542_4c49_5348); // "PUBLISH": its own stream of randomness
+    let mut events = Vec::new();
+    for history in &histories {
+        let changes = (0..history.changes.len()).map(|i| u8::try_from(i).ok());
+        for change in std::iter::once(None).chain(changes.flatten().map(Some)) {
+            let event = EventRef {
+                vehicle: history.id,
+                change,
+                copy: 0,
+            };
+            events.push(event);
+            if settings.duplicates > 0.0 && rng.random_bool(settings.duplicates) {
+                events.push(EventRef { copy: 1, ..event });
+            }
+        }
+    }
+    if settings.shuffle {
+        events.shuffle(&mut rng);
+    }
+    let duplicates = events.iter().filter(|e| e.copy > 0).count();
+
+    let registered = broker::subject(&settings.stream, EventKind::Registered);
+    let state_changed = broker::subject(&settings.stream, EventKind::StateChanged);
+    let in_flight = usize::try_from(settings.publish_in_flight).unwrap_or(1);
+    let started = Clock::now();
+    let mut pending: VecDeque<(PublishAckFuture, EventRef)> = VecDeque::with_capacity(in_flight);
+    for event in &events {
+        if pending.len() >= in_flight
+            && let Some((ack, sent)) = pending.pop_front()
+        {
+            confirm(&js, ack, sent, &histories, &registered, &state_changed).await?;
+        }
+        let Some((subject, publish)) = message(*event, &histories, &registered, &state_changed)
+        else {
+            continue;
+        };
+        let ack = js
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .context("cannot publish")?;
+        pending.push_back((ack, *event));
+    }
+    while let Some((ack, sent)) = pending.pop_front() {
+        confirm(&js, ack, sent, &histories, &registered, &state_changed).await?;
+    }
+    let took = started.elapsed();
+    tracing::info!(
+        events = events.len(),
+        duplicates,
+        vehicles = settings.vehicles,
+        seconds = format!("{:.2}", took.as_secs_f64()),
+        per_second = format!("{:.0}", events.len() as f64 / took.as_secs_f64().max(1e-9)),
+        "published"
+    );
+    Ok(())
+}
+
+/// Waits for JetStream's acknowledgement of one publish; sends it again (same message id) if none
+/// comes.
+async fn confirm(
+    js: &jetstream::Context,
+    ack: PublishAckFuture,
+    event: EventRef,
+    histories: &[SyntheticHistory],
+    registered: &str,
+    state_changed: &str,
+) -> anyhow::Result<()> {
+    let mut result = ack.await.map(drop);
+    let mut attempt = 1;
+    while let Err(error) = result {
+        if attempt >= PUBLISH_ATTEMPTS {
+            return Err(error).context("JetStream did not acknowledge a publish");
+        }
+        tracing::warn!(error = %crate::telemetry::chain(&error), attempt, "publish not acknowledged; sending it again");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        let Some((subject, publish)) = message(event, histories, registered, state_changed) else {
+            return Ok(());
+        };
+        result = match js.send_publish(subject.to_owned(), publish).await {
+            Ok(ack) => ack.await.map(drop),
+            Err(error) => Err(error),
+        };
+        attempt += 1;
+    }
+    Ok(())
+}
+
+/// The subject and message of one event: its JSON, with its eventId as `Nats-Msg-Id` too.
+/// `None` only for a reference outside the histories, which `synthetic` never makes.
+fn message<'a>(
+    event: EventRef,
+    histories: &[SyntheticHistory],
+    registered: &'a str,
+    state_changed: &'a str,
+) -> Option<(&'a str, PublishMessage)> {
+    // Ids run from 1, one history per id, in order.
+    let history = histories.get(usize::try_from(event.vehicle.checked_sub(1)?).ok()?)?;
+    let suffix = if event.copy > 0 { "-again" } else { "" };
+    let (subject, event_id, payload) = match event.change {
+        None => {
+            let event_id = format!("synthetic-{}-registered{suffix}", history.id);
+            let json = RegisteredJson {
+                event_id: &event_id,
+                vehicle_id: history.id,
+                make: history.make,
+                model: history.model,
+            };
+            (registered, event_id.clone(), serde_json::to_vec(&json))
+        }
+        Some(i) => {
+            let &(state, secs) = history.changes.get(usize::from(i))?;
+            let event_id = format!("synthetic-{}-{i}{suffix}", history.id);
+            let timestamp = Instant::from_unix_micros(secs.saturating_mul(1_000_000))
+                .map_or_else(|| secs.to_string(), |at| at.to_string());
+            let json = StateChangedJson {
+                event_id: &event_id,
+                vehicle_id: history.id,
+                state,
+                timestamp,
+            };
+            (state_changed, event_id.clone(), serde_json::to_vec(&json))
+        }
+    };
+    // A struct of strings and integers always serialises.
+    let payload = payload.unwrap_or_default();
+    Some((
+        subject,
+        PublishMessage::build()
+            .payload(payload.into())
+            .message_id(event_id),
+    ))
+}

@@ -1,0 +1,126 @@
+//! At least once, in any order: the same tables whatever order and however often events arrive,
+//! with one ingest process or two.
+
+use std::time::Duration;
+
+use crate::cluster::{Replica, TempDir};
+use crate::nats::{self, NatsServer};
+use crate::{
+    metric, migrated_database, publish, reference, vehicles_off_their_latest_change,
+    wait_for_tables,
+};
+
+const SEED: u64 = 11;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthetic() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    const VEHICLES: u32 = 400;
+    let expected = reference(VEHICLES, SEED).await;
+    println!("nats-server: {}", nats::version());
+    let dir = TempDir::new("ingest-orders");
+    for (stream, flags) in [
+        ("IN_ORDER", &[][..]),
+        ("SHUFFLED", &["--shuffle"][..]),
+        ("DUPLICATED", &["--shuffle", "--duplicates", "0.3"][..]),
+    ] {
+        // A server each: the streams would all take `vehicles.>`.
+        let nats = NatsServer::start();
+        let db = migrated_database();
+        publish(&nats.url(), stream, VEHICLES, SEED, flags);
+        let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), stream);
+        ingest.start().await;
+
+        let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(30)).await;
+
+        assert!(
+            got == expected,
+            "{stream}: {} vehicles and {} changes, expected {} and {}\n{}",
+            got.vehicles.len(),
+            got.logs.len(),
+            expected.vehicles.len(),
+            expected.logs.len(),
+            ingest.log_tail()
+        );
+        let applied = metric(
+            &ingest,
+            r#"vehicle_state_ingest_events_total{type="state_changed",result="applied"}"#,
+        )
+        .await;
+        assert_eq!(applied, Some(expected.logs.len() as f64), "{stream}");
+        let duplicates = metric(
+            &ingest,
+            r#"vehicle_state_ingest_events_total{type="state_changed",result="duplicate"}"#,
+        )
+        .await
+        .unwrap_or(0.0);
+        if stream == "DUPLICATED" {
+            assert!(duplicates > 0.0, "{stream}: no duplicate counted");
+        } else {
+            assert_eq!(duplicates, 0.0, "{stream}");
+        }
+        // Everything acked: nothing left for the consumer.
+        let mut drained = false;
+        for _ in 0..50 {
+            let pending = metric(&ingest, "vehicle_state_ingest_pending").await;
+            let ack_pending = metric(&ingest, "vehicle_state_ingest_ack_pending").await;
+            if pending == Some(0.0) && ack_pending == Some(0.0) {
+                drained = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(drained, "{stream}: the consumer still has events pending");
+        ingest.send_sigterm();
+        let status = ingest.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.is_some_and(|s| s.success()), "{stream}: {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_processes_share_the_consumer_and_keep_the_invariant() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    const VEHICLES: u32 = 3000;
+    let expected = reference(VEHICLES, SEED).await;
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ingest-two");
+    let db = migrated_database();
+    // Small batches: the two processes then apply changes of the same vehicles side by side.
+    let mut first = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    let mut second = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    for process in [&mut first, &mut second] {
+        process.set("INGEST_BATCH_MAX", "20");
+        process.start().await;
+    }
+
+    publish(
+        &nats.url(),
+        "VEHICLE_EVENTS",
+        VEHICLES,
+        SEED,
+        &["--shuffle", "--duplicates", "0.2"],
+    );
+    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+
+    assert!(
+        got == expected,
+        "{} vehicles and {} changes, expected {} and {}\n{}\n{}",
+        got.vehicles.len(),
+        got.logs.len(),
+        expected.vehicles.len(),
+        expected.logs.len(),
+        first.log_tail(),
+        second.log_tail()
+    );
+    assert_eq!(
+        vehicles_off_their_latest_change(&db.database_url).await,
+        Vec::<i32>::new()
+    );
+    let label = r#"vehicle_state_ingest_events_total{type="state_changed",result="applied"}"#;
+    let (a, b) = (
+        metric(&first, label).await.unwrap_or(0.0),
+        metric(&second, label).await.unwrap_or(0.0),
+    );
+    println!("changes applied: {a} by one process, {b} by the other");
+    assert_eq!(a + b, expected.logs.len() as f64);
+}

@@ -1,0 +1,207 @@
+//! Ingest through failures: killed mid-batch, PostgreSQL stopped, NATS restarted, SIGTERM. Each
+//! ends with exactly the tables `seed synthetic` loads: nothing lost, nothing doubled.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{PgServer, Replica, TempDir, run_binary, wait_until_ok};
+use crate::nats::NatsServer;
+use crate::{log_rows, migrated_database, publish, reference, tables, wait_for_tables};
+
+const SEED: u64 = 5;
+/// Enough events (about 3.7 per vehicle) that ingest, in batches of 25, is still busy when the
+/// fault strikes.
+const VEHICLES: u32 = 6000;
+
+/// Waits until ingest has stored some changes but not all of them.
+async fn wait_until_midway(database_url: &str, total: usize) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = log_rows(database_url).await;
+        if rows > 0 {
+            assert!(
+                (rows as usize) < total,
+                "ingest finished before the fault; make the test's batches smaller"
+            );
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "ingest never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn slow_ingest(dir: &TempDir, database_url: &str, nats: &NatsServer) -> Replica {
+    let mut ingest = Replica::ingest(&dir.0, database_url, &nats.url(), "VEHICLE_EVENTS");
+    ingest.set("INGEST_BATCH_MAX", "25");
+    ingest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    let expected = reference(VEHICLES, SEED).await;
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ingest-kill");
+    let db = migrated_database();
+    publish(
+        &nats.url(),
+        "VEHICLE_EVENTS",
+        VEHICLES,
+        SEED,
+        &["--shuffle"],
+    );
+    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    ingest.start().await;
+
+    let rows = wait_until_midway(&db.database_url, expected.logs.len()).await;
+    ingest.kill9();
+    println!(
+        "killed with {rows} of {} changes stored",
+        expected.logs.len()
+    );
+    ingest.start().await;
+    // What the killed process had applied but not acked comes back after INGEST_ACK_WAIT_SECS
+    // (5 s here) and is found duplicate.
+    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+
+    assert!(
+        got == expected,
+        "{} of {} changes, {} of {} vehicles\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        got.vehicles.len(),
+        expected.vehicles.len(),
+        ingest.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    let expected = reference(VEHICLES, SEED).await;
+    let nats = NatsServer::start();
+    let pg = PgServer::start();
+    let database_url = pg.url("ingest");
+    run_binary(&["migrate"], &[("DATABASE_URL", &database_url)]);
+    let dir = TempDir::new("ingest-pg");
+    publish(
+        &nats.url(),
+        "VEHICLE_EVENTS",
+        VEHICLES,
+        SEED,
+        &["--shuffle"],
+    );
+    let mut ingest = slow_ingest(&dir, &database_url, &nats);
+    ingest.set("DB_ACQUIRE_TIMEOUT_MS", "500");
+    ingest.start().await;
+    wait_until_midway(&database_url, expected.logs.len()).await;
+
+    tokio::task::block_in_place(|| pg.stop());
+    let readyz = format!("{}/readyz", ingest.url());
+    let mut saw_not_ready = false;
+    for _ in 0..40 {
+        let status = crate::cluster::client().get(&readyz).send().await;
+        if status.is_ok_and(|r| r.status() == 503) {
+            saw_not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pg.resume());
+    let ready_again = wait_until_ok(&readyz, Duration::from_secs(20)).await;
+    let got = wait_for_tables(&database_url, &expected, Duration::from_secs(60)).await;
+
+    assert!(
+        saw_not_ready,
+        "/readyz never said 503 while PostgreSQL was down"
+    );
+    assert!(ready_again, "/readyz not 200 after PostgreSQL came back");
+    assert!(
+        got == expected,
+        "{} of {} changes, {} of {} vehicles\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        got.vehicles.len(),
+        expected.vehicles.len(),
+        ingest.log_tail()
+    );
+    assert!(
+        ingest.log_lines_with("PostgreSQL cannot take the batch") > 0,
+        "no batch was retried: {}",
+        ingest.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_during_ingest_and_ingest_resumes_by_itself() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    let expected = reference(VEHICLES, SEED).await;
+    let mut nats = NatsServer::start();
+    let dir = TempDir::new("ingest-nats");
+    let db = migrated_database();
+    publish(
+        &nats.url(),
+        "VEHICLE_EVENTS",
+        VEHICLES,
+        SEED,
+        &["--shuffle"],
+    );
+    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    ingest.start().await;
+    wait_until_midway(&db.database_url, expected.logs.len()).await;
+
+    tokio::task::block_in_place(|| nats.stop());
+    let stopped_at = log_rows(&db.database_url).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| nats.resume());
+    let restarted = Instant::now();
+    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+
+    assert!(
+        got == expected,
+        "{} of {} changes ({stopped_at} when NATS stopped)\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        ingest.log_tail()
+    );
+    println!(
+        "NATS down 1 s with {stopped_at} of {} changes stored; all stored {:.1} s after the restart",
+        expected.logs.len(),
+        restarted.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    let expected = reference(VEHICLES, SEED).await;
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ingest-term");
+    let db = migrated_database();
+    publish(
+        &nats.url(),
+        "VEHICLE_EVENTS",
+        VEHICLES,
+        SEED,
+        &["--shuffle"],
+    );
+    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    ingest.start().await;
+    wait_until_midway(&db.database_url, expected.logs.len()).await;
+
+    ingest.send_sigterm();
+    let status = ingest.wait_exit(Duration::from_secs(10)).await;
+    let at_stop = tables(&db.database_url).await;
+    ingest.start().await;
+    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(at_stop.logs.len() < expected.logs.len());
+    assert!(
+        got == expected,
+        "{} of {} changes\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        ingest.log_tail()
+    );
+}
