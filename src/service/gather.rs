@@ -5,9 +5,10 @@
 //! at once; while they do, new misses queue, and the next batch takes them all. So at low load a
 //! batch is one key and goes out at once, and under load batches grow by themselves.
 //!
-//! A miss that finds a batch slot free and nobody queued does not go through the task at all: it
-//! is fetched in its own task, holding the slot, exactly as without gathering (no channel hop,
-//! no wake-up of another task), and misses arriving meanwhile queue for the gathering task.
+//! A miss that arrives while nothing is in flight and nobody is queued does not go through the
+//! task at all: it is fetched in its own task, holding a slot, exactly as without gathering (no
+//! channel hop, no wake-up of another task), and misses arriving meanwhile queue for the
+//! gathering task. Under load something is always in flight, so every miss is gathered.
 
 use std::sync::Arc;
 
@@ -42,8 +43,11 @@ pub struct Gatherer {
 struct Shared {
     db: PgPool,
     redis: Arc<RedisCache>,
-    /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched.
+    /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched; the
+    /// gathering task holds one while it waits for misses.
     slots: Arc<Semaphore>,
+    /// Free slots when nothing is in flight: all but the gathering task's.
+    idle_slots: usize,
     outage: LastOutage,
 }
 
@@ -62,19 +66,21 @@ impl Gatherer {
             db,
             redis,
             slots: Arc::new(Semaphore::new(in_flight.max(1))),
+            idle_slots: in_flight.max(1) - 1,
             outage: LastOutage::default(),
         });
         tokio::spawn(gather(queued, shared.clone(), max_batch.max(1)));
         Self { misses, shared }
     }
 
-    /// The entry for one key: fetched at once in this task when a slot is free and nothing is
-    /// queued, else in whichever batch takes it.
+    /// The entry for one key: fetched at once in this task when nothing is in flight or queued,
+    /// else in whichever batch takes it.
     pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Instant) -> Fetched {
         let queued_at = std::time::Instant::now();
-        if self.misses.capacity() == self.misses.max_capacity()
-            && let Ok(slot) = self.shared.slots.clone().try_acquire_owned()
-        {
+        let idle = self.shared.idle_slots > 0
+            && self.shared.slots.available_permits() == self.shared.idle_slots
+            && self.misses.capacity() == self.misses.max_capacity();
+        if idle && let Ok(slot) = self.shared.slots.clone().try_acquire_owned() {
             let _slot = slot;
             let mut fetched = self.shared.fetch(&[(key, id, at)], None).await;
             return fetched.pop().unwrap_or_else(|| Err(stopped()));
