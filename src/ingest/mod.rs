@@ -25,6 +25,9 @@ const SETUP_RETRY: Duration = Duration::from_secs(1);
 /// How often the consumer's pull stream sends heartbeats; a stream that misses two re-issues its
 /// pull (after a NATS restart, say).
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Messages asked for per pull, in batches of INGEST_BATCH_MAX: the client asks again when half
+/// are taken, so a full batch is buffered while the previous one commits.
+const PULL_BATCHES: usize = 4;
 /// How long one pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
@@ -133,13 +136,13 @@ impl Ingestor {
                 () = signals.recv() => return Ok(()),
                 messages = consumer
                     .stream()
-                    .max_messages_per_batch(batch_max)
+                    .max_messages_per_batch(batch_max.saturating_mul(PULL_BATCHES))
                     .heartbeat(HEARTBEAT)
                     .expires(PULL_EXPIRES)
                     .messages() => messages,
             };
-            let mut chunks = match messages {
-                Ok(messages) => messages.ready_chunks(batch_max),
+            let mut messages = match messages {
+                Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(error = %telemetry::chain(&error), "cannot pull from the consumer; trying again");
                     tokio::time::sleep(SETUP_RETRY).await;
@@ -147,15 +150,16 @@ impl Ingestor {
                 }
             };
             loop {
-                let chunk = tokio::select! {
+                let first = tokio::select! {
                     biased;
                     () = signals.recv() => return Ok(()),
-                    chunk = chunks.next() => chunk,
+                    first = messages.next() => first,
                 };
-                let Some(chunk) = chunk else {
+                let Some(first) = first else {
                     tracing::warn!("the consumer's message stream ended; pulling again");
                     continue 'pull;
                 };
+                let chunk = ready_batch(&mut messages, first, batch_max).await;
                 let mut sorted = Sorted::default();
                 for item in chunk {
                     match item {
@@ -357,6 +361,32 @@ impl Ingestor {
             }
         }
     }
+}
+
+/// `first`, and whatever else has already arrived, up to `max`. No timer: the client hands over
+/// buffered messages a few at a time (it asks the server for more as it goes), so this gives it
+/// a turn of the scheduler when it has none ready, and stops at the first turn that brings none.
+async fn ready_batch<S, T>(messages: &mut S, first: T, max: usize) -> Vec<T>
+where
+    S: futures_util::Stream<Item = T> + Unpin,
+{
+    let mut batch = vec![first];
+    let mut yielded = false;
+    while batch.len() < max {
+        match futures_util::FutureExt::now_or_never(messages.next()) {
+            Some(Some(item)) => {
+                batch.push(item);
+                yielded = false;
+            }
+            Some(None) => break,
+            None if yielded => break,
+            None => {
+                tokio::task::yield_now().await;
+                yielded = true;
+            }
+        }
+    }
+    batch
 }
 
 /// The outcome of one event applied alone: a failure of its own data is a refusal; a lost
