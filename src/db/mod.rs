@@ -45,11 +45,14 @@ pub fn connect(settings: &DatabaseSettings) -> PgPool {
 /// A pool for migrations and seeding: no statement timeout, since building an index on a large
 /// table, or waiting for another replica's migrations, takes as long as it takes.
 fn connect_for_maintenance(settings: &DatabaseSettings) -> PgPool {
+    // Warnings and errors only: `CREATE TABLE IF NOT EXISTS _sqlx_migrations` would otherwise
+    // log PostgreSQL's "already exists, skipping" notice on every start.
     let options = settings
         .database_url
         .options
         .clone()
-        .application_name("vehicle-state migrate");
+        .application_name("vehicle-state migrate")
+        .options([("client_min_messages", "warning")]);
     pool_options(settings)
         .max_connections(2)
         .connect_lazy_with(options)
@@ -88,11 +91,27 @@ pub async fn prepare(
         }
         Err(e) => return Err(connect::failure(&e, url)),
     }
+    let before = applied_versions(&pool).await;
     MIGRATOR
         .run(&pool)
         .await
         .with_context(|| format!("cannot apply migrations to {url}"))?;
-    tracing::info!(database = %url, "migrations are up to date");
+    let after = applied_versions(&pool).await;
+    let mut newly = 0;
+    for migration in MIGRATOR.iter() {
+        if !before.contains(&migration.version) && after.contains(&migration.version) {
+            newly += 1;
+            tracing::info!(
+                database = %url,
+                version = migration.version,
+                description = %migration.description,
+                "migration applied"
+            );
+        }
+    }
+    if newly == 0 {
+        tracing::info!(database = %url, migrations = after.len(), "migrations are up to date: none pending");
+    }
     match seed_with {
         None => {}
         Some(SeedData::Sample) => seed::sample(&pool).await?,
@@ -100,6 +119,14 @@ pub async fn prepare(
     }
     pool.close().await;
     Ok(())
+}
+
+/// Versions recorded as applied (none when the migrations table does not exist yet).
+async fn applied_versions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
 }
 
 fn has_code(e: &sqlx::Error, code: &str) -> bool {

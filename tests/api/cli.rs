@@ -189,6 +189,44 @@ async fn migrate_creates_the_database_and_seed_twice_changes_nothing() {
 }
 
 #[tokio::test]
+async fn migrate_logs_the_migrations_it_applied_and_no_postgres_notice() {
+    let scratch = Scratch::new();
+    let env = [
+        ("DATABASE_URL", scratch.database_url.as_str()),
+        ("LOG_FORMAT", "json"),
+    ];
+
+    let first = vehicle_state(&["migrate"], &env);
+    let second = vehicle_state(&["migrate"], &env);
+
+    let lines = |output: &Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(first.status.success() && second.status.success());
+    let applied: Vec<_> = lines(&first)
+        .into_iter()
+        .filter(|l| l["message"] == "migration applied")
+        .map(|l| l["description"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(applied, ["tables", "state logs lookup index"]);
+    let again = lines(&second);
+    assert!(
+        again.iter().any(
+            |l| l["message"] == "migrations are up to date: none pending" && l["migrations"] == 2
+        ),
+        "{again:?}"
+    );
+    assert!(!again.iter().any(|l| l["message"] == "migration applied"));
+    for output in [&first, &second] {
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(!text.contains("already exists"), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn migrate_adopts_existing_tables_and_keeps_their_rows() {
     let scratch = Scratch::with_empty_database().await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch.database_url)
