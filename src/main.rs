@@ -5,6 +5,16 @@ use vehicle_state::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Settings from `.env` in the working directory, when there is one: variables already in
+    // the environment win over it (dotenvy never overrides them).
+    match dotenvy::from_path(".env") {
+        Ok(()) => {}
+        Err(error) if error.not_found() => {}
+        Err(error) => {
+            eprintln!("error: cannot read .env: {error}");
+            return ExitCode::from(cli::EXIT_BAD_SETTING);
+        }
+    }
     let cli = match Cli::try_parse_settings() {
         Ok(cli) => cli,
         Err(exit) => return exit,

@@ -411,3 +411,38 @@ async fn seed_synthetic_loads_the_same_data_for_the_same_seed_and_refuses_a_full
     assert!(other.status.success(), "{}", stderr(&other));
     assert_ne!(other_seed.2, loaded.2, "another seed gives other data");
 }
+
+#[test]
+fn a_dot_env_file_in_the_working_directory_is_read_and_the_environment_wins() {
+    let dir = std::env::temp_dir().join(format!("vs-dotenv-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    std::fs::write(dir.join(".env"), "CACHE_TTL_SECS=0\n").expect("write .env");
+    let run = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
+            .arg("serve")
+            .current_dir(&dir)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("the binary runs")
+    };
+
+    // From the file: CACHE_TTL_SECS=0 is refused, naming it.
+    let from_file = run(&[]);
+    // The environment's valid value wins over the file's: the start then gets past the settings
+    // and fails on the unreachable database instead (exit 1, not 2).
+    let overridden = run(&[
+        ("CACHE_TTL_SECS", "30"),
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert_eq!(from_file.status.code(), Some(2));
+    assert!(
+        stderr(&from_file).contains("CACHE_TTL_SECS"),
+        "{}",
+        stderr(&from_file)
+    );
+    assert_eq!(overridden.status.code(), Some(1), "{}", stderr(&overridden));
+    assert!(stderr(&overridden).contains("cannot reach PostgreSQL"));
+}
