@@ -109,14 +109,19 @@ impl Shared {
         down: Option<Arc<LookupError>>,
     ) -> Vec<Fetched> {
         let fetched = fetch_many_unless(&self.db, &self.redis, pairs, down).await;
-        if let Some(Err(error)) = fetched.iter().find(
-            |f| matches!(f, Err(e) if matches!(**e, LookupError::Db(DbError::Unavailable(_)))),
-        ) {
+        if let Some(Err(error)) = fetched.iter().find(|f| matches!(f, Err(e) if is_outage(e))) {
             *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((std::time::Instant::now(), error.clone()));
         }
         fetched
     }
+}
+
+/// Whether a lookup failed because PostgreSQL cannot be reached (an outage the misses queued
+/// behind it need not wait out again), not because its own statement ran past the statement
+/// timeout: one slow lookup says nothing about the next.
+fn is_outage(error: &LookupError) -> bool {
+    matches!(error, LookupError::Db(db @ DbError::Unavailable(_)) if db.kind() != "statement_timeout")
 }
 
 /// The gathering task ended (only when the runtime shuts down): the lookup cannot be answered.
