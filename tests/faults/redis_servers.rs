@@ -177,6 +177,18 @@ impl RedisServer {
     }
 
     /// Its role: `master` or `slave`.
+    /// Its role, or None when the question is not answered: a sentinel promoting a replica
+    /// disconnects its clients, so a poll during a failover may meet a reset connection.
+    pub async fn try_role(&self) -> Option<String> {
+        let role: Vec<redis::Value> = self.try_query(&redis::cmd("ROLE")).await.ok()?;
+        match role.first() {
+            Some(redis::Value::BulkString(kind)) => {
+                Some(String::from_utf8_lossy(kind).into_owned())
+            }
+            _ => None,
+        }
+    }
+
     pub async fn role(&self) -> String {
         let role: Vec<redis::Value> = self.query(&redis::cmd("ROLE")).await;
         match role.first() {
