@@ -23,8 +23,8 @@ async fn main() -> ExitCode {
     match cli.command.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // `{:#}` puts the whole cause chain on one line.
-            eprintln!("vehicle-state: {error:#}");
+            // The whole cause chain on one line, each cause once.
+            eprintln!("vehicle-state: {}", telemetry::chain(error.as_ref()));
             ExitCode::from(cli::EXIT_FAILURE)
         }
     }

@@ -165,18 +165,33 @@ impl RootSpanBuilder for RequestSpan {
     }
 }
 
-/// An error and all its causes on one line, for logs.
+/// An error and all its causes on one line, for logs and for the message a command exits with.
+/// A cause its parent's message already ends with is not repeated (sqlx's `error communicating
+/// with database: X` has `X` as its source), and PostgreSQL's errors are their message alone,
+/// without sqlx's `at line N` (a line of PostgreSQL's own source, meaningless to a reader).
 pub fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl std::fmt::Display + 'a {
     struct Chain<'a>(&'a (dyn std::error::Error + 'static));
     impl std::fmt::Display for Chain<'_> {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", self.0)?;
-            let mut source = self.0.source();
-            while let Some(cause) = source {
-                write!(f, ": {cause}")?;
-                source = cause.source();
+            let mut written = String::new();
+            let mut current = Some(self.0);
+            while let Some(error) = current {
+                let text = if let Some(sqlx::Error::Database(db)) = error.downcast_ref() {
+                    format!("error returned from database: {}", db.message())
+                } else if let Some(db) = error.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    db.message().to_owned()
+                } else {
+                    error.to_string()
+                };
+                if !written.ends_with(&text) {
+                    if !written.is_empty() {
+                        written.push_str(": ");
+                    }
+                    written.push_str(&text);
+                }
+                current = error.source();
             }
-            Ok(())
+            f.write_str(&written)
         }
     }
     Chain(error)
@@ -196,6 +211,19 @@ mod tests {
         assert!(!is_acceptable_request_id(b"has space"));
         assert!(!is_acceptable_request_id(b"new\nline"));
         assert!(!is_acceptable_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn a_cause_already_in_its_parent_message_is_written_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = io.to_string();
+        let error = sqlx::Error::Io(io);
+        let once = chain(&error).to_string();
+        assert_eq!(once.matches(&text).count(), 1, "{once}");
+        let wrapped = anyhow::Error::new(error).context("cannot reach PostgreSQL");
+        let line = chain(wrapped.as_ref()).to_string();
+        assert!(line.starts_with("cannot reach PostgreSQL: "), "{line}");
+        assert_eq!(line.matches(&text).count(), 1, "{line}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::config::{DatabaseSettings, DatabaseUrl};
 /// At start, when nothing else connects first (`MIGRATE_ON_START=false`): one connection,
 /// within `DB_ACQUIRE_TIMEOUT_MS`. A setting that can never work (TLS, the login, a missing
 /// database) stops the start with its cause; a server that is down or slow does not, since the
-/// pool connects when it comes back and `/readyz` says not ready meanwhile.
-pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<()> {
+/// pool connects when it comes back and `/readyz` says not ready meanwhile. `Ok(false)` when
+/// it could not be reached.
+pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<bool> {
     let url = &settings.database_url;
     let attempt = PgConnection::connect_with(&url.options);
     match tokio::time::timeout(settings.acquire_timeout(), attempt).await {
@@ -22,16 +23,16 @@ pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<()>
             if let Err(error) = conn.close().await {
                 tracing::debug!(error = %error, "closing the start-up check's connection");
             }
-            Ok(())
+            Ok(true)
         }
         Ok(Err(error)) if is_setting(&error) => Err(failure(&error, url)),
         Ok(Err(error)) => {
-            tracing::warn!(database = %url, error = %error, "PostgreSQL cannot be reached yet; serving, not ready until it can");
-            Ok(())
+            tracing::warn!(database = %url, cause = %unreachable(&error, url), "PostgreSQL cannot be reached yet; serving, not ready until it can");
+            Ok(false)
         }
         Err(_) => {
             tracing::warn!(database = %url, timeout = ?settings.acquire_timeout(), "PostgreSQL did not answer in time; serving, not ready until it does");
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -89,7 +90,15 @@ pub fn failure(error: &sqlx::Error, url: &DatabaseUrl) -> anyhow::Error {
                 "the server refuses connections without TLS from here ({message}): use sslmode=require, verify-ca or verify-full (now sslmode={mode})"
             ),
             Some(code) if code.starts_with("28") => {
-                format!("the server refused the login: {message}")
+                // Reached: the server said no, which is not "cannot connect".
+                let hint = if message.contains("certificate") {
+                    "give a client certificate with sslcert=/path/to/cert.pem&sslkey=/path/to/key.pem in DATABASE_URL"
+                } else {
+                    "check the user and password in DATABASE_URL, and the server's pg_hba.conf"
+                };
+                return anyhow::anyhow!(
+                    "PostgreSQL at {url} refused the login: {message} ({hint})"
+                );
             }
             Some("3D000") => format!(
                 "{message}: create it and apply the migrations with `vehicle-state migrate` (against the primary)"
@@ -99,10 +108,67 @@ pub fn failure(error: &sqlx::Error, url: &DatabaseUrl) -> anyhow::Error {
     } else if let sqlx::Error::Configuration(cause) = error {
         format!("DATABASE_URL: {cause}")
     } else {
-        // Not reached at all. sqlx's message already includes its I/O cause.
-        return anyhow::anyhow!("cannot reach PostgreSQL at {url}: {error}");
+        return anyhow::anyhow!(
+            "cannot reach PostgreSQL at {url}: {}",
+            unreachable(error, url)
+        );
     };
     anyhow::anyhow!("cannot connect to PostgreSQL at {url}: {cause}")
+}
+
+/// Why PostgreSQL at `url` could not be reached at all, in a phrase: a refused connection, a
+/// host name that does not resolve, a time out. sqlx's own message wraps its cause twice and
+/// says "pool timed out" for a refused connection it retried; this names the cause once.
+pub fn unreachable(error: &sqlx::Error, url: &DatabaseUrl) -> String {
+    let (host, port) = (url.options.get_host(), url.options.get_port());
+    match error {
+        sqlx::Error::Io(io) => {
+            let text = io.to_string();
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    format!(
+                        "connection refused: nothing listens on {host}:{port}; is PostgreSQL running there?"
+                    )
+                }
+                std::io::ErrorKind::TimedOut => format!("timed out connecting to {host}:{port}"),
+                _ if text.contains("lookup address") => {
+                    // tokio: "failed to lookup address information: Name or service not known".
+                    let reason = text.rsplit(": ").next().unwrap_or(&text);
+                    format!("no such host {host:?} ({reason})")
+                }
+                _ => text,
+            }
+        }
+        sqlx::Error::PoolTimedOut => {
+            format!("timed out: no connection to {host}:{port} in time (DB_ACQUIRE_TIMEOUT_MS)")
+        }
+        // sqlx adds where in its own source it noticed: "… (sqlx_postgres::connection::tls:95)".
+        sqlx::Error::Protocol(message) => match message.rsplit_once(" (sqlx") {
+            Some((message, _)) => format!("the connection broke off: {message}"),
+            None => format!("the connection broke off: {message}"),
+        },
+        other => crate::telemetry::chain(other).to_string(),
+    }
+}
+
+/// After the pool gave up (`PoolTimedOut`, which hides why): one connection of its own, within
+/// `DB_ACQUIRE_TIMEOUT_MS`, to find the cause to stop on.
+pub async fn diagnose(settings: &DatabaseSettings) -> anyhow::Error {
+    let url = &settings.database_url;
+    let attempt = PgConnection::connect_with(&url.options);
+    match tokio::time::timeout(settings.acquire_timeout(), attempt).await {
+        Ok(Err(error)) => failure(&error, url),
+        Ok(Ok(_connected)) => anyhow::anyhow!(
+            "cannot reach PostgreSQL at {url}: no connection within {} ms (DB_ACQUIRE_TIMEOUT_MS), although one made just after succeeded: a slow or busy server",
+            settings.db_acquire_timeout_ms
+        ),
+        Err(_) => anyhow::anyhow!(
+            "cannot reach PostgreSQL at {url}: timed out: no answer from {}:{} within {} ms (DB_ACQUIRE_TIMEOUT_MS)",
+            url.options.get_host(),
+            url.options.get_port(),
+            settings.db_acquire_timeout_ms
+        ),
+    }
 }
 
 /// The rustls error under a failed handshake, however sqlx wrapped it.

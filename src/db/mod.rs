@@ -89,6 +89,8 @@ pub async fn prepare(
                 }
             }
         }
+        // A refused connection was retried until the acquire timeout: find out why.
+        Err(sqlx::Error::PoolTimedOut) => return Err(connect::diagnose(settings).await),
         Err(e) => return Err(connect::failure(&e, url)),
     }
     let before = applied_versions(&pool).await;

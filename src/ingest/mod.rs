@@ -46,7 +46,8 @@ pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
     if settings.migrate_on_start {
         db::prepare(&settings.database, None).await?;
     } else {
-        db::check_connection(&settings.database).await?;
+        // Unreachable: the pool connects when it can; batches wait and are NAKed meanwhile.
+        let _reachable = db::check_connection(&settings.database).await?;
     }
     let ingestor = Arc::new(Ingestor {
         pool: db::connect(&settings.database),
