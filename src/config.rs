@@ -660,6 +660,12 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub http: HttpSettings,
 
+    /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
+    /// from the pool failed too), how often one connection tries it again; meanwhile requests
+    /// that need it are answered 503 at once. The first that connects ends the outage.
+    #[arg(long, help_heading = "PostgreSQL", env = "DB_PROBE_INTERVAL_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub db_probe_interval_ms: u64,
+
     /// Create the database if absent and apply pending migrations before serving. Safe with
     /// many replicas starting at once (migrations take an advisory lock).
     #[arg(long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]

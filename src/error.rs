@@ -187,10 +187,12 @@ impl ApiError {
                 retry_after_secs: retry_after.overloaded,
                 source,
             },
-            LookupError::Db(DbError::Unavailable(_)) => ApiError::DatabaseUnavailable {
-                retry_after_secs: retry_after.database,
-                source,
-            },
+            LookupError::Db(DbError::Unavailable(_) | DbError::Down) => {
+                ApiError::DatabaseUnavailable {
+                    retry_after_secs: retry_after.database,
+                    source,
+                }
+            }
             LookupError::Db(DbError::Query(_)) => ApiError::Internal(anyhow::Error::new(source)),
         }
     }

@@ -33,14 +33,19 @@ impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         // Settings that cannot work fail before anything is touched.
         let redis = std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?);
-        if settings.migrate_on_start || settings.seed.is_some() {
+        let reachable = if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
+            true
         } else {
-            db::check_connection(&settings.database).await?;
-        }
+            db::check_connection(&settings.database).await?
+        };
         let state = web::Data::new(AppState {
             service: StateService::new(
-                db::connect(&settings.database),
+                db::Database::new(
+                    &settings.database,
+                    Duration::from_millis(settings.db_probe_interval_ms),
+                    reachable,
+                ),
                 redis,
                 LocalCache::new(settings.cache.local_cache_max_bytes),
                 settings.http.lookup_concurrency_limit,
@@ -150,7 +155,7 @@ impl Application {
         tokio::time::sleep(self.drain).await;
         handle.stop(true).await;
         server.await.context("the HTTP server task failed")??;
-        self.state.service.db.close().await;
+        self.state.service.db.pool().close().await;
         tracing::info!("stopped");
         Ok(())
     }

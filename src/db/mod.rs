@@ -4,12 +4,14 @@
 #[macro_use]
 mod lookup;
 mod connect;
+mod database;
 mod history;
 mod ingest;
 mod seed;
 mod synthetic;
 
 pub use connect::check_connection;
+pub use database::Database;
 pub use history::{HISTORY_SQL, history};
 
 pub use synthetic::{SyntheticHistory, generate};
@@ -32,14 +34,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// not ready) while PostgreSQL is still down, and recovers by itself when it comes back. Every
 /// statement is bounded by `DB_STATEMENT_TIMEOUT_MS`.
 pub fn connect(settings: &DatabaseSettings) -> PgPool {
+    pool_options(settings).connect_lazy_with(request_options(settings))
+}
+
+/// How request-path connections are made: `DATABASE_URL`, named, with the statement timeout.
+fn request_options(settings: &DatabaseSettings) -> sqlx::postgres::PgConnectOptions {
     let statement_timeout = settings.db_statement_timeout_ms.to_string();
-    let options = settings
+    settings
         .database_url
         .options
         .clone()
         .application_name("vehicle-state")
-        .options([("statement_timeout", statement_timeout.as_str())]);
-    pool_options(settings).connect_lazy_with(options)
+        .options([("statement_timeout", statement_timeout.as_str())])
 }
 
 /// A pool for migrations and seeding: no statement timeout, since building an index on a large
@@ -152,22 +158,27 @@ pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
 pub enum DbError {
     #[error("PostgreSQL is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// Not asked: a connection to it failed, and no probe has connected since.
+    #[error("PostgreSQL is unavailable: it could not be reached, and no probe has connected since")]
+    Down,
     #[error("PostgreSQL query failed")]
     Query(#[source] sqlx::Error),
 }
 
 impl DbError {
     /// Every value [`DbError::kind`] returns.
-    pub const KINDS: [&'static str; 4] = [
+    pub const KINDS: [&'static str; 5] = [
         "acquire_timeout",
         "statement_timeout",
         "unavailable",
+        "down",
         "query",
     ];
 
     /// The `kind` label of `vehicle_state_db_errors_total`. sqlx retries a refused connection
-    /// until the acquire timeout, so a PostgreSQL that is down shows as `acquire_timeout`, as
-    /// does a pool whose connections are all busy.
+    /// until the acquire timeout, so a PostgreSQL that has just gone down shows as
+    /// `acquire_timeout` (as does a pool whose connections are all busy), then as `down` once a
+    /// probe has confirmed it (see [`Database`]).
     pub fn kind(&self) -> &'static str {
         match self {
             DbError::Unavailable(sqlx::Error::PoolTimedOut) => "acquire_timeout",
@@ -177,7 +188,26 @@ impl DbError {
                 "statement_timeout"
             }
             DbError::Unavailable(_) => "unavailable",
+            DbError::Down => "down",
             DbError::Query(_) => "query",
+        }
+    }
+
+    /// Whether a client may retry (503), as opposed to a defect (500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_) | DbError::Down)
+    }
+
+    /// Whether this failure may mean PostgreSQL cannot be reached, so that a probe should tell:
+    /// not a statement past its timeout, a serialization failure or a deadlock, which show a
+    /// server that answers.
+    pub fn may_mean_unreachable(&self) -> bool {
+        match self {
+            DbError::Unavailable(sqlx::Error::Database(d)) => {
+                !matches!(d.code().as_deref(), Some("57014" | "40001" | "40P01"))
+            }
+            DbError::Unavailable(_) => true,
+            DbError::Down | DbError::Query(_) => false,
         }
     }
 }

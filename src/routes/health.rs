@@ -56,12 +56,12 @@ pub async fn livez() -> HttpResponse {
 ))]
 #[route("/readyz", method = "GET", method = "HEAD")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (postgres, redis) = tokio::join!(
-        crate::db::ping(&state.service.db),
-        state.service.redis.ping()
-    );
+    let (postgres, redis) = tokio::join!(state.service.db.ping(), state.service.redis.ping());
     let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
-    if let Err(error) = &postgres {
+    if let Err(error) = &postgres
+        && !matches!(error, crate::db::DbError::Down)
+    {
+        // While it is known down, said once when that was found.
         tracing::warn!(error = %crate::telemetry::chain(error), "readiness: PostgreSQL is down");
     }
     if let Err(error) = &redis

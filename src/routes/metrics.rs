@@ -24,7 +24,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
     };
     let text = crate::metrics::render(
-        crate::db::pool_gauge(&service.db),
+        crate::db::pool_gauge(service.db.pool()),
         redis.pool_gauge(),
         crate::metrics::RedisNodesGauge {
             mode: redis.mode().label(),

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::{Instant as Clock, SystemTime};
 
 use actix_web::web::Bytes;
-use sqlx::PgPool;
 
 use super::LookupError;
 use crate::cache::local::Source;
 use crate::cache::{Answer, CacheError, CacheKey, Cached, LocalEntry, RedisCache, unix_ms};
-use crate::db::{self, DbError};
+use crate::db::{Database, DbError};
 use crate::domain::{Instant, Lookup, VehicleId};
 
 /// What one key came to: its entry (whose `source` says from where), or why there is none.
@@ -23,7 +22,7 @@ pub type Fetched = Result<Arc<LocalEntry>, Arc<LookupError>>;
 /// round trip; a failure fails only the pairs that needed it; a stale answer (within
 /// `STALE_IF_ERROR_SECS`) stands in for a pair PostgreSQL cannot answer.
 pub async fn fetch_many(
-    db: &PgPool,
+    db: &Database,
     redis: &RedisCache,
     pairs: &[(CacheKey, VehicleId, Instant)],
 ) -> Vec<Fetched> {
@@ -34,7 +33,7 @@ pub async fn fetch_many(
 /// Redis is still asked, but PostgreSQL is not: what Redis lacks fails with `db_down` (or is
 /// served stale) at once, so no pair waits out the acquire timeout twice.
 pub async fn fetch_many_unless(
-    db: &PgPool,
+    db: &Database,
     redis: &RedisCache,
     pairs: &[(CacheKey, VehicleId, Instant)],
     db_down: Option<Arc<LookupError>>,
@@ -145,7 +144,7 @@ pub async fn fetch_many_unless(
             }
         }
         if let Some(error) = failed {
-            let unavailable = matches!(*error, LookupError::Db(DbError::Unavailable(_)));
+            let unavailable = matches!(&*error, LookupError::Db(db) if db.is_unavailable());
             let mut served_stale = 0;
             for &m in &ask {
                 fetched[m] = Some(match (unavailable, stale[m].take()) {
@@ -162,7 +161,12 @@ pub async fn fetch_many_unless(
                     _ => Err(error.clone()),
                 });
             }
-            tracing::warn!(error = %crate::telemetry::chain(&*error), keys = ask.len(), served_stale, "PostgreSQL could not answer");
+            if matches!(&*error, LookupError::Db(DbError::Down)) {
+                // Logged once, when the outage was found (see `db::Database`); counted as `down`.
+                tracing::debug!(keys = ask.len(), served_stale, "PostgreSQL is known down");
+            } else {
+                tracing::warn!(error = %crate::telemetry::chain(&*error), keys = ask.len(), served_stale, "PostgreSQL could not answer");
+            }
         }
     }
     fetched
@@ -178,12 +182,12 @@ pub async fn fetch_many_unless(
 /// (not an outage: a row it cannot read, say), each pair again on its own, so that a bad row
 /// fails only its pair. An outage fails them all (`Err`).
 async fn lookup_each_if_need_be(
-    db: &PgPool,
+    db: &Database,
     pairs: &[(VehicleId, Instant)],
 ) -> Result<Vec<Result<Lookup, DbError>>, DbError> {
-    match db::lookup_many(db, pairs).await {
+    match db.lookup_many(pairs).await {
         Ok(lookups) => Ok(lookups.into_iter().map(Ok).collect()),
-        Err(error @ DbError::Unavailable(_)) => Err(error),
+        Err(error) if error.is_unavailable() => Err(error),
         Err(error) if pairs.len() == 1 => Ok(vec![Err(error)]),
         Err(error) => {
             tracing::warn!(error = %crate::telemetry::chain(&error), pairs = pairs.len(), "a lookup statement failed; asking for each pair on its own");
@@ -191,7 +195,7 @@ async fn lookup_each_if_need_be(
             for pair in pairs {
                 metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(1.0);
                 each.push(
-                    db::lookup_many(db, std::slice::from_ref(pair))
+                    db.lookup_many(std::slice::from_ref(pair))
                         .await
                         .and_then(|mut one| {
                             one.pop()

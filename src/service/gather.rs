@@ -12,13 +12,12 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LookupError;
 use super::fetch::{Fetched, fetch_many_unless};
 use crate::cache::{CacheKey, RedisCache};
-use crate::db::DbError;
+use crate::db::{Database, DbError};
 use crate::domain::{Instant, VehicleId};
 
 /// A miss waiting for its batch.
@@ -41,7 +40,7 @@ pub struct Gatherer {
 
 /// What the gathering task and misses fetched on their own share.
 struct Shared {
-    db: PgPool,
+    db: Database,
     redis: Arc<RedisCache>,
     /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched; the
     /// gathering task holds one while it waits for misses.
@@ -55,7 +54,7 @@ impl Gatherer {
     /// Starts the gathering task. `queue` bounds the misses waiting (each holds a permit of
     /// `LOOKUP_CONCURRENCY_LIMIT`, so that limit is the natural bound).
     pub fn start(
-        db: PgPool,
+        db: Database,
         redis: Arc<RedisCache>,
         max_batch: usize,
         in_flight: usize,
@@ -121,7 +120,7 @@ impl Shared {
 /// behind it need not wait out again), not because its own statement ran past the statement
 /// timeout: one slow lookup says nothing about the next.
 fn is_outage(error: &LookupError) -> bool {
-    matches!(error, LookupError::Db(db @ DbError::Unavailable(_)) if db.kind() != "statement_timeout")
+    matches!(error, LookupError::Db(db) if db.may_mean_unreachable() || matches!(db, DbError::Down))
 }
 
 /// The gathering task ended (only when the runtime shuts down): the lookup cannot be answered.

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as Clock, SystemTime};
 
 use actix_web::web::Bytes;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::cache::local::Source;
 use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
-use crate::db::{self, DbError};
+use crate::db::{Database, DbError};
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Instant, Outcome, VehicleId};
 use crate::metrics::LookupResult;
@@ -98,7 +97,7 @@ impl Served {
 
 /// The lookup path and everything it reads from.
 pub struct StateService {
-    pub db: PgPool,
+    pub db: Database,
     pub redis: Arc<RedisCache>,
     pub local: LocalCache,
     /// One permit per lookup in flight past memory (`LOOKUP_CONCURRENCY_LIMIT`).
@@ -118,7 +117,7 @@ pub struct Gathering {
 impl StateService {
     /// Starts the gathering task (call within the runtime).
     pub fn new(
-        db: PgPool,
+        db: Database,
         redis: Arc<RedisCache>,
         local: LocalCache,
         max_in_flight: u32,
@@ -181,8 +180,8 @@ impl StateService {
     /// bound, single flight, shedding and stale-if-error).
     pub async fn history(&self, query: HistoryQuery) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.history_key(&query);
-        let load = move |db: PgPool| async move {
-            Ok(match db::history(&db, &query).await? {
+        let load = move |db: Database| async move {
+            Ok(match db.history(&query).await? {
                 HistoryPage::Found(page) => (
                     Outcome::Found,
                     // A struct of strings, integers and instants always serialises.
@@ -260,13 +259,13 @@ fn arrived(source: Source) -> (CacheStatus, LookupResult) {
 /// One key past memory: Redis, then `load` from PostgreSQL, written back (the timeline's path;
 /// lookups go through [`fetch::fetch_many`], gathered).
 async fn fetch<L, F>(
-    db: PgPool,
+    db: Database,
     redis: Arc<RedisCache>,
     key: CacheKey,
     load: L,
 ) -> Result<Arc<LocalEntry>, LookupError>
 where
-    L: FnOnce(PgPool) -> F,
+    L: FnOnce(Database) -> F,
     F: Future<Output = Result<(Outcome, Vec<u8>), DbError>>,
 {
     // Taken before asking, so memory never keeps the answer longer than Redis does.
@@ -295,11 +294,19 @@ where
     });
     let lookup = match lookup {
         Ok(lookup) => lookup,
-        Err(error @ DbError::Unavailable(_)) => {
+        Err(error) if error.is_unavailable() => {
             let Some(answer) = stale else {
                 return Err(error.into());
             };
-            tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
+            if matches!(error, DbError::Down) {
+                // The outage was logged once, when it was found.
+                tracing::debug!(
+                    key = key.as_str(),
+                    "PostgreSQL is known down; serving a stale answer (STALE_IF_ERROR_SECS)"
+                );
+            } else {
+                tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), "PostgreSQL cannot answer; serving a stale answer (STALE_IF_ERROR_SECS)");
+            }
             // Expired on arrival: memory hands it to the requests waiting now, and keeps it for
             // nobody else, so the next request asks PostgreSQL again.
             return Ok(Arc::new(LocalEntry::new(

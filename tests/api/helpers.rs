@@ -176,6 +176,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             http_keep_alive_secs: 5,
             http_max_connections: 25_000,
         },
+        db_probe_interval_ms: 50,
         migrate_on_start: true,
         seed: Some(Dataset::Sample),
     }

@@ -4,14 +4,25 @@ use std::time::{Duration, Instant};
 
 use crate::chaos::ChaosProxy;
 use crate::helpers::{
-    Reply, TestApp, postgres_addr, redis_addr, spawn_app_with, spawn_replica_without_postgres,
-    via_port,
+    Reply, TestApp, postgres_addr, redis_addr, spawn_app, spawn_app_with, spawn_replica,
+    spawn_replica_without_postgres, via_port,
 };
 
 /// Asks until `done` holds for a reply, for at most `within`; returns every reply seen.
 async fn poll(
     app: &TestApp,
     path: &str,
+    within: Duration,
+    done: impl Fn(&Reply) -> bool,
+) -> Vec<Reply> {
+    poll_every(app, path, Duration::from_millis(100), within, done).await
+}
+
+/// [`poll`], asking every `every`.
+async fn poll_every(
+    app: &TestApp,
+    path: &str,
+    every: Duration,
     within: Duration,
     done: impl Fn(&Reply) -> bool,
 ) -> Vec<Reply> {
@@ -24,7 +35,7 @@ async fn poll(
         if finished || Instant::now() > deadline {
             return seen;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -95,27 +106,64 @@ async fn when_postgres_goes_away_cached_answers_continue_and_the_service_recover
 
     proxy.cut();
     let cached = app.state_at("3", "2022-09-12T10:00:00Z").await;
-    let started = Instant::now();
-    let uncached = app.state_at("2", "2022-09-12T10:00:00Z").await;
-    let uncached_took = started.elapsed();
-    let not_ready = app.get("/readyz").await;
+    // The first uncached lookup finds the pooled connection dead; a probe confirms the outage.
+    let (uncached, uncached_took) = timed(app.state_at("2", "2022-09-12T10:00:00Z")).await;
+    // From then on PostgreSQL is known down: lookups it would answer fail at once, as does
+    // readiness.
+    let mut known_down = Vec::new();
+    for second in 0..20 {
+        let ts = (1_662_976_900 + second).to_string();
+        known_down.push(timed(app.state_at("1", &ts)).await);
+    }
+    let (not_ready, not_ready_took) = timed(app.get("/readyz")).await;
     proxy.restore();
-    let ready = poll(&app, "/readyz", Duration::from_secs(10), |r| {
-        r.status == 200
-    })
+    let restored = Instant::now();
+    let ready = poll_every(
+        &app,
+        "/readyz",
+        Duration::from_millis(5),
+        Duration::from_secs(10),
+        |r| r.status == 200,
+    )
     .await;
+    let ready_after = restored.elapsed();
     let recovered = app.state_at("2", "2022-09-12T10:00:00Z").await;
 
+    let slowest = known_down
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "PostgreSQL cut: first uncached lookup 503 in {} ms; the next {} in at most {} ms; /readyz 503 in {} ms; ready {} ms after it was back",
+        uncached_took.as_millis(),
+        known_down.len(),
+        slowest.as_millis(),
+        not_ready_took.as_millis(),
+        ready_after.as_millis()
+    );
     assert_eq!(cached.status, 200);
     assert_eq!(cached.header("x-cache"), "HIT");
     uncached.assert_problem(503, "/problems/database-unavailable");
     assert_eq!(uncached.header("retry-after"), "5");
     assert!(
-        uncached_took < Duration::from_secs(3),
+        uncached_took < Duration::from_millis(500 + 200),
         "bounded by the acquire timeout: {uncached_took:?}"
     );
+    for (reply, took) in &known_down {
+        reply.assert_problem(503, "/problems/database-unavailable");
+        assert_eq!(reply.header("retry-after"), "5");
+        assert!(
+            *took < Duration::from_millis(50),
+            "known down: the 503 at once, not after the acquire timeout: {took:?}"
+        );
+    }
     assert_eq!(not_ready.status, 503);
     assert_eq!(not_ready.json()["postgres"], "down");
+    assert!(
+        not_ready_took < Duration::from_millis(50),
+        "known down: /readyz at once: {not_ready_took:?}"
+    );
     assert_eq!(
         ready.last().map(|r| r.status),
         Some(200),
@@ -123,6 +171,48 @@ async fn when_postgres_goes_away_cached_answers_continue_and_the_service_recover
     );
     assert_eq!(recovered.status, 200, "{}", recovered.body);
     assert_eq!(recovered.json()["state"], "selling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_postgres_is_unreachable_answers_503_at_once_and_recovers() {
+    let seeded = spawn_app().await;
+    let proxy = ChaosProxy::start(postgres_addr()).await;
+    proxy.cut();
+    let app = spawn_replica(&seeded, |s| {
+        let url = via_port(&s.database.database_url.text, proxy.port());
+        s.database.database_url = url.parse().expect("a URL");
+        s.database.db_acquire_timeout_ms = 2000;
+    })
+    .await;
+
+    let (first, first_took) = timed(app.state_at("2", "2022-09-12T10:00:00Z")).await;
+    let (not_ready, not_ready_took) = timed(app.get("/readyz")).await;
+    proxy.restore();
+    let ready = poll(&app, "/readyz", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .await;
+    let answered = app.state_at("2", "2022-09-12T10:00:00Z").await;
+
+    first.assert_problem(503, "/problems/database-unavailable");
+    assert!(
+        first_took < Duration::from_millis(50),
+        "the start-up check found it unreachable: no 2 s wait: {first_took:?}"
+    );
+    assert_eq!(not_ready.status, 503);
+    assert!(
+        not_ready_took < Duration::from_millis(50),
+        "{not_ready_took:?}"
+    );
+    assert_eq!(ready.last().map(|r| r.status), Some(200));
+    assert_eq!(answered.status, 200, "{}", answered.body);
+}
+
+/// A reply and how long it took.
+async fn timed(request: impl Future<Output = Reply>) -> (Reply, Duration) {
+    let started = Instant::now();
+    let reply = request.await;
+    (reply, started.elapsed())
 }
 
 #[tokio::test]

@@ -44,7 +44,10 @@ async fn when_redis_stops_under_load_no_request_fails_and_caching_resumes_when_i
         let report = load.stop().await;
 
         eprintln!("{}", report.summary("Redis stopped for 2 s"));
-        eprintln!("caching resumed {resumed_after:?} after Redis returned");
+        eprintln!(
+            "caching resumed {} after Redis returned",
+            crate::load::figure_or_never(resumed_after)
+        );
         report.assert_no_failures("Redis stopped");
         assert!(cached_before > 0, "answers were cached before the stop");
         let during = report
@@ -160,7 +163,9 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
         tokio::task::block_in_place(|| postgres.stop());
         let stopped_at = Instant::now();
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        let asked = Instant::now();
         let ready_while_down = readyz().await;
+        let ready_while_down_took = asked.elapsed();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         tokio::task::block_in_place(|| postgres.resume());
         let resumed_at = Instant::now();
@@ -175,8 +180,46 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
         tokio::time::sleep(Duration::from_secs(1)).await;
         let report = load.stop().await;
 
+        // Once the outage is known (the first failed connection and one probe: well within
+        // 100 ms of the stop), a lookup PostgreSQL would answer gets its 503 at once.
+        let known_from = stopped_at + Duration::from_millis(100);
+        let unavailable_while_known = |s: &crate::load::Sample| {
+            s.outcome == Ok(503) && s.started > known_from && s.started < resumed_at
+        };
+        let known: Vec<_> = report
+            .samples
+            .iter()
+            .filter(|s| unavailable_while_known(s))
+            .collect();
+        let before_known = report
+            .samples
+            .iter()
+            .filter(|s| s.outcome == Ok(503) && s.started <= known_from);
         eprintln!("{}", report.summary("PostgreSQL stopped for 3 s"));
-        eprintln!("ready again {ready_after:?} after PostgreSQL returned");
+        eprintln!(
+            "503 while PostgreSQL was known down: {}, p99 {}, max {}; 503 for requests started earlier: {}, max {}; /readyz 503 in {}; ready again {} after PostgreSQL returned",
+            known.len(),
+            crate::load::figure(report.latency(0.99, unavailable_while_known)),
+            crate::load::figure(report.latency(1.0, unavailable_while_known)),
+            before_known.clone().count(),
+            crate::load::figure(before_known.map(|s| s.took).max().unwrap_or_default()),
+            crate::load::figure(ready_while_down_took),
+            crate::load::figure_or_never(ready_after)
+        );
+        assert!(
+            known.len() > 20,
+            "uncached lookups were asked while it was known down"
+        );
+        for s in &known {
+            assert!(
+                s.took < Duration::from_millis(50),
+                "known down: the 503 at once, not after the acquire timeout: {s:?}"
+            );
+        }
+        assert!(
+            ready_while_down_took < Duration::from_millis(50),
+            "known down: /readyz at once: {ready_while_down_took:?}"
+        );
         let during: Vec<_> = report
             .samples
             .iter()
@@ -338,10 +381,10 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
             r.iter().map(|(_, t)| *t).max().unwrap_or_default()
         };
         eprintln!(
-            "100 requests for one slow answer: slowest {:?}; \
-         12 distinct slow answers on a pool of 4: slowest {:?}",
-            worst(&same_results),
-            worst(&distinct_results)
+            "100 requests for one slow answer: slowest {}; \
+         12 distinct slow answers on a pool of 4: slowest {}",
+            crate::load::figure(worst(&same_results)),
+            crate::load::figure(worst(&distinct_results))
         );
         eprintln!("slow queries running at once for the 100 requests: at most {most_at_once}");
         assert_eq!(most_at_once, 1, "the 100 requests share one query");

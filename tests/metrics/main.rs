@@ -115,6 +115,7 @@ async fn every_series_is_exposed_from_the_first_scrape() {
         "acquire_timeout",
         "statement_timeout",
         "unavailable",
+        "down",
         "query",
     ] {
         value(&samples, &db_errors(kind));
@@ -228,7 +229,7 @@ async fn failures_of_redis_and_postgres_are_counted_by_kind() {
 
     // Redis refused: the answer comes from PostgreSQL; the write-back is skipped.
     let from_postgres = app.state_at("3", "2022-09-12T10:00:00Z").await;
-    // PostgreSQL unreachable: no connection within the acquire timeout.
+    // PostgreSQL unreachable, as the replica's start-up check found: failed at once, as `down`.
     let unreachable = down.state_at("1", "2022-09-12T10:00:00Z").await;
     // A lookup held past the statement timeout.
     let lock = app.hold_lookups().await;
@@ -266,7 +267,12 @@ async fn failures_of_redis_and_postgres_are_counted_by_kind() {
         grew(&redis_errors("get", "skipped")) >= 2.0,
         "later lookups skip Redis"
     );
-    assert_eq!(grew(&db_errors("acquire_timeout")), 1.0);
+    assert_eq!(grew(&db_errors("down")), 1.0);
+    assert_eq!(
+        grew(&db_errors("acquire_timeout")),
+        0.0,
+        "known down: not waited for"
+    );
     assert_eq!(grew(&db_errors("statement_timeout")), 1.0);
     assert_eq!(grew(&db_errors("query")), 1.0);
     assert_eq!(grew(&lookups("error")), 3.0);
