@@ -53,14 +53,16 @@ fn spawn_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
         .expect("the binary starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, log) = std::sync::mpsc::channel();
-    // Reads the log on a thread until the end, so the pipe never fills.
+    // Reads the log on a thread until the process closes it, so the pipe never fills, and never
+    // closes before the process does: a test done with the log drops its receiver, and the lines
+    // the process writes while it stops are read and dropped here, instead of failing in the
+    // process with a broken pipe (which tracing-subscriber reports on stderr).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let event = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
-            if tx.send(event).is_err() {
-                return;
-            }
+            // Err: nobody reads any more; go on draining.
+            let _ = tx.send(event);
         }
     });
     Binary {

@@ -54,13 +54,13 @@ async fn at_many_times_capacity_excess_lookups_are_shed_and_latency_and_memory_s
         let served = |s: &crate::load::Sample| s.outcome == Ok(200);
         let shed = |s: &crate::load::Sample| s.outcome == Ok(503);
         eprintln!(
-            "served: {} (p50 {:?}, p99 {:?}); shed: {} (p99 {:?}); \
+            "served: {} (p50 {}, p99 {}); shed: {} (p99 {}); \
          RSS {} KiB before, {} KiB under load",
             report.count(200),
-            report.latency(0.5, served),
-            report.latency(0.99, served),
+            crate::load::figure(report.latency(0.5, served)),
+            crate::load::figure(report.latency(0.99, served)),
             report.count(503),
-            report.latency(0.99, shed),
+            crate::load::figure(report.latency(0.99, shed)),
             rss_before,
             rss_under_load
         );
