@@ -18,11 +18,18 @@ use crate::{db, healthcheck, openapi, startup, telemetry};
 )]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        default_value = "pretty",
+        global = true,
+        help_heading = "Logging"
+    )]
     pub log_format: LogFormat,
 
     /// Which log lines to write, as a tracing filter (e.g. `info`, `vehicle_state=debug,info`).
-    #[arg(long, env = "RUST_LOG", value_name = "RUST_LOG", default_value = "info", global = true, value_parser = telemetry::parse_filter)]
+    /// `--log-filter` is its former name.
+    #[arg(long = "rust-log", alias = "log-filter", env = "RUST_LOG", value_name = "RUST_LOG", default_value = "info", global = true, help_heading = "Logging", value_parser = telemetry::parse_filter)]
     pub log_filter: tracing_subscriber::EnvFilter,
 
     #[command(subcommand)]
@@ -56,18 +63,22 @@ pub enum Command {
     Healthcheck {
         /// Address of the server to ask.
         #[arg(
-            long,
+            long = "healthcheck-addr",
+            visible_alias = "addr",
             env = "HEALTHCHECK_ADDR",
             value_name = "HEALTHCHECK_ADDR",
-            default_value = "127.0.0.1:8080"
+            default_value = "127.0.0.1:8080",
+            help_heading = "Healthcheck"
         )]
         addr: String,
         /// How long to wait for the answer.
         #[arg(
-            long,
+            long = "healthcheck-timeout-ms",
+            visible_alias = "timeout-ms",
             env = "HEALTHCHECK_TIMEOUT_MS",
             value_name = "HEALTHCHECK_TIMEOUT_MS",
-            default_value_t = 2000
+            default_value_t = 2000,
+            help_heading = "Healthcheck"
         )]
         timeout_ms: u64,
     },
@@ -110,7 +121,8 @@ impl Cli {
     }
 }
 
-/// clap's message, first line only, with the rejected value taken out.
+/// clap's message, first line only, with the rejected value taken out, naming the setting both
+/// ways (`CACHE_TTL_SECS / --cache-ttl-secs`), the way it was given first.
 fn one_line(error: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue};
     let rendered = error.render().to_string();
@@ -122,10 +134,47 @@ fn one_line(error: &clap::Error) -> String {
     if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
         line = line.replace(&format!(" '{value}'"), "");
     }
+    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg)
+        && let Some(names) = both_names(arg)
+    {
+        line = line.replace(&format!("'{arg}'"), &names);
+    }
     if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
         line = format!("{line}: expected one of {}", valid.join(", "));
     }
     line
+}
+
+/// For clap's `--cache-ttl-secs <CACHE_TTL_SECS>`: `CACHE_TTL_SECS / --cache-ttl-secs`, or the
+/// other way round when the flag is on the command line.
+fn both_names(arg: &str) -> Option<String> {
+    let flag = arg.split_whitespace().next()?;
+    let long = flag.strip_prefix("--")?;
+    let env = find_env(&<Cli as clap::CommandFactory>::command(), long)?;
+    let on_command_line = std::env::args_os().any(|given| {
+        given
+            .to_str()
+            .is_some_and(|given| given == flag || given.starts_with(&format!("{flag}=")))
+    });
+    Some(if on_command_line {
+        format!("{flag} / {env}")
+    } else {
+        format!("{env} / {flag}")
+    })
+}
+
+/// The environment variable of the option `--long`, in `command` or any of its subcommands.
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_env(sub, long))
+        })
 }
 
 impl Command {
@@ -202,6 +251,35 @@ mod tests {
     }
 
     #[test]
+    fn every_option_is_its_variable_in_kebab_case_under_a_heading() {
+        // `RUST_LOG` is `--rust-log`, `CACHE_TTL_SECS` `--cache-ttl-secs`: one name to learn.
+        // In `--help`, settings are grouped (PostgreSQL, Redis, ...) and the global logging
+        // options sit in their own group, not in whichever group precedes them.
+        fn visit(command: &clap::Command, checked: &mut usize) {
+            for arg in command.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy();
+                let kebab = env.to_lowercase().replace('_', "-");
+                assert_eq!(arg.get_long(), Some(kebab.as_str()), "{env}");
+                let heading = arg.get_help_heading();
+                assert!(heading.is_some(), "{env} has no heading");
+                if env == "RUST_LOG" || env == "LOG_FORMAT" {
+                    assert_eq!(heading, Some("Logging"), "{env}");
+                }
+                *checked += 1;
+            }
+            for sub in command.get_subcommands() {
+                visit(sub, checked);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        visit(&cli, &mut checked);
+        assert!(checked >= 40, "{checked}");
+    }
+
+    #[test]
     fn a_refused_setting_is_one_line_without_its_value() {
         let error = Cli::try_parse_from([
             "vehicle-state",
@@ -213,8 +291,9 @@ mod tests {
 
         let line = one_line(&error);
 
+        // Named both ways (in this order here, as the test's own command line has no flag).
         assert!(
-            line.starts_with("error: invalid value for '--database-url <DATABASE_URL>'"),
+            line.starts_with("error: invalid value for DATABASE_URL / --database-url: "),
             "{line}"
         );
         assert!(!line.contains("s3cret") && !line.contains('\n'), "{line}");

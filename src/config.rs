@@ -11,6 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 
 /// Where and how to reach PostgreSQL.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseSettings {
     /// PostgreSQL connection URL. The database is created if it does not exist.
     #[arg(
@@ -125,6 +126,7 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
 /// Where and how to reach Redis. Redis only speeds answers up: every call is bounded by
 /// `REDIS_TIMEOUT_MS`, and a failed call falls back to PostgreSQL.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
 pub struct RedisSettings {
     /// Redis connection URL: `redis://` or `rediss://` (TLS). With REDIS_MODE=cluster, a
     /// comma-separated list of seed nodes; with REDIS_MODE=sentinel, of the sentinels.
@@ -312,6 +314,7 @@ impl PemFile {
 
 /// What is cached and for how long.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cache")]
 pub struct CacheSettings {
     /// Seconds an answer is kept in Redis; the bound on how stale an answer can be.
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
@@ -348,6 +351,7 @@ fn parse_key_prefix(raw: &str) -> Result<String, String> {
 
 /// The HTTP server.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
 pub struct HttpSettings {
     /// Address and port to listen on (port 0 picks a free one).
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
@@ -419,6 +423,7 @@ pub struct HttpSettings {
 
 /// Where and how to reach NATS (for `ingest` and `publish`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS")]
 pub struct NatsSettings {
     /// NATS server URL, or a comma-separated list of them: `nats://host:4222`, `tls://host:4222`
     /// (TLS required). User and password, or a token, may be given in the URL.
@@ -448,6 +453,7 @@ pub struct NatsSettings {
 
 /// The stream and subjects events travel on, shared by `ingest` and `publish`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "JetStream stream")]
 pub struct StreamSettings {
     /// The JetStream stream that holds the events.
     #[arg(long, env = "INGEST_STREAM", default_value = "VEHICLE_EVENTS", value_parser = parse_stream_name)]
@@ -497,39 +503,44 @@ pub struct IngestSettings {
     pub stream: StreamSettings,
 
     /// The durable pull consumer every ingest process shares.
-    #[arg(long, env = "INGEST_CONSUMER", default_value = "vehicle-state-ingest", value_parser = parse_stream_name)]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_CONSUMER", default_value = "vehicle-state-ingest", value_parser = parse_stream_name)]
     pub ingest_consumer: String,
 
     /// Subject that events which can never be applied are published on, with the reason; keep it
     /// outside the stream's subjects.
-    #[arg(long, env = "INGEST_DEAD_LETTER_SUBJECT", default_value = "vehicle-state.dead-letter", value_parser = parse_subject)]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_DEAD_LETTER_SUBJECT", default_value = "vehicle-state.dead-letter", value_parser = parse_subject)]
     pub ingest_dead_letter_subject: String,
 
     /// Most events applied in one transaction.
-    #[arg(long, env = "INGEST_BATCH_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_BATCH_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub ingest_batch_max: u32,
 
     /// Seconds JetStream waits for an ack before delivering a message again (to this or another
     /// ingest process); a consumer created here gets it.
-    #[arg(long, env = "INGEST_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ingest_ack_wait_secs: u64,
 
     /// Most messages delivered and not yet acked, across every ingest process (a consumer created
     /// here gets it).
-    #[arg(long, env = "INGEST_MAX_ACK_PENDING", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_MAX_ACK_PENDING", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub ingest_max_ack_pending: i64,
 
     /// How long a batch PostgreSQL could not take is left before it is delivered again (the NAK's
     /// delay); fetching pauses as long.
-    #[arg(long, env = "INGEST_RETRY_DELAY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(help_heading = "Ingest", long, env = "INGEST_RETRY_DELAY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub ingest_retry_delay_ms: u64,
 
     /// Address of the ingest process's own /livez, /readyz and /metrics.
-    #[arg(long, env = "INGEST_BIND_ADDR", default_value = "0.0.0.0:8081")]
+    #[arg(
+        help_heading = "Ingest",
+        long,
+        env = "INGEST_BIND_ADDR",
+        default_value = "0.0.0.0:8081"
+    )]
     pub ingest_bind_addr: SocketAddr,
 
     /// Create the database if absent and apply pending migrations before ingesting.
-    #[arg(long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Ingest", long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
 }
 
@@ -542,24 +553,24 @@ pub struct PublishSettings {
     pub stream: StreamSettings,
 
     /// How many vehicles (ids 1 to N): one registration each, and each of its state changes.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    #[arg(help_heading = "Publish", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub vehicles: u32,
 
     /// Seed of the generator: the same seed gives the histories of `seed synthetic --seed S`.
-    #[arg(long = "seed", default_value_t = 1)]
+    #[arg(help_heading = "Publish", long = "seed", default_value_t = 1)]
     pub rng_seed: u64,
 
     /// Publish the events in a random order (the same for the same seed), registrations included.
-    #[arg(long)]
+    #[arg(help_heading = "Publish", long)]
     pub shuffle: bool,
 
     /// Also publish this fraction of the events a second time, each under a new eventId (so
     /// JetStream's duplicate window does not drop it and the consumer must).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(help_heading = "Publish", long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub duplicates: f64,
 
     /// Most publishes awaiting JetStream's acknowledgement at once.
-    #[arg(long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(help_heading = "Publish", long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub publish_in_flight: u32,
 }
 
@@ -668,11 +679,11 @@ pub struct ServeSettings {
 
     /// Create the database if absent and apply pending migrations before serving. Safe with
     /// many replicas starting at once (migrations take an advisory lock).
-    #[arg(long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Start-up", long, env = "MIGRATE_ON_START", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
 
     /// Also load a sample data set before serving (implies the migrations).
-    #[arg(long, env = "SEED")]
+    #[arg(help_heading = "Start-up", long, env = "SEED")]
     pub seed: Option<Dataset>,
 }
 

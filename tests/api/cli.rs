@@ -45,8 +45,19 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
             stderr.starts_with("error:") && stderr.contains(name),
             "{name}={value}: {stderr}"
         );
+        let flag = format!("--{}", name.to_lowercase().replace('_', "-"));
+        assert!(
+            stderr.contains(&format!("{name} / {flag}")),
+            "the variable set, then its flag: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // Given as a flag: the flag first, then its variable.
+    let output = vehicle_state(&["serve", "--cache-ttl-secs", "0"], &[]);
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "error: invalid value for --cache-ttl-secs / CACHE_TTL_SECS: 0 is not in 1..=86400"
+    );
 }
 
 #[test]
@@ -325,7 +336,7 @@ async fn healthcheck_exits_zero_for_a_ready_server_and_one_otherwise() {
         tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
             .await
             .expect("task");
-    let nothing = vehicle_state(&["healthcheck", "--addr", "127.0.0.1:1"], &[]);
+    let nothing = vehicle_state(&["healthcheck", "--healthcheck-addr", "127.0.0.1:1"], &[]);
 
     assert!(ready.status.success(), "{}", stderr(&ready));
     assert_eq!(not_ready.status.code(), Some(1));
