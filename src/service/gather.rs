@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LookupError;
 use super::fetch::{Fetched, fetch_many_unless};
+use crate::cache::local::Source;
 use crate::cache::{CacheKey, RedisCache};
 use crate::db::{Database, DbError};
 use crate::domain::{Instant, VehicleId};
@@ -101,16 +102,39 @@ impl Gatherer {
 
 impl Shared {
     /// One batch: Redis, then PostgreSQL for what Redis lacks, written back; `down` short-cuts
-    /// PostgreSQL for misses that already waited out an outage. An outage seen is recorded.
+    /// PostgreSQL for misses that already waited out an outage. What PostgreSQL did is
+    /// recorded: an outage seen, or an answer that ends the one recorded before it was asked.
+    /// A short-cut batch asked nothing, so it records nothing: were it to renew the record,
+    /// under steady misses each batch would find the next one's misses queued before it, and
+    /// fail them after PostgreSQL was back.
     async fn fetch(
         &self,
         pairs: &[(CacheKey, VehicleId, Instant)],
         down: Option<Arc<LookupError>>,
     ) -> Vec<Fetched> {
+        let short_cut = down.is_some();
+        let asked = std::time::Instant::now();
         let fetched = fetch_many_unless(&self.db, &self.redis, pairs, down).await;
-        if let Some(Err(error)) = fetched.iter().find(|f| matches!(f, Err(e) if is_outage(e))) {
+        if short_cut {
+            return fetched;
+        }
+        let seen = fetched.iter().find_map(|f| match f {
+            Err(e) if is_outage(e) => Some(e),
+            _ => None,
+        });
+        let answered = || {
+            fetched.iter().any(|f| {
+                matches!(f, Ok(e) if matches!(e.source, Source::Postgres | Source::PostgresWithoutRedis))
+            })
+        };
+        if let Some(error) = seen {
             *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((std::time::Instant::now(), error.clone()));
+        } else if answered() {
+            let mut last = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_ref().is_some_and(|(when, _)| *when < asked) {
+                *last = None;
+            }
         }
         fetched
     }

@@ -208,6 +208,101 @@ async fn a_replica_started_while_postgres_is_unreachable_answers_503_at_once_and
     assert_eq!(answered.status, 200, "{}", answered.body);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_misses_answers_return_as_soon_as_postgres_does() {
+    // Misses that arrive while a batch is out are gathered; through an outage, those queued
+    // before it was seen fail at once. Once PostgreSQL is back, none may still fail.
+    let proxy = ChaosProxy::start(postgres_addr()).await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(|s| {
+            let url = via_port(&s.database.database_url.text, proxy.port());
+            s.database.database_url = url.parse().expect("a URL");
+            s.database.db_acquire_timeout_ms = 300;
+        })
+        .await,
+    );
+    // Open loop: a request every millisecond whatever the answers, as from many front ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut requests = Vec::new();
+            // A new instant every time: each request is a miss in both tiers.
+            for n in 0_i64.. {
+                every.tick().await;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let app = app.clone();
+                requests.push(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let reply = app.state_at("2", &(1_662_976_900 + n).to_string()).await;
+                    let unavailable = reply.status == 503
+                        && reply.json()["type"] == "/problems/database-unavailable";
+                    (sent, reply.status, unavailable)
+                }));
+            }
+            requests
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.restore();
+    let ready = poll_every(
+        &app,
+        "/readyz",
+        Duration::from_millis(5),
+        Duration::from_secs(10),
+        |r| r.status == 200,
+    )
+    .await;
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for request in load.await.expect("the load task") {
+        seen.push(request.await.expect("a request task"));
+    }
+
+    // Only "database unavailable" is counted against it: a request shed as overloaded (the
+    // open loop can outrun a debug build on two cores) is not what is measured here.
+    let settled = back + Duration::from_millis(200);
+    let count = |during: &dyn Fn(&Instant) -> bool, what: &dyn Fn(u16, bool) -> bool| {
+        seen.iter()
+            .filter(|(sent, status, unavailable)| during(sent) && what(*status, *unavailable))
+            .count()
+    };
+    let before = |sent: &Instant| *sent < back;
+    let after = |sent: &Instant| *sent > settled;
+    let unavailable = |_: u16, unavailable: bool| unavailable;
+    let answered = |status: u16, _: bool| status == 200;
+    let any = |_: u16, _: bool| true;
+    eprintln!(
+        "steady misses through a PostgreSQL cut: before it was back, {} of {} answered 'database unavailable'; from 200 ms after, {} of {} (and {} answered)",
+        count(&before, &unavailable),
+        count(&before, &any),
+        count(&after, &unavailable),
+        count(&after, &any),
+        count(&after, &answered),
+    );
+    assert_eq!(ready.last().map(|r| r.status), Some(200));
+    assert!(count(&before, &unavailable) > 0, "the cut was seen");
+    assert!(
+        count(&after, &answered) > 100,
+        "steady load answered after: {}",
+        count(&after, &answered)
+    );
+    assert_eq!(
+        count(&after, &unavailable),
+        0,
+        "no miss sent 200 ms after PostgreSQL was back is told it is unavailable"
+    );
+}
+
 /// A reply and how long it took.
 async fn timed(request: impl Future<Output = Reply>) -> (Reply, Duration) {
     let started = Instant::now();
