@@ -266,9 +266,10 @@ impl Ingestor {
         }
     }
 
-    /// One transaction for the batch. A statement that fails for a reason of its own data (not a
-    /// connection, a timeout or a lock) is retried event by event, so one bad event is
-    /// dead-lettered and the others still applied.
+    /// One transaction for the batch. A batch PostgreSQL refuses for its data (see
+    /// [`refused_for_its_data`]) is applied again event by event, so one bad event is
+    /// dead-lettered and the others still applied; any other failure fails the whole batch, to
+    /// be delivered again.
     async fn apply(
         &self,
         registrations: &[(jetstream::Message, Registration)],
@@ -280,7 +281,7 @@ impl Ingestor {
         let result = db::apply_events(&self.pool, &regs, &chgs).await;
         metrics::record_ingest_batch(regs.len() + chgs.len(), started.elapsed());
         match result {
-            Err(DbError::Query(error)) if regs.len() + chgs.len() > 1 => {
+            Err(error) if refused_for_its_data(&error) && regs.len() + chgs.len() > 1 => {
                 tracing::warn!(error = %telemetry::chain(&error), "a batch failed on its data; applying its events one by one");
                 let mut outcome = db::BatchOutcome::default();
                 for registration in &regs {
@@ -293,7 +294,7 @@ impl Ingestor {
                 }
                 Ok(outcome)
             }
-            Err(DbError::Query(error)) => {
+            Err(error) if refused_for_its_data(&error) => {
                 // One event, failing on its own: it can never be applied.
                 let reason = format!("PostgreSQL refused it: {}", telemetry::chain(&error));
                 let failed = Applied::Refused(reason);
@@ -405,10 +406,25 @@ fn one_outcome(
             };
             Ok(list.pop().unwrap_or(Applied::Duplicate))
         }
-        Err(DbError::Query(error)) => Ok(Applied::Refused(format!(
+        Err(error) if refused_for_its_data(&error) => Ok(Applied::Refused(format!(
             "PostgreSQL refused it: {}",
             telemetry::chain(&error)
         ))),
         Err(error) => Err(error),
     }
+}
+
+/// Whether PostgreSQL refused a statement for the events' own data: SQLSTATE class 22 (a data
+/// exception, such as a value out of range or a byte the encoding cannot hold) or 23 (a
+/// constraint violated). Only those can single out an event that will never be applied. Any
+/// other failure is the database's, not the event's: a standby that cannot write (25006), a
+/// full disk (53100), a lock not granted (55P03), a missing table or privilege (42P01, 42501),
+/// an internal error. Dead-lettering valid events for it would lose them, so the batch is
+/// delivered again until the database can take it.
+fn refused_for_its_data(error: &DbError) -> bool {
+    matches!(
+        error,
+        DbError::Query(sqlx::Error::Database(e))
+            if e.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+    )
 }

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use sqlx::Connection;
+
 use crate::cluster::{PgServer, Replica, TempDir, run_binary, wait_until_ok};
 use crate::nats::NatsServer;
 use crate::{log_rows, migrated_database, publish, reference, tables, wait_for_tables};
@@ -204,4 +207,85 @@ async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes()
         expected.logs.len(),
         ingest.log_tail()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once_it_can() {
+    // As after a failover that left DATABASE_URL on a standby: every write fails (SQLSTATE
+    // 25006), for a reason that is the database's, not the events'.
+    let _turn = crate::cluster::one_at_a_time().await;
+    const FEW: u32 = 50;
+    let expected = reference(FEW, SEED).await;
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ingest-read-only");
+    let db = migrated_database();
+    let mut admin = sqlx::PgConnection::connect(&db.database_url)
+        .await
+        .expect("connect");
+    // The name is the test's own scratch database's.
+    let read_only = |on: &str| {
+        sqlx::AssertSqlSafe(format!(
+            r#"ALTER DATABASE "{}" SET default_transaction_read_only = {on}"#,
+            db.database
+        ))
+    };
+    sqlx::query(read_only("on"))
+        .execute(&mut admin)
+        .await
+        .expect("read-only");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut dead = client
+        .subscribe("vehicle-state.dead-letter")
+        .await
+        .expect("subscribe");
+    publish(&nats.url(), "VEHICLE_EVENTS", FEW, SEED, &[]);
+    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    ingest.start().await;
+
+    let retried = r#"vehicle_state_ingest_events_total{type="state_changed",result="retried"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crate::metric(&ingest, retried).await.unwrap_or(0.0) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "never retried\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let while_read_only = log_rows(&db.database_url).await;
+    sqlx::query(read_only("DEFAULT"))
+        .execute(&mut admin)
+        .await
+        .expect("writable");
+    // Its connections keep the setting they started with: end them, as a failover would.
+    sqlx::query(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.database)
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(30)).await;
+    let letter = tokio::time::timeout(Duration::from_millis(500), dead.next()).await;
+
+    assert_eq!(while_read_only, 0);
+    assert!(
+        got == expected,
+        "{} of {} changes\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        ingest.log_tail()
+    );
+    assert!(
+        letter.is_err(),
+        "a valid event was dead-lettered: {:?}",
+        letter.ok().flatten().map(|m| m.headers)
+    );
+    for kind in ["registered", "state_changed"] {
+        let series =
+            format!(r#"vehicle_state_ingest_events_total{{type="{kind}",result="dead_lettered"}}"#);
+        let count = crate::metric(&ingest, &series).await.unwrap_or(0.0);
+        assert_eq!(count, 0.0, "{series}");
+    }
 }
