@@ -14,6 +14,13 @@ use crate::domain::event::EventKind;
 pub const REASON_HEADER: &str = "Vehicle-State-Reason";
 pub const SUBJECT_HEADER: &str = "Vehicle-State-Subject";
 pub const SEQUENCE_HEADER: &str = "Vehicle-State-Stream-Sequence";
+/// Set on a dead letter sent without the event's payload, because the payload and the headers
+/// together were more than the server takes in a message: the payload's size in bytes. The event
+/// itself stays in its stream, at `Vehicle-State-Stream-Sequence`.
+pub const PAYLOAD_OMITTED_HEADER: &str = "Vehicle-State-Payload-Omitted";
+/// The most bytes of a reason a dead letter carries (and its log line shows): a reason may quote
+/// the event, whose size the publisher chose.
+pub const REASON_MAX_BYTES: usize = 512;
 
 /// Why a connection could not be made: a setting that cannot work (stop), or a server that
 /// cannot be reached now (try again).
@@ -106,16 +113,20 @@ pub async fn stream(
     js.get_or_create_stream(stream::Config {
         name: name.clone(),
         subjects: vec![stream_subjects(settings)],
-        storage: match settings.ingest_stream_storage {
-            StreamStorage::File => stream::StorageType::File,
-            StreamStorage::Memory => stream::StorageType::Memory,
-        },
+        storage: storage(settings),
         num_replicas: usize::from(settings.ingest_stream_replicas),
         duplicate_window: Duration::from_secs(settings.ingest_duplicate_window_secs),
         ..Default::default()
     })
     .await
     .with_context(|| format!("cannot find or create stream {name}"))
+}
+
+fn storage(settings: &StreamSettings) -> stream::StorageType {
+    match settings.ingest_stream_storage {
+        StreamStorage::File => stream::StorageType::File,
+        StreamStorage::Memory => stream::StorageType::Memory,
+    }
 }
 
 /// The durable pull consumer every ingest process shares, created when absent: explicit acks,
@@ -144,11 +155,72 @@ pub async fn consumer(
         .with_context(|| format!("cannot find or create consumer {name}"))
 }
 
-/// The headers of a dead letter.
+/// The stream that keeps dead letters: whichever already stores INGEST_DEAD_LETTER_SUBJECT, or
+/// INGEST_DEAD_LETTER_STREAM, created on that subject when absent and allowed. Without
+/// INGEST_CREATE_STREAM nothing is created: a dead letter is acked only once some stream has
+/// stored it. Returns the stream's name, if known.
+pub async fn dead_letter_stream(
+    js: &jetstream::Context,
+    settings: &IngestSettings,
+) -> anyhow::Result<Option<String>> {
+    let subject = &settings.ingest_dead_letter_subject;
+    match js.stream_by_subject(subject.as_str()).await {
+        Ok(name) => return Ok(Some(name)),
+        Err(error) if error.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| {
+                format!("cannot ask which stream stores dead letters ({subject})")
+            });
+        }
+    }
+    if !settings.stream.ingest_create_stream {
+        return Ok(None);
+    }
+    let name = &settings.ingest_dead_letter_stream;
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        storage: storage(&settings.stream),
+        num_replicas: usize::from(settings.stream.ingest_stream_replicas),
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot find or create stream {name} for dead letters ({subject})"))?;
+    Ok(Some(name.clone()))
+}
+
+/// A dead-letter subject inside the events' stream would be ingested again: a setting that
+/// cannot work.
+pub fn check_dead_letter_subject(settings: &IngestSettings) -> Result<(), String> {
+    let subject = &settings.ingest_dead_letter_subject;
+    let prefix = &settings.stream.ingest_subject_prefix;
+    match subject.strip_prefix(prefix.as_str()) {
+        Some(rest) if rest.starts_with('.') => Err(format!(
+            "INGEST_DEAD_LETTER_SUBJECT ({subject}) is inside the events' subjects \
+             ({}): dead letters would be ingested again; choose a subject outside them",
+            stream_subjects(&settings.stream)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Publishes to JetStream and waits for a stream to confirm it stored the message.
+pub async fn store(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    js.publish_with_headers(subject.to_owned(), headers, payload)
+        .await?
+        .await
+}
+
+/// The headers of a dead letter; the reason is one line of at most [`REASON_MAX_BYTES`].
 pub fn dead_letter_headers(reason: &str, subject: &str, stream_sequence: Option<u64>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // Header values are one line: a reason never spans more.
-    headers.insert(REASON_HEADER, one_line(reason).as_str());
+    headers.insert(REASON_HEADER, capped(one_line(reason)).as_str());
     headers.insert(SUBJECT_HEADER, subject);
     if let Some(sequence) = stream_sequence {
         headers.insert(SEQUENCE_HEADER, sequence.to_string().as_str());
@@ -156,8 +228,43 @@ pub fn dead_letter_headers(reason: &str, subject: &str, stream_sequence: Option<
     headers
 }
 
+/// `text`, cut at [`REASON_MAX_BYTES`] (on a character boundary, marked with an ellipsis).
+pub fn capped(mut text: String) -> String {
+    if text.len() > REASON_MAX_BYTES {
+        let mut end = REASON_MAX_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_one_line_of_at_most_its_cap_cut_on_a_character() {
+        let long = format!("a\nb{}", "é".repeat(REASON_MAX_BYTES));
+        let headers = dead_letter_headers(&long, "vehicles.state_changed", Some(7));
+        let reason = headers.get(REASON_HEADER).map(|v| v.to_string());
+
+        let reason = reason.expect("a reason header");
+        assert!(reason.len() <= REASON_MAX_BYTES, "{} bytes", reason.len());
+        assert!(reason.starts_with("a b\u{e9}"), "{reason}");
+        assert!(reason.ends_with('…'), "{reason}");
+        assert_eq!(capped("short".to_owned()), "short");
+        assert_eq!(
+            headers.get(SEQUENCE_HEADER).map(|v| v.to_string()),
+            Some("7".to_owned())
+        );
+    }
 }

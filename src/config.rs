@@ -511,6 +511,12 @@ pub struct IngestSettings {
     #[arg(help_heading = "Ingest", long, env = "INGEST_DEAD_LETTER_SUBJECT", default_value = "vehicle-state.dead-letter", value_parser = parse_subject)]
     pub ingest_dead_letter_subject: String,
 
+    /// The JetStream stream that keeps dead letters, created on INGEST_DEAD_LETTER_SUBJECT when
+    /// absent (as INGEST_CREATE_STREAM allows). A dead letter is acked only once a stream has
+    /// stored it; while none takes its subject, the event stays in INGEST_STREAM.
+    #[arg(help_heading = "Ingest", long, env = "INGEST_DEAD_LETTER_STREAM", default_value = "VEHICLE_EVENTS_DEAD_LETTERS", value_parser = parse_stream_name)]
+    pub ingest_dead_letter_stream: String,
+
     /// Most events applied in one transaction.
     #[arg(help_heading = "Ingest", long, env = "INGEST_BATCH_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub ingest_batch_max: u32,

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant as Clock};
 
 use anyhow::Context as _;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
 use sqlx::PgPool;
@@ -35,6 +36,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 pub struct Ingestor {
     pool: PgPool,
     nats: OnceLock<async_nats::Client>,
+    /// JetStream on that connection: dead letters are stored through it.
+    js: OnceLock<jetstream::Context>,
     consumer: OnceLock<PullConsumer>,
     settings: IngestSettings,
 }
@@ -42,6 +45,7 @@ pub struct Ingestor {
 /// Runs until SIGTERM or Ctrl-C: then stops fetching, finishes and acks the batch in hand, and
 /// returns.
 pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
+    broker::check_dead_letter_subject(&settings).map_err(anyhow::Error::msg)?;
     let mut signals = ShutdownSignals::listen().context("cannot listen for SIGTERM and Ctrl-C")?;
     if settings.migrate_on_start {
         db::prepare(&settings.database, None).await?;
@@ -52,6 +56,7 @@ pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
     let ingestor = Arc::new(Ingestor {
         pool: db::connect(&settings.database),
         nats: OnceLock::new(),
+        js: OnceLock::new(),
         consumer: OnceLock::new(),
         settings,
     });
@@ -102,25 +107,44 @@ impl Ingestor {
             }
         };
         let js = jetstream::new(client.clone());
-        let consumer = loop {
+        let (consumer, dead_letters) = loop {
             let found = match broker::stream(&js, &self.settings.stream).await {
                 Ok(stream) => broker::consumer(&stream, &self.settings).await,
                 Err(error) => Err(error),
             };
+            let found = match found {
+                Ok(consumer) => broker::dead_letter_stream(&js, &self.settings)
+                    .await
+                    .map(|dead_letters| (consumer, dead_letters)),
+                Err(error) => Err(error),
+            };
             match found {
-                Ok(consumer) => break consumer,
+                Ok(found) => break found,
                 Err(error) => {
                     tracing::warn!(error = %format!("{error:#}"), "JetStream is not ready; trying again in {}s", SETUP_RETRY.as_secs());
                     tokio::time::sleep(SETUP_RETRY).await;
                 }
             }
         };
-        tracing::info!(
-            stream = %self.settings.stream.ingest_stream,
-            consumer = %self.settings.ingest_consumer,
-            batch_max = self.settings.ingest_batch_max,
-            "ingesting"
-        );
+        let dead_letter_subject = &self.settings.ingest_dead_letter_subject;
+        match &dead_letters {
+            Some(dead_letter_stream) => tracing::info!(
+                stream = %self.settings.stream.ingest_stream,
+                consumer = %self.settings.ingest_consumer,
+                batch_max = self.settings.ingest_batch_max,
+                %dead_letter_subject,
+                %dead_letter_stream,
+                "ingesting"
+            ),
+            None => tracing::warn!(
+                stream = %self.settings.stream.ingest_stream,
+                consumer = %self.settings.ingest_consumer,
+                batch_max = self.settings.ingest_batch_max,
+                %dead_letter_subject,
+                "ingesting, but no stream stores dead letters (INGEST_CREATE_STREAM=false): an event that can never be applied stays unacked until one does"
+            ),
+        }
+        let _ = self.js.set(js);
         let _ = self.nats.set(client);
         let _ = self.consumer.set(consumer);
         Ok(())
@@ -322,44 +346,60 @@ impl Ingestor {
         }
     }
 
-    /// Publishes the event to the dead-letter subject, with its reason, then acks it. If the
-    /// dead letter cannot be sent, the event is NAKed instead and tried again.
+    /// Stores the event in the dead-letter stream, with its reason, then acks it. A payload too
+    /// large to go with the headers is left out (the event stays in its stream, at the sequence
+    /// the dead letter names). If no stream confirms it stored the dead letter, the event is
+    /// NAKed instead and tried again: an event is never acked unless applied or kept.
     async fn dead_letter(
         &self,
         message: jetstream::Message,
         kind: Option<EventKind>,
         rejection: Rejection,
     ) {
-        let Some(client) = self.nats.get() else {
+        let Some(js) = self.js.get() else {
             return;
         };
         let sequence = message.info().ok().map(|info| info.stream_sequence);
-        tracing::warn!(
-            subject = %message.subject,
-            stream_sequence = sequence,
-            reason = %rejection,
-            "event dead-lettered"
-        );
-        let headers = broker::dead_letter_headers(&rejection.0, message.subject.as_str(), sequence);
-        let subject = self.settings.ingest_dead_letter_subject.clone();
-        let sent = client
-            .publish_with_headers(subject, headers, message.payload.clone())
-            .await;
-        let sent = match sent {
-            Ok(()) => client.flush().await.map_err(anyhow::Error::from),
-            Err(error) => Err(anyhow::Error::from(error)),
-        };
-        match sent {
-            Ok(()) => {
+        let mut headers =
+            broker::dead_letter_headers(&rejection.0, message.subject.as_str(), sequence);
+        let subject = self.settings.ingest_dead_letter_subject.as_str();
+        let mut stored = broker::store(js, subject, headers.clone(), message.payload.clone()).await;
+        if let Err(error) = &stored
+            && error.kind() == PublishErrorKind::MaxPayloadExceeded
+        {
+            let size = message.payload.len().to_string();
+            headers.insert(broker::PAYLOAD_OMITTED_HEADER, size.as_str());
+            stored = broker::store(js, subject, headers, bytes::Bytes::new()).await;
+        }
+        match stored {
+            Ok(ack) => {
+                tracing::warn!(
+                    subject = %message.subject,
+                    stream_sequence = sequence,
+                    reason = %broker::capped(rejection.0),
+                    dead_letter_stream = %ack.stream,
+                    "event dead-lettered"
+                );
                 IngestResult::DeadLettered.count_of(kind);
                 if let Err(error) = message.ack().await {
                     tracing::warn!(error = %telemetry::chain(&*error), "ack of a dead letter not sent; it will be dead-lettered again");
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "dead letter not sent; delivering the event again later");
                 let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                if error.kind() == PublishErrorKind::StreamNotFound {
+                    tracing::warn!(
+                        dead_letter_subject = subject,
+                        stream_sequence = sequence,
+                        "no stream stores dead letters; the event stays unacked and is tried again"
+                    );
+                } else {
+                    tracing::warn!(error = %telemetry::chain(&error), stream_sequence = sequence, "dead letter not stored; the event stays unacked and is tried again");
+                }
+                IngestResult::Retried.count_of(kind);
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
+                }
             }
         }
     }

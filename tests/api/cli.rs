@@ -216,6 +216,20 @@ fn an_unknown_host_or_role_at_start_is_one_line_naming_the_cause_once() {
 }
 
 #[test]
+fn a_dead_letter_subject_inside_the_events_subjects_stops_ingest_at_once() {
+    let output = vehicle_state(
+        &["ingest"],
+        &[("INGEST_DEAD_LETTER_SUBJECT", "vehicles.dead-letter")],
+    );
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "vehicle-state: INGEST_DEAD_LETTER_SUBJECT (vehicles.dead-letter) is inside the events' subjects (vehicles.>): dead letters would be ingested again; choose a subject outside them"
+    );
+}
+
+#[test]
 fn openapi_prints_the_committed_document() {
     let output = vehicle_state(&["openapi"], &[]);
 

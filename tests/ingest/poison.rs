@@ -169,6 +169,127 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
     .await;
     assert_eq!(unknown, Some(1.0));
     assert_eq!(ingest.log_lines_with("event dead-lettered"), 7);
+    let kept = js
+        .get_stream("VEHICLE_EVENTS_DEAD_LETTERS")
+        .await
+        .expect("the dead-letter stream, created at start")
+        .info()
+        .await
+        .expect("its info")
+        .state
+        .messages;
+    assert_eq!(kept, 7, "every dead letter stored, not only sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_too_large() {
+    let _turn = crate::cluster::one_at_a_time().await;
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ingest-dead-letters");
+    let db = migrated_database();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    // Streams managed elsewhere: the events' stream exists, nothing stores dead letters yet.
+    js.create_stream(jetstream::stream::Config {
+        name: "VEHICLE_EVENTS".to_owned(),
+        subjects: vec!["vehicles.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .expect("the events' stream");
+    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    ingest.set("INGEST_CREATE_STREAM", "false");
+    ingest.start().await;
+    ingest.wait_ready(Duration::from_secs(10)).await;
+
+    // A reason that would quote 2,000 bytes of the event; a payload as large as a message can
+    // be, with no room left for a dead letter's headers.
+    let long_state = "x".repeat(2_000);
+    let quoting = format!(
+        r#"{{"eventId":"q1","vehicleId":1,"state":"{long_state}","timestamp":"2022-09-11T23:21:38Z"}}"#
+    );
+    let max_payload = client.server_info().max_payload;
+    let huge = "y".repeat(max_payload - 64);
+    publish_raw(&js, "vehicles.state_changed", &quoting).await;
+    publish_raw(&js, "vehicles.state_changed", &huge).await;
+    publish_raw(
+        &js,
+        "vehicles.registered",
+        r#"{"eventId":"r1","vehicleId":1,"make":"VW","model":"GOLF"}"#,
+    )
+    .await;
+
+    let retried = r#"vehicle_state_ingest_events_total{type="state_changed",result="retried"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&ingest, retried).await.unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poison was not held back\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead_lettered =
+        r#"vehicle_state_ingest_events_total{type="state_changed",result="dead_lettered"}"#;
+    let before_a_stream = metric(&ingest, dead_lettered).await;
+    let registered = tables(&db.database_url).await.vehicles;
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "POISON".to_owned(),
+            subjects: vec!["vehicle-state.dead-letter".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("a dead-letter stream");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&ingest, dead_lettered).await.unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut letters = Vec::new();
+    for sequence in 1..=2 {
+        letters.push(
+            stream
+                .get_raw_message(sequence)
+                .await
+                .expect("a dead letter"),
+        );
+    }
+
+    assert_eq!(before_a_stream, Some(0.0), "acked only once stored");
+    assert_eq!(
+        registered,
+        vec![(1, "VW".into(), "GOLF".into(), "quoted".into())],
+        "the good event did not wait for the poison"
+    );
+    let header = |letter: &async_nats::jetstream::message::StreamMessage, name: &str| {
+        letter
+            .headers
+            .get(name)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    let quoted = letters
+        .iter()
+        .find(|l| l.payload.as_ref() == quoting.as_bytes())
+        .expect("the quoting event, with its payload");
+    let reason = header(quoted, "Vehicle-State-Reason");
+    assert!(reason.len() <= 512, "{} bytes", reason.len());
+    assert!(reason.starts_with("state: "), "{reason}");
+    let too_large = letters
+        .iter()
+        .find(|l| l.payload.is_empty())
+        .expect("the huge event, without its payload");
+    assert_eq!(
+        header(too_large, "Vehicle-State-Payload-Omitted"),
+        huge.len().to_string()
+    );
+    assert_eq!(header(too_large, "Vehicle-State-Stream-Sequence"), "2");
+    assert!(header(too_large, "Vehicle-State-Reason").starts_with("not an event"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
