@@ -197,12 +197,25 @@ impl ApiError {
         }
     }
 
+    /// Whether a request that failed with this error logs it (at `error`). Not a 4xx, which is
+    /// the client's; not a shed request, expected under overload and already in its request log
+    /// line (with the 503): logging each again would add load exactly when there is too much;
+    /// and not one answered at once while PostgreSQL is known down, whose outage was logged once
+    /// when it was found (see `db::Database`) and is counted as `down`.
+    pub fn is_logged(&self) -> bool {
+        match self {
+            ApiError::Overloaded { .. } => false,
+            ApiError::DatabaseUnavailable { source, .. } => {
+                !matches!(**source, LookupError::Db(DbError::Down))
+            }
+            other => other.status_code().is_server_error(),
+        }
+    }
+
     /// The response with its problem body; callers may add headers before finishing it.
     pub fn response_builder(&self) -> (HttpResponseBuilder, Vec<u8>) {
         let status = self.status_code();
-        // A shed request is expected under overload and already has its request log line (with
-        // the 503); logging each again would add load exactly when there is too much.
-        if status.is_server_error() && !matches!(self, ApiError::Overloaded { .. }) {
+        if self.is_logged() {
             tracing::error!(error = %chain(self), "request failed");
         }
         let mut builder = HttpResponse::build(status);
@@ -310,5 +323,25 @@ mod tests {
         kinds.sort_unstable();
         kinds.dedup();
         assert_eq!(kinds.len(), errors.len());
+    }
+
+    #[test]
+    fn only_server_errors_nothing_else_reports_are_logged() {
+        let db = |error: DbError| ApiError::from_lookup(Arc::new(LookupError::Db(error)), &RETRY);
+        for (error, logged) in [
+            (db(DbError::Unavailable(sqlx::Error::PoolTimedOut)), true),
+            (db(DbError::Query(sqlx::Error::RowNotFound)), true),
+            (ApiError::Internal(anyhow::anyhow!("x")), true),
+            // Logged once for the whole outage, when it was found.
+            (db(DbError::Down), false),
+            (
+                ApiError::from_lookup(Arc::new(LookupError::Overloaded(1)), &RETRY),
+                false,
+            ),
+            (ApiError::RouteNotFound, false),
+            (ApiError::InvalidQuery("x".to_owned()), false),
+        ] {
+            assert_eq!(error.is_logged(), logged, "{error:?}");
+        }
     }
 }

@@ -183,9 +183,7 @@ async fn answer(
                 }
             }
             Err(error) => {
-                if error.status_code().is_server_error()
-                    && !matches!(error, ApiError::Overloaded { .. })
-                {
+                if error.is_logged() {
                     defect.get_or_insert_with(|| crate::telemetry::chain(&error).to_string());
                 }
                 write_problem(&mut out, &error, None);
