@@ -74,19 +74,60 @@ pub async fn connect(
     }
     let urls = settings.nats_url.expose();
     options.connect(urls).await.map_err(|error| {
-        // The URL may hold a password: name the error, never the URL.
+        // The URL may hold a password: name its servers, never the whole URL.
         let cause = crate::telemetry::chain(&error).to_string();
+        let servers = servers(urls);
         match error.kind() {
             ConnectErrorKind::ServerParse => {
                 ConnectFailure::Setting(format!("NATS_URL is not a NATS URL or list: {cause}"))
             }
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
-                ConnectFailure::Setting(format!("NATS refused the credentials: {cause}"))
+                ConnectFailure::Setting(format!(
+                    "NATS at {servers} refused the credentials: {cause}"
+                ))
             }
-            ConnectErrorKind::Tls => ConnectFailure::Setting(format!("NATS TLS failed: {cause}")),
-            _ => ConnectFailure::Unreachable(format!("cannot reach NATS: {cause}")),
+            ConnectErrorKind::Tls => {
+                ConnectFailure::Setting(format!("NATS at {servers}: TLS failed: {cause}"))
+            }
+            kind => ConnectFailure::Unreachable(format!(
+                "cannot reach NATS at {servers}: {}",
+                unreachable(kind, &error)
+            )),
         }
     })
+}
+
+/// The servers of `NATS_URL`, for a message: each `host:port` as given, without the scheme, the
+/// user, the password or the token.
+fn servers(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            rest.trim_end_matches('/')
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Why NATS could not be reached, in a phrase: async-nats says "IO error: Connection refused
+/// (os error 111)".
+fn unreachable(kind: ConnectErrorKind, error: &async_nats::ConnectError) -> String {
+    use std::error::Error as _;
+    let io = error
+        .source()
+        .and_then(|source| source.downcast_ref::<std::io::Error>());
+    match (kind, io.map(std::io::Error::kind)) {
+        (_, Some(std::io::ErrorKind::ConnectionRefused)) => {
+            "connection refused: is nats-server running there?".to_owned()
+        }
+        (ConnectErrorKind::TimedOut, _) | (_, Some(std::io::ErrorKind::TimedOut)) => {
+            "timed out (NATS_CONNECT_TIMEOUT_MS)".to_owned()
+        }
+        (ConnectErrorKind::Dns, _) => format!("no such host ({})", crate::telemetry::chain(error)),
+        _ => crate::telemetry::chain(error).to_string(),
+    }
 }
 
 /// The subjects the stream takes: `<prefix>.>`.
@@ -266,5 +307,21 @@ mod tests {
             headers.get(SEQUENCE_HEADER).map(|v| v.to_string()),
             Some("7".to_owned())
         );
+    }
+
+    #[test]
+    fn a_message_names_the_servers_without_credentials() {
+        for (urls, expected) in [
+            ("nats://127.0.0.1:4222", "127.0.0.1:4222"),
+            (
+                "tls://user:s3cret@nats.internal:4222/",
+                "nats.internal:4222",
+            ),
+            ("nats://tok3n@a:4222, nats://b:4222", "a:4222,b:4222"),
+            ("localhost:4222", "localhost:4222"),
+            ("nats://p@ss@host:4222", "host:4222"),
+        ] {
+            assert_eq!(servers(urls), expected, "{urls}");
+        }
     }
 }

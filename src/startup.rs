@@ -33,12 +33,33 @@ impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         // Settings that cannot work fail before anything is touched.
         let redis = std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?);
+        // A port that is taken is such a setting too: found before the database is created or
+        // migrated. Connections that arrive meanwhile wait in the backlog until the server runs.
+        let addr = settings.http.bind_addr;
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (BIND_ADDR)"))?;
+        let local = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
         let reachable = if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
             true
         } else {
             db::check_connection(&settings.database).await?
         };
+        // Not required, but the first thing an operator wants to know: said once at start.
+        let redis_url = &settings.redis.redis_url;
+        match redis.check().await {
+            Ok(()) => {
+                tracing::info!(redis = ?redis_url, mode = redis.mode().label(), "Redis answers")
+            }
+            Err(error) => tracing::warn!(
+                redis = ?redis_url,
+                mode = redis.mode().label(),
+                error = %telemetry::chain(&error),
+                "Redis cannot be reached; serving, with answers from PostgreSQL until it can"
+            ),
+        }
         let state = web::Data::new(AppState {
             service: StateService::new(
                 db::Database::new(
@@ -72,13 +93,6 @@ impl Application {
                 read_timeout: Duration::from_millis(settings.http.http_client_request_timeout_ms),
             },
         });
-
-        let addr = settings.http.bind_addr;
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
-        let local = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
 
         // Built once here, not per worker.
         let spec = openapi::spec();
@@ -151,7 +165,10 @@ impl Application {
             () = shutdown => {}
         }
         self.state.shutting_down.store(true, Ordering::Release);
-        tracing::info!(drain = ?self.drain, "shutting down: readiness now fails");
+        tracing::info!(
+            drain_secs = self.drain.as_secs(),
+            "shutting down: readiness now fails"
+        );
         tokio::time::sleep(self.drain).await;
         handle.stop(true).await;
         server.await.context("the HTTP server task failed")??;

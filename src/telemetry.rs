@@ -149,7 +149,8 @@ impl RootSpanBuilder for RequestSpan {
                 let latency_ms = request
                     .extensions()
                     .get::<RequestMeta>()
-                    .map(|m| m.started.elapsed().as_secs_f64() * 1000.0);
+                    // Whole microseconds, so the line reads `0.412`, not `0.41200000000000003`.
+                    .map(|m| m.started.elapsed().as_micros() as f64 / 1000.0);
                 tracing::info!(
                     route = crate::metrics::route_of(request),
                     status = res.status().as_u16(),

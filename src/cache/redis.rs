@@ -33,12 +33,37 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("Redis failed less than {0:?} ago (REDIS_RETRY_INTERVAL_MS); not asked")]
     CoolingDown(Duration),
-    #[error("no Redis connection")]
-    Pool(#[from] PoolError),
+    /// Rendered whole, without a source: deadpool's own words ("Error occurred while creating
+    /// a new object") would stand between the reader and the cause.
+    #[error("{}", pool_failure(.0))]
+    Pool(PoolError),
     #[error("Redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
+}
+
+impl From<PoolError> for CacheError {
+    fn from(error: PoolError) -> Self {
+        CacheError::Pool(error)
+    }
+}
+
+/// Why the pool had no connection to give, in a phrase.
+fn pool_failure(error: &PoolError) -> String {
+    use deadpool::managed::{PoolError as P, TimeoutType};
+    match error {
+        P::Backend(cause) => format!("cannot connect to Redis: {cause}"),
+        P::Timeout(TimeoutType::Create) => {
+            "cannot connect to Redis: no connection made within REDIS_TIMEOUT_MS".to_owned()
+        }
+        P::Timeout(TimeoutType::Wait | TimeoutType::Recycle) => {
+            "no Redis connection free within REDIS_TIMEOUT_MS".to_owned()
+        }
+        P::Closed => "the Redis pool is closed".to_owned(),
+        P::NoRuntimeSpecified => "the Redis pool has no runtime".to_owned(),
+        P::PostCreateHook(cause) => format!("a new Redis connection failed its set-up: {cause}"),
+    }
 }
 
 /// What Redis holds for a key.
@@ -358,6 +383,20 @@ impl RedisCache {
         let ask = async {
             let (_, mut conn) = self.connection().await?;
             Ok(topology::nodes(self.mode, &mut conn).await?)
+        };
+        tokio::time::timeout(self.timeout, ask)
+            .await
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
+    }
+
+    /// At start, for the log: whether Redis answers a PING within `REDIS_TIMEOUT_MS`. Like
+    /// [`Self::nodes`], it leaves the breaker and the counters alone (lookups find out for
+    /// themselves); a connection it makes is kept for the first lookups.
+    pub async fn check(&self) -> Result<(), CacheError> {
+        let ask = async {
+            let (_, mut conn) = self.connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok(())
         };
         tokio::time::timeout(self.timeout, ask)
             .await

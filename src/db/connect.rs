@@ -31,7 +31,7 @@ pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<boo
             Ok(false)
         }
         Err(_) => {
-            tracing::warn!(database = %url, timeout = ?settings.acquire_timeout(), "PostgreSQL did not answer in time; serving, not ready until it does");
+            tracing::warn!(database = %url, timeout_ms = settings.db_acquire_timeout_ms, "PostgreSQL did not answer in time (DB_ACQUIRE_TIMEOUT_MS); serving, not ready until it does");
             Ok(false)
         }
     }

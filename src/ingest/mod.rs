@@ -47,12 +47,8 @@ pub struct Ingestor {
 pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
     broker::check_dead_letter_subject(&settings).map_err(anyhow::Error::msg)?;
     let mut signals = ShutdownSignals::listen().context("cannot listen for SIGTERM and Ctrl-C")?;
-    if settings.migrate_on_start {
-        db::prepare(&settings.database, None).await?;
-    } else {
-        // Unreachable: the pool connects when it can; batches wait and are NAKed meanwhile.
-        let _reachable = db::check_connection(&settings.database).await?;
-    }
+    // The pool connects on first use, so the health port is bound (and a taken one fails the
+    // start) before the database is created or migrated.
     let ingestor = Arc::new(Ingestor {
         pool: db::connect(&settings.database),
         nats: OnceLock::new(),
@@ -61,6 +57,13 @@ pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
         settings,
     });
     let server = http::serve(ingestor.clone())?;
+    let database = &ingestor.settings.database;
+    if ingestor.settings.migrate_on_start {
+        db::prepare(database, None).await?;
+    } else {
+        // Unreachable: the pool connects when it can; batches wait and are NAKed meanwhile.
+        let _reachable = db::check_connection(database).await?;
+    }
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
 

@@ -6,6 +6,9 @@ fn vehicle_state(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
         .args(args)
         .env_clear()
+        // Commands that get as far as listening take a free port, never one in use here.
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("INGEST_BIND_ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
@@ -528,4 +531,36 @@ fn a_dot_env_file_in_the_working_directory_is_read_and_the_environment_wins() {
     );
     assert_eq!(overridden.status.code(), Some(1), "{}", stderr(&overridden));
     assert!(stderr(&overridden).contains("cannot reach PostgreSQL"));
+}
+
+#[tokio::test]
+async fn a_taken_port_stops_the_start_with_one_line_before_the_database_is_touched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    // (command, the variable that names its port)
+    for (command, variable) in [("serve", "BIND_ADDR"), ("ingest", "INGEST_BIND_ADDR")] {
+        let scratch = Scratch::new();
+
+        let output = vehicle_state(
+            &[command],
+            &[
+                ("DATABASE_URL", scratch.database_url.as_str()),
+                (variable, addr.as_str()),
+            ],
+        );
+
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "vehicle-state: cannot listen on {addr} ({variable}): "
+            )) && stderr.contains("in use"),
+            "{command}: {stderr}"
+        );
+        assert!(
+            !crate::helpers::database_exists(&scratch.database).await,
+            "{command}: the database was created before the port was tried"
+        );
+    }
 }

@@ -270,6 +270,18 @@ impl Scratch {
     }
 }
 
+/// Whether the tests' PostgreSQL server has a database of this name.
+pub async fn database_exists(name: &str) -> bool {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(servers().postgres.as_str())
+        .await
+        .expect("connect to the tests' PostgreSQL");
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("look the database up")
+}
+
 /// A replica on a new database (migrated and seeded with the sample data) and a new key prefix.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

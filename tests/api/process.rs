@@ -34,8 +34,13 @@ fn start_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
 
 /// As [`start_binary`], without waiting for it to listen.
 fn spawn_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
+    spawn_command("serve", app, extra)
+}
+
+/// `vehicle-state <command>` with the settings of [`start_binary`] (those the command takes).
+fn spawn_command(command: &str, app: &TestApp, extra: &[(&str, &str)]) -> Binary {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
-        .arg("serve")
+        .arg(command)
         .env_clear()
         .env("DATABASE_URL", &app.settings.database.database_url.text)
         .env("REDIS_URL", redis_url())
@@ -263,6 +268,137 @@ async fn each_request_writes_one_json_log_line_with_its_request_id() {
         assert_eq!(span["method"], "GET");
         assert_eq!(line["route"], "/vehicles/{id}/timestamp/{ts}");
         assert_eq!(line["status"], status);
-        assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+        let latency_ms = line["latency_ms"].as_f64().expect("latency_ms, a number");
+        // Whole microseconds: at most three decimals, as written.
+        let text = line["latency_ms"].to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(latency_ms >= 0.0 && decimals <= 3, "{text}");
     }
+}
+
+/// The first log event, within 20 s, that `wanted` picks; the events before it are returned too.
+fn wait_for_event(
+    binary: &Binary,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = binary
+            .log
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no such log event ({e}); before it: {before:?}"));
+        if wanted(&event) {
+            return (event, before);
+        }
+        before.push(event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_the_log_says_whether_redis_answers_and_a_replica_without_it_still_serves() {
+    let app = spawn_app().await;
+    let with_redis = spawn_binary(&app, &[]);
+    let without_redis = spawn_binary(
+        &app,
+        &[
+            ("REDIS_URL", "redis://:s3cret@127.0.0.1:1"),
+            ("REDIS_TIMEOUT_MS", "500"),
+        ],
+    );
+
+    let (answers, _) = wait_for_event(&with_redis, |e| e["message"] == "Redis answers");
+    let (refused, _) = wait_for_event(&without_redis, |e| e["level"] == "WARN");
+    let (listening, _) = wait_for_event(&without_redis, |e| e["message"] == "listening");
+    let address = listening["address"].as_str().expect("an address");
+    let lookup = reqwest::get(format!(
+        "http://{address}/vehicles/3/timestamp/2022-09-12T10:00:00Z"
+    ))
+    .await
+    .expect("a lookup");
+
+    let url = url::Url::parse(&redis_url()).expect("a Redis URL");
+    let named = format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port().unwrap_or(6379)
+    );
+    assert_eq!(answers["redis"], named.as_str());
+    assert_eq!(answers["mode"], "standalone");
+    assert_eq!(
+        refused["message"],
+        "Redis cannot be reached; serving, with answers from PostgreSQL until it can"
+    );
+    assert_eq!(refused["redis"], "127.0.0.1:1");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("cannot connect to Redis: ") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(!refused.to_string().contains("s3cret"), "{refused}");
+    assert_eq!(lookup.status(), 200, "answered from PostgreSQL");
+    for binary in [with_redis, without_redis] {
+        let (status, _) = sigterm_and_wait(binary.child).await;
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_says_which_nats_it_cannot_reach_and_why_without_the_password() {
+    let app = spawn_app().await;
+    let ingest = spawn_command(
+        "ingest",
+        &app,
+        &[
+            ("NATS_URL", "nats://app:s3cret@127.0.0.1:1"),
+            ("INGEST_BIND_ADDR", "127.0.0.1:0"),
+        ],
+    );
+
+    let (refused, _) = wait_for_event(&ingest, |e| e["level"] == "WARN");
+
+    assert_eq!(
+        refused["message"],
+        "cannot reach NATS at 127.0.0.1:1: connection refused: is nats-server running there?; trying again in 1s"
+    );
+    assert!(!refused.to_string().contains("s3cret"), "{refused}");
+    let (status, _) = sigterm_and_wait(ingest.child).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_known_down_the_log_says_so_once_not_once_per_request() {
+    let app = spawn_app().await;
+    let binary = start_binary(
+        &app,
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/vs"),
+            ("DB_ACQUIRE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let client = reqwest::Client::new();
+
+    let mut statuses = Vec::new();
+    for second in 0..5 {
+        let url = format!(
+            "{}/vehicles/1/timestamp/2022-09-13T10:00:0{second}Z",
+            binary.address
+        );
+        statuses.push(client.get(url).send().await.expect("GET").status().as_u16());
+    }
+    sigterm(&binary.child);
+    let Binary { child, log, .. } = binary;
+    let status = exit_status(child, Duration::from_secs(10)).await;
+
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(statuses, [503; 5]);
+    let events: Vec<serde_json::Value> = log.try_iter().collect();
+    let completed = events
+        .iter()
+        .filter(|e| e["message"] == "request completed" && e["status"] == 503)
+        .count();
+    assert_eq!(completed, 5, "each request has its one line: {events:?}");
+    let errors: Vec<_> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "no line per request: {errors:?}");
 }
