@@ -53,6 +53,12 @@ impl Application {
             Ok(()) => {
                 tracing::info!(redis = ?redis_url, mode = redis.mode().label(), "Redis answers")
             }
+            Err(error) if error.is_refused_login() => tracing::warn!(
+                redis = ?redis_url,
+                mode = redis.mode().label(),
+                error = %telemetry::chain(&error),
+                "Redis refused the login: check the user and password in REDIS_URL (and REDIS_SENTINEL_PASSWORD with sentinels); serving, with answers from PostgreSQL until it accepts"
+            ),
             Err(error) => tracing::warn!(
                 redis = ?redis_url,
                 mode = redis.mode().label(),

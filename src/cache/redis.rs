@@ -94,6 +94,17 @@ impl CacheError {
         }
     }
 
+    /// Whether Redis was reached and refused the login (a wrong password or user in
+    /// `REDIS_URL`): a setting to fix, not an outage.
+    pub fn is_refused_login(&self) -> bool {
+        let refused = |e: &redis::RedisError| e.kind() == redis::ErrorKind::AuthenticationFailed;
+        match self {
+            CacheError::Redis(e) => refused(e),
+            CacheError::Pool(deadpool::managed::PoolError::Backend(e)) => refused(e),
+            _ => false,
+        }
+    }
+
     /// `READONLY`: the connection reaches a replica, as a master demoted by a Sentinel failover
     /// becomes one.
     fn is_read_only(&self) -> bool {

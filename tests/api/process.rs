@@ -307,9 +307,21 @@ async fn at_start_the_log_says_whether_redis_answers_and_a_replica_without_it_st
             ("REDIS_TIMEOUT_MS", "500"),
         ],
     );
+    let mut wrong_password = url::Url::parse(&redis_url()).expect("a Redis URL");
+    wrong_password
+        .set_password(Some("wr0ng-s3cret"))
+        .expect("a password");
+    let refused_login = spawn_binary(
+        &app,
+        &[
+            ("REDIS_URL", wrong_password.as_str()),
+            ("REDIS_TIMEOUT_MS", "500"),
+        ],
+    );
 
     let (answers, _) = wait_for_event(&with_redis, |e| e["message"] == "Redis answers");
     let (refused, _) = wait_for_event(&without_redis, |e| e["level"] == "WARN");
+    let (login, _) = wait_for_event(&refused_login, |e| e["level"] == "WARN");
     let (listening, _) = wait_for_event(&without_redis, |e| e["message"] == "listening");
     let address = listening["address"].as_str().expect("an address");
     let lookup = reqwest::get(format!(
@@ -337,8 +349,16 @@ async fn at_start_the_log_says_whether_redis_answers_and_a_replica_without_it_st
         "{error}"
     );
     assert!(!refused.to_string().contains("s3cret"), "{refused}");
+    assert!(
+        login["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Redis refused the login: check the user and password in REDIS_URL"),
+        "{login}"
+    );
+    assert!(!login.to_string().contains("s3cret"), "{login}");
     assert_eq!(lookup.status(), 200, "answered from PostgreSQL");
-    for binary in [with_redis, without_redis] {
+    for binary in [with_redis, without_redis, refused_login] {
         let (status, _) = sigterm_and_wait(binary.child).await;
         assert!(status.success(), "exit status {status}");
     }
