@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod healthcheck;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod publish;

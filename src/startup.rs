@@ -1,7 +1,6 @@
 //! Wires everything together. `main` and the tests build the server through the same
 //! [`Application::build`].
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
+use crate::listener::Reserved;
 use crate::service::{Gathering, StateService};
 use crate::state::{AppState, BatchLimits, CacheControlValues};
 use crate::telemetry::{self, RequestSpan};
@@ -34,13 +34,9 @@ impl Application {
         // Settings that cannot work fail before anything is touched.
         let redis = std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?);
         // A port that is taken is such a setting too: found before the database is created or
-        // migrated. Connections that arrive meanwhile wait in the backlog until the server runs.
-        let addr = settings.http.bind_addr;
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (BIND_ADDR)"))?;
-        let local = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
+        // migrated. Bound, not listened on, so connections are refused until the server runs.
+        let port = Reserved::bind(settings.http.bind_addr, "BIND_ADDR")?;
+        let local = port.local_addr();
         let reachable = if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
             true
@@ -136,7 +132,7 @@ impl Application {
             server = server.workers(workers.into());
         }
         let server = server
-            .listen(listener)
+            .listen(port.listen()?)
             .context("cannot start the HTTP server")?
             .run();
         tracing::info!(address = %local, "listening");

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::Ingestor;
+use crate::listener::Reserved;
 use crate::metrics::{self, ConsumerGauge};
 
 /// How long `/readyz` and `/metrics` wait for PostgreSQL or NATS before calling them down.
@@ -22,9 +23,9 @@ struct Readiness {
     nats: &'static str,
 }
 
-/// Binds now (so a taken port fails the start) and returns the server to run.
-pub fn serve(ingestor: Arc<Ingestor>) -> anyhow::Result<Server> {
-    let addr = ingestor.settings.ingest_bind_addr;
+/// Listens on the port reserved at start and returns the server to run.
+pub fn serve(ingestor: Arc<Ingestor>, port: Reserved) -> anyhow::Result<Server> {
+    let addr = port.local_addr();
     // Installs the recorder before anything is counted.
     metrics::handle();
     metrics::IngestResult::register_at_zero();
@@ -39,11 +40,9 @@ pub fn serve(ingestor: Arc<Ingestor>) -> anyhow::Result<Server> {
     .workers(1)
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(addr)
-    .with_context(|| format!("cannot listen on {addr} (INGEST_BIND_ADDR)"))?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, "ingest health and metrics listening");
-    }
+    .listen(port.listen()?)
+    .with_context(|| format!("cannot serve on {addr} (INGEST_BIND_ADDR)"))?;
+    tracing::info!(%addr, "ingest health and metrics listening");
     Ok(server.run())
 }
 

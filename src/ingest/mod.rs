@@ -17,6 +17,7 @@ use crate::broker::{self, ConnectFailure};
 use crate::config::IngestSettings;
 use crate::db::{self, Applied, DbError};
 use crate::domain::event::{Event, EventKind, Registration, Rejection, StateChange};
+use crate::listener::Reserved;
 use crate::metrics::{self, IngestResult};
 use crate::telemetry::{self, ShutdownSignals};
 
@@ -47,8 +48,15 @@ pub struct Ingestor {
 pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
     broker::check_dead_letter_subject(&settings).map_err(anyhow::Error::msg)?;
     let mut signals = ShutdownSignals::listen().context("cannot listen for SIGTERM and Ctrl-C")?;
-    // The pool connects on first use, so the health port is bound (and a taken one fails the
-    // start) before the database is created or migrated.
+    // A taken health port fails the start before the database is created or migrated; it is
+    // listened on once that is done (see `listener`).
+    let port = Reserved::bind(settings.ingest_bind_addr, "INGEST_BIND_ADDR")?;
+    if settings.migrate_on_start {
+        db::prepare(&settings.database, None).await?;
+    } else {
+        // Unreachable: the pool connects when it can; batches wait and are NAKed meanwhile.
+        let _reachable = db::check_connection(&settings.database).await?;
+    }
     let ingestor = Arc::new(Ingestor {
         pool: db::connect(&settings.database),
         nats: OnceLock::new(),
@@ -56,14 +64,7 @@ pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
         consumer: OnceLock::new(),
         settings,
     });
-    let server = http::serve(ingestor.clone())?;
-    let database = &ingestor.settings.database;
-    if ingestor.settings.migrate_on_start {
-        db::prepare(database, None).await?;
-    } else {
-        // Unreachable: the pool connects when it can; batches wait and are NAKed meanwhile.
-        let _reachable = db::check_connection(database).await?;
-    }
+    let server = http::serve(ingestor.clone(), port)?;
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
 
