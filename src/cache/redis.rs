@@ -95,9 +95,13 @@ impl CacheError {
     }
 
     /// Whether Redis was reached and refused the login (a wrong password or user in
-    /// `REDIS_URL`): a setting to fix, not an outage.
+    /// `REDIS_URL`, or none given to a Redis that wants one: `NOAUTH`): a setting to fix, not
+    /// an outage.
     pub fn is_refused_login(&self) -> bool {
-        let refused = |e: &redis::RedisError| e.kind() == redis::ErrorKind::AuthenticationFailed;
+        let refused = |e: &redis::RedisError| {
+            e.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        };
         match self {
             CacheError::Redis(e) => refused(e),
             CacheError::Pool(deadpool::managed::PoolError::Backend(e)) => refused(e),
@@ -148,6 +152,10 @@ pub struct RedisCache {
     timeout: Duration,
     breaker: Breaker,
     errors: AtomicU64,
+    /// 0 while Redis is reached; otherwise 1 + the breaker's clock (ms) when a call (or the
+    /// start-up check) first could not reach it. The next call that does logs the end of the
+    /// outage, once. An atomic, so a call that succeeds pays one load for it.
+    unreachable_since: AtomicU64,
 }
 
 /// Whether Redis may be asked: closed (0), or open until a moment (ms since `epoch`).
@@ -229,6 +237,7 @@ impl RedisCache {
             // Never shorter than a call may take, so a probe still running is the only one.
             breaker: Breaker::new(redis.retry_interval().max(timeout)),
             errors: AtomicU64::new(0),
+            unreachable_since: AtomicU64::new(0),
         })
     }
 
@@ -409,9 +418,32 @@ impl RedisCache {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         };
-        tokio::time::timeout(self.timeout, ask)
+        let result = tokio::time::timeout(self.timeout, ask)
             .await
-            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)));
+        if result.as_ref().is_err_and(CacheError::is_unreachable) {
+            self.note_reachable(false);
+        }
+        result
+    }
+
+    /// Keeps track of an outage of Redis, and logs its end: the failures themselves are logged
+    /// by the callers, who know what they were doing.
+    fn note_reachable(&self, reachable: bool) {
+        let since = &self.unreachable_since;
+        if !reachable {
+            let now = self.breaker.now_ms().saturating_add(1);
+            // Only the first failure of an outage sets it.
+            let _already_down = since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+        } else if since.load(Ordering::Relaxed) != 0 {
+            let start = since.swap(0, Ordering::AcqRel);
+            if start != 0 {
+                tracing::info!(
+                    unreachable_for_ms = self.breaker.now_ms().saturating_sub(start - 1),
+                    "Redis answers again: answers are cached again"
+                );
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {
@@ -494,6 +526,10 @@ impl RedisCache {
             .err()
             .is_some_and(CacheError::is_unreachable);
         self.breaker.record(!unreachable);
+        // Not for a call that Redis answered with an error (it was reached), nor a skipped one.
+        if unreachable || result.is_ok() {
+            self.note_reachable(!unreachable);
+        }
         // A cluster connection reaches every node and reconnects to a slow or lost one by
         // itself; rebuilding it after a timeout would only add a round of connecting and
         // fetching the slot map.

@@ -191,8 +191,11 @@ async fn an_idle_server_exits_zero_promptly_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_start_up_exits_zero_without_waiting_for_the_database() {
+async fn during_start_up_the_port_refuses_connections_and_sigterm_exits_zero_without_waiting() {
     let app = spawn_app().await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = free.local_addr().expect("its address");
+    drop(free);
     // Nothing listens on port 1, and the start-up would keep retrying for 30 s.
     let Binary { child, .. } = spawn_binary(
         &app,
@@ -200,12 +203,21 @@ async fn sigterm_during_start_up_exits_zero_without_waiting_for_the_database() {
             ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/vs"),
             ("MIGRATE_ON_START", "true"),
             ("DB_ACQUIRE_TIMEOUT_MS", "30000"),
+            ("BIND_ADDR", &addr.to_string()),
         ],
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Bound but not listened on: refused at once, so a balancer tries another replica instead
+    // of waiting on this one.
+    let connect = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
 
     let (status, took) = sigterm_and_wait(child).await;
 
+    assert_eq!(
+        connect.map(drop).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "refused, not queued"
+    );
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
@@ -387,38 +399,124 @@ async fn ingest_says_which_nats_it_cannot_reach_and_why_without_the_password() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Every log event still to come, once the process has exited (its reader ends at the pipe's
+/// end).
+fn rest_of_log(log: Receiver<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    while let Ok(event) = log.recv_timeout(Duration::from_secs(5)) {
+        events.push(event);
+    }
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgres_is_known_down_the_log_says_so_once_not_once_per_request() {
     let app = spawn_app().await;
-    let binary = start_binary(
+    let binary = spawn_binary(
         &app,
         &[
             ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/vs"),
             ("DB_ACQUIRE_TIMEOUT_MS", "300"),
         ],
     );
+    let (listening, mut events) = wait_for_event(&binary, |e| e["message"] == "listening");
+    let address = listening["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
     let client = reqwest::Client::new();
 
     let mut statuses = Vec::new();
     for second in 0..5 {
-        let url = format!(
-            "{}/vehicles/1/timestamp/2022-09-13T10:00:0{second}Z",
-            binary.address
-        );
+        let url = format!("http://{address}/vehicles/1/timestamp/2022-09-13T10:00:0{second}Z");
         statuses.push(client.get(url).send().await.expect("GET").status().as_u16());
     }
     sigterm(&binary.child);
     let Binary { child, log, .. } = binary;
     let status = exit_status(child, Duration::from_secs(10)).await;
+    events.extend(rest_of_log(log));
 
     assert!(status.success(), "exit status {status}");
     assert_eq!(statuses, [503; 5]);
-    let events: Vec<serde_json::Value> = log.try_iter().collect();
     let completed = events
         .iter()
         .filter(|e| e["message"] == "request completed" && e["status"] == 503)
         .count();
     assert_eq!(completed, 5, "each request has its one line: {events:?}");
+    let outage: Vec<_> = events
+        .iter()
+        .filter(|e| e["level"] == "WARN" && e.to_string().contains("PostgreSQL"))
+        .collect();
+    assert_eq!(outage.len(), 1, "the outage, once: {outage:?}");
+    assert!(
+        outage[0]["cause"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("connection refused"),
+        "{}",
+        outage[0]
+    );
     let errors: Vec<_> = events.iter().filter(|e| e["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "no line per request: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_returns_the_log_says_so_once() {
+    let app = spawn_app().await;
+    let proxy = crate::chaos::ChaosProxy::start(crate::helpers::redis_addr()).await;
+    let redis = format!("redis://127.0.0.1:{}", proxy.port());
+    let binary = start_binary(
+        &app,
+        &[
+            ("REDIS_URL", redis.as_str()),
+            ("REDIS_RETRY_INTERVAL_MS", "100"),
+            ("LOCAL_CACHE_MAX_BYTES", "0"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let lookup = |second: u32| {
+        let url = format!(
+            "{}/vehicles/2/timestamp/{}",
+            binary.address,
+            1_662_976_800 + second
+        );
+        let client = client.clone();
+        async move { client.get(url).send().await.expect("GET").status().as_u16() }
+    };
+    assert_eq!(lookup(0).await, 200);
+
+    proxy.cut();
+    let during = [lookup(1).await, lookup(2).await];
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut second = 3;
+    let back = loop {
+        assert_eq!(lookup(second).await, 200);
+        second += 1;
+        let events: Vec<serde_json::Value> = binary.log.try_iter().collect();
+        if let Some(back) = events
+            .into_iter()
+            .find(|e| e["message"] == "Redis answers again: answers are cached again")
+        {
+            break back;
+        }
+        assert!(Instant::now() < deadline, "no line said Redis was back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for more in second..second + 3 {
+        assert_eq!(lookup(more).await, 200);
+    }
+    sigterm(&binary.child);
+    let Binary { child, log, .. } = binary;
+    let status = exit_status(child, Duration::from_secs(10)).await;
+
+    assert_eq!(during, [200, 200], "answered from PostgreSQL meanwhile");
+    assert_eq!(back["level"], "INFO");
+    assert!(back["unreachable_for_ms"].as_u64().is_some(), "{back}");
+    let again: Vec<_> = rest_of_log(log)
+        .into_iter()
+        .filter(|e| e["message"] == "Redis answers again: answers are cached again")
+        .collect();
+    assert!(again.is_empty(), "said once: {again:?}");
+    assert!(status.success(), "exit status {status}");
 }
