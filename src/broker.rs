@@ -125,7 +125,12 @@ fn unreachable(kind: ConnectErrorKind, error: &async_nats::ConnectError) -> Stri
         (ConnectErrorKind::TimedOut, _) | (_, Some(std::io::ErrorKind::TimedOut)) => {
             "timed out (NATS_CONNECT_TIMEOUT_MS)".to_owned()
         }
-        (ConnectErrorKind::Dns, _) => format!("no such host ({})", crate::telemetry::chain(error)),
+        (ConnectErrorKind::Dns, _) => {
+            format!(
+                "cannot resolve the host ({})",
+                crate::telemetry::chain(error)
+            )
+        }
         _ => crate::telemetry::chain(error).to_string(),
     }
 }

@@ -326,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn only_server_errors_nothing_else_reports_are_logged() {
+    fn defects_and_failing_dependencies_are_logged_but_shed_and_known_down_503s_are_not() {
         let db = |error: DbError| ApiError::from_lookup(Arc::new(LookupError::Db(error)), &RETRY);
         for (error, logged) in [
             (db(DbError::Unavailable(sqlx::Error::PoolTimedOut)), true),
