@@ -36,6 +36,9 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
     }
 }
 
+/// `RUST_LOG` unset: `info`, without actix-server's and async-nats's own info lines.
+pub const DEFAULT_FILTER: &str = "info,actix_server=warn,async_nats=warn";
+
 pub fn parse_filter(raw: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(raw)
         .map_err(|e| format!("not a log filter (try `info` or `vehicle_state=debug,info`): {e}"))
