@@ -5,13 +5,15 @@
 //! `CACHE_TTL_SECS` have passed since then, whichever replica wrote it and whichever serves it.
 
 mod entry;
+mod error;
 mod key;
 pub mod local;
 mod redis;
 pub mod topology;
 
+pub use self::error::CacheError;
 pub use self::local::{LocalCache, LocalEntry};
-pub use self::redis::{CacheError, Cached, RedisCache};
+pub use self::redis::{Cached, RedisCache};
 pub use entry::{Answer, Corrupt};
 pub use key::CacheKey;
 
