@@ -28,6 +28,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Which log lines to write, as a tracing filter (e.g. `info`, `vehicle_state=debug,info`).
+    ///
     /// The default leaves out the HTTP server's and the NATS client's own start-up and connect
     /// lines, which repeat what the service says itself (`listening`, `NATS connection
     /// (re)established`); their warnings still show. `--log-filter` is its former name.
