@@ -37,6 +37,7 @@ impl Application {
         // migrated. Bound, not listened on, so connections are refused until the server runs.
         let port = Reserved::bind(settings.http.bind_addr, "BIND_ADDR")?;
         let local = port.local_addr();
+        tracing::debug!(address = %local, "port bound; connections are refused until the replica serves");
         let reachable = if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
             true

@@ -73,7 +73,12 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` on this clock (0 for a moment before it started).
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn reopen_at(&self) -> u64 {
@@ -320,27 +325,37 @@ impl RedisCache {
             .await
             .unwrap_or(Err(CacheError::Timeout(self.timeout)));
         if result.as_ref().is_err_and(CacheError::is_unreachable) {
-            self.note_reachable(false);
+            self.note_unreachable();
         }
         result
     }
 
-    /// Keeps track of an outage of Redis, and logs its end: the failures themselves are logged
-    /// by the callers, who know what they were doing.
-    fn note_reachable(&self, reachable: bool) {
-        let since = &self.unreachable_since;
-        if !reachable {
-            let now = self.breaker.now_ms().saturating_add(1);
-            // Only the first failure of an outage sets it.
-            let _already_down = since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
-        } else if since.load(Ordering::Relaxed) != 0 {
-            let start = since.swap(0, Ordering::AcqRel);
-            if start != 0 {
-                tracing::info!(
-                    unreachable_for_ms = self.breaker.now_ms().saturating_sub(start - 1),
-                    "Redis answers again: answers are cached again"
-                );
-            }
+    /// A call (or the start-up check) could not reach Redis: the first such call of an outage
+    /// marks its start. The failures themselves are logged by the callers, who know what they
+    /// were doing.
+    fn note_unreachable(&self) {
+        let now = self.breaker.now_ms().saturating_add(1);
+        let _already_down =
+            self.unreachable_since
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// A call begun at `started` reached Redis: if that ends an outage, it is logged, once. A call
+    /// begun before the outage was found proves nothing about its end, so it ends none.
+    fn note_reached(&self, started: Instant) {
+        let since = self.unreachable_since.load(Ordering::Relaxed);
+        if since == 0 || self.breaker.ms_at(started).saturating_add(1) < since {
+            return;
+        }
+        if self
+            .unreachable_since
+            .compare_exchange(since, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(
+                unreachable_for_ms = self.breaker.now_ms().saturating_sub(since - 1),
+                "Redis answers again: answers are cached again"
+            );
         }
     }
 
@@ -425,8 +440,10 @@ impl RedisCache {
             .is_some_and(CacheError::is_unreachable);
         self.breaker.record(!unreachable);
         // Not for a call that Redis answered with an error (it was reached), nor a skipped one.
-        if unreachable || result.is_ok() {
-            self.note_reachable(!unreachable);
+        if unreachable {
+            self.note_unreachable();
+        } else if result.is_ok() {
+            self.note_reached(started);
         }
         // A cluster connection reaches every node and reconnects to a slow or lost one by
         // itself; rebuilding it after a timeout would only add a round of connecting and
