@@ -30,18 +30,8 @@ impl Reserved {
     /// Binds `addr` (port 0 picks a free one), as `std`'s and actix's own binds do (with
     /// `SO_REUSEADDR`, so a restart never waits for the last run's closed connections).
     pub fn bind(addr: SocketAddr, setting: &'static str) -> anyhow::Result<Self> {
-        let bound = (|| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            let local = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| std::io::Error::other("not an IP address"))?;
-            Ok::<_, std::io::Error>((socket, local))
-        })();
         let (socket, addr) =
-            bound.with_context(|| format!("cannot listen on {addr} ({setting})"))?;
+            bound(addr).with_context(|| format!("cannot listen on {addr} ({setting})"))?;
         Ok(Self {
             socket,
             addr,
@@ -66,6 +56,18 @@ impl Reserved {
             .with_context(|| format!("cannot listen on {addr} ({setting})"))?;
         Ok(socket.into())
     }
+}
+
+/// A TCP socket bound to `addr`, and the address it got.
+fn bound(addr: SocketAddr) -> std::io::Result<(Socket, SocketAddr)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP address"))?;
+    Ok((socket, local))
 }
 
 #[cfg(test)]

@@ -50,18 +50,19 @@ impl Application {
             Ok(()) => {
                 tracing::info!(redis = ?redis_url, mode = redis.mode().label(), "Redis answers")
             }
-            Err(error) if error.is_refused_login() => tracing::warn!(
-                redis = ?redis_url,
-                mode = redis.mode().label(),
-                error = %telemetry::chain(&error),
-                "Redis refused the login: check the user and password in REDIS_URL (and REDIS_SENTINEL_PASSWORD with sentinels); serving, with answers from PostgreSQL until it accepts"
-            ),
-            Err(error) => tracing::warn!(
-                redis = ?redis_url,
-                mode = redis.mode().label(),
-                error = %telemetry::chain(&error),
-                "Redis cannot be reached; serving, with answers from PostgreSQL until it can"
-            ),
+            Err(error) => {
+                let what = if error.is_refused_login() {
+                    "Redis refused the login: check the user and password in REDIS_URL (and REDIS_SENTINEL_PASSWORD with sentinels); serving, with answers from PostgreSQL until it accepts"
+                } else {
+                    "Redis cannot be reached; serving, with answers from PostgreSQL until it can"
+                };
+                tracing::warn!(
+                    redis = ?redis_url,
+                    mode = redis.mode().label(),
+                    error = %telemetry::chain(&error),
+                    "{what}"
+                );
+            }
         }
         let state = web::Data::new(AppState {
             service: StateService::new(

@@ -303,31 +303,36 @@ impl RedisCache {
         if !self.breaker.is_closed() {
             return Err(CacheError::CoolingDown(self.breaker.interval));
         }
-        let ask = async {
-            let (_, mut conn) = self.connection().await?;
-            Ok(topology::nodes(self.mode, &mut conn).await?)
-        };
-        tokio::time::timeout(self.timeout, ask)
+        self.unguarded(|mut conn| async move { Ok(topology::nodes(self.mode, &mut conn).await?) })
             .await
-            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
     }
 
     /// At start, for the log: whether Redis answers a PING within `REDIS_TIMEOUT_MS`. Like
     /// [`Self::nodes`], it leaves the breaker and the counters alone (lookups find out for
     /// themselves); a connection it makes is kept for the first lookups.
     pub async fn check(&self) -> Result<(), CacheError> {
-        let ask = async {
-            let (_, mut conn) = self.connection().await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok(())
-        };
-        let result = tokio::time::timeout(self.timeout, ask)
-            .await
-            .unwrap_or(Err(CacheError::Timeout(self.timeout)));
+        let result = self.unguarded(ping).await;
         if result.as_ref().is_err_and(CacheError::is_unreachable) {
             self.note_unreachable();
         }
         result
+    }
+
+    /// `call` on the held connection within `REDIS_TIMEOUT_MS`, for what is not a lookup: unlike
+    /// [`Self::bounded`], it neither consults nor records into the breaker, and a failure lets
+    /// no connection go.
+    async fn unguarded<T, F, Fut>(&self, call: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, CacheError>>,
+    {
+        let ask = async {
+            let (_, conn) = self.connection().await?;
+            call(conn).await
+        };
+        tokio::time::timeout(self.timeout, ask)
+            .await
+            .unwrap_or(Err(CacheError::Timeout(self.timeout)))
     }
 
     /// A call (or the start-up check) could not reach Redis: the first such call of an outage
@@ -360,11 +365,7 @@ impl RedisCache {
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {
-        self.bounded(|mut conn| async move {
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok(())
-        })
-        .await
+        self.bounded(ping).await
     }
 
     /// Counts a failed call (in the metrics too). Returns how many there have been when the
@@ -466,6 +467,12 @@ impl RedisCache {
         }
         result
     }
+}
+
+/// One PING on `conn`: for `/readyz` and the start-up check.
+async fn ping(mut conn: Connection) -> Result<(), CacheError> {
+    redis::cmd("PING").query_async::<()>(&mut conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,18 +17,11 @@ struct Binary {
 /// The real binary, serving the database and prefix of `app`, with `extra` settings on top.
 fn start_binary(app: &TestApp, extra: &[(&str, &str)]) -> Binary {
     let mut binary = spawn_binary(app, extra);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let address = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = binary
-            .log
-            .recv_timeout(left)
-            .expect("the binary logs its address as JSON");
-        if event["message"] == "listening" {
-            break event["address"].as_str().unwrap_or_default().to_owned();
-        }
-    };
-    binary.address = format!("http://{address}");
+    let (listening, _) = wait_for_event(&binary, |e| e["message"] == "listening");
+    binary.address = format!(
+        "http://{}",
+        listening["address"].as_str().unwrap_or_default()
+    );
     binary
 }
 
