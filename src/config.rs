@@ -9,6 +9,12 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
+mod compression;
+mod cors;
+
+pub use compression::CompressionSettings;
+pub use cors::{CorsOrigins, CorsSettings};
+
 /// Where and how to reach PostgreSQL.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "PostgreSQL")]
@@ -676,6 +682,10 @@ pub struct ServeSettings {
     pub cache: CacheSettings,
     #[command(flatten)]
     pub http: HttpSettings,
+    #[command(flatten)]
+    pub cors: CorsSettings,
+    #[command(flatten)]
+    pub compression: CompressionSettings,
 
     /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
     /// from the pool failed too), how often one connection tries it again; meanwhile requests

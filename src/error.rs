@@ -73,6 +73,8 @@ pub enum ProblemType {
     InvalidQuery,
     #[serde(rename = "/problems/request-timeout")]
     RequestTimeout,
+    #[serde(rename = "/problems/cors-refused")]
+    CorsRefused,
 }
 
 impl ProblemType {
@@ -94,6 +96,7 @@ impl ProblemType {
             ProblemType::UnsupportedMediaType => "Unsupported media type",
             ProblemType::InvalidQuery => "Invalid query",
             ProblemType::RequestTimeout => "Request timeout",
+            ProblemType::CorsRefused => "Cross-origin request refused",
         }
     }
 }
@@ -143,6 +146,10 @@ pub enum ApiError {
         #[source]
         source: Arc<LookupError>,
     },
+    /// A CORS preflight asked for what is not allowed (`CORS_ALLOWED_ORIGINS`, the methods or
+    /// headers a page of another origin may use).
+    #[error("{0}")]
+    CorsRefused(String),
     #[error("the server failed to answer")]
     Internal(#[source] anyhow::Error),
 }
@@ -166,6 +173,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
+            ApiError::CorsRefused(_) => ProblemType::CorsRefused,
             ApiError::Internal(_) => ProblemType::InternalError,
         }
     }
@@ -255,6 +263,7 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ApiError::DatabaseUnavailable { .. } | ApiError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -310,6 +319,7 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::InvalidQuery("x".to_owned()),
             ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
+            ApiError::CorsRefused("x".to_owned()),
             ApiError::from_lookup(
                 Arc::new(LookupError::Db(DbError::Unavailable(
                     sqlx::Error::PoolTimedOut,

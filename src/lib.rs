@@ -15,6 +15,7 @@ pub mod healthcheck;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;
+pub mod middleware;
 pub mod openapi;
 pub mod publish;
 pub mod routes;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::http::KeepAlive;
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
@@ -17,6 +17,7 @@ use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
+use crate::middleware::{compression, cors};
 use crate::service::{Gathering, StateService};
 use crate::state::{AppState, BatchLimits, CacheControlValues};
 use crate::telemetry::{self, RequestSpan};
@@ -103,7 +104,11 @@ impl Application {
         crate::metrics::handle();
         crate::metrics::register_at_zero(&crate::cache::CacheError::KINDS, &db::DbError::KINDS);
         let app_state = state.clone();
+        let cors_settings = settings.cors.clone();
+        let compress_at = settings.compression.min_bytes();
         let mut server = HttpServer::new(move || {
+            let cors = cors::layer(&cors_settings);
+            let cors_on = cors.is_some();
             App::new()
                 .app_data(app_state.clone())
                 .into_utoipa_app()
@@ -115,8 +120,19 @@ impl Application {
                 )
                 .service(web::redirect("/swagger-ui", "/swagger-ui/"))
                 .default_service(web::to(routes::not_found))
+                // Innermost first. Compression sees the answer as the route made it; CORS sits
+                // outside the request log and metrics, so a preflight is answered before
+                // routing and never counted or logged as a request.
+                .wrap(Condition::new(
+                    compress_at.is_some(),
+                    from_fn(move |req, next| {
+                        compression::compress(compress_at.unwrap_or(0), req, next)
+                    }),
+                ))
                 .wrap(from_fn(crate::metrics::record_request))
                 .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
+                .wrap(Condition::new(cors_on, from_fn(cors::finish)))
                 .wrap(from_fn(telemetry::request_id))
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.

@@ -4,8 +4,11 @@
 use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderValue};
 
+use crate::middleware::compression::same_answer;
+
 /// Whether the request's `If-None-Match` names `etag` (or is `*`). The comparison is the weak
-/// one the RFC prescribes for `If-None-Match`: a `W/` prefix is ignored.
+/// one the RFC prescribes for `If-None-Match`: a `W/` prefix is ignored. The tag of the answer
+/// compressed (`"…-gzip"`) names it too: it is the same answer in another encoding.
 pub fn not_modified(req: &HttpRequest, etag: &HeaderValue) -> bool {
     let Ok(etag) = etag.to_str() else {
         return false;
@@ -20,7 +23,7 @@ fn names(if_none_match: &str, etag: &str) -> bool {
     if_none_match
         .split(',')
         .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        .any(|tag| tag == "*" || same_answer(tag.strip_prefix("W/").unwrap_or(tag), etag))
 }
 
 #[cfg(test)]
@@ -33,6 +36,9 @@ mod tests {
         for (header, expected) in [
             (r#""00ff00ff00ff00ff""#, true),
             (r#"W/"00ff00ff00ff00ff""#, true),
+            (r#""00ff00ff00ff00ff-gzip""#, true),
+            (r#"W/"00ff00ff00ff00ff-br""#, true),
+            (r#""00ff00ff00ff00ff-zstd", "x""#, true),
             (r#""aaaa", "00ff00ff00ff00ff""#, true),
             (r#""aaaa","00ff00ff00ff00ff""#, true),
             ("*", true),

@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, r
 use super::conditional::not_modified;
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
+use crate::middleware::compression::Uncompressed;
 use crate::service::{CacheStatus, Served};
 use crate::state::{AppState, CacheControlValues};
 
@@ -99,6 +100,10 @@ pub(super) fn respond(
     {
         let mut builder = HttpResponse::NotModified();
         builder.insert_header((header::ETAG, etag.clone()));
+        // So compression gives the 304 the tag its 200 would have had.
+        builder
+            .extensions_mut()
+            .insert(Uncompressed(answer.body.len()));
         cache_headers(&mut builder, served, cache_control);
         return builder.finish();
     }

@@ -20,6 +20,22 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
+    // A bad origin is named, with the spelling that would have matched.
+    let output = vehicle_state(
+        &["serve"],
+        &[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://ok.example, HTTPS://Dashboard.example.com",
+        )],
+    );
+    let line = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("`HTTPS://Dashboard.example.com` never matches: browsers send it as `https://dashboard.example.com`"),
+        "{line}"
+    );
+
     for (name, value) in [
         ("CACHE_TTL_SECS", "sixty"),
         ("CACHE_TTL_SECS", "0"),
@@ -38,6 +54,11 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
             "postgres://h/db?sslmode=verify-full&sslrootcert=/no/such/ca.pem",
         ),
         ("DATABASE_URL", "postgres://h/db?sslmode=sometimes"),
+        ("CORS_ALLOWED_ORIGINS", "https://dashboard.example.com/"),
+        ("CORS_ALLOWED_ORIGINS", "https://a.example,*"),
+        ("CORS_MAX_AGE_SECS", "a day"),
+        ("COMPRESSION", "maybe"),
+        ("COMPRESSION_MIN_BYTES", "-1"),
     ] {
         let output = vehicle_state(&["serve"], &[(name, value)]);
 

@@ -20,7 +20,8 @@ use sqlx::postgres::PgPoolOptions;
 use testcontainers_modules::testcontainers::runners::SyncRunner;
 use tokio::sync::oneshot;
 use vehicle_state::config::{
-    CacheSettings, DatabaseSettings, Dataset, HttpSettings, RedisMode, RedisSettings, ServeSettings,
+    CacheSettings, CompressionSettings, CorsSettings, DatabaseSettings, Dataset, HttpSettings,
+    RedisMode, RedisSettings, ServeSettings,
 };
 use vehicle_state::startup::Application;
 
@@ -175,6 +176,14 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             http_client_request_timeout_ms: 5000,
             http_keep_alive_secs: 5,
             http_max_connections: 25_000,
+        },
+        cors: CorsSettings {
+            cors_allowed_origins: None,
+            cors_max_age_secs: 3600,
+        },
+        compression: CompressionSettings {
+            compression: true,
+            compression_min_bytes: 1024,
         },
         db_probe_interval_ms: 50,
         migrate_on_start: true,

@@ -2,6 +2,7 @@
 //! from). One binary, so the servers are resolved once and tests run in parallel.
 
 mod batch;
+mod browsers;
 mod cache;
 mod chaos;
 mod cli;

@@ -1,0 +1,232 @@
+//! Response compression (RFC 9110 §8.4): gzip, Brotli or zstd, whichever the client's
+//! `Accept-Encoding` prefers (ties go to Brotli, then zstd, then gzip), done by actix-http's own
+//! encoders. Only bodies of at least `COMPRESSION_MIN_BYTES` are compressed: below that the
+//! response passes through untouched, without even reading `Accept-Encoding`, so a single lookup
+//! (about 140 bytes) costs what it cost before.
+//!
+//! A compressed body is another representation of the answer, so it gets another entity tag
+//! (RFC 9110 §8.8.3): the coding is appended inside the quotes (`"3f…"` becomes `"3f…-gzip"`).
+//! `If-None-Match` names an answer by either tag ([`same_answer`]), and a 304 carries the tag
+//! the 200 would have carried: the handler says how long that 200's body is ([`Uncompressed`]).
+//! Every response whose encoding depends on `Accept-Encoding` says so in `Vary`.
+
+use actix_http::encoding::Encoder;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{
+    self, AcceptEncoding, ContentEncoding, Encoding, HeaderMap, HeaderValue,
+};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage};
+
+/// The codings offered. Identity is among them, so a client that accepts none of the others
+/// gets the body as it is rather than a 406.
+const OFFERED: [Encoding; 4] = [
+    Encoding::identity(),
+    Encoding::brotli(),
+    Encoding::zstd(),
+    Encoding::gzip(),
+];
+
+/// Put in a 304's extensions by the handler: the length of the body of the 200 it stands for,
+/// so the 304 can carry the entity tag that 200 would have carried.
+#[derive(Debug, Clone, Copy)]
+pub struct Uncompressed(pub usize);
+
+/// The middleware: `min_bytes` is `COMPRESSION_MIN_BYTES`.
+pub async fn compress(
+    min_bytes: u64,
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<Encoder<impl MessageBody>>, Error> {
+    let mut res = next.call(req).await?;
+    let coding = match representation_len(&res) {
+        Some(len) if len >= min_bytes && compressible(res.headers()) => {
+            Some(negotiate(res.request()))
+        }
+        // Too small, or not a body to compress: as it is, whatever the client accepts.
+        _ => None,
+    };
+    let coding = match coding {
+        None => ContentEncoding::Identity,
+        Some(ContentEncoding::Identity) => {
+            super::add_vary(res.headers_mut(), "Accept-Encoding");
+            ContentEncoding::Identity
+        }
+        Some(coding) => {
+            let headers = res.headers_mut();
+            if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
+                headers.insert(header::ETAG, tagged);
+            }
+            if res.status() == StatusCode::NOT_MODIFIED {
+                // No body to encode; the headers are those of the 200 it stands for.
+                super::add_vary(res.headers_mut(), "Accept-Encoding");
+                ContentEncoding::Identity
+            } else {
+                // The encoder sets `Content-Encoding` and adds `Vary: accept-encoding`.
+                coding
+            }
+        }
+    };
+    Ok(res.map_body(move |head, body| Encoder::response(coding, head, body)))
+}
+
+/// The length of the body the response carries or, for a 304, stands for; `None` for a body
+/// of unknown length (none of this service's answers) or a response without one.
+fn representation_len(res: &ServiceResponse<impl MessageBody>) -> Option<u64> {
+    match res.status() {
+        StatusCode::NOT_MODIFIED => res
+            .response()
+            .extensions()
+            .get::<Uncompressed>()
+            .map(|u| u64::try_from(u.0).unwrap_or(u64::MAX)),
+        StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::SWITCHING_PROTOCOLS => {
+            None
+        }
+        _ => match res.response().body().size() {
+            BodySize::Sized(len) if len > 0 => Some(len),
+            _ => None,
+        },
+    }
+}
+
+/// Not already encoded, and not a format that is compressed in itself (images but SVG, audio,
+/// video, fonts).
+fn compressible(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return false;
+    }
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let content_type = content_type.as_bytes();
+    let starts = |prefix: &[u8]| {
+        content_type.len() >= prefix.len()
+            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    if starts(b"image/svg") {
+        return true;
+    }
+    !(starts(b"image/") || starts(b"audio/") || starts(b"video/") || starts(b"font/"))
+}
+
+/// The coding the request prefers among those offered: identity without `Accept-Encoding`, or
+/// when the client accepts none of the others.
+fn negotiate(req: &actix_web::HttpRequest) -> ContentEncoding {
+    let Some(accepted) = req.get_header::<AcceptEncoding>() else {
+        return ContentEncoding::Identity;
+    };
+    match accepted.negotiate(OFFERED.iter()) {
+        Some(Encoding::Known(coding)) => coding,
+        _ => ContentEncoding::Identity,
+    }
+}
+
+/// The entity tag of `etag`'s answer compressed with `coding`: the coding inside the quotes,
+/// so a strong tag stays strong and a weak one weak. `None` for a value that is not a tag.
+fn tag_for(etag: &HeaderValue, coding: ContentEncoding) -> Option<HeaderValue> {
+    let text = etag.as_bytes();
+    let closing = text
+        .len()
+        .checked_sub(1)
+        .filter(|&i| i > 0 && text[i] == b'"')?;
+    let coding = coding.as_str().as_bytes();
+    let mut tagged = Vec::with_capacity(text.len() + 1 + coding.len());
+    tagged.extend_from_slice(&text[..closing]);
+    tagged.push(b'-');
+    tagged.extend_from_slice(coding);
+    tagged.push(b'"');
+    HeaderValue::from_bytes(&tagged).ok()
+}
+
+/// Whether the opaque tag `tag` (from `If-None-Match`, without `W/`) names the answer whose
+/// identity tag is `etag`: it is `etag`, or `etag` with a coding this module appends.
+pub fn same_answer(tag: &str, etag: &str) -> bool {
+    if tag == etag {
+        return true;
+    }
+    let Some(open) = etag.strip_suffix('"') else {
+        return false;
+    };
+    let Some(coding) = tag
+        .strip_prefix(open)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return false;
+    };
+    OFFERED
+        .iter()
+        .any(|offered| matches!(offered, Encoding::Known(c) if *c != ContentEncoding::Identity && c.as_str() == coding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compressed_answer_has_its_own_tag_and_either_tag_names_the_answer() {
+        let etag = HeaderValue::from_static(r#""00ff00ff00ff00ff""#);
+        for (coding, expected) in [
+            (ContentEncoding::Gzip, r#""00ff00ff00ff00ff-gzip""#),
+            (ContentEncoding::Brotli, r#""00ff00ff00ff00ff-br""#),
+            (ContentEncoding::Zstd, r#""00ff00ff00ff00ff-zstd""#),
+        ] {
+            let tagged = tag_for(&etag, coding).expect("a tag");
+            assert_eq!(tagged, expected);
+            assert!(same_answer(expected, r#""00ff00ff00ff00ff""#));
+        }
+        let weak = HeaderValue::from_static(r#"W/"abc""#);
+        assert_eq!(
+            tag_for(&weak, ContentEncoding::Gzip).expect("a tag"),
+            r#"W/"abc-gzip""#
+        );
+        assert_eq!(
+            tag_for(&HeaderValue::from_static("abc"), ContentEncoding::Gzip),
+            None
+        );
+        assert_eq!(
+            tag_for(&HeaderValue::from_static("\""), ContentEncoding::Gzip),
+            None
+        );
+        for (tag, expected) in [
+            (r#""abc""#, true),
+            (r#""abc-gzip""#, true),
+            (r#""abc-br""#, true),
+            (r#""abc-zstd""#, true),
+            (r#""abc-identity""#, false),
+            (r#""abc-deflate""#, false),
+            (r#""abc-""#, false),
+            (r#""abcd""#, false),
+            (r#""ab""#, false),
+            ("", false),
+        ] {
+            assert_eq!(same_answer(tag, r#""abc""#), expected, "{tag}");
+        }
+    }
+
+    #[test]
+    fn formats_compressed_in_themselves_are_left_alone() {
+        for (content_type, expected) in [
+            (Some("application/json"), true),
+            (Some("application/problem+json"), true),
+            (Some("text/html; charset=utf-8"), true),
+            (Some("image/svg+xml"), true),
+            (Some("image/png"), false),
+            (Some("Image/PNG"), false),
+            (Some("video/mp4"), false),
+            (Some("font/woff2"), false),
+            (None, true),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = content_type {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            }
+            assert_eq!(compressible(&headers), expected, "{content_type:?}");
+        }
+        let mut encoded = HeaderMap::new();
+        encoded.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(!compressible(&encoded));
+    }
+}

@@ -1,0 +1,120 @@
+//! CORS (the Fetch standard's cross-origin rules), by actix-cors, configured from
+//! `CORS_ALLOWED_ORIGINS` and `CORS_MAX_AGE_SECS`.
+//!
+//! Preflights are answered here, before routing: they never reach a handler, a lookup or the
+//! request log and metrics. Pages of the listed origins may use GET, HEAD and POST, send
+//! [`ALLOWED_HEADERS`] and read [`EXPOSED_HEADERS`]; no credentials (the API has none). With a
+//! list, every answer depends on `Origin` and says `Vary: Origin`, answers to requests without
+//! one included, so a shared cache never hands one origin's headers to another; with `*` the
+//! answer is the same for every origin (`Access-Control-Allow-Origin: *`) and nothing varies.
+
+use actix_cors::{Cors, CorsError};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderName};
+use actix_web::middleware::Next;
+use actix_web::{Error, ResponseError};
+
+use crate::config::{CorsOrigins, CorsSettings};
+use crate::error::ApiError;
+
+/// Methods a cross-origin page may use.
+pub const ALLOWED_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::POST];
+
+/// Request headers a cross-origin page may send beyond the CORS-safelisted ones: the batch's
+/// `Content-Type: application/json`, a conditional GET's `If-None-Match`, and the ids that tie
+/// a request to its logs and traces.
+pub const ALLOWED_HEADERS: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::IF_NONE_MATCH,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// Response headers a cross-origin page may read beyond the safelisted ones (`Cache-Control`
+/// and `Content-Type` are).
+pub const EXPOSED_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-cache"),
+    header::ETAG,
+    header::AGE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-request-id"),
+];
+
+/// The CORS middleware for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset (no
+/// CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
+pub fn layer(settings: &CorsSettings) -> Option<Cors> {
+    let origins = settings.cors_allowed_origins.as_ref()?;
+    let cors = Cors::default()
+        .allowed_methods(ALLOWED_METHODS)
+        .allowed_headers(ALLOWED_HEADERS)
+        .expose_headers(EXPOSED_HEADERS)
+        .max_age(usize::try_from(settings.cors_max_age_secs).ok());
+    Some(match origins {
+        // The same answer for every origin: nothing varies by it.
+        CorsOrigins::Any => cors
+            .allow_any_origin()
+            .send_wildcard()
+            .disable_vary_header(),
+        CorsOrigins::List(list) => list
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin)),
+    })
+}
+
+/// Wrapped around [`layer`]: a preflight it refuses gets this service's problem body (saying
+/// which origin, method or header was refused) instead of actix-cors's plain text; and an
+/// answer to an origin not listed carries no CORS header at all, `Vary` aside.
+pub async fn finish(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let mut res = next.call(req).await?;
+    if let Some(refused) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<CorsError>())
+    {
+        let error = ApiError::CorsRefused(refusal(refused, res.request()));
+        let vary = res.headers().get(header::VARY).cloned();
+        let mut problem = error.error_response();
+        if let Some(vary) = vary {
+            problem.headers_mut().insert(header::VARY, vary);
+        }
+        return Ok(res.into_response(problem).map_into_right_body());
+    }
+    let headers = res.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+    }
+    Ok(res.map_into_left_body())
+}
+
+/// What a refused preflight's problem says.
+fn refusal(refused: &CorsError, req: &actix_web::HttpRequest) -> String {
+    let header = |name: HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    match refused {
+        CorsError::OriginNotAllowed => format!(
+            "pages of the origin `{}` may not call this API: it is not in CORS_ALLOWED_ORIGINS",
+            header(header::ORIGIN)
+        ),
+        CorsError::MissingOrigin => "a preflight must say its page's origin in `Origin`".to_owned(),
+        CorsError::MethodNotAllowed | CorsError::BadRequestMethod => format!(
+            "a page of another origin may use GET, HEAD or POST; this preflight asks for `{}`",
+            header(header::ACCESS_CONTROL_REQUEST_METHOD)
+        ),
+        CorsError::HeadersNotAllowed | CorsError::BadRequestHeaders => format!(
+            "a page of another origin may send Content-Type, If-None-Match, X-Request-Id, traceparent and tracestate; this preflight asks for `{}`",
+            header(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        ),
+        other => format!("the cross-origin request was refused: {other}"),
+    }
+}

@@ -1,0 +1,527 @@
+//! What a browser needs: CORS for pages on other origins, compression of large answers, and
+//! conditional requests that keep working through both.
+
+use std::io::Read;
+
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use vehicle_state::config::CorsOrigins;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+const DASHBOARD: &str = "https://dashboard.example.com";
+const LOOKUP: &str = "/vehicles/3/timestamp/2022-09-12T10:00:00Z";
+const HISTORY: &str = "/vehicles/3/history";
+const BATCH: &str = "/vehicles/states";
+
+/// A response as it came over the wire: the body not decoded.
+struct Raw {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The names in `Vary`, lower case.
+    fn vary(&self) -> Vec<String> {
+        self.headers
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The body, decoded as `Content-Encoding` says.
+    fn decoded(&self) -> String {
+        let mut out = Vec::new();
+        match self.header("content-encoding") {
+            "" => out.clone_from(&self.body),
+            "gzip" => {
+                flate2::read::GzDecoder::new(&self.body[..])
+                    .read_to_end(&mut out)
+                    .expect("gzip");
+            }
+            "br" => {
+                brotli::Decompressor::new(&self.body[..], 4096)
+                    .read_to_end(&mut out)
+                    .expect("br");
+            }
+            "zstd" => out = zstd::decode_all(&self.body[..]).expect("zstd"),
+            other => panic!("an encoding the test does not know: {other}"),
+        }
+        String::from_utf8(out).expect("UTF-8")
+    }
+}
+
+async fn send(app: &TestApp, method: Method, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut request = app
+        .client
+        .request(method.clone(), format!("{}{path}", app.address));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if method == Method::POST {
+        request = request
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "lookups": lookups(40) }).to_string());
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    Raw {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("a body").to_vec(),
+    }
+}
+
+/// `n` lookups: a batch answer of about 150 bytes each.
+fn lookups(n: usize) -> serde_json::Value {
+    (0..n)
+        .map(|i| serde_json::json!({"id": 1 + i % 3, "timestamp": format!("2022-09-12T10:00:{:02}Z", i % 60)}))
+        .collect()
+}
+
+async fn with_origins(origins: &str) -> TestApp {
+    let origins = CorsOrigins::parse(origins).expect("valid origins");
+    spawn_app_with(|s| s.cors.cors_allowed_origins = Some(origins)).await
+}
+
+fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut sent = vec![
+        ("origin", origin),
+        ("access-control-request-method", method),
+    ];
+    if !headers.is_empty() {
+        sent.push(("access-control-request-headers", headers));
+    }
+    sent
+}
+
+#[tokio::test]
+async fn without_cors_allowed_origins_there_are_no_cors_headers_and_no_preflight() {
+    let app = spawn_app().await;
+
+    let get = send(&app, Method::GET, LOOKUP, &[("origin", DASHBOARD)]).await;
+    let options = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(DASHBOARD, "POST", "content-type"),
+    )
+    .await;
+
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("access-control-allow-origin"), "");
+    assert_eq!(get.header("access-control-expose-headers"), "");
+    assert!(
+        !get.vary().contains(&"origin".to_owned()),
+        "{:?}",
+        get.vary()
+    );
+    assert_eq!(options.status, 405, "as before: no route answers OPTIONS");
+    assert_eq!(options.header("access-control-allow-origin"), "");
+}
+
+#[tokio::test]
+async fn a_page_of_a_listed_origin_may_read_every_route_and_its_headers() {
+    let app = with_origins(&format!("http://localhost:5173, {DASHBOARD}")).await;
+
+    for (method, path) in [
+        (Method::GET, LOOKUP),
+        (Method::GET, HISTORY),
+        (Method::POST, BATCH),
+        (Method::HEAD, LOOKUP),
+    ] {
+        let reply = send(&app, method.clone(), path, &[("origin", DASHBOARD)]).await;
+
+        assert_eq!(reply.status, 200, "{method} {path}");
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            DASHBOARD,
+            "{method} {path}"
+        );
+        assert_eq!(
+            reply.header("access-control-allow-credentials"),
+            "",
+            "no credentials"
+        );
+        let exposed: Vec<String> = reply
+            .header("access-control-expose-headers")
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for header in ["x-cache", "etag", "age", "retry-after", "x-request-id"] {
+            assert!(
+                exposed.contains(&header.to_owned()),
+                "{method} {path}: {exposed:?}"
+            );
+        }
+        assert!(
+            reply.vary().contains(&"origin".to_owned()),
+            "{method} {path}: {:?}",
+            reply.vary()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_preflight_is_answered_before_routing_and_never_reaches_a_lookup() {
+    let app = with_origins(DASHBOARD).await;
+
+    for (path, method) in [
+        (BATCH, "POST"),
+        (LOOKUP, "GET"),
+        ("/vehicles/999/timestamp/2022-09-12T10:00:00Z", "GET"),
+        (HISTORY, "GET"),
+    ] {
+        let reply = send(
+            &app,
+            Method::OPTIONS,
+            path,
+            &preflight(
+                DASHBOARD,
+                method,
+                "content-type,if-none-match,x-request-id,traceparent,tracestate",
+            ),
+        )
+        .await;
+
+        assert_eq!(
+            reply.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(reply.body.is_empty(), "{path}");
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            DASHBOARD,
+            "{path}"
+        );
+        let methods = reply.header("access-control-allow-methods").to_owned();
+        for allowed in ["GET", "HEAD", "POST"] {
+            assert!(methods.contains(allowed), "{path}: {methods}");
+        }
+        let headers = reply
+            .header("access-control-allow-headers")
+            .to_ascii_lowercase();
+        for allowed in [
+            "content-type",
+            "if-none-match",
+            "x-request-id",
+            "traceparent",
+            "tracestate",
+        ] {
+            assert!(headers.contains(allowed), "{path}: {headers}");
+        }
+        assert_eq!(reply.header("access-control-max-age"), "3600", "{path}");
+        assert_eq!(reply.header("x-cache"), "", "{path}: no lookup answered it");
+        assert!(reply.vary().contains(&"origin".to_owned()), "{path}");
+    }
+    // Nothing was looked up, so nothing was cached.
+    assert_eq!(app.cache_keys().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_origin_not_listed_gets_no_cors_headers_and_its_preflight_a_problem() {
+    let app = with_origins(DASHBOARD).await;
+    let stranger = "https://elsewhere.example";
+
+    let get = send(&app, Method::GET, LOOKUP, &[("origin", stranger)]).await;
+    let refused = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(stranger, "POST", "content-type"),
+    )
+    .await;
+    let bad_method = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(DASHBOARD, "DELETE", ""),
+    )
+    .await;
+    let bad_header = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(DASHBOARD, "POST", "content-type,x-secret"),
+    )
+    .await;
+
+    assert_eq!(get.status, 200, "served: the browser is what refuses it");
+    assert_eq!(get.header("access-control-allow-origin"), "");
+    assert_eq!(get.header("access-control-expose-headers"), "");
+    assert!(get.vary().contains(&"origin".to_owned()));
+    for (reply, says) in [
+        (
+            &refused,
+            "`https://elsewhere.example` may not call this API: it is not in CORS_ALLOWED_ORIGINS",
+        ),
+        (
+            &bad_method,
+            "may use GET, HEAD or POST; this preflight asks for `DELETE`",
+        ),
+        (
+            &bad_header,
+            "this preflight asks for `content-type,x-secret`",
+        ),
+    ] {
+        assert_eq!(reply.status, 403);
+        assert_eq!(reply.header("content-type"), "application/problem+json");
+        assert_eq!(reply.header("access-control-allow-origin"), "");
+        let problem: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+        assert_eq!(problem["type"], "/problems/cors-refused");
+        assert_eq!(problem["status"], 403);
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_list_an_answer_to_a_request_without_origin_still_varies_by_origin() {
+    // A shared cache that stored this answer must not hand it to a page of a listed origin,
+    // which needs `Access-Control-Allow-Origin`.
+    let app = with_origins(DASHBOARD).await;
+
+    let reply = send(&app, Method::GET, LOOKUP, &[]).await;
+
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), "");
+    assert!(
+        reply.vary().contains(&"origin".to_owned()),
+        "{:?}",
+        reply.vary()
+    );
+}
+
+#[tokio::test]
+async fn a_star_lets_any_page_read_answers_that_do_not_vary_by_origin() {
+    let app = with_origins("*").await;
+
+    let get = send(
+        &app,
+        Method::GET,
+        LOOKUP,
+        &[("origin", "https://anyone.example")],
+    )
+    .await;
+    let options = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight("https://anyone.example", "POST", "content-type"),
+    )
+    .await;
+
+    assert_eq!(get.header("access-control-allow-origin"), "*");
+    assert!(
+        get.header("access-control-expose-headers")
+            .contains("x-cache")
+    );
+    assert!(
+        !get.vary().contains(&"origin".to_owned()),
+        "{:?}",
+        get.vary()
+    );
+    assert_eq!(options.status, 200);
+    assert_eq!(options.header("access-control-allow-origin"), "*");
+    assert_eq!(options.header("access-control-allow-credentials"), "");
+}
+
+#[tokio::test]
+async fn a_small_answer_is_sent_as_it_is_whatever_the_client_accepts() {
+    let app = spawn_app().await;
+
+    let reply = send(
+        &app,
+        Method::GET,
+        LOOKUP,
+        &[("accept-encoding", "gzip, deflate, br, zstd")],
+    )
+    .await;
+
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.len() < 1024, "{}", reply.body.len());
+    assert_eq!(reply.header("content-encoding"), "");
+    assert!(!reply.vary().contains(&"accept-encoding".to_owned()));
+    assert_eq!(
+        reply.header("etag").len(),
+        18,
+        "the identity tag: {}",
+        reply.header("etag")
+    );
+}
+
+#[tokio::test]
+async fn a_large_answer_is_compressed_as_the_client_prefers() {
+    let app = spawn_app().await;
+    let identity = send(&app, Method::POST, BATCH, &[]).await;
+    let expected: serde_json::Value = serde_json::from_slice(&identity.body).expect("JSON");
+
+    for (accept, coding) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip, deflate, br, zstd", "br"),
+        ("gzip, zstd", "zstd"),
+        ("gzip;q=1.0, br;q=0.5", "gzip"),
+        ("br;q=0, gzip;q=0.1", "gzip"),
+        ("identity", ""),
+        ("deflate", ""),
+        ("br;q=0, gzip;q=0, zstd;q=0", ""),
+    ] {
+        let reply = send(&app, Method::POST, BATCH, &[("accept-encoding", accept)]).await;
+
+        assert_eq!(reply.status, 200, "{accept}");
+        assert_eq!(reply.header("content-encoding"), coding, "{accept}");
+        assert!(
+            reply.vary().contains(&"accept-encoding".to_owned()),
+            "{accept}: {:?}",
+            reply.vary()
+        );
+        let body: serde_json::Value = serde_json::from_str(&reply.decoded()).expect("JSON");
+        // The same answers (the cache columns aside, which say HIT now).
+        assert_eq!(
+            body["results"].as_array().map(Vec::len),
+            Some(40),
+            "{accept}"
+        );
+        assert_eq!(
+            body["results"][5]["answer"], expected["results"][5]["answer"],
+            "{accept}"
+        );
+        if !coding.is_empty() {
+            assert!(
+                reply.body.len() * 3 < identity.body.len(),
+                "{accept}: {} of {}",
+                reply.body.len(),
+                identity.body.len()
+            );
+        }
+    }
+    assert_eq!(identity.header("content-encoding"), "");
+    assert!(
+        identity.vary().contains(&"accept-encoding".to_owned()),
+        "without Accept-Encoding too"
+    );
+}
+
+#[tokio::test]
+async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
+    let app = spawn_app_with(|s| s.compression.compression_min_bytes = 64).await;
+    let plain = send(&app, Method::GET, HISTORY, &[]).await;
+    let gzip = send(&app, Method::GET, HISTORY, &[("accept-encoding", "gzip")]).await;
+    let plain_tag = plain.header("etag").to_owned();
+    let gzip_tag = gzip.header("etag").to_owned();
+
+    assert_eq!(gzip.header("content-encoding"), "gzip");
+    assert_eq!(gzip.decoded(), plain.decoded());
+    assert_eq!(
+        gzip_tag,
+        format!("{}-gzip\"", &plain_tag[..plain_tag.len() - 1])
+    );
+    for (sent, accept, tag_back) in [
+        (&gzip_tag, "gzip", &gzip_tag),
+        (&plain_tag, "gzip", &gzip_tag),
+        (&gzip_tag, "", &plain_tag),
+        (&plain_tag, "", &plain_tag),
+        (&format!("W/{gzip_tag}"), "gzip", &gzip_tag),
+    ] {
+        let mut headers = vec![("if-none-match", sent.as_str())];
+        if !accept.is_empty() {
+            headers.push(("accept-encoding", accept));
+        }
+
+        let reply = send(&app, Method::GET, HISTORY, &headers).await;
+
+        assert_eq!(reply.status, 304, "{sent} with {accept:?}");
+        assert!(reply.body.is_empty());
+        assert_eq!(
+            reply.header("etag"),
+            tag_back.as_str(),
+            "{sent} with {accept:?}: the 200's tag"
+        );
+        assert_eq!(reply.header("content-encoding"), "");
+        assert!(
+            reply.vary().contains(&"accept-encoding".to_owned()),
+            "{sent} with {accept:?}"
+        );
+    }
+    let changed = send(
+        &app,
+        Method::GET,
+        HISTORY,
+        &[
+            ("if-none-match", r#""0000000000000000-gzip""#),
+            ("accept-encoding", "gzip"),
+        ],
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+}
+
+#[tokio::test]
+async fn the_threshold_and_the_switch_are_settings() {
+    let everything = spawn_app_with(|s| s.compression.compression_min_bytes = 0).await;
+    let nothing = spawn_app_with(|s| s.compression.compression = false).await;
+
+    let small = send(
+        &everything,
+        Method::GET,
+        LOOKUP,
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    let large = send(
+        &nothing,
+        Method::POST,
+        BATCH,
+        &[("accept-encoding", "gzip, br, zstd")],
+    )
+    .await;
+
+    assert_eq!(small.header("content-encoding"), "gzip");
+    assert!(small.decoded().contains("\"state\""), "{}", small.decoded());
+    assert!(
+        small.header("etag").ends_with("-gzip\""),
+        "{}",
+        small.header("etag")
+    );
+    assert_eq!(large.status, 200);
+    assert_eq!(large.header("content-encoding"), "");
+    assert!(!large.vary().contains(&"accept-encoding".to_owned()));
+}
+
+#[tokio::test]
+async fn cors_and_compression_together_vary_by_both() {
+    let app = with_origins(DASHBOARD).await;
+
+    let reply = send(
+        &app,
+        Method::POST,
+        BATCH,
+        &[("origin", DASHBOARD), ("accept-encoding", "gzip")],
+    )
+    .await;
+
+    assert_eq!(reply.header("content-encoding"), "gzip");
+    assert_eq!(reply.header("access-control-allow-origin"), DASHBOARD);
+    let vary = reply.vary();
+    assert!(
+        vary.contains(&"origin".to_owned()) && vary.contains(&"accept-encoding".to_owned()),
+        "{vary:?}"
+    );
+}
