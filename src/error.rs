@@ -19,14 +19,9 @@ use crate::telemetry::chain;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// An RFC 9457 problem body.
+/// An RFC 9457 problem body. Its examples are per response, each status with its own problems
+/// (see `openapi::add_problem_examples`).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "/problems/invalid-timestamp",
-    "title": "Invalid timestamp",
-    "status": 400,
-    "detail": "the timestamp has no UTC offset, so it names no single instant. Accepted forms: ..."
-}))]
 pub struct Problem {
     /// Identifies the kind of problem; stable, so clients can match on it.
     #[serde(rename = "type")]

@@ -33,7 +33,47 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     // The version is the crate's, so a release and its document agree.
     spec.info.version = env!("CARGO_PKG_VERSION").to_owned();
     add_instant_patterns(&mut spec);
+    add_problem_examples(&mut spec);
     spec
+}
+
+/// Each problem response gets the problems of its own status as examples, named by their
+/// `type` ([`crate::routes::problem_examples`]), so Swagger UI never shows a 404 with a 400's
+/// body.
+fn add_problem_examples(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::example::ExampleBuilder;
+    for (path, status, errors) in crate::routes::problem_examples() {
+        let Some(item) = spec.paths.paths.get_mut(path) else {
+            continue;
+        };
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let Some(RefOr::T(response)) =
+                operation.responses.responses.get_mut(&status.to_string())
+            else {
+                continue;
+            };
+            let Some(content) = response.content.get_mut(crate::error::PROBLEM_JSON) else {
+                continue;
+            };
+            for error in &errors {
+                let problem = error.problem();
+                let Ok(value) = serde_json::to_value(&problem) else {
+                    continue;
+                };
+                let name = value["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("/problems/")
+                    .to_owned();
+                let example = ExampleBuilder::new()
+                    .summary(problem.title)
+                    .value(Some(value))
+                    .build();
+                content.examples.insert(name, RefOr::T(example));
+            }
+        }
+    }
 }
 
 /// Every parameter that takes an instant (`ts`, `from`, `to`) gets [`Instant::PATTERN`], from

@@ -204,6 +204,26 @@ async fn answer(
         .body(out))
 }
 
+/// The problems of `POST /vehicles/states`, by status (for the OpenAPI document).
+pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
+    let mut invalid: Vec<ApiError> =
+        parse(br#"{"lookups":[{"id":"3","timestamp":"2022-09-12T10:00:00Z"}]}"#)
+            .err()
+            .into_iter()
+            .collect();
+    invalid.push(ApiError::InvalidBatchSize { count: 0, max: 100 });
+    vec![
+        (PATH, 400, invalid),
+        (
+            PATH,
+            408,
+            vec![ApiError::BodyTimeout(std::time::Duration::from_secs(5))],
+        ),
+        (PATH, 413, vec![ApiError::BodyTooLarge { max: 64 * 1024 }]),
+        (PATH, 415, vec![ApiError::UnsupportedMediaType]),
+    ]
+}
+
 /// `application/json`, with or without parameters such as `charset`.
 fn is_json(req: &HttpRequest) -> bool {
     req.headers()

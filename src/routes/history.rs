@@ -83,6 +83,28 @@ async fn answer(
     }))
 }
 
+/// The problems of `GET /vehicles/{id}/history`, by status (for the OpenAPI document).
+pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
+    const PATH: &str = "/vehicles/{id}/history";
+    let mut invalid = Vec::new();
+    invalid.extend(VehicleId::parse("-3").err().map(ApiError::InvalidVehicleId));
+    if let Ok(id) = VehicleId::parse("3") {
+        for query in ["from=2022-09-12T10:00:00%2002:00", "limit=5000"] {
+            invalid.extend(parse_query(id, query).err());
+        }
+    }
+    let not_found = VehicleId::parse("999")
+        .ok()
+        .map(ApiError::VehicleNotFound)
+        .into_iter()
+        .collect();
+    vec![
+        (PATH, 400, invalid),
+        (PATH, 404, not_found),
+        (PATH, 503, super::unavailable()),
+    ]
+}
+
 /// `from`, `to`, `limit` and `after`, each at most once; other parameters are ignored.
 fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
     let mut from = None;

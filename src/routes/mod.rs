@@ -11,7 +11,7 @@ mod vehicles;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, RetryAfter};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
@@ -35,4 +35,30 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     } else {
         ApiError::RouteNotFound.error_response()
     }
+}
+
+/// The problems each documented route answers, by path and status: real errors, made where
+/// possible by the routes' own parsers from bad input, so the OpenAPI document shows each status
+/// with its own problems and their words as the service says them.
+pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
+    let mut examples = vehicles::problem_examples();
+    examples.extend(history::problem_examples());
+    examples.extend(batch::problem_examples());
+    examples
+}
+
+/// The 503s a lookup can answer, with the default `Retry-After`s.
+fn unavailable() -> Vec<ApiError> {
+    use std::sync::Arc;
+
+    use crate::db::DbError;
+    use crate::service::LookupError;
+    let retry_after = RetryAfter {
+        database: 5,
+        overloaded: 1,
+    };
+    vec![
+        ApiError::from_lookup(Arc::new(LookupError::Db(DbError::Down)), &retry_after),
+        ApiError::from_lookup(Arc::new(LookupError::Overloaded(256)), &retry_after),
+    ]
 }

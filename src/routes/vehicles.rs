@@ -86,6 +86,33 @@ async fn answer(
     ))
 }
 
+/// The problems of `GET /vehicles/{id}/timestamp/{ts}`, by status (for the OpenAPI document).
+pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
+    let id = VehicleId::parse("3").ok();
+    let at = Instant::parse("2022-09-10T10:00:00Z").ok();
+    let mut invalid = Vec::new();
+    invalid.extend(
+        VehicleId::parse("abc")
+            .err()
+            .map(ApiError::InvalidVehicleId),
+    );
+    invalid.extend(
+        Instant::parse("2022-09-12T10:00:00")
+            .err()
+            .map(ApiError::InvalidTimestamp),
+    );
+    let mut not_found = Vec::new();
+    not_found.extend(VehicleId::parse("999").ok().map(ApiError::VehicleNotFound));
+    not_found.extend(id.zip(at).map(|(id, at)| ApiError::NoStateYet(id, at)));
+    vec![
+        (PATH, 400, invalid),
+        (PATH, 404, not_found),
+        (PATH, 503, super::unavailable()),
+    ]
+}
+
+const PATH: &str = "/vehicles/{id}/timestamp/{ts}";
+
 /// A cached answer as a response: the body as cached for a found one (with its `ETag`, or 304
 /// when `If-None-Match` names it), `problem`'s for the others; the cache headers either way.
 pub(super) fn respond(

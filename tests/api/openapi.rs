@@ -109,3 +109,40 @@ async fn swagger_ui_is_served_from_the_binary() {
         config.body
     );
 }
+
+#[tokio::test]
+async fn each_problem_response_shows_problems_of_its_own_status_only() {
+    let spec = serde_json::to_value(vehicle_state::openapi::spec()).expect("JSON");
+    let mut shown = 0;
+
+    for (path, operations) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                let Some(content) = response["content"].get("application/problem+json") else {
+                    continue;
+                };
+                let examples = content["examples"].as_object();
+                assert!(
+                    examples.is_some_and(|e| !e.is_empty()),
+                    "{method} {path} {status} shows no problem"
+                );
+                for (name, example) in examples.into_iter().flatten() {
+                    let problem = &example["value"];
+                    assert_eq!(problem["status"].to_string(), *status, "{method} {path} {name}");
+                    assert_eq!(problem["type"], format!("/problems/{name}"), "{method} {path}");
+                    assert!(
+                        problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{problem}"
+                    );
+                    shown += 1;
+                }
+            }
+        }
+    }
+
+    assert!(shown >= 15, "{shown}");
+    assert!(
+        spec["components"]["schemas"]["Problem"].get("example").is_none(),
+        "no schema-wide example to show under every status"
+    );
+}
