@@ -119,6 +119,7 @@ impl Application {
                         .url("/api-docs/openapi.json", spec.clone()),
                 )
                 .service(web::redirect("/swagger-ui", "/swagger-ui/"))
+                .configure(routes::explore::configure)
                 .default_service(web::to(routes::not_found))
                 // Innermost first. Compression sees the answer as the route made it; CORS sits
                 // outside the request log and metrics, so a preflight is answered before

@@ -3,6 +3,7 @@
 
 mod batch;
 mod conditional;
+pub mod explore;
 mod health;
 mod history;
 mod metrics;

@@ -525,3 +525,43 @@ async fn cors_and_compression_together_vary_by_both() {
         "{vary:?}"
     );
 }
+
+#[tokio::test]
+async fn the_explore_page_is_served_from_the_binary_and_uses_only_the_public_api() {
+    let app = spawn_app().await;
+
+    let page = send(&app, Method::GET, "/explore/", &[]).await;
+    let bare = send(&app, Method::GET, "/explore", &[]).await;
+    let compressed = send(
+        &app,
+        Method::GET,
+        "/explore/",
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    let html = page.decoded();
+    assert!(
+        html.contains("fetch(`/vehicles/${encodeURIComponent(id)}/history?"),
+        "the timeline"
+    );
+    assert!(
+        html.contains("fetch(`/vehicles/${encodeURIComponent(id)}/timestamp/"),
+        "the lookup"
+    );
+    // Nothing from a CDN or another host: no external script or style, and every call relative.
+    assert!(
+        !html.contains("<script src") && !html.contains("<link"),
+        "nothing loaded from elsewhere"
+    );
+    assert_eq!(
+        html.matches("fetch(").count(),
+        html.matches("fetch(`/vehicles/").count()
+    );
+    assert_eq!(bare.status, 307);
+    assert_eq!(bare.header("location"), "/explore/");
+    assert_eq!(compressed.header("content-encoding"), "gzip");
+    assert_eq!(compressed.decoded(), html);
+}

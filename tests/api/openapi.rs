@@ -128,8 +128,16 @@ async fn each_problem_response_shows_problems_of_its_own_status_only() {
                 );
                 for (name, example) in examples.into_iter().flatten() {
                     let problem = &example["value"];
-                    assert_eq!(problem["status"].to_string(), *status, "{method} {path} {name}");
-                    assert_eq!(problem["type"], format!("/problems/{name}"), "{method} {path}");
+                    assert_eq!(
+                        problem["status"].to_string(),
+                        *status,
+                        "{method} {path} {name}"
+                    );
+                    assert_eq!(
+                        problem["type"],
+                        format!("/problems/{name}"),
+                        "{method} {path}"
+                    );
                     assert!(
                         problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
                         "{problem}"
@@ -142,7 +150,9 @@ async fn each_problem_response_shows_problems_of_its_own_status_only() {
 
     assert!(shown >= 15, "{shown}");
     assert!(
-        spec["components"]["schemas"]["Problem"].get("example").is_none(),
+        spec["components"]["schemas"]["Problem"]
+            .get("example")
+            .is_none(),
         "no schema-wide example to show under every status"
     );
 }

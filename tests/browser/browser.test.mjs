@@ -1,0 +1,240 @@
+// The API as browsers meet it, in real headless Chromium: a page of a listed origin calls every
+// endpoint (the batch POST preflighted), reads the headers CORS exposes, makes a conditional GET
+// and gets a problem for a bad request; a page of an origin not listed is refused; the explore
+// page draws a vehicle's timeline and looks up an instant picked on it; the typed client's
+// example runs against the same server.
+//
+// Needs: the debug binary (`cargo build`), PostgreSQL and Redis as for `cargo test`
+// (TEST_DATABASE_URL / TEST_REDIS_URL, else 127.0.0.1:5432 and :6379), Chromium at
+// CHROMIUM_PATH (default /usr/bin/chromium), and `npm ci` here. Run: `npm test`.
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, existsSync } from "node:fs";
+import http from "node:http";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const BINARY = process.env.VEHICLE_STATE_BIN ?? path.join(ROOT, "target/debug/vehicle-state");
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+// As the machine's probe runs it: headless, as root, and with no traffic of its own.
+const CHROMIUM_FLAGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+// How long the server may take to start (it creates, migrates and seeds its database).
+const START_TIMEOUT_MS = 60_000;
+
+const suffix = randomBytes(6).toString("hex");
+const database = `vs_browser_${suffix}`;
+const postgres = new URL(process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
+const redis = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+
+let server, api, dashboard, stranger, browser;
+const pages = [];
+
+/** A plain page on 127.0.0.1:0, so its origin is its own: the front end calling the API. */
+function pageServer(title) {
+  return new Promise((resolve) => {
+    const s = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(`<!doctype html><title>${title}</title><h1>${title}</h1>`);
+    });
+    s.listen(0, "127.0.0.1", () => {
+      pages.push(s);
+      resolve(`http://127.0.0.1:${s.address().port}`);
+    });
+  });
+}
+
+function startServer(allowedOrigins) {
+  const url = new URL(postgres);
+  url.pathname = `/${database}`;
+  const child = spawn(BINARY, ["serve", "--seed", "sample"], {
+    cwd: tmpdir(),
+    env: {
+      PATH: process.env.PATH,
+      BIND_ADDR: "127.0.0.1:0",
+      DATABASE_URL: url.toString(),
+      REDIS_URL: redis,
+      CACHE_KEY_PREFIX: `vs-browser-${suffix}`,
+      LOG_FORMAT: "json",
+      CORS_ALLOWED_ORIGINS: allowedOrigins,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the server did not start in time")), START_TIMEOUT_MS);
+    let buffered = "";
+    child.stdout.on("data", (chunk) => {
+      buffered += chunk;
+      for (const line of buffered.split("\n").slice(0, -1)) {
+        const event = JSON.parse(line);
+        if (event.message === "listening") {
+          clearTimeout(timer);
+          resolve({ child, base: `http://${event.address}` });
+        }
+      }
+      buffered = buffered.slice(buffered.lastIndexOf("\n") + 1);
+    });
+    child.on("exit", (code) => reject(new Error(`the server exited with ${code} before listening`)));
+  });
+}
+
+before(async () => {
+  assert.ok(existsSync(BINARY), `no ${BINARY}: run cargo build first`);
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
+  dashboard = await pageServer("dashboard");
+  stranger = await pageServer("somewhere else");
+  // `localhost` is another origin than `127.0.0.1`: listed, to show a list is a list.
+  server = await startServer(`http://localhost:5173, ${dashboard}`);
+  api = server.base;
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_FLAGS });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.child.kill("SIGTERM");
+  await new Promise((resolve) => (server ? server.child.on("close", resolve) : resolve()));
+  for (const s of pages) s.close();
+  const admin = new URL(postgres);
+  execFileSync("psql", [admin.toString(), "-qc", `DROP DATABASE IF EXISTS "${database}"`]);
+});
+
+test("a page of a listed origin calls every endpoint and reads the exposed headers", async () => {
+  const page = await browser.newPage();
+  await page.goto(dashboard);
+
+  const seen = await page.evaluate(async (api) => {
+    const headers = (r) => ({
+      status: r.status,
+      cache: r.headers.get("X-Cache"),
+      etag: r.headers.get("ETag"),
+      requestId: r.headers.get("X-Request-Id"),
+      contentType: r.headers.get("Content-Type"),
+    });
+    const lookupUrl = `${api}/vehicles/3/timestamp/2022-09-12T10:00:00Z`;
+    const first = await fetch(lookupUrl, { cache: "no-store" });
+    const lookup = { ...headers(first), body: await first.json() };
+    // application/json makes this a preflighted request.
+    const post = await fetch(`${api}/vehicles/states`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-Request-Id": "browser-batch-1" },
+      body: JSON.stringify({ lookups: [{ id: 1, timestamp: "2022-09-12T10:00:00Z" }, { id: 999, timestamp: "2022-09-12T10:00:00Z" }] }),
+    });
+    const batch = { ...headers(post), body: await post.json() };
+    const timeline = await fetch(`${api}/vehicles/3/history?limit=10`);
+    const history = { ...headers(timeline), body: await timeline.json() };
+    const again = await fetch(lookupUrl, { headers: { "If-None-Match": lookup.etag } });
+    const conditional = { ...headers(again), body: await again.text() };
+    const wrong = await fetch(`${api}/vehicles/abc/timestamp/2022-09-12T10:00:00Z`);
+    const bad = { ...headers(wrong), body: await wrong.json() };
+    return { lookup, batch, history, conditional, bad };
+  }, api);
+
+  assert.equal(seen.lookup.status, 200);
+  assert.equal(seen.lookup.body.state, "selling");
+  assert.match(seen.lookup.cache, /^(MISS|HIT)$/);
+  assert.match(seen.lookup.etag, /^"[0-9a-f]{16}"$/);
+  assert.match(seen.lookup.requestId, /^[0-9a-f-]{36}$/);
+
+  assert.equal(seen.batch.status, 200);
+  assert.equal(seen.batch.requestId, "browser-batch-1", "the request id the page sent, read back");
+  assert.deepEqual(seen.batch.body.results.map((r) => r.status), [200, 404]);
+  assert.equal(seen.batch.body.results[1].problem.type, "/problems/vehicle-not-found");
+
+  assert.equal(seen.history.status, 200);
+  assert.deepEqual(seen.history.body.changes.map((c) => c.state), ["quoted", "selling", "sold"]);
+  assert.ok(seen.history.etag);
+
+  assert.equal(seen.conditional.status, 304, "If-None-Match with the answer's ETag");
+  assert.equal(seen.conditional.body, "");
+  assert.equal(seen.conditional.etag, seen.lookup.etag);
+  assert.equal(seen.conditional.cache, "HIT");
+
+  assert.equal(seen.bad.status, 400);
+  assert.equal(seen.bad.contentType, "application/problem+json");
+  assert.equal(seen.bad.body.type, "/problems/invalid-vehicle-id");
+  await page.close();
+});
+
+test("a page of an origin not listed can read nothing", async () => {
+  const page = await browser.newPage();
+  await page.goto(stranger);
+
+  const outcomes = await page.evaluate(async (api) => {
+    const attempt = async (request) => {
+      try {
+        const response = await request();
+        return `read ${response.status}`;
+      } catch (error) {
+        return `refused: ${error.name}`;
+      }
+    };
+    return [
+      await attempt(() => fetch(`${api}/vehicles/3/timestamp/2022-09-12T10:00:00Z`)),
+      await attempt(() => fetch(`${api}/vehicles/states`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ lookups: [{ id: 1, timestamp: "2022-09-12T10:00:00Z" }] }),
+      })),
+    ];
+  }, api);
+
+  assert.deepEqual(outcomes, ["refused: TypeError", "refused: TypeError"]);
+  await page.close();
+});
+
+test("the explore page draws the timeline and looks up an instant picked on it", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
+  await page.goto(`${api}/explore/`);
+
+  await page.fill("#id", "3");
+  await page.click("#show");
+  await page.waitForSelector("rect[data-state]");
+  const bands = await page.$$eval("rect[data-state]", (rects) => rects.map((r) => [r.dataset.state, r.dataset.at]));
+  const selling = page.locator('rect[data-state="selling"]');
+  await selling.click();
+  await page.waitForFunction(() => document.querySelector("#answer")?.dataset.state);
+  const picked = await page.$eval("#answer", (a) => ({ state: a.dataset.state, cache: a.dataset.cache, text: a.textContent }));
+  const instant = await page.inputValue("#instant");
+  const vehicle = await page.textContent("#vehicle");
+  mkdirSync(path.join(ROOT, "target"), { recursive: true });
+  await page.screenshot({ path: path.join(ROOT, "target/explore.png"), fullPage: true });
+
+  assert.deepEqual(bands, [
+    ["quoted", "2022-09-11T09:11:45Z"],
+    ["selling", "2022-09-11T23:21:38Z"],
+    ["sold", "2022-09-12T12:41:41Z"],
+  ]);
+  assert.match(vehicle, /Vehicle 3: VW GOLF, 3 state changes/);
+  assert.ok(instant > "2022-09-11T23:21:38Z" && instant < "2022-09-12T12:41:41Z", instant);
+  assert.equal(picked.state, "selling", picked.text);
+  assert.match(picked.cache, /^(MISS|HIT)$/);
+
+  // An unknown vehicle says so, in the service's own words.
+  await page.fill("#id", "999");
+  await page.click("#show");
+  await page.waitForSelector("#answer.error");
+  assert.match(await page.textContent("#answer"), /no vehicle has id 999/);
+  await page.close();
+});
+
+test("the typed client's example calls every endpoint", () => {
+  const example = path.join(ROOT, "clients/typescript/dist/example.js");
+  assert.ok(existsSync(example), `no ${example}: run npm ci && npm run build in clients/typescript`);
+
+  const output = execFileSync("node", [example, api], { encoding: "utf8" });
+
+  assert.match(output, /^lookup: vehicle 3 was selling since 2022-09-11T23:21:38Z \(X-Cache: (MISS|HIT)\)$/m);
+  assert.match(output, /^batch: 200 quoted$/m);
+  assert.match(output, /^batch: 404 \/problems\/vehicle-not-found$/m);
+  assert.match(output, /^history: quoted from 2022-09-11T09:11:45Z until 2022-09-11T23:21:38Z$/m);
+  assert.match(output, /^history: sold from 2022-09-12T12:41:41Z until now$/m);
+  assert.match(output, /^missing: 404 \/problems\/vehicle-not-found$/m);
+});
