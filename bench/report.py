@@ -8,10 +8,11 @@ import tempfile
 from datetime import datetime, timezone
 
 raw, out_json, out_svg, duration, connections = sys.argv[1:6]
-WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch"]
+WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "preflight"]
 NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (random)",
          "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)",
-         "batch": "batch (100 cold pairs)", "db_batch": "db, 100 pairs/statement"}
+         "batch": "batch (100 cold pairs)", "db_batch": "db, 100 pairs/statement",
+         "preflight": "CORS preflight (OPTIONS)"}
 
 rows = [json.loads(line) for line in open(raw) if line.strip()]
 sizes = list(dict.fromkeys(r["size"] for r in rows))
@@ -68,14 +69,15 @@ document = {
 json.dump(document, open(out_json, "w"), indent=2)
 print(f"\nwrote {out_json}")
 
-# The plot: requests/s and p99 by workload, one bar per data-set size.
+# The plot: requests/s and p99 by workload, one bar per data-set size (the workloads measured).
+measured = [w for w in WORKLOADS if any((s, w) in by for s in sizes)]
 with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as data:
     data.write("workload " + " ".join(f'"{s}"' for s in sizes) + "\n")
-    for w in WORKLOADS:
+    for w in measured:
         data.write(f'"{NAMES[w]}" ' + " ".join(str(by.get((s, w), {}).get("lookups_per_s", 0)) for s in sizes) + "\n")
     data.write("\n\n")
     data.write("workload " + " ".join(f'"{s}"' for s in sizes) + "\n")
-    for w in WORKLOADS:
+    for w in measured:
         data.write(f'"{NAMES[w]}" ' + " ".join(str(by.get((s, w), {}).get("p99_ms", 0)) for s in sizes) + "\n")
 columns = " , ".join(f"'{data.name}' index {{i}} using {c + 2}:xtic(1) title columnheader({c + 2})"
                      for c in range(len(sizes)))

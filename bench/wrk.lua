@@ -1,5 +1,7 @@
--- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed, batch); VEHICLES
--- is the data set's size. batch POSTs BATCH_SIZE (100) random pairs per request to
+-- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed, batch,
+-- preflight); VEHICLES is the data set's size. ORIGIN and ACCEPT_ENCODING, when set, go on every
+-- request as a browser's would (`Origin`, `Accept-Encoding`); preflight sends the CORS preflight
+-- of the batch POST (OPTIONS with Origin and Access-Control-Request-*) and expects 200. batch POSTs BATCH_SIZE (100) random pairs per request to
 -- /vehicles/states, nearly all misses. Counts answers other than 200 and 404 (404 is a valid answer: no such
 -- vehicle, or no state yet at that instant) and prints one JSON line of results at the end.
 
@@ -11,6 +13,16 @@ local hot_keys = 1000
 local batch_size = tonumber(os.getenv("BATCH_SIZE") or "100")
 
 local threads = {}
+-- Headers every request carries (ORIGIN, ACCEPT_ENCODING): a browser's, when set.
+local common = {}
+if os.getenv("ORIGIN") then common["Origin"] = os.getenv("ORIGIN") end
+if os.getenv("ACCEPT_ENCODING") then common["Accept-Encoding"] = os.getenv("ACCEPT_ENCODING") end
+local function with_common(extra)
+  local headers = {}
+  for k, v in pairs(common) do headers[k] = v end
+  for k, v in pairs(extra or {}) do headers[k] = v end
+  return headers
+end
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -61,7 +73,12 @@ end
 function request()
   local path
   if workload == "batch" then
-    return wrk.format("POST", "/vehicles/states", {["Content-Type"] = "application/json"}, batch_body())
+    return wrk.format("POST", "/vehicles/states", with_common({["Content-Type"] = "application/json"}), batch_body())
+  elseif workload == "preflight" then
+    return wrk.format("OPTIONS", "/vehicles/states", with_common({
+      ["Access-Control-Request-Method"] = "POST",
+      ["Access-Control-Request-Headers"] = "content-type",
+    }))
   elseif workload == "livez" then
     path = "/livez"
   elseif workload == "hot" then
@@ -75,11 +92,13 @@ function request()
     -- Popular vehicles (Zipf over the first 10,000 ranks) asked about at a few instants each.
     path = path_for(zipf(), first_ts + math.random(0, 9) * 21600000)
   end
-  return wrk.format("GET", path)
+  return wrk.format("GET", path, with_common())
 end
 
 function response(status, headers, body)
-  if status ~= 200 and status ~= 404 then
+  if workload == "preflight" then
+    if status ~= 200 then unexpected = unexpected + 1 end
+  elseif status ~= 200 and status ~= 404 then
     unexpected = unexpected + 1
   elseif workload == "batch" and (body:find('"status":5', 1, true) or body:find('"status":400', 1, true)) then
     -- An item the service could not answer counts as an unexpected answer too.

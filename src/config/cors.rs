@@ -26,14 +26,17 @@ pub struct CorsSettings {
 pub enum CorsOrigins {
     /// `*`: any page, answered `Access-Control-Allow-Origin: *` (never with credentials).
     Any,
-    /// Only these; every answer then depends on `Origin` (`Vary: Origin`).
+    /// Only these; every answer then depends on `Origin` (`Vary: Origin`). Empty: CORS is off,
+    /// as when the setting is unset (`CORS_ALLOWED_ORIGINS=` in a `.env` or a compose file).
     List(Vec<String>),
 }
 
 impl CorsOrigins {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.trim() == "*" {
-            return Ok(CorsOrigins::Any);
+        match raw.trim() {
+            "" => return Ok(CorsOrigins::List(Vec::new())),
+            "*" => return Ok(CorsOrigins::Any),
+            _ => {}
         }
         raw.split(',')
             .map(|entry| parse_origin(entry.trim()))
@@ -131,6 +134,8 @@ mod tests {
     fn a_list_or_a_lone_star_is_accepted_and_a_mixture_is_not() {
         assert_eq!(CorsOrigins::parse("*"), Ok(CorsOrigins::Any));
         assert_eq!(CorsOrigins::parse(" * "), Ok(CorsOrigins::Any));
+        assert_eq!(CorsOrigins::parse(""), Ok(CorsOrigins::List(Vec::new())));
+        assert_eq!(CorsOrigins::parse("  "), Ok(CorsOrigins::List(Vec::new())));
         assert_eq!(
             CorsOrigins::parse("https://a.example, http://localhost:5173"),
             Ok(CorsOrigins::List(vec![
@@ -142,6 +147,7 @@ mod tests {
             "https://a.example,*",
             "https://a.example,",
             ",https://a.example",
+            " , ",
         ] {
             assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
         }

@@ -43,10 +43,13 @@ pub const EXPOSED_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-request-id"),
 ];
 
-/// The CORS middleware for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset (no
-/// CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
+/// The CORS middleware for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset or
+/// empty (no CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
 pub fn layer(settings: &CorsSettings) -> Option<Cors> {
-    let origins = settings.cors_allowed_origins.as_ref()?;
+    let origins = settings
+        .cors_allowed_origins
+        .as_ref()
+        .filter(|o| **o != CorsOrigins::List(Vec::new()))?;
     let cors = Cors::default()
         .allowed_methods(ALLOWED_METHODS)
         .allowed_headers(ALLOWED_HEADERS)

@@ -134,6 +134,24 @@ async fn without_cors_allowed_origins_there_are_no_cors_headers_and_no_preflight
 }
 
 #[tokio::test]
+async fn an_empty_cors_allowed_origins_is_the_same_as_unset() {
+    let app = with_origins("").await;
+
+    let get = send(&app, Method::GET, LOOKUP, &[("origin", DASHBOARD)]).await;
+    let options = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(DASHBOARD, "POST", ""),
+    )
+    .await;
+
+    assert_eq!(get.header("access-control-allow-origin"), "");
+    assert!(!get.vary().contains(&"origin".to_owned()));
+    assert_eq!(options.status, 405);
+}
+
+#[tokio::test]
 async fn a_page_of_a_listed_origin_may_read_every_route_and_its_headers() {
     let app = with_origins(&format!("http://localhost:5173, {DASHBOARD}")).await;
 

@@ -359,3 +359,48 @@ async fn concurrent_misses_are_gathered_into_few_statements() {
     );
     assert_eq!(grew(&lookups("miss")), 60.0, "each lookup counted once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_preflight_is_neither_a_request_nor_a_lookup_in_the_metrics() {
+    let _serial = one_at_a_time().await;
+    let origins = vehicle_state::config::CorsOrigins::parse("https://dashboard.example.com")
+        .expect("an origin");
+    let app = spawn_app_with(|s| s.cors.cors_allowed_origins = Some(origins)).await;
+    let before = scrape(&app).await;
+
+    for path in [
+        "/vehicles/states",
+        "/vehicles/3/timestamp/2022-09-12T10:00:00Z",
+    ] {
+        let reply = app
+            .client
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", app.address))
+            .header("origin", "https://dashboard.example.com")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(reply.status(), 200, "{path}");
+    }
+    let after = scrape(&app).await;
+
+    let moved: Vec<_> = after
+        .iter()
+        .filter(|(key, _)| {
+            key.starts_with("vehicle_state_lookups_total")
+                || key.starts_with("vehicle_state_http_requests_total")
+                || key.starts_with("vehicle_state_http_request_duration_seconds_count")
+        })
+        .filter(|(key, value)| before.get(*key).copied().unwrap_or(0.0) != **value)
+        .map(|(key, _)| key)
+        // The first scrape itself is a request to /metrics.
+        .filter(|key| !key.contains("route=\"/metrics\""))
+        .collect();
+    assert!(moved.is_empty(), "preflights moved {moved:?}");
+    assert!(
+        before
+            .keys()
+            .any(|k| k.starts_with("vehicle_state_lookups_total")),
+        "the series are read"
+    );
+}
