@@ -97,6 +97,7 @@ impl Application {
                     .unwrap_or(usize::MAX),
                 read_timeout: Duration::from_millis(settings.http.http_client_request_timeout_ms),
             },
+            compress_at: settings.compression.min_bytes(),
         });
 
         // Built once here, not per worker.
@@ -109,6 +110,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let cors = cors::layer(&cors_settings);
             let cors_on = cors.is_some();
+            let any_origin = cors::any_origin(&cors_settings);
             App::new()
                 .app_data(app_state.clone())
                 .into_utoipa_app()
@@ -133,7 +135,10 @@ impl Application {
                 .wrap(from_fn(crate::metrics::record_request))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
-                .wrap(Condition::new(cors_on, from_fn(cors::finish)))
+                .wrap(Condition::new(
+                    cors_on,
+                    from_fn(move |req, next| cors::finish(any_origin, req, next)),
+                ))
                 .wrap(from_fn(telemetry::request_id))
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.

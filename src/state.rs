@@ -17,6 +17,9 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// `BATCH_MAX_LOOKUPS` and `BATCH_MAX_BODY_BYTES`.
     pub batch: BatchLimits,
+    /// `COMPRESSION_MIN_BYTES`, `None` with `COMPRESSION=false`: which representation a
+    /// conditional request's `If-None-Match` is compared with.
+    pub compress_at: Option<u64>,
 }
 
 /// The bounds of one `POST /vehicles/states`.

@@ -6,9 +6,10 @@
 //!
 //! A compressed body is another representation of the answer, so it gets another entity tag
 //! (RFC 9110 §8.8.3): the coding is appended inside the quotes (`"3f…"` becomes `"3f…-gzip"`).
-//! `If-None-Match` names an answer by either tag ([`same_answer`]), and a 304 carries the tag
-//! the 200 would have carried: the handler says how long that 200's body is ([`Uncompressed`]).
-//! Every response whose encoding depends on `Accept-Encoding` says so in `Vary`.
+//! `If-None-Match` is compared with the tag of the representation this request would get
+//! ([`selected`] and [`tag_for`], used by the handler), and the 304 carries that tag: the
+//! handler says how long the 200's body would have been ([`Uncompressed`]). Every response whose
+//! encoding depends on `Accept-Encoding` says so in `Vary`.
 
 use actix_http::encoding::Encoder;
 use actix_web::body::{BodySize, MessageBody};
@@ -18,7 +19,7 @@ use actix_web::http::header::{
     self, AcceptEncoding, ContentEncoding, Encoding, HeaderMap, HeaderValue,
 };
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, HttpMessage, HttpRequest};
 
 /// The codings offered. Identity is among them, so a client that accepts none of the others
 /// gets the body as it is rather than a 406.
@@ -43,33 +44,58 @@ pub async fn compress(
     let mut res = next.call(req).await?;
     let coding = match representation_len(&res) {
         Some(len) if len >= min_bytes && compressible(res.headers()) => {
-            Some(negotiate(res.request()))
-        }
-        // Too small, or not a body to compress: as it is, whatever the client accepts.
-        _ => None,
-    };
-    let coding = match coding {
-        None => ContentEncoding::Identity,
-        Some(ContentEncoding::Identity) => {
-            super::add_vary(res.headers_mut(), "Accept-Encoding");
-            ContentEncoding::Identity
-        }
-        Some(coding) => {
-            let headers = res.headers_mut();
-            if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
-                headers.insert(header::ETAG, tagged);
+            let coding = negotiate(res.request());
+            if coding != ContentEncoding::Identity {
+                let headers = res.headers_mut();
+                if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
+                    headers.insert(header::ETAG, tagged);
+                }
             }
-            if res.status() == StatusCode::NOT_MODIFIED {
-                // No body to encode; the headers are those of the 200 it stands for.
+            if coding == ContentEncoding::Identity || res.status() == StatusCode::NOT_MODIFIED {
+                // Sent as it is (or, for a 304, no body at all), but chosen by Accept-Encoding.
                 super::add_vary(res.headers_mut(), "Accept-Encoding");
                 ContentEncoding::Identity
             } else {
-                // The encoder sets `Content-Encoding` and adds `Vary: accept-encoding`.
                 coding
             }
         }
+        // Too small, or not a body to compress: as it is, whatever the client accepts.
+        _ => ContentEncoding::Identity,
     };
-    Ok(res.map_body(move |head, body| Encoder::response(coding, head, body)))
+    Ok(res.map_body(move |head, body| {
+        let encoded = Encoder::response(coding, head, body);
+        if coding != ContentEncoding::Identity {
+            // The encoder appends its own `Vary` field; layers further out read only the first.
+            merge_vary(head.headers_mut());
+        }
+        encoded
+    }))
+}
+
+/// The coding a response of `len` bytes to `req` is sent with: what the middleware will do, for
+/// the handler to compare `If-None-Match` with the right tag. `min_bytes` is
+/// `COMPRESSION_MIN_BYTES`, `None` with compression off.
+pub fn selected(req: &HttpRequest, len: usize, min_bytes: Option<u64>) -> ContentEncoding {
+    match min_bytes {
+        Some(min) if u64::try_from(len).unwrap_or(u64::MAX) >= min => negotiate(req),
+        _ => ContentEncoding::Identity,
+    }
+}
+
+/// Every `Vary` field as one.
+fn merge_vary(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::VARY);
+    let (Some(first), Some(_)) = (fields.next(), fields.next()) else {
+        return;
+    };
+    let mut merged = first.as_bytes().to_vec();
+    for field in headers.get_all(header::VARY).skip(1) {
+        merged.extend_from_slice(b", ");
+        merged.extend_from_slice(field.as_bytes());
+    }
+    if let Ok(merged) = HeaderValue::from_bytes(&merged) {
+        headers.insert(header::VARY, merged);
+    }
 }
 
 /// The length of the body the response carries or, for a 304, stands for; `None` for a body
@@ -113,7 +139,7 @@ fn compressible(headers: &HeaderMap) -> bool {
 
 /// The coding the request prefers among those offered: identity without `Accept-Encoding`, or
 /// when the client accepts none of the others.
-fn negotiate(req: &actix_web::HttpRequest) -> ContentEncoding {
+fn negotiate(req: &HttpRequest) -> ContentEncoding {
     let Some(accepted) = req.get_header::<AcceptEncoding>() else {
         return ContentEncoding::Identity;
     };
@@ -125,7 +151,7 @@ fn negotiate(req: &actix_web::HttpRequest) -> ContentEncoding {
 
 /// The entity tag of `etag`'s answer compressed with `coding`: the coding inside the quotes,
 /// so a strong tag stays strong and a weak one weak. `None` for a value that is not a tag.
-fn tag_for(etag: &HeaderValue, coding: ContentEncoding) -> Option<HeaderValue> {
+pub fn tag_for(etag: &HeaderValue, coding: ContentEncoding) -> Option<HeaderValue> {
     let text = etag.as_bytes();
     let closing = text
         .len()
@@ -140,33 +166,12 @@ fn tag_for(etag: &HeaderValue, coding: ContentEncoding) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&tagged).ok()
 }
 
-/// Whether the opaque tag `tag` (from `If-None-Match`, without `W/`) names the answer whose
-/// identity tag is `etag`: it is `etag`, or `etag` with a coding this module appends.
-pub fn same_answer(tag: &str, etag: &str) -> bool {
-    if tag == etag {
-        return true;
-    }
-    let Some(open) = etag.strip_suffix('"') else {
-        return false;
-    };
-    let Some(coding) = tag
-        .strip_prefix(open)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|rest| rest.strip_suffix('"'))
-    else {
-        return false;
-    };
-    OFFERED
-        .iter()
-        .any(|offered| matches!(offered, Encoding::Known(c) if *c != ContentEncoding::Identity && c.as_str() == coding))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_compressed_answer_has_its_own_tag_and_either_tag_names_the_answer() {
+    fn a_compressed_answer_has_its_own_tag() {
         let etag = HeaderValue::from_static(r#""00ff00ff00ff00ff""#);
         for (coding, expected) in [
             (ContentEncoding::Gzip, r#""00ff00ff00ff00ff-gzip""#),
@@ -175,7 +180,6 @@ mod tests {
         ] {
             let tagged = tag_for(&etag, coding).expect("a tag");
             assert_eq!(tagged, expected);
-            assert!(same_answer(expected, r#""00ff00ff00ff00ff""#));
         }
         let weak = HeaderValue::from_static(r#"W/"abc""#);
         assert_eq!(
@@ -190,20 +194,20 @@ mod tests {
             tag_for(&HeaderValue::from_static("\""), ContentEncoding::Gzip),
             None
         );
-        for (tag, expected) in [
-            (r#""abc""#, true),
-            (r#""abc-gzip""#, true),
-            (r#""abc-br""#, true),
-            (r#""abc-zstd""#, true),
-            (r#""abc-identity""#, false),
-            (r#""abc-deflate""#, false),
-            (r#""abc-""#, false),
-            (r#""abcd""#, false),
-            (r#""ab""#, false),
-            ("", false),
-        ] {
-            assert_eq!(same_answer(tag, r#""abc""#), expected, "{tag}");
-        }
+    }
+
+    #[test]
+    fn every_vary_field_becomes_one() {
+        let mut headers = HeaderMap::new();
+        merge_vary(&mut headers);
+        assert!(headers.get(header::VARY).is_none());
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        merge_vary(&mut headers);
+        assert_eq!(headers.get(header::VARY).expect("vary"), "Origin");
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        merge_vary(&mut headers);
+        let fields: Vec<_> = headers.get_all(header::VARY).collect();
+        assert_eq!(fields, ["Origin, accept-encoding"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use actix_cors::{Cors, CorsError};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError};
 
@@ -67,10 +67,19 @@ pub fn layer(settings: &CorsSettings) -> Option<Cors> {
     })
 }
 
+/// Whether the settings let any origin in (`*`).
+pub fn any_origin(settings: &CorsSettings) -> bool {
+    settings.cors_allowed_origins == Some(CorsOrigins::Any)
+}
+
 /// Wrapped around [`layer`]: a preflight it refuses gets this service's problem body (saying
-/// which origin, method or header was refused) instead of actix-cors's plain text; and an
-/// answer to an origin not listed carries no CORS header at all, `Vary` aside.
+/// which origin, method or header was refused) instead of actix-cors's plain text, and one log
+/// line (a preflight never reaches the request log); an answer to an origin not listed carries
+/// no CORS header at all, `Vary` aside; and with `*` (`any_origin`) an answer to a request
+/// without `Origin` says `Access-Control-Allow-Origin: *` too, so a cache that keeps it may hand
+/// it to any page.
 pub async fn finish(
+    any_origin: bool,
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
@@ -81,16 +90,20 @@ pub async fn finish(
         .and_then(|e| e.as_error::<CorsError>())
     {
         let error = ApiError::CorsRefused(refusal(refused, res.request()));
-        let vary = res.headers().get(header::VARY).cloned();
-        let mut problem = error.error_response();
-        if let Some(vary) = vary {
-            problem.headers_mut().insert(header::VARY, vary);
-        }
+        tracing::info!(error = %error, path = res.request().path(), "CORS preflight refused");
+        let problem = error.error_response();
         return Ok(res.into_response(problem).map_into_right_body());
     }
     let headers = res.headers_mut();
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+        if any_origin {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        } else {
+            headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+        }
     }
     Ok(res.map_into_left_body())
 }

@@ -78,7 +78,7 @@ async fn answer(
         .history(query)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(req, &served, &state.cache_control, |_| {
+    Ok(respond(req, &served, state, |_| {
         ApiError::VehicleNotFound(id)
     }))
 }

@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, r
 use super::conditional::not_modified;
 use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
 use crate::error::{ApiError, Problem};
-use crate::middleware::compression::Uncompressed;
+use crate::middleware::compression::{self, Uncompressed};
 use crate::service::{CacheStatus, Served};
 use crate::state::{AppState, CacheControlValues};
 
@@ -75,15 +75,10 @@ async fn answer(
         .vehicle_state(id, at)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(
-        req,
-        &served,
-        &state.cache_control,
-        |outcome| match outcome {
-            Outcome::NoStateYet => ApiError::NoStateYet(id, at),
-            Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
-        },
-    ))
+    Ok(respond(req, &served, state, |outcome| match outcome {
+        Outcome::NoStateYet => ApiError::NoStateYet(id, at),
+        Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
+    }))
 }
 
 /// The problems of `GET /vehicles/{id}/timestamp/{ts}`, by status (for the OpenAPI document).
@@ -118,12 +113,15 @@ const PATH: &str = "/vehicles/{id}/timestamp/{ts}";
 pub(super) fn respond(
     req: &HttpRequest,
     served: &Served,
-    cache_control: &CacheControlValues,
+    state: &AppState,
     problem: impl FnOnce(Outcome) -> ApiError,
 ) -> HttpResponse {
     let answer = &served.entry.answer;
+    let cache_control = &state.cache_control;
     if let Some(etag) = &served.entry.etag
-        && not_modified(req, etag)
+        && not_modified(req, etag, || {
+            compression::selected(req, answer.body.len(), state.compress_at)
+        })
     {
         let mut builder = HttpResponse::NotModified();
         builder.insert_header((header::ETAG, etag.clone()));

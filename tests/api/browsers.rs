@@ -245,6 +245,11 @@ async fn a_preflight_is_answered_before_routing_and_never_reaches_a_lookup() {
         }
         assert_eq!(reply.header("access-control-max-age"), "3600", "{path}");
         assert_eq!(reply.header("x-cache"), "", "{path}: no lookup answered it");
+        assert_eq!(
+            reply.header("x-request-id").len(),
+            36,
+            "{path}: a preflight has its id too"
+        );
         assert!(reply.vary().contains(&"origin".to_owned()), "{path}");
     }
     // Nothing was looked up, so nothing was cached.
@@ -300,6 +305,7 @@ async fn an_origin_not_listed_gets_no_cors_headers_and_its_preflight_a_problem()
         assert_eq!(reply.status, 403);
         assert_eq!(reply.header("content-type"), "application/problem+json");
         assert_eq!(reply.header("access-control-allow-origin"), "");
+        assert_eq!(reply.header("x-request-id").len(), 36);
         let problem: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
         assert_eq!(problem["type"], "/problems/cors-refused");
         assert_eq!(problem["status"], 403);
@@ -336,6 +342,8 @@ async fn a_star_lets_any_page_read_answers_that_do_not_vary_by_origin() {
         &[("origin", "https://anyone.example")],
     )
     .await;
+    // Kept by a cache, an answer to a request without `Origin` must serve any page too.
+    let without = send(&app, Method::GET, LOOKUP, &[]).await;
     let options = send(
         &app,
         Method::OPTIONS,
@@ -354,6 +362,13 @@ async fn a_star_lets_any_page_read_answers_that_do_not_vary_by_origin() {
         "{:?}",
         get.vary()
     );
+    assert_eq!(without.header("access-control-allow-origin"), "*");
+    assert!(
+        without
+            .header("access-control-expose-headers")
+            .contains("x-cache")
+    );
+    assert!(!without.vary().contains(&"origin".to_owned()));
     assert_eq!(options.status, 200);
     assert_eq!(options.header("access-control-allow-origin"), "*");
     assert_eq!(options.header("access-control-allow-credentials"), "");
@@ -444,6 +459,7 @@ async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
     let gzip = send(&app, Method::GET, HISTORY, &[("accept-encoding", "gzip")]).await;
     let plain_tag = plain.header("etag").to_owned();
     let gzip_tag = gzip.header("etag").to_owned();
+    let br_tag = format!("{}-br\"", &plain_tag[..plain_tag.len() - 1]);
 
     assert_eq!(gzip.header("content-encoding"), "gzip");
     assert_eq!(gzip.decoded(), plain.decoded());
@@ -451,12 +467,22 @@ async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
         gzip_tag,
         format!("{}-gzip\"", &plain_tag[..plain_tag.len() - 1])
     );
-    for (sent, accept, tag_back) in [
-        (&gzip_tag, "gzip", &gzip_tag),
-        (&plain_tag, "gzip", &gzip_tag),
-        (&gzip_tag, "", &plain_tag),
-        (&plain_tag, "", &plain_tag),
-        (&format!("W/{gzip_tag}"), "gzip", &gzip_tag),
+    // If-None-Match names the representation the request would get: the client's copy is
+    // fresh only if it holds that encoding of the answer.
+    for (sent, accept, status, tag_back) in [
+        (&gzip_tag, "gzip", 304, &gzip_tag),
+        (&format!("W/{gzip_tag}"), "gzip", 304, &gzip_tag),
+        (
+            &format!(r#""0000000000000000", {gzip_tag}"#),
+            "gzip",
+            304,
+            &gzip_tag,
+        ),
+        (&plain_tag, "", 304, &plain_tag),
+        (&plain_tag, "identity", 304, &plain_tag),
+        (&plain_tag, "gzip", 200, &gzip_tag),
+        (&gzip_tag, "", 200, &plain_tag),
+        (&gzip_tag, "br", 200, &br_tag),
     ] {
         let mut headers = vec![("if-none-match", sent.as_str())];
         if !accept.is_empty() {
@@ -465,18 +491,22 @@ async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
 
         let reply = send(&app, Method::GET, HISTORY, &headers).await;
 
-        assert_eq!(reply.status, 304, "{sent} with {accept:?}");
-        assert!(reply.body.is_empty());
+        assert_eq!(reply.status, status, "{sent} with {accept:?}");
         assert_eq!(
             reply.header("etag"),
             tag_back.as_str(),
-            "{sent} with {accept:?}: the 200's tag"
+            "{sent} with {accept:?}"
         );
-        assert_eq!(reply.header("content-encoding"), "");
         assert!(
             reply.vary().contains(&"accept-encoding".to_owned()),
             "{sent} with {accept:?}"
         );
+        if status == 304 {
+            assert!(reply.body.is_empty());
+            assert_eq!(reply.header("content-encoding"), "");
+        } else {
+            assert_eq!(reply.decoded(), plain.decoded(), "{sent} with {accept:?}");
+        }
     }
     let changed = send(
         &app,
@@ -537,6 +567,11 @@ async fn cors_and_compression_together_vary_by_both() {
 
     assert_eq!(reply.header("content-encoding"), "gzip");
     assert_eq!(reply.header("access-control-allow-origin"), DASHBOARD);
+    assert_eq!(
+        reply.headers.get_all("vary").iter().count(),
+        1,
+        "one Vary field, so every layer reads all of it"
+    );
     let vary = reply.vary();
     assert!(
         vary.contains(&"origin".to_owned()) && vary.contains(&"accept-encoding".to_owned()),

@@ -126,6 +126,19 @@ async fn each_problem_response_shows_problems_of_its_own_status_only() {
                     examples.is_some_and(|e| !e.is_empty()),
                     "{method} {path} {status} shows no problem"
                 );
+                // Every problem type the response's description names is shown, and no other.
+                let described: std::collections::BTreeSet<&str> = response["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split('`')
+                    .filter_map(|word| word.strip_prefix("/problems/"))
+                    .collect();
+                let shown_here: std::collections::BTreeSet<&str> = examples
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                assert_eq!(shown_here, described, "{method} {path} {status}");
                 for (name, example) in examples.into_iter().flatten() {
                     let problem = &example["value"];
                     assert_eq!(
