@@ -126,19 +126,13 @@ impl Application {
                 // Innermost first. Compression sees the answer as the route made it; CORS sits
                 // outside the request log and metrics, so a preflight is answered before
                 // routing and never counted or logged as a request.
-                .wrap(Condition::new(
-                    compress_at.is_some(),
-                    from_fn(move |req, next| {
-                        compression::compress(compress_at.unwrap_or(0), req, next)
-                    }),
-                ))
+                .wrap(compression::Compress {
+                    min_bytes: compress_at,
+                })
                 .wrap(from_fn(crate::metrics::record_request))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
-                .wrap(Condition::new(
-                    cors_on,
-                    from_fn(move |req, next| cors::finish(any_origin, req, next)),
-                ))
+                .wrap(Condition::new(cors_on, cors::Finish { any_origin }))
                 .wrap(from_fn(telemetry::request_id))
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.

@@ -11,14 +11,17 @@
 //! handler says how long the 200's body would have been ([`Uncompressed`]). Every response whose
 //! encoding depends on `Accept-Encoding` says so in `Vary`.
 
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use actix_http::encoding::Encoder;
-use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::body::{BodySize, EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{
     self, AcceptEncoding, ContentEncoding, Encoding, HeaderMap, HeaderValue,
 };
-use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest};
 
 /// The codings offered. Identity is among them, so a client that accepts none of the others
@@ -35,41 +38,118 @@ const OFFERED: [Encoding; 4] = [
 #[derive(Debug, Clone, Copy)]
 pub struct Uncompressed(pub usize);
 
-/// The middleware: `min_bytes` is `COMPRESSION_MIN_BYTES`.
-pub async fn compress(
+/// The middleware. `min_bytes` is `COMPRESSION_MIN_BYTES`, `None` with `COMPRESSION=false`
+/// (every response then passes through as it is). A `Transform` of its own rather than
+/// `from_fn`, which would box a future per request on the hot path.
+#[derive(Debug, Clone, Copy)]
+pub struct Compress {
+    pub min_bytes: Option<u64>,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Compress
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+    type Error = Error;
+    type Transform = CompressService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(CompressService {
+            service,
+            min_bytes: self.min_bytes,
+        }))
+    }
+}
+
+pub struct CompressService<S> {
+    service: S,
+    min_bytes: Option<u64>,
+}
+
+impl<S, B> Service<ServiceRequest> for CompressService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+    type Error = Error;
+    type Future = Compressing<S::Future>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        Compressing {
+            response: self.service.call(req),
+            min_bytes: self.min_bytes,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's response, encoded once it is there.
+    pub struct Compressing<F> {
+        #[pin]
+        response: F,
+        min_bytes: Option<u64>,
+    }
+}
+
+impl<F, B> Future for Compressing<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody,
+{
+    type Output = Result<ServiceResponse<EitherBody<B, Encoder<B>>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match this.response.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(res) => res?,
+        };
+        Poll::Ready(Ok(match *this.min_bytes {
+            Some(min_bytes) => encode(min_bytes, res),
+            None => res.map_into_left_body(),
+        }))
+    }
+}
+
+/// The response, compressed as the request prefers if its body is at least `min_bytes`.
+fn encode<B: MessageBody>(
     min_bytes: u64,
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<Encoder<impl MessageBody>>, Error> {
-    let mut res = next.call(req).await?;
-    let coding = match representation_len(&res) {
-        Some(len) if len >= min_bytes && compressible(res.headers()) => {
-            let coding = negotiate(res.request());
-            if coding != ContentEncoding::Identity {
-                let headers = res.headers_mut();
-                if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
-                    headers.insert(header::ETAG, tagged);
-                }
-            }
-            if coding == ContentEncoding::Identity || res.status() == StatusCode::NOT_MODIFIED {
-                // Sent as it is (or, for a 304, no body at all), but chosen by Accept-Encoding.
-                super::add_vary(res.headers_mut(), "Accept-Encoding");
-                ContentEncoding::Identity
-            } else {
-                coding
-            }
-        }
-        // Too small, or not a body to compress: as it is, whatever the client accepts.
-        _ => ContentEncoding::Identity,
+    mut res: ServiceResponse<B>,
+) -> ServiceResponse<EitherBody<B, Encoder<B>>> {
+    let Some(len) = representation_len(&res) else {
+        return res.map_into_left_body();
     };
-    Ok(res.map_body(move |head, body| {
-        let encoded = Encoder::response(coding, head, body);
-        if coding != ContentEncoding::Identity {
-            // The encoder appends its own `Vary` field; layers further out read only the first.
-            merge_vary(head.headers_mut());
+    // Too small, or not a body to compress: as it is, whatever the client accepts, without
+    // reading `Accept-Encoding` (a single lookup's answer always takes this way).
+    if len < min_bytes || !compressible(res.headers()) {
+        return res.map_into_left_body();
+    }
+    let coding = negotiate(res.request());
+    if coding != ContentEncoding::Identity {
+        let headers = res.headers_mut();
+        if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
+            headers.insert(header::ETAG, tagged);
         }
-        encoded
-    }))
+    }
+    if coding == ContentEncoding::Identity || res.status() == StatusCode::NOT_MODIFIED {
+        // Sent as it is (or, for a 304, no body at all), but chosen by Accept-Encoding.
+        super::add_vary(res.headers_mut(), "Accept-Encoding");
+        return res.map_into_left_body();
+    }
+    res.map_body(move |head, body| {
+        // Sets `Content-Encoding` and appends its own `Vary` field, which layers further out
+        // would not read (they read the first): merged into one.
+        let encoded = Encoder::response(coding, head, body);
+        merge_vary(head.headers_mut());
+        EitherBody::right(encoded)
+    })
 }
 
 /// The coding a response of `len` bytes to `req` is sent with: what the middleware will do, for

@@ -8,12 +8,15 @@
 //! one included, so a shared cache never hands one origin's headers to another; with `*` the
 //! answer is the same for every origin (`Access-Control-Allow-Origin: *`) and nothing varies.
 
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use actix_cors::{Cors, CorsError};
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError};
 
 use crate::config::{CorsOrigins, CorsSettings};
@@ -77,13 +80,84 @@ pub fn any_origin(settings: &CorsSettings) -> bool {
 /// line (a preflight never reaches the request log); an answer to an origin not listed carries
 /// no CORS header at all, `Vary` aside; and with `*` (`any_origin`) an answer to a request
 /// without `Origin` says `Access-Control-Allow-Origin: *` too, so a cache that keeps it may hand
-/// it to any page.
-pub async fn finish(
+/// it to any page. A `Transform` of its own, so no future is boxed per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish {
+    pub any_origin: bool,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Finish
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = FinishService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(FinishService {
+            service,
+            any_origin: self.any_origin,
+        }))
+    }
+}
+
+pub struct FinishService<S> {
+    service: S,
     any_origin: bool,
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let mut res = next.call(req).await?;
+}
+
+impl<S, B> Service<ServiceRequest> for FinishService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = Finishing<S::Future>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        Finishing {
+            response: self.service.call(req),
+            any_origin: self.any_origin,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The CORS layer's response, finished once it is there.
+    pub struct Finishing<F> {
+        #[pin]
+        response: F,
+        any_origin: bool,
+    }
+}
+
+impl<F, B> Future for Finishing<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.response.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(res) => Poll::Ready(res.map(|res| finish(*this.any_origin, res))),
+        }
+    }
+}
+
+fn finish<B: MessageBody>(
+    any_origin: bool,
+    mut res: ServiceResponse<B>,
+) -> ServiceResponse<EitherBody<B>> {
     if let Some(refused) = res
         .response()
         .error()
@@ -92,7 +166,7 @@ pub async fn finish(
         let error = ApiError::CorsRefused(refusal(refused, res.request()));
         tracing::info!(error = %error, path = res.request().path(), "CORS preflight refused");
         let problem = error.error_response();
-        return Ok(res.into_response(problem).map_into_right_body());
+        return res.into_response(problem).map_into_right_body();
     }
     let headers = res.headers_mut();
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
@@ -105,7 +179,7 @@ pub async fn finish(
             headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
         }
     }
-    Ok(res.map_into_left_body())
+    res.map_into_left_body()
 }
 
 /// What a refused preflight's problem says.
