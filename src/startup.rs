@@ -110,7 +110,6 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let cors = cors::layer(&cors_settings);
             let cors_on = cors.is_some();
-            let any_origin = cors::any_origin(&cors_settings);
             App::new()
                 .app_data(app_state.clone())
                 .into_utoipa_app()
@@ -132,7 +131,6 @@ impl Application {
                 .wrap(from_fn(crate::metrics::record_request))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
-                .wrap(Condition::new(cors_on, cors::Finish { any_origin }))
                 .wrap(from_fn(telemetry::request_id))
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_http::encoding::Encoder;
-use actix_web::body::{BodySize, EitherBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{
@@ -49,9 +49,9 @@ pub struct Compress {
 impl<S, B> Transform<S, ServiceRequest> for Compress
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
     type Error = Error;
     type Transform = CompressService<S>;
     type InitError = ();
@@ -73,9 +73,9 @@ pub struct CompressService<S> {
 impl<S, B> Service<ServiceRequest> for CompressService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B, Encoder<B>>>;
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
     type Error = Error;
     type Future = Compressing<S::Future>;
 
@@ -101,9 +101,9 @@ pin_project_lite::pin_project! {
 impl<F, B> Future for Compressing<F>
 where
     F: Future<Output = Result<ServiceResponse<B>, Error>>,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
-    type Output = Result<ServiceResponse<EitherBody<B, Encoder<B>>>, Error>;
+    type Output = Result<ServiceResponse<EitherBody<B, BoxBody>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -119,10 +119,10 @@ where
 }
 
 /// The response, compressed as the request prefers if its body is at least `min_bytes`.
-fn encode<B: MessageBody>(
+fn encode<B: MessageBody + 'static>(
     min_bytes: u64,
     mut res: ServiceResponse<B>,
-) -> ServiceResponse<EitherBody<B, Encoder<B>>> {
+) -> ServiceResponse<EitherBody<B, BoxBody>> {
     let Some(len) = representation_len(&res) else {
         return res.map_into_left_body();
     };
@@ -148,7 +148,8 @@ fn encode<B: MessageBody>(
         // would not read (they read the first): merged into one.
         let encoded = Encoder::response(coding, head, body);
         merge_vary(head.headers_mut());
-        EitherBody::right(encoded)
+        // Boxed: the encoder's state is large, and every layer further out moves the response.
+        EitherBody::right(BoxBody::new(encoded))
     })
 }
 

@@ -8,16 +8,17 @@
 //! one included, so a shared cache never hands one origin's headers to another; with `*` the
 //! answer is the same for every origin (`Access-Control-Allow-Origin: *`) and nothing varies.
 
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_cors::{Cors, CorsError};
+use actix_cors::{Cors, CorsError, CorsMiddleware};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{Error, ResponseError};
+use futures_util::future::LocalBoxFuture;
 
 use crate::config::{CorsOrigins, CorsSettings};
 use crate::error::ApiError;
@@ -46,9 +47,9 @@ pub const EXPOSED_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-request-id"),
 ];
 
-/// The CORS middleware for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset or
-/// empty (no CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
-pub fn layer(settings: &CorsSettings) -> Option<Cors> {
+/// The CORS layer for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset or empty (no
+/// CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
+pub fn layer(settings: &CorsSettings) -> Option<Layer> {
     let origins = settings
         .cors_allowed_origins
         .as_ref()
@@ -58,7 +59,7 @@ pub fn layer(settings: &CorsSettings) -> Option<Cors> {
         .allowed_headers(ALLOWED_HEADERS)
         .expose_headers(EXPOSED_HEADERS)
         .max_age(usize::try_from(settings.cors_max_age_secs).ok());
-    Some(match origins {
+    let cors = match origins {
         // The same answer for every origin: nothing varies by it.
         CorsOrigins::Any => cors
             .allow_any_origin()
@@ -67,41 +68,47 @@ pub fn layer(settings: &CorsSettings) -> Option<Cors> {
         CorsOrigins::List(list) => list
             .iter()
             .fold(cors, |cors, origin| cors.allowed_origin(origin)),
+    };
+    Some(Layer {
+        cors,
+        any_origin: *origins == CorsOrigins::Any,
     })
 }
 
-/// Whether the settings let any origin in (`*`).
-pub fn any_origin(settings: &CorsSettings) -> bool {
-    settings.cors_allowed_origins == Some(CorsOrigins::Any)
+/// actix-cors, and around it what this service adds: a preflight it refuses gets this
+/// service's problem body (saying which origin, method or header was refused) instead of
+/// actix-cors's plain text, and one log line (a preflight never reaches the request log); an
+/// answer to an origin not listed carries no CORS header at all, `Vary` aside; and with `*` an
+/// answer to a request without `Origin` says `Access-Control-Allow-Origin: *` too, so a cache
+/// that keeps it may hand it to any page. One layer with a future of its own, so the response
+/// is moved once and no future is boxed here per request.
+#[derive(Default)]
+pub struct Layer {
+    cors: Cors,
+    any_origin: bool,
 }
 
-/// Wrapped around [`layer`]: a preflight it refuses gets this service's problem body (saying
-/// which origin, method or header was refused) instead of actix-cors's plain text, and one log
-/// line (a preflight never reaches the request log); an answer to an origin not listed carries
-/// no CORS header at all, `Vary` aside; and with `*` (`any_origin`) an answer to a request
-/// without `Origin` says `Access-Control-Allow-Origin: *` too, so a cache that keeps it may hand
-/// it to any page. A `Transform` of its own, so no future is boxed per request.
-#[derive(Debug, Clone, Copy)]
-pub struct Finish {
-    pub any_origin: bool,
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Finish
+impl<S, B> Transform<S, ServiceRequest> for Layer
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    S::Future: 'static,
+    B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B>>;
+    type Response = ServiceResponse<EitherBody<EitherBody<B>>>;
     type Error = Error;
-    type Transform = FinishService<S>;
+    type Transform = FinishService<CorsMiddleware<S>>;
     type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+    type Future = LocalBoxFuture<'static, Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(FinishService {
-            service,
-            any_origin: self.any_origin,
-        }))
+        let cors = self.cors.new_transform(service);
+        let any_origin = self.any_origin;
+        Box::pin(async move {
+            Ok(FinishService {
+                service: cors.await?,
+                any_origin,
+            })
+        })
     }
 }
 
