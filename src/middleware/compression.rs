@@ -20,17 +20,21 @@ use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{
-    self, AcceptEncoding, ContentEncoding, Encoding, HeaderMap, HeaderValue,
+    self, AcceptEncoding, ContentEncoding, Encoding, HeaderMap, HeaderValue, Preference, Quality,
+    QualityItem,
 };
 use actix_web::{Error, HttpMessage, HttpRequest};
 
-/// The codings offered. Identity is among them, so a client that accepts none of the others
-/// gets the body as it is rather than a 406.
-const OFFERED: [Encoding; 4] = [
-    Encoding::identity(),
-    Encoding::brotli(),
-    Encoding::zstd(),
-    Encoding::gzip(),
+/// The codings offered, in the order that breaks a tie of `q` (browsers list several, all at
+/// q=1). gzip first: on this service's JSON it costs the least CPU and memory. Measured with
+/// `bench/run`'s batch workload (100 answers, about 17 KB, per response, 64 connections):
+/// identity 4,150 requests in 8 s at 54 MB RSS; gzip 3,685 at 52 MB; zstd 3,416 at 72 MB;
+/// Brotli 2,866 at 222 MB (actix-http's Brotli encoder takes a window of 4 MiB per response).
+/// A client that prefers zstd or Brotli says so with `q` and gets it.
+const TIE_ORDER: [ContentEncoding; 3] = [
+    ContentEncoding::Gzip,
+    ContentEncoding::Zstd,
+    ContentEncoding::Brotli,
 ];
 
 /// Put in a 304's extensions by the handler: the length of the body of the 200 it stands for,
@@ -218,15 +222,42 @@ fn compressible(headers: &HeaderMap) -> bool {
     !(starts(b"image/") || starts(b"audio/") || starts(b"video/") || starts(b"font/"))
 }
 
-/// The coding the request prefers among those offered: identity without `Accept-Encoding`, or
-/// when the client accepts none of the others.
+/// The coding the request prefers among those offered (RFC 9110 §12.5.3): the highest `q`,
+/// a coding's own entry before `*`, ties broken by [`TIE_ORDER`]. Identity without
+/// `Accept-Encoding`, when the client accepts none of them, or when it ranks identity itself
+/// higher; never a 406.
 fn negotiate(req: &HttpRequest) -> ContentEncoding {
-    let Some(accepted) = req.get_header::<AcceptEncoding>() else {
-        return ContentEncoding::Identity;
+    match req.get_header::<AcceptEncoding>() {
+        Some(accepted) => prefer(&accepted.0),
+        None => ContentEncoding::Identity,
+    }
+}
+
+fn prefer(accepted: &[QualityItem<Preference<Encoding>>]) -> ContentEncoding {
+    let quality = |coding: ContentEncoding| {
+        let mut any = None;
+        for item in accepted {
+            match &item.item {
+                Preference::Specific(Encoding::Known(c)) if *c == coding => {
+                    return Some(item.quality);
+                }
+                Preference::Any => any = Some(item.quality),
+                _ => {}
+            }
+        }
+        any
     };
-    match accepted.negotiate(OFFERED.iter()) {
-        Some(Encoding::Known(coding)) => coding,
-        _ => ContentEncoding::Identity,
+    let mut best = (ContentEncoding::Identity, Quality::ZERO);
+    for coding in TIE_ORDER {
+        let q = quality(coding).unwrap_or(Quality::ZERO);
+        if q > best.1 {
+            best = (coding, q);
+        }
+    }
+    // Identity wins only when the client names it (or `*`) above every coding it accepts.
+    match quality(ContentEncoding::Identity) {
+        Some(identity) if identity > best.1 => ContentEncoding::Identity,
+        _ => best.0,
     }
 }
 
@@ -275,6 +306,34 @@ mod tests {
             tag_for(&HeaderValue::from_static("\""), ContentEncoding::Gzip),
             None
         );
+    }
+
+    #[test]
+    fn the_client_s_preference_is_honoured_and_a_tie_goes_to_gzip() {
+        for (header, expected) in [
+            ("gzip, deflate, br, zstd", ContentEncoding::Gzip),
+            ("br, zstd", ContentEncoding::Zstd),
+            ("br", ContentEncoding::Brotli),
+            ("zstd;q=1.0, gzip;q=0.9", ContentEncoding::Zstd),
+            ("br;q=0.9, gzip;q=0.5", ContentEncoding::Brotli),
+            ("gzip;q=0, br;q=0.1", ContentEncoding::Brotli),
+            ("*", ContentEncoding::Gzip),
+            ("*;q=0.5, br", ContentEncoding::Brotli),
+            ("*, gzip;q=0", ContentEncoding::Zstd),
+            ("identity", ContentEncoding::Identity),
+            ("identity, gzip;q=0.5", ContentEncoding::Identity),
+            ("gzip, identity;q=0.5", ContentEncoding::Gzip),
+            ("deflate", ContentEncoding::Identity),
+            ("gzip;q=0, br;q=0, zstd;q=0", ContentEncoding::Identity),
+            ("", ContentEncoding::Identity),
+        ] {
+            let req = actix_web::test::TestRequest::default()
+                .insert_header(("accept-encoding", header))
+                .to_http_request();
+            assert_eq!(negotiate(&req), expected, "{header:?}");
+        }
+        let without = actix_web::test::TestRequest::default().to_http_request();
+        assert_eq!(negotiate(&without), ContentEncoding::Identity);
     }
 
     #[test]
