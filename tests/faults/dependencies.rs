@@ -210,9 +210,18 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
             known.len() > 20,
             "uncached lookups were asked while it was known down"
         );
+        // At once: the 99th percentile within 50 ms. And none waited for a connection: each
+        // well under DB_ACQUIRE_TIMEOUT_MS (1000 ms here), which a lookup that went to the pool
+        // would take. The two bounds apart, a stall of this shared 2-core machine (one run on a
+        // clean clone saw every process pause for 190 ms) is not taken for a regression.
+        let at_once = report.latency(0.99, unavailable_while_known);
+        assert!(
+            at_once < Duration::from_millis(50),
+            "known down: the 503s at once, p99 {at_once:?}"
+        );
         for s in &known {
             assert!(
-                s.took < Duration::from_millis(50),
+                s.took < Duration::from_millis(500),
                 "known down: the 503 at once, not after the acquire timeout: {s:?}"
             );
         }
