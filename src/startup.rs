@@ -106,7 +106,8 @@ impl Application {
         crate::metrics::register_at_zero(&crate::cache::CacheError::KINDS, &db::DbError::KINDS);
         let app_state = state.clone();
         let cors_settings = settings.cors.clone();
-        let compress_at = settings.compression.min_bytes();
+        // The one threshold the middleware and the handlers' 304s both go by.
+        let compress_at = state.compress_at;
         let mut server = HttpServer::new(move || {
             let cors = cors::layer(&cors_settings);
             let cors_on = cors.is_some();

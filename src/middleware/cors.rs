@@ -5,8 +5,9 @@
 //! request log and metrics. Pages of the listed origins may use GET, HEAD and POST, send
 //! [`ALLOWED_HEADERS`] and read [`EXPOSED_HEADERS`]; no credentials (the API has none). With a
 //! list, every answer depends on `Origin` and says `Vary: Origin`, answers to requests without
-//! one included, so a shared cache never hands one origin's headers to another; with `*` the
-//! answer is the same for every origin (`Access-Control-Allow-Origin: *`) and nothing varies.
+//! one included, so a shared cache never hands one origin's headers to another; with `*` every
+//! answer, to a request with an `Origin` or without, says `Access-Control-Allow-Origin: *`, so it
+//! is the same for every origin and nothing varies.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -205,13 +206,42 @@ fn refusal(refused: &CorsError, req: &actix_web::HttpRequest) -> String {
         ),
         CorsError::MissingOrigin => "a preflight must say its page's origin in `Origin`".to_owned(),
         CorsError::MethodNotAllowed | CorsError::BadRequestMethod => format!(
-            "a page of another origin may use GET, HEAD or POST; this preflight asks for `{}`",
+            "a page of another origin may use {}; this preflight asks for `{}`",
+            listed(ALLOWED_METHODS.iter().map(Method::as_str), "or"),
             header(header::ACCESS_CONTROL_REQUEST_METHOD)
         ),
         CorsError::HeadersNotAllowed | CorsError::BadRequestHeaders => format!(
-            "a page of another origin may send Content-Type, If-None-Match, X-Request-Id, traceparent and tracestate; this preflight asks for `{}`",
+            "a page of another origin may send {}; this preflight asks for `{}`",
+            listed(ALLOWED_HEADERS.iter().map(HeaderName::as_str), "and"),
             header(header::ACCESS_CONTROL_REQUEST_HEADERS)
         ),
         other => format!("the cross-origin request was refused: {other}"),
+    }
+}
+
+/// `a, b and c` (or `or`): what the settings allow, in a refusal's words, from the lists
+/// actix-cors is given, so the two never differ.
+fn listed<'a>(names: impl Iterator<Item = &'a str>, last: &str) -> String {
+    let names: Vec<&str> = names.collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((only, [])) => (*only).to_owned(),
+        Some((final_name, others)) => format!("{} {last} {final_name}", others.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed;
+
+    #[test]
+    fn a_list_reads_as_a_sentence() {
+        assert_eq!(
+            listed(["GET", "HEAD", "POST"].into_iter(), "or"),
+            "GET, HEAD or POST"
+        );
+        assert_eq!(listed(["a", "b"].into_iter(), "and"), "a and b");
+        assert_eq!(listed(["a"].into_iter(), "and"), "a");
+        assert_eq!(listed([].into_iter(), "and"), "");
     }
 }
