@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{
     DatabaseSettings, IngestSettings, LogFormat, PublishSettings, SeedData, ServeSettings,
+    TraceSettings,
 };
 use crate::{db, healthcheck, openapi, startup, telemetry};
 
@@ -181,6 +182,18 @@ fn find_env(command: &clap::Command, long: &str) -> Option<String> {
 }
 
 impl Command {
+    /// The trace settings of a command that traces, with its default `service.name`.
+    pub fn traces(&self) -> Option<(&TraceSettings, &'static str)> {
+        match self {
+            Command::Serve(settings) => Some((&settings.traces, "vehicle-state")),
+            Command::Ingest(settings) => Some((&settings.traces, "vehicle-state-ingest")),
+            Command::Publish {
+                events: PublishEvents::Synthetic(settings),
+            } => Some((&settings.traces, "vehicle-state-publish")),
+            _ => None,
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(settings) => {

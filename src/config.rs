@@ -11,9 +11,11 @@ use sqlx::postgres::PgConnectOptions;
 
 mod compression;
 mod cors;
+mod otel;
 
 pub use compression::CompressionSettings;
 pub use cors::{CorsOrigins, CorsSettings};
+pub use otel::{Endpoint, OtlpHeaders, Protocol, ResourceAttributes, SamplerKind, TraceSettings};
 
 /// Where and how to reach PostgreSQL.
 #[derive(Debug, Clone, Args)]
@@ -507,6 +509,8 @@ pub struct IngestSettings {
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
+    #[command(flatten)]
+    pub traces: TraceSettings,
 
     /// The durable pull consumer every ingest process shares.
     #[arg(help_heading = "Ingest", long, env = "INGEST_CONSUMER", default_value = "vehicle-state-ingest", value_parser = parse_stream_name)]
@@ -563,6 +567,8 @@ pub struct PublishSettings {
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
+    #[command(flatten)]
+    pub traces: TraceSettings,
 
     /// How many vehicles (ids 1 to N): one registration each, and each of its state changes.
     #[arg(help_heading = "Publish", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
@@ -686,6 +692,8 @@ pub struct ServeSettings {
     pub cors: CorsSettings,
     #[command(flatten)]
     pub compression: CompressionSettings,
+    #[command(flatten)]
+    pub traces: TraceSettings,
 
     /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
     /// from the pool failed too), how often one connection tries it again; meanwhile requests

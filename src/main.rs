@@ -19,8 +19,20 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(exit) => return exit,
     };
-    telemetry::init(cli.log_format, cli.log_filter);
-    match cli.command.run().await {
+    let tracing = match telemetry::init(cli.log_format, cli.log_filter, cli.command.traces()) {
+        Ok(tracing) => tracing,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(cli::EXIT_BAD_SETTING);
+        }
+    };
+    let result = cli.command.run().await;
+    if let Some(tracing) = tracing {
+        // The last spans go out (or time out) before the process ends; the SDK's shutdown
+        // blocks, so it runs off the runtime's threads.
+        let _flushed = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // The whole cause chain on one line, each cause once.

@@ -83,6 +83,11 @@ pub const DB_BATCH_SIZE: &str = "vehicle_state_db_batch_size";
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Redis calls that failed, by operation and kind.
+/// Spans that never reached the collector, by `reason`: `queue_full` (finished while
+/// OTEL_BSP_MAX_QUEUE_SIZE spans were waiting) or `export_failed` (refused, unreachable, timed out).
+pub const TRACE_SPANS_DROPPED: &str = "vehicle_state_trace_spans_dropped_total";
+/// Spans the collector accepted.
+pub const TRACE_SPANS_EXPORTED: &str = "vehicle_state_trace_spans_exported_total";
 pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
 /// PostgreSQL lookups that failed, by kind: `acquire_timeout` (no connection in time: the pool is
 /// busy or PostgreSQL unreachable), `statement_timeout`, `unavailable` (connection lost, server
@@ -172,6 +177,14 @@ fn describe() {
         "Time to apply and commit one ingest batch."
     );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
+    metrics::describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans never exported, by reason (queue_full, export_failed); only while tracing is on."
+    );
+    metrics::describe_counter!(
+        TRACE_SPANS_EXPORTED,
+        "Spans the OTLP collector accepted; only while tracing is on."
+    );
     metrics::describe_histogram!(
         HTTP_DURATION,
         metrics::Unit::Seconds,

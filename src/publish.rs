@@ -17,6 +17,7 @@ use crate::config::{PublishSettings, SyntheticSettings};
 use crate::db::{SyntheticHistory, generate};
 use crate::domain::Instant;
 use crate::domain::event::EventKind;
+use crate::telemetry::otel;
 
 /// How often a publish JetStream did not acknowledge is sent again (under the same
 /// `Nats-Msg-Id`, so a publish that did land is not stored twice).
@@ -89,6 +90,13 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
     let state_changed = broker::subject(&settings.stream, EventKind::StateChanged);
     let in_flight = usize::try_from(settings.publish_in_flight).unwrap_or(1);
     let started = Clock::now();
+    // One trace for the run; each event's own span is its child, and its context goes in the
+    // event's headers (`traceparent`), so the ingest batch that applies it links to it.
+    let run = tracing::trace_span!(
+        target: otel::SPANS,
+        "publish synthetic",
+        vehicle_state.events = events.len(),
+    );
     let mut pending: VecDeque<(PublishAckFuture, EventRef)> = VecDeque::with_capacity(in_flight);
     for event in &events {
         if pending.len() >= in_flight
@@ -96,10 +104,25 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
         {
             confirm(&js, ack, sent, &histories, &registered, &state_changed).await?;
         }
-        let Some((subject, publish)) = message(*event, &histories, &registered, &state_changed)
+        let Some((subject, mut publish)) = message(*event, &histories, &registered, &state_changed)
         else {
             continue;
         };
+        if otel::on() {
+            let span = tracing::trace_span!(
+                target: otel::SPANS,
+                parent: &run,
+                "publish",
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.operation.type = "send",
+                messaging.destination.name = subject,
+            );
+            // Added to the message's headers, not in their place: `Nats-Msg-Id` stays.
+            for (name, value) in otel::context_headers(&span) {
+                publish = publish.header(name.as_str(), value.as_str());
+            }
+        }
         let ack = js
             .send_publish(subject.to_owned(), publish)
             .await

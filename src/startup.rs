@@ -104,6 +104,7 @@ impl Application {
         let spec = openapi::spec();
         crate::metrics::handle();
         crate::metrics::register_at_zero(&crate::cache::CacheError::KINDS, &db::DbError::KINDS);
+        telemetry::otel::register_at_zero();
         let app_state = state.clone();
         let cors_settings = settings.cors.clone();
         // The one threshold the middleware and the handlers' 304s both go by.

@@ -22,10 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use actix_web::web::Bytes;
 use anyhow::Context;
 use deadpool::Runtime;
+use tracing::Instrument;
 
 use super::topology::{self, Connection, Manager, Nodes, Pool};
 use super::{Answer, CacheError, CacheKey, Corrupt, time_left, unix_ms};
 use crate::config::{CacheSettings, RedisMode, RedisSettings};
+use crate::telemetry::otel;
 
 /// What Redis holds for a key.
 #[derive(Debug)]
@@ -173,6 +175,24 @@ impl RedisCache {
         &self,
         keys: &[&CacheKey],
     ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "redis read",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "GET",
+            db.operation.batch.size = keys.len(),
+        );
+        self.read_many(keys)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| otel::failed(&span, error))
+    }
+
+    async fn read_many(
+        &self,
+        keys: &[&CacheKey],
+    ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
         let replies: Vec<(Option<Vec<u8>>, i64)> = self
             .bounded(|mut conn| async move {
                 if self.mode == RedisMode::Cluster {
@@ -250,6 +270,21 @@ impl RedisCache {
     /// [`RedisCache::put`] for many answers in one round trip (one pipeline of SETs; in a
     /// cluster, one SET per key, all sent at once).
     pub async fn put_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "redis write-back",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "SET",
+            db.operation.batch.size = entries.len(),
+        );
+        self.write_many(entries)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| otel::failed(&span, error))
+    }
+
+    async fn write_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {
         let sets: Vec<(&CacheKey, Vec<u8>, u64)> = entries
             .iter()
             .filter_map(|(key, answer)| Some((*key, answer.encode(), self.keep_ms(answer)?)))

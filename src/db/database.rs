@@ -17,11 +17,13 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::{Connection, Executor};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::DbError;
 use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Instant, Lookup, VehicleId};
+use crate::telemetry::otel;
 
 /// The pool and what is known of PostgreSQL's reachability; cheap to clone.
 #[derive(Clone)]
@@ -97,12 +99,35 @@ impl Database {
         &self,
         pairs: &[(VehicleId, Instant)],
     ) -> Result<Vec<Lookup>, DbError> {
-        self.guarded(super::lookup_many(&self.pool, pairs)).await
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql lookup_many",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "SELECT",
+            db.query.summary = "lookup_many",
+            vehicle_state.pairs = pairs.len(),
+        );
+        self.guarded(super::lookup_many(&self.pool, pairs))
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| otel::failed(&span, error))
     }
 
     /// [`super::history`], failing at once while PostgreSQL is known down.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, DbError> {
-        self.guarded(super::history(&self.pool, query)).await
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql history",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "SELECT",
+            db.query.summary = "history",
+        );
+        self.guarded(super::history(&self.pool, query))
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| otel::failed(&span, error))
     }
 
     /// Whether PostgreSQL answers a trivial query (for `/readyz`); at once while it is known

@@ -4,9 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
+use tracing::Instrument;
 
 use super::DbError;
 use crate::domain::event::{Registration, StateChange};
+use crate::telemetry::otel;
 
 /// The first key of the advisory locks ingest takes, one per vehicle (`0x5653` is "VS"): the
 /// second key is the vehicle's id. Nothing else in the database should use this key space.
@@ -151,22 +153,47 @@ pub async fn apply(
     let states: Vec<&str> = changes.iter().map(|c| c.state.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = changes.iter().map(|c| c.at.as_datetime()).collect();
 
-    let mut tx = pool.begin().await?;
-    sqlx::query(LOCK_SQL)
-        .bind(INGEST_LOCK_SPACE)
-        .bind(&vehicles)
-        .execute(&mut *tx)
-        .await?;
-    let rows = sqlx::query(APPLY_SQL)
-        .bind(&reg_ids)
-        .bind(&makes)
-        .bind(&models)
-        .bind(&chg_ids)
-        .bind(&states)
-        .bind(&ats)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let statement = tracing::trace_span!(
+        target: otel::SPANS,
+        "postgresql apply_events",
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation.name = "SELECT",
+        db.query.summary = "apply_events",
+        vehicle_state.events = registrations.len() + changes.len(),
+    );
+    let (tx, rows) = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query(LOCK_SQL)
+            .bind(INGEST_LOCK_SPACE)
+            .bind(&vehicles)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(APPLY_SQL)
+            .bind(&reg_ids)
+            .bind(&makes)
+            .bind(&models)
+            .bind(&chg_ids)
+            .bind(&states)
+            .bind(&ats)
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok::<_, sqlx::Error>((tx, rows))
+    }
+    .instrument(statement.clone())
+    .await
+    .inspect_err(|error| otel::failed(&statement, error))?;
+    let commit = tracing::trace_span!(
+        target: otel::SPANS,
+        "postgresql COMMIT",
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation.name = "COMMIT",
+    );
+    tx.commit()
+        .instrument(commit.clone())
+        .await
+        .inspect_err(|error| otel::failed(&commit, error))?;
 
     let mut outcome = BatchOutcome {
         registrations: vec![Applied::Duplicate; registrations.len()],

@@ -29,6 +29,7 @@ pub fn serve(ingestor: Arc<Ingestor>, port: Reserved) -> anyhow::Result<Server> 
     // Installs the recorder before anything is counted.
     metrics::handle();
     metrics::IngestResult::register_at_zero();
+    crate::telemetry::otel::register_at_zero();
     let data = web::Data::from(ingestor);
     let server = HttpServer::new(move || {
         App::new()

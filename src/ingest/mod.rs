@@ -12,6 +12,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::broker::{self, ConnectFailure};
 use crate::config::IngestSettings;
@@ -19,7 +20,7 @@ use crate::db::{self, Applied, DbError};
 use crate::domain::event::{Event, EventKind, Registration, Rejection, StateChange};
 use crate::listener::Reserved;
 use crate::metrics::{self, IngestResult};
-use crate::telemetry::{self, ShutdownSignals};
+use crate::telemetry::{self, ShutdownSignals, otel};
 
 /// How long to wait before asking again when NATS cannot be reached or the stream cannot be set
 /// up at start.
@@ -200,7 +201,8 @@ impl Ingestor {
                     }
                 }
                 // Signals wait until the batch in hand is applied and acked.
-                self.process(sorted).await;
+                let span = batch_span(&sorted);
+                self.process(sorted).instrument(span).await;
             }
         }
     }
@@ -290,7 +292,17 @@ impl Ingestor {
             }
         }
         for (message, kind, rejection) in rejected {
-            self.dead_letter(message, kind, rejection).await;
+            let span = tracing::trace_span!(
+                target: otel::SPANS,
+                "dead-letter publish",
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.operation.type = "send",
+                messaging.destination.name = self.settings.ingest_dead_letter_subject.as_str(),
+            );
+            self.dead_letter(message, kind, rejection)
+                .instrument(span)
+                .await;
         }
     }
 
@@ -366,6 +378,10 @@ impl Ingestor {
         let sequence = message.info().ok().map(|info| info.stream_sequence);
         let mut headers =
             broker::dead_letter_headers(&rejection.0, message.subject.as_str(), sequence);
+        if otel::on() {
+            // Whoever reads the dead letters can follow it back to this batch.
+            otel::inject_nats(&tracing::Span::current(), &mut headers);
+        }
         let subject = self.settings.ingest_dead_letter_subject.as_str();
         let mut stored = broker::store(js, subject, headers.clone(), message.payload.clone()).await;
         if let Err(error) = &stored
@@ -407,6 +423,35 @@ impl Ingestor {
             }
         }
     }
+}
+
+/// The span of one ingest batch (a trace of its own: it serves many publishers), linked to the
+/// trace context each event carried in its headers (`traceparent`, as `publish` sets it).
+/// `Span::none()` when tracing is off.
+fn batch_span(sorted: &Sorted) -> tracing::Span {
+    if !otel::on() {
+        return tracing::Span::none();
+    }
+    let events = sorted.registrations.len() + sorted.changes.len() + sorted.rejected.len();
+    let span = tracing::trace_span!(
+        target: otel::SPANS,
+        parent: None,
+        "ingest batch",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.batch.message_count = events,
+    );
+    let messages = sorted
+        .registrations
+        .iter()
+        .map(|(m, _)| m)
+        .chain(sorted.changes.iter().map(|(m, _)| m))
+        .chain(sorted.rejected.iter().map(|(m, _, _)| m));
+    for headers in messages.filter_map(|m| m.headers.as_ref()) {
+        otel::link_to_nats(&span, headers);
+    }
+    span
 }
 
 /// `first`, and whatever else has already arrived, up to `max`. No timer: the client hands over

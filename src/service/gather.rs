@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 use super::LookupError;
 use super::fetch::{Fetched, fetch_many_unless};
@@ -20,6 +21,7 @@ use crate::cache::local::Source;
 use crate::cache::{CacheKey, RedisCache};
 use crate::db::{Database, DbError};
 use crate::domain::{Instant, VehicleId};
+use crate::telemetry::otel;
 
 /// A miss waiting for its batch.
 struct Miss {
@@ -28,6 +30,8 @@ struct Miss {
     at: Instant,
     queued_at: std::time::Instant,
     reply: oneshot::Sender<Fetched>,
+    /// The request's span, for the batch's parent or link (`Span::none()` untraced).
+    span: tracing::Span,
 }
 
 /// When a batch last found PostgreSQL unavailable, and how.
@@ -92,6 +96,7 @@ impl Gatherer {
             at,
             queued_at,
             reply,
+            span: otel::current(),
         };
         if self.misses.send(miss).await.is_err() {
             return Err(stopped());
@@ -163,38 +168,61 @@ async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>, max_batch
             return;
         }
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            // Misses that waited in the queue while a batch found PostgreSQL unavailable have
-            // waited their share: they are answered from Redis or fail now, as a lone miss would
-            // have; the others ask PostgreSQL again.
-            let last = shared
-                .outage
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let (waited, fresh): (Vec<Miss>, Vec<Miss>) = batch
-                .into_iter()
-                .partition(|m| last.as_ref().is_some_and(|(when, _)| m.queued_at < *when));
-            let mut answered = Vec::with_capacity(waited.len() + fresh.len());
-            for (misses, down) in [(waited, last.map(|(_, e)| e)), (fresh, None)] {
-                if misses.is_empty() {
-                    continue;
+        let span = batch_span(&batch);
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                // Misses that waited in the queue while a batch found PostgreSQL unavailable have
+                // waited their share: they are answered from Redis or fail now, as a lone miss would
+                // have; the others ask PostgreSQL again.
+                let last = shared
+                    .outage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let (waited, fresh): (Vec<Miss>, Vec<Miss>) = batch
+                    .into_iter()
+                    .partition(|m| last.as_ref().is_some_and(|(when, _)| m.queued_at < *when));
+                let mut answered = Vec::with_capacity(waited.len() + fresh.len());
+                for (misses, down) in [(waited, last.map(|(_, e)| e)), (fresh, None)] {
+                    if misses.is_empty() {
+                        continue;
+                    }
+                    let pairs: Vec<(CacheKey, VehicleId, Instant)> =
+                        misses.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
+                    let fetched = shared.fetch(&pairs, down).await;
+                    answered.extend(misses.into_iter().zip(fetched));
                 }
-                let pairs: Vec<(CacheKey, VehicleId, Instant)> =
-                    misses.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
-                let fetched = shared.fetch(&pairs, down).await;
-                answered.extend(misses.into_iter().zip(fetched));
-            }
-            for (miss, result) in answered {
-                if miss.reply.send(result).is_err() {
-                    // Its waiter is gone (the runtime is shutting down); nobody to answer.
-                    tracing::debug!(
-                        key = miss.key.as_str(),
-                        "a gathered miss had no waiter left"
-                    );
+                for (miss, result) in answered {
+                    if miss.reply.send(result).is_err() {
+                        // Its waiter is gone (the runtime is shutting down); nobody to answer.
+                        tracing::debug!(
+                            key = miss.key.as_str(),
+                            "a gathered miss had no waiter left"
+                        );
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
     }
+}
+
+/// The span of a gathered batch: a child of the request that came first, linked both ways
+/// with every other request it answers, so each request's trace shows the batch its time went
+/// to. `Span::none()` when tracing is off.
+fn batch_span(batch: &[Miss]) -> tracing::Span {
+    let Some(first) = batch.first().filter(|_| otel::on()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::trace_span!(
+        target: otel::SPANS,
+        parent: &first.span,
+        "lookup batch",
+        vehicle_state.pairs = batch.len(),
+    );
+    for miss in &batch[1..] {
+        otel::link_both(&span, &miss.span);
+    }
+    span
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant as Clock, SystemTime};
 
 use actix_web::web::Bytes;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::cache::local::Source;
 use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
@@ -18,6 +19,7 @@ use crate::db::{Database, DbError};
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Instant, Outcome, VehicleId};
 use crate::metrics::LookupResult;
+use crate::telemetry::otel;
 
 /// Why a lookup has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -218,24 +220,29 @@ impl StateService {
         // instead of starting the query again.
         let local = self.local.clone();
         let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
-        let (entry, fetched_here) = tokio::spawn(async move {
-            let fetch = async move {
-                let _permit = limit
-                    .try_acquire_owned()
-                    .map_err(|_| Arc::new(LookupError::Overloaded(max_in_flight)))?;
-                fetch.await
-            };
-            // Shared by everyone who waited: the error is already an Arc.
-            local
-                .get_or_fetch(key, fetch)
-                .await
-                .map_err(|e| Arc::clone(&*e))
-        })
+        let (entry, fetched_here) = tokio::spawn(
+            async move {
+                let fetch = async move {
+                    let _permit = limit
+                        .try_acquire_owned()
+                        .map_err(|_| Arc::new(LookupError::Overloaded(max_in_flight)))?;
+                    fetch.await
+                };
+                // Shared by everyone who waited: the error is already an Arc.
+                local
+                    .get_or_fetch(key, fetch)
+                    .await
+                    .map_err(|e| Arc::clone(&*e))
+            }
+            // The fetch's spans belong to the request that started it.
+            .instrument(otel::current()),
+        )
         .await
         .unwrap_or_else(|_| Err(LookupError::crashed()))
         .inspect_err(|error| error.counted_as().count())?;
         let (cache, result) = match (fetched_here, entry.source) {
             (false, source) if source != Source::Stale => {
+                otel::note("waited for another request's fetch (single flight)");
                 (CacheStatus::Hit, LookupResult::Coalesced)
             }
             (_, source) => arrived(source),

@@ -21,7 +21,7 @@ use testcontainers_modules::testcontainers::runners::SyncRunner;
 use tokio::sync::oneshot;
 use vehicle_state::config::{
     CacheSettings, CompressionSettings, CorsSettings, DatabaseSettings, Dataset, HttpSettings,
-    RedisMode, RedisSettings, ServeSettings,
+    RedisMode, RedisSettings, ServeSettings, TraceSettings,
 };
 use vehicle_state::startup::Application;
 
@@ -185,6 +185,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             compression: true,
             compression_min_bytes: 1024,
         },
+        traces: TraceSettings::default(),
         db_probe_interval_ms: 50,
         migrate_on_start: true,
         seed: Some(Dataset::Sample),

@@ -1,4 +1,6 @@
-//! Logs, request ids and the shutdown signal.
+//! Logs, traces, request ids and the shutdown signal.
+
+pub mod otel;
 
 use std::io::IsTerminal;
 use std::time::Instant as Clock;
@@ -11,13 +13,113 @@ use actix_web::{Error, HttpMessage};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, filter};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TraceSettings};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Installs the global subscriber: JSON or human-readable lines on standard output.
-pub fn init(format: LogFormat, filter: EnvFilter) {
+/// Installs the global subscriber: JSON or human-readable lines on standard output, and, when
+/// `traces` names a collector, spans exported to it (`default_name` is their `service.name`
+/// unless OTEL_SERVICE_NAME says otherwise). The returned [`otel::Tracing`] must be shut down
+/// before the process exits.
+pub fn init(
+    format: LogFormat,
+    filter: EnvFilter,
+    traces: Option<(&TraceSettings, &'static str)>,
+) -> Result<Option<otel::Tracing>, String> {
+    let Some((settings, default_name)) = traces else {
+        init_logs(format, filter);
+        return Ok(None);
+    };
+    let Some((tracing, tracer)) = otel::provider(settings, default_name)? else {
+        init_logs(format, filter);
+        return Ok(None);
+    };
+    // Spans of this crate at any level (the work spans are TRACE), and its warnings and errors as
+    // span events; the log filter decides the log lines alone.
+    let traced = filter::filter_fn(|meta| {
+        meta.target().starts_with("vehicle_state")
+            && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
+    });
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_filter(traced);
+    let registry = tracing_subscriber::registry().with(spans);
+    match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(WithTraceIds(
+                        tracing_subscriber::fmt::format()
+                            .json()
+                            .with_target(true)
+                            .flatten_event(true)
+                            .with_current_span(true)
+                            .with_span_list(false),
+                    ))
+                    .with_filter(filter),
+            )
+            .init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_target(true)
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .with_filter(filter),
+            )
+            .init(),
+    }
+    Ok(Some(tracing))
+}
+
+/// JSON lines with the trace and span ids of the request they were written in (`trace_id`,
+/// `span_id`, as OpenTelemetry's log data model names them), so logs and traces join.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.lookup_current().and_then(|span| {
+            tracing::dispatcher::get_default(|dispatch| otel::ids_of(&span.id(), dispatch))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// Log lines alone, as before tracing existed: one global filter, so a callsite the filter
+/// leaves out (every work span) costs nothing.
+fn init_logs(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);
@@ -136,6 +238,9 @@ impl RootSpanBuilder for RequestSpan {
             .get::<RequestMeta>()
             .map(|m| m.id.to_str().unwrap_or("-"))
             .unwrap_or("-");
+        if otel::on() {
+            return traced_request_span(request, id);
+        }
         tracing::info_span!(
             "request",
             request_id = %id,
@@ -145,6 +250,9 @@ impl RootSpanBuilder for RequestSpan {
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        if otel::on() {
+            end_traced_request_span(&span, outcome);
+        }
         let _entered = span.enter();
         match outcome {
             Ok(res) => {
@@ -166,6 +274,54 @@ impl RootSpanBuilder for RequestSpan {
                 "request completed"
             ),
         }
+    }
+}
+
+/// The request span when tracing is on: the same fields for log lines, the caller's
+/// `traceparent` as its parent, its name and kind for the trace (`GET /v1/vehicles/{id}/state`,
+/// server), and the semantic-convention attributes, set on the trace alone so log lines do not
+/// repeat them.
+fn traced_request_span(request: &ServiceRequest, id: &str) -> Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let route = crate::metrics::route_of(request.request());
+    let method = request.method();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        path = %request.path(),
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+    );
+    otel::set_parent(&span, otel::extract(request.headers()));
+    span.set_attribute("http.request.method", method.as_str().to_owned());
+    span.set_attribute("url.path", request.path().to_owned());
+    span.set_attribute("http.route", route);
+    span
+}
+
+/// The answer's status and source on the request span; a 5xx marks it failed (a 4xx is the
+/// caller's error, not the server's, as the HTTP conventions say).
+fn end_traced_request_span<B>(span: &Span, outcome: &Result<ServiceResponse<B>, Error>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let status = match outcome {
+        Ok(res) => {
+            if let Some(cache) = res
+                .headers()
+                .get(HeaderName::from_static("x-cache"))
+                .and_then(|v| v.to_str().ok())
+            {
+                span.set_attribute("vehicle_state.cache", cache.to_owned());
+            }
+            res.status()
+        }
+        Err(error) => error.as_response_error().status_code(),
+    };
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.set_status(opentelemetry::trace::Status::error(
+            status.canonical_reason().unwrap_or("server error"),
+        ));
     }
 }
 
