@@ -357,6 +357,27 @@ fn parse_key_prefix(raw: &str) -> Result<String, String> {
     }
 }
 
+/// An address that may be left empty (`METRICS_BIND_ADDR=` in a compose file means unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(raw: &str) -> Result<OptionalAddr, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(OptionalAddr(None));
+    }
+    raw.parse()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|_| "an address and port such as 0.0.0.0:9464, or empty".to_owned())
+}
+
+impl HttpSettings {
+    /// Where /metrics is served on its own, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_bind_addr.and_then(|addr| addr.0)
+    }
+}
+
 /// The HTTP server.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP")]
@@ -364,6 +385,12 @@ pub struct HttpSettings {
     /// Address and port to listen on (port 0 picks a free one).
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
     pub bind_addr: SocketAddr,
+
+    /// Address and port that serves /metrics apart from BIND_ADDR, so the API can be exposed
+    /// without its metrics (port 0 picks a free one). Set, /metrics on BIND_ADDR answers 404;
+    /// unset or empty, /metrics is served on BIND_ADDR.
+    #[arg(long, env = "METRICS_BIND_ADDR", value_parser = parse_optional_addr)]
+    pub metrics_bind_addr: Option<OptionalAddr>,
 
     /// HTTP worker threads; unset means one per CPU core.
     #[arg(long, env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -714,6 +741,18 @@ pub struct ServeSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_metrics_bind_addr_is_unset_and_an_address_is_taken() {
+        assert_eq!(parse_optional_addr(" "), Ok(OptionalAddr(None)));
+        assert_eq!(
+            parse_optional_addr("127.0.0.1:9464"),
+            Ok(OptionalAddr(Some(
+                "127.0.0.1:9464".parse().expect("an address")
+            )))
+        );
+        assert!(parse_optional_addr("9464").is_err());
+    }
 
     #[test]
     fn a_database_url_prints_without_its_password() {

@@ -26,6 +26,8 @@ use crate::{db, openapi, routes};
 pub struct Application {
     port: u16,
     server: Server,
+    /// The server of METRICS_BIND_ADDR, and its port, when /metrics is served apart.
+    metrics: Option<(u16, Server)>,
     state: web::Data<AppState>,
     drain: Duration,
 }
@@ -39,6 +41,11 @@ impl Application {
         let port = Reserved::bind(settings.http.bind_addr, "BIND_ADDR")?;
         let local = port.local_addr();
         tracing::debug!(address = %local, "port bound; connections are refused until the replica serves");
+        let metrics_port = settings
+            .http
+            .metrics_addr()
+            .map(|addr| Reserved::bind(addr, "METRICS_BIND_ADDR"))
+            .transpose()?;
         let reachable = if settings.migrate_on_start || settings.seed.is_some() {
             db::prepare(&settings.database, settings.seed.map(Into::into)).await?;
             true
@@ -109,13 +116,18 @@ impl Application {
         let cors_settings = settings.cors.clone();
         // The one threshold the middleware and the handlers' 304s both go by.
         let compress_at = state.compress_at;
+        let metrics_apart = metrics_port.is_some();
         let mut server = HttpServer::new(move || {
             let cors = cors::layer(&cors_settings);
             let cors_on = cors.is_some();
             App::new()
                 .app_data(app_state.clone())
                 .into_utoipa_app()
-                .configure(routes::configure)
+                .configure(if metrics_apart {
+                    routes::configure_api
+                } else {
+                    routes::configure
+                })
                 .into_app()
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
@@ -154,9 +166,19 @@ impl Application {
             .context("cannot start the HTTP server")?
             .run();
         tracing::info!(address = %local, "listening");
+        let metrics = match metrics_port {
+            Some(port) => {
+                let address = port.local_addr();
+                let server = metrics_server(state.clone(), port)?;
+                tracing::info!(address = %address, "serving /metrics apart (METRICS_BIND_ADDR)");
+                Some((address.port(), server))
+            }
+            None => None,
+        };
         Ok(Self {
             port: local.port(),
             server,
+            metrics,
             state,
             drain: Duration::from_secs(settings.http.shutdown_drain_secs),
         })
@@ -166,11 +188,25 @@ impl Application {
         self.port
     }
 
+    /// The port of METRICS_BIND_ADDR's server, when /metrics is served apart.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
+    }
+
     /// Serves until `shutdown` resolves; then fails readiness, waits `SHUTDOWN_DRAIN_SECS`,
     /// stops accepting, lets in-flight requests finish (up to `SHUTDOWN_TIMEOUT_SECS`), returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        // Scraped until the public server has stopped, so the drain shows in the metrics.
+        let metrics = self.metrics.map(|(_, metrics)| {
+            let handle = metrics.handle();
+            (handle, AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = metrics.await {
+                    tracing::error!(error = %error, "the /metrics server (METRICS_BIND_ADDR) failed");
+                }
+            })))
+        });
         // Histogram samples no scrape reads are drained now and then, so memory stays bounded.
         let upkeep = tokio::spawn(async {
             let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
@@ -192,11 +228,39 @@ impl Application {
         tokio::time::sleep(self.drain).await;
         handle.stop(true).await;
         server.await.context("the HTTP server task failed")??;
+        if let Some((handle, _task)) = metrics {
+            handle.stop(true).await;
+        }
         self.state.service.db.pool().close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// The server of METRICS_BIND_ADDR: /metrics alone, on one worker, logged and counted like any
+/// request; every other path is a 404 problem.
+fn metrics_server(state: web::Data<AppState>, port: Reserved) -> anyhow::Result<Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .into_utoipa_app()
+            .configure(routes::configure_metrics)
+            .into_app()
+            .default_service(web::to(routes::not_found))
+            .wrap(from_fn(crate::metrics::record_request))
+            .wrap(TracingLogger::<RequestSpan>::new())
+            .wrap(from_fn(telemetry::request_id))
+    })
+    .disable_signals()
+    .workers(1)
+    .shutdown_timeout(METRICS_SHUTDOWN_TIMEOUT_SECS)
+    .listen(port.listen()?)
+    .context("cannot start the /metrics server (METRICS_BIND_ADDR)")?
+    .run())
+}
+
+/// Seconds a scrape in flight gets to finish when the replica stops: a scrape is quick.
+const METRICS_SHUTDOWN_TIMEOUT_SECS: u64 = 2;
 
 /// Aborts a background task when dropped (when `run_until_stopped` returns, however it returns).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

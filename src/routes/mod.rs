@@ -14,13 +14,25 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::{ApiError, RetryAfter};
 
+/// Every route, /metrics included: what the OpenAPI document describes and what the public
+/// port serves unless METRICS_BIND_ADDR takes /metrics elsewhere.
 pub fn configure(cfg: &mut ServiceConfig) {
+    configure_api(cfg);
+    configure_metrics(cfg);
+}
+
+/// Every route but /metrics.
+pub fn configure_api(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
         .service(batch::vehicle_states)
         .service(history::vehicle_history)
         .service(health::livez)
-        .service(health::readyz)
-        .service(metrics::metrics);
+        .service(health::readyz);
+}
+
+/// /metrics alone.
+pub fn configure_metrics(cfg: &mut ServiceConfig) {
+    cfg.service(metrics::metrics);
 }
 
 /// Requests no route takes get a problem body too, not actix's empty 404: 405 when the path is

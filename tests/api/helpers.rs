@@ -163,6 +163,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
         },
         http: HttpSettings {
             bind_addr: "127.0.0.1:0".parse().expect("a literal address"),
+            metrics_bind_addr: None,
             http_workers: Some(1),
             shutdown_drain_secs: 0,
             shutdown_timeout_secs: 5,
@@ -234,6 +235,8 @@ pub fn redis_url() -> String {
 /// One running replica, with the database and key prefix it owns.
 pub struct TestApp {
     pub address: String,
+    /// `http://127.0.0.1:PORT` of METRICS_BIND_ADDR's server, when the settings ask for one.
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     /// A pool on the test's own database, for arranging data and checking what changed.
     pub db: PgPool,
@@ -351,6 +354,9 @@ async fn start(settings: ServeSettings) -> TestApp {
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
+    let metrics_address = application
+        .metrics_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let result = application
@@ -370,6 +376,7 @@ async fn start(settings: ServeSettings) -> TestApp {
         .expect("a client");
     TestApp {
         address,
+        metrics_address,
         client,
         db,
         redis,

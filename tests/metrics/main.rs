@@ -404,3 +404,48 @@ async fn a_cors_preflight_is_neither_a_request_nor_a_lookup_in_the_metrics() {
         "the series are read"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_metrics_bind_addr_metrics_are_served_on_their_own_port_only() {
+    let _serial = one_at_a_time().await;
+    let app = spawn_app_with(|s| {
+        s.http.metrics_bind_addr = Some(vehicle_state::config::OptionalAddr(Some(
+            "127.0.0.1:0".parse().expect("an address"),
+        )))
+    })
+    .await;
+    let metrics = app
+        .metrics_address
+        .clone()
+        .expect("a port of its own for /metrics");
+    assert_ne!(metrics, app.address);
+
+    app.get("/metrics")
+        .await
+        .assert_problem(404, "/problems/route-not-found");
+    let answer = app.get("/vehicles/3/timestamp/2022-09-12T10:00:00Z").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    let get = |path: &str| {
+        let url = format!("{metrics}{path}");
+        let client = app.client.clone();
+        async move {
+            let reply = client.get(url).send().await.expect("a response");
+            let status = reply.status().as_u16();
+            (status, reply.text().await.expect("a body"))
+        }
+    };
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "vehicle_state_http_requests_total{{route=\"{ROUTE}\",status=\"200\"}} "
+        ))),
+        "the public port's lookup is counted in what the metrics port serves:\n{text}"
+    );
+    let (status, text) = get("/vehicles/3/timestamp/2022-09-12T10:00:00Z").await;
+    assert_eq!(
+        status, 404,
+        "the metrics port serves nothing but /metrics: {text}"
+    );
+}
