@@ -236,6 +236,7 @@ pub fn redis_url() -> String {
 pub struct TestApp {
     pub address: String,
     /// `http://127.0.0.1:PORT` of METRICS_BIND_ADDR's server, when the settings ask for one.
+    #[allow(dead_code, reason = "read by the metrics suite, which includes this file too")]
     pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     /// A pool on the test's own database, for arranging data and checking what changed.
