@@ -128,6 +128,15 @@ fn remove_containers() {
     });
 }
 
+/// A builder for the tests' HTTP clients. The service's trace exporter has reqwest use rustls
+/// with the process-wide crypto provider and none of its own, so a client in a test process
+/// installs the same one (ring) first, or building it panics.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // Err: already installed, by an earlier client or the service in this process.
+    let _installed = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// Settings as `serve` would read them, every field explicit so the environment of the test run
 /// cannot change them.
 pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSettings {
@@ -236,7 +245,10 @@ pub fn redis_url() -> String {
 pub struct TestApp {
     pub address: String,
     /// `http://127.0.0.1:PORT` of METRICS_BIND_ADDR's server, when the settings ask for one.
-    #[allow(dead_code, reason = "read by the metrics suite, which includes this file too")]
+    #[allow(
+        dead_code,
+        reason = "read by the metrics suite, which includes this file too"
+    )]
     pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     /// A pool on the test's own database, for arranging data and checking what changed.
@@ -370,7 +382,7 @@ async fn start(settings: ServeSettings) -> TestApp {
             eprintln!("test server failed: {e:#}");
         }
     });
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()

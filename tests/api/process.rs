@@ -111,7 +111,7 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
     let app = spawn_app().await;
     let Binary { child, address, .. } = start_binary(&app, &[("SHUTDOWN_DRAIN_SECS", "1")]);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client_builder().build().expect("a client");
     assert_eq!(
         client
             .get(format!("{address}/readyz"))
@@ -243,7 +243,7 @@ async fn a_second_sigterm_exits_at_once_without_the_drain() {
 async fn each_request_writes_one_json_log_line_with_its_request_id() {
     let app = spawn_app().await;
     let binary = start_binary(&app, &[]);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client_builder().build().expect("a client");
 
     for (id, path) in [
         ("req-lookup-1", "/vehicles/3/timestamp/1662976800"),
@@ -424,7 +424,7 @@ async fn while_postgres_is_known_down_the_log_says_so_once_not_once_per_request(
         .as_str()
         .expect("an address")
         .to_owned();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client_builder().build().expect("a client");
 
     let mut statuses = Vec::new();
     for second in 0..5 {
@@ -481,7 +481,7 @@ async fn when_redis_returns_the_log_says_so_once() {
             ("LOCAL_CACHE_MAX_BYTES", "0"),
         ],
     );
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client_builder().build().expect("a client");
     let lookup = |second: u32| {
         let url = format!(
             "{}/vehicles/2/timestamp/{}",

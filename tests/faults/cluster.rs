@@ -30,7 +30,7 @@ pub async fn bounded(scenario: impl Future<Output = ()>) {
 
 /// An HTTP client whose every request gives up after 10 s.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("a client")
@@ -267,6 +267,12 @@ impl Replica {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no VmRSS for {}", self.pid()))
+    }
+
+    /// Everything it has logged so far. (For the `traces` suite.)
+    #[allow(dead_code)]
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {
