@@ -437,7 +437,10 @@ impl RedisCache {
         if let Some(held) = held {
             return Ok(held);
         }
-        let pooled = self.pool.get().await?;
+        // Boxed: the pool's future holds a whole connect (Sentinel and Cluster ones are
+        // kilobytes), and unboxed it would make every call's future that large, copied at each
+        // await of each layer above, while the held connection above is what calls use.
+        let pooled = Box::pin(self.pool.get()).await?;
         // A clone is another handle on the same socket; the pooled object goes back to the pool.
         let conn: Connection = (*pooled).clone();
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
