@@ -22,7 +22,6 @@ use std::time::{Duration, Instant, SystemTime};
 use actix_web::web::Bytes;
 use anyhow::Context;
 use deadpool::Runtime;
-use tracing::Instrument;
 
 use super::topology::{self, Connection, Manager, Nodes, Pool};
 use super::{Answer, CacheError, CacheKey, Corrupt, time_left, unix_ms};
@@ -183,10 +182,7 @@ impl RedisCache {
             db.operation.name = "GET",
             db.operation.batch.size = keys.len(),
         );
-        self.read_many(keys)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| otel::failed(&span, error))
+        otel::traced(span, self.read_many(keys)).await
     }
 
     async fn read_many(
@@ -278,10 +274,7 @@ impl RedisCache {
             db.operation.name = "SET",
             db.operation.batch.size = entries.len(),
         );
-        self.write_many(entries)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| otel::failed(&span, error))
+        otel::traced(span, self.write_many(entries)).await
     }
 
     async fn write_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {

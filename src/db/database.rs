@@ -17,7 +17,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::{Connection, Executor};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use super::DbError;
 use crate::config::{DatabaseSettings, DatabaseUrl};
@@ -108,10 +107,7 @@ impl Database {
             db.query.summary = "lookup_many",
             vehicle_state.pairs = pairs.len(),
         );
-        self.guarded(super::lookup_many(&self.pool, pairs))
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| otel::failed(&span, error))
+        otel::traced(span, self.guarded(super::lookup_many(&self.pool, pairs))).await
     }
 
     /// [`super::history`], failing at once while PostgreSQL is known down.
@@ -124,10 +120,7 @@ impl Database {
             db.operation.name = "SELECT",
             db.query.summary = "history",
         );
-        self.guarded(super::history(&self.pool, query))
-            .instrument(span.clone())
-            .await
-            .inspect_err(|error| otel::failed(&span, error))
+        otel::traced(span, self.guarded(super::history(&self.pool, query))).await
     }
 
     /// Whether PostgreSQL answers a trivial query (for `/readyz`); at once while it is known

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
-use tracing::Instrument;
 
 use super::DbError;
 use crate::domain::event::{Registration, StateChange};
@@ -162,7 +161,7 @@ pub async fn apply(
         db.query.summary = "apply_events",
         vehicle_state.events = registrations.len() + changes.len(),
     );
-    let (tx, rows) = async {
+    let (tx, rows) = otel::traced(statement, async {
         let mut tx = pool.begin().await?;
         sqlx::query(LOCK_SQL)
             .bind(INGEST_LOCK_SPACE)
@@ -179,10 +178,8 @@ pub async fn apply(
             .fetch_all(&mut *tx)
             .await?;
         Ok::<_, sqlx::Error>((tx, rows))
-    }
-    .instrument(statement.clone())
-    .await
-    .inspect_err(|error| otel::failed(&statement, error))?;
+    })
+    .await?;
     let commit = tracing::trace_span!(
         target: otel::SPANS,
         "postgresql COMMIT",
@@ -190,10 +187,7 @@ pub async fn apply(
         db.system = "postgresql",
         db.operation.name = "COMMIT",
     );
-    tx.commit()
-        .instrument(commit.clone())
-        .await
-        .inspect_err(|error| otel::failed(&commit, error))?;
+    otel::traced(commit, tx.commit()).await?;
 
     let mut outcome = BatchOutcome {
         registrations: vec![Applied::Duplicate; registrations.len()],

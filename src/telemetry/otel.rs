@@ -288,6 +288,20 @@ pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
     propagator().inject_context(&span.context(), &mut Headers(headers));
 }
 
+/// Runs `work` inside `span`, and marks the span failed if the work fails: what every span
+/// around a Redis or PostgreSQL call does.
+pub async fn traced<T, E: std::fmt::Display>(
+    span: tracing::Span,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use tracing::Instrument;
+    let result = work.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        failed(&span, error);
+    }
+    result
+}
+
 /// Marks `span` failed with `error`'s message (when tracing is on).
 pub fn failed(span: &tracing::Span, error: &dyn std::fmt::Display) {
     if on() {
@@ -304,7 +318,7 @@ pub fn note(what: &'static str) {
 }
 
 /// The span context of `span` (activating it), for a link.
-pub fn span_context(span: &tracing::Span) -> SpanContext {
+fn span_context(span: &tracing::Span) -> SpanContext {
     span.context().span().span_context().clone()
 }
 
