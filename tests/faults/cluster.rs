@@ -291,6 +291,22 @@ impl Drop for Replica {
     }
 }
 
+/// The value of the series `name` (with its labels, as exposed) on a process's `/metrics`; None
+/// when absent or unreadable. (For the `ingest` and `traces` suites.)
+#[allow(dead_code)]
+pub async fn metric(process: &Replica, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{}/metrics", process.url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A database of the test's own on the shared server, migrated and seeded with the sample data
 /// by the binary itself, and a Redis key prefix of its own; both removed when dropped.
 pub fn sample_database() -> Scratch {

@@ -23,7 +23,8 @@ mod poison;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Replica, run_binary};
+pub use cluster::metric;
+use cluster::run_binary;
 use helpers::Scratch;
 
 /// Rows of both tables, sorted: `vehicles` (id, make, model, state) and `"stateLogs"`
@@ -111,21 +112,6 @@ pub async fn log_rows(database_url: &str) -> i64 {
         .expect("count");
     pool.close().await;
     count
-}
-
-/// The value of the series `name` (with its labels, as exposed) on an ingest process's
-/// `/metrics`; None when absent.
-pub async fn metric(process: &Replica, name: &str) -> Option<f64> {
-    let text = cluster::client()
-        .get(format!("{}/metrics", process.url()))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The invariant: every registered vehicle's state is that of its latest change (by time, ties

@@ -69,16 +69,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn metric(replica: &Replica, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", replica.url()))
-        .send()
+    crate::cluster::metric(replica, name)
         .await
-        .expect("a scrape")
-        .text()
-        .await
-        .expect("metrics");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name}"))
 }
 
