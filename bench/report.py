@@ -7,7 +7,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
-raw, out_json, out_svg, duration, connections = sys.argv[1:6]
+raw, out_json, out_svg, duration, connections, work, out_explain = sys.argv[1:8]
 WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "preflight"]
 NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (random)",
          "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)",
@@ -16,6 +16,9 @@ NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (
 
 rows = [json.loads(line) for line in open(raw) if line.strip()]
 sizes = list(dict.fromkeys(r["size"] for r in rows))
+# Row counts and on-disk sizes of each data set: not a workload.
+tables = {r["size"]: r["result"] for r in rows if r["workload"] == "tables"}
+rows = [r for r in rows if r["workload"] != "tables"]
 by = {(r["size"], r["workload"]): r["result"] for r in rows}
 for result in by.values():
     result.setdefault("rps", result["requests"] / result["seconds"] if result.get("seconds") else 0)
@@ -59,12 +62,62 @@ for size in sizes:
           f"batch/cold lookups {ratios[size]['batch_lookups_over_cold']}, "
           f"batch/db lookups {ratios[size]['batch_lookups_over_db']}")
 
+# Where each lookup's CPU went, in µs of core time per lookup: the service (user, system),
+# PostgreSQL, Redis, and the rest of the machine (wrk, and the kernel on its behalf).
+print(f"\n{'size':>9} {'workload':<24} {'µs CPU per lookup:':>18} {'service user':>12} {'system':>7} "
+      f"{'postgres':>8} {'redis':>6} {'rest':>6} {'total':>6}")
+for size in sizes:
+    for w in ["livez", "hot", "cold", "mixed", "batch"]:
+        r = by.get((size, w))
+        if not r or "cpu_s" not in r or not r.get("requests"):
+            continue
+        c = r["cpu_s"]
+        n = r["requests"] * r.get("lookups_per_request", 1)
+        us = lambda v: 1e6 * v / n
+        rest = c["machine"] - c["service_user"] - c["service_system"] - c["postgres"] - c["redis"]
+        r["cpu_us_per_lookup"] = {k: round(us(v), 1) for k, v in
+                                  {**c, "rest": rest}.items()}
+        print(f"{size:>9} {NAMES[w]:<24} {'':>18} {us(c['service_user']):>12.1f} {us(c['service_system']):>7.1f} "
+              f"{us(c['postgres']):>8.1f} {us(c['redis']):>6.1f} {us(rest):>6.1f} {us(c['machine']):>6.1f}")
+
+# How the cold path's cost moves as the data grows (issue 21: p99 at most 10 ms at every size,
+# req/s at the largest at least 0.8 of the smallest), beside the tables' sizes.
+grown = [s for s in sizes if s != "sample" and (s, "cold") in by]
+curve = {}
+if grown:
+    print(f"\n{'vehicles':>9} {'stateLogs rows':>14} {'tables MB':>10} {'indexes MB':>10} "
+          f"{'cold req/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'vs first':>8} {'batch lookups/s':>15}")
+    first = by[(grown[0], "cold")]["rps"]
+    for size in grown:
+        cold, t = by[(size, "cold")], tables.get(size, {})
+        curve[size] = {"rps": round(cold["rps"]), "p50_ms": cold["p50_ms"], "p99_ms": cold["p99_ms"],
+                       "rps_over_first": round(cold["rps"] / first, 3),
+                       "batch_lookups_per_s": round(by.get((size, "batch"), {}).get("lookups_per_s", 0)),
+                       **t}
+        table_mb = t.get("vehicles_table_mb", 0) + t.get("state_logs_table_mb", 0)
+        index_mb = t.get("vehicles_indexes_mb", 0) + t.get("state_logs_indexes_mb", 0)
+        print(f"{size:>9} {t.get('state_logs', ''):>14} {table_mb:>10.1f} {index_mb:>10.1f} "
+              f"{cold['rps']:>10.0f} {cold['p50_ms']:>7.2f} {cold['p99_ms']:>7.2f} "
+              f"{curve[size]['rps_over_first']:>8} {curve[size]['batch_lookups_per_s']:>15}")
+
+# The plan of the statement the service sends, at the largest size measured.
+plans = [s for s in sizes if os.path.exists(f"{work}/explain-{s}.txt")]
+if plans:
+    largest = plans[-1]
+    plan = open(f"{work}/explain-{largest}.txt").read()
+    with open(out_explain, "w") as f:
+        f.write(f"-- LOOKUP_MANY_SQL with 100 random pairs, {largest} vehicles "
+                f"({tables.get(largest, {}).get('state_logs', '?')} stateLogs rows)\n")
+        f.write(plan)
+    print(f"wrote {out_explain}")
+
 document = {
     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     "machine": {"cores": os.cpu_count(), "kernel": platform.release()},
     "duration": duration, "connections": int(connections),
     "results": [{"size": s, "workload": w, **by[(s, w)]} for s in sizes for w in WORKLOADS if (s, w) in by],
     "ratios": ratios,
+    "cold_curve": curve,
 }
 json.dump(document, open(out_json, "w"), indent=2)
 print(f"\nwrote {out_json}")
@@ -79,12 +132,35 @@ with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as data:
     data.write("workload " + " ".join(f'"{s}"' for s in sizes) + "\n")
     for w in measured:
         data.write(f'"{NAMES[w]}" ' + " ".join(str(by.get((s, w), {}).get("p99_ms", 0)) for s in sizes) + "\n")
+# The curve: cold req/s (left axis) and p50/p99 (right axis) against the number of vehicles.
+curve_plot = ""
+if curve:
+    with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as c:
+        for size, point in curve.items():
+            c.write(f"{size} {point['rps']} {point['p50_ms']} {point['p99_ms']}\n")
+    curve_plot = f"""
+unset logscale y
+set style data linespoints
+set xtics auto
+set logscale x 10
+set xlabel 'vehicles'
+set format x '%.0s%c'
+set ylabel 'cold req/s'
+set yrange [0:*]
+set y2label 'cold latency (ms)'
+set y2range [0:*]
+set y2tics
+set key top right title 'cold, by size'
+plot '{c.name}' using 1:2 axes x1y1 title 'req/s' lw 2, \\
+     '' using 1:3 axes x1y2 title 'p50 ms' lw 2, \\
+     '' using 1:4 axes x1y2 title 'p99 ms' lw 2
+"""
 columns = " , ".join(f"'{data.name}' index {{i}} using {c + 2}:xtic(1) title columnheader({c + 2})"
                      for c in range(len(sizes)))
 script = f"""
-set terminal svg size 1000,700 dynamic font 'sans,11' background '#ffffff'
+set terminal svg size 1000,1000 dynamic font 'sans,11' background '#ffffff'
 set output '{out_svg}'
-set multiplot layout 2,1 title 'vehicle-state on {os.cpu_count()} cores, {connections} connections, {duration} per workload'
+set multiplot layout 3,1 title 'vehicle-state on {os.cpu_count()} cores, {connections} connections, {duration} per workload'
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -95,8 +171,11 @@ plot {columns.format(i=0)}
 set ylabel 'p99 latency (ms)'
 set logscale y
 plot {columns.format(i=1)}
+{curve_plot}
 unset multiplot
 """
 subprocess.run(["gnuplot"], input=script, text=True, check=True)
 os.unlink(data.name)
+if curve:
+    os.unlink(c.name)
 print(f"wrote {out_svg}")
