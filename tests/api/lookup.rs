@@ -232,6 +232,55 @@ async fn the_lookup_statement_is_answered_by_index_scans() {
     assert_eq!(reply.json()["state"], "sold");
 }
 
+/// The service's connections plan generically (`plan_cache_mode = force_generic_plan`, so that
+/// no execution is planned again): the generic plans, for any batch length and any page, are
+/// the same index probes.
+#[tokio::test]
+async fn the_service_statements_keep_their_index_plans_when_generic() {
+    let app = spawn_app().await;
+    sqlx::raw_sql(
+        r#"INSERT INTO vehicles SELECT g, 'MAKE', 'MODEL', 'sold' FROM generate_series(100, 20099) g;
+           INSERT INTO "stateLogs" SELECT g, s, TIMESTAMPTZ '2020-01-01' + (g || ' minutes')::interval
+             FROM generate_series(100, 20099) g, unnest(ARRAY['quoted', 'selling', 'sold']) s;
+           ANALYZE vehicles; ANALYZE "stateLogs";"#,
+    )
+    .execute(&app.db)
+    .await
+    .expect("bulk rows");
+    let mut conn = app.db.acquire().await.expect("a connection");
+    let prepare = format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE lookup AS {}; PREPARE page AS {};",
+        vehicle_state::db::LOOKUP_MANY_SQL,
+        vehicle_state::db::HISTORY_SQL
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+        .execute(&mut *conn)
+        .await
+        .expect("prepare");
+
+    for execute in [
+        "EXECUTE lookup('{5000}', '{2030-01-01}')",
+        "EXECUTE lookup('{5000,17,20099,100,3}', '{2030-01-01,2021-01-01,2020-01-02,2019-01-01,2030-01-01}')",
+        "EXECUTE page(5000, NULL, NULL, -1, '', 51)",
+        "EXECUTE page(5000, '2020-01-04', '2020-01-04', 4, '', 51)",
+        "EXECUTE page(5000, NULL, '2020-01-04', 2, 'selling', 11)",
+    ] {
+        let plan: Vec<(String,)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN {execute}")))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain");
+        let plan: String = plan.into_iter().map(|(line,)| line + "\n").collect();
+
+        assert!(plan.contains("vehicles_pkey"), "{execute}\n{plan}");
+        assert!(
+            plan.contains("stateLogs_vehicleId_timestamp_idx"),
+            "{execute}\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{execute}\n{plan}");
+    }
+}
+
 #[tokio::test]
 async fn head_answers_like_get_without_a_body() {
     let app = spawn_app().await;
