@@ -9,8 +9,15 @@
 //! task at all: it is fetched in its own task, holding a slot, exactly as without gathering (no
 //! channel hop, no wake-up of another task), and misses arriving meanwhile queue for the
 //! gathering task. Under load something is always in flight, so every miss is gathered.
+//!
+//! Each thread that serves lookups (each HTTP worker) gathers its own misses: its own queue and
+//! gathering task, started on its own runtime the first time it misses, so a miss, its batch and
+//! its answer never leave the thread that took the request (no wake-up of another thread, which
+//! on a busy machine costs more than the batch's own work). The slots and the outage record are
+//! the process's: `LOOKUP_BATCHES_IN_FLIGHT` bounds the batches of all workers together.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
@@ -37,27 +44,48 @@ struct Miss {
 /// When a batch last found PostgreSQL unavailable, and how.
 type LastOutage = Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<LookupError>)>>>;
 
-/// Where misses are sent to be gathered.
+/// Where misses are sent to be gathered: shared by every thread, each of which has a queue of
+/// its own (its lane).
 pub struct Gatherer {
-    misses: mpsc::Sender<Miss>,
     shared: Arc<Shared>,
 }
 
-/// What the gathering task and misses fetched on their own share.
+/// What the gathering tasks and misses fetched on their own share.
 struct Shared {
     db: Database,
     redis: Arc<RedisCache>,
-    /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched; the
-    /// gathering task holds one while it waits for misses.
+    /// `LOOKUP_BATCHES_IN_FLIGHT` slots, one per batch (or lone miss) being fetched, whichever
+    /// thread's it is.
     slots: Arc<Semaphore>,
-    /// Free slots when nothing is in flight: all but the gathering task's.
-    idle_slots: usize,
+    /// All the slots: what is free when nothing is in flight.
+    all_slots: usize,
+    max_batch: usize,
+    /// Bound of each lane's queue.
+    queue: usize,
     outage: LastOutage,
 }
 
+thread_local! {
+    /// This thread's lanes: one per gatherer it has served a miss of (one, but for tests that
+    /// run several services in a process), each the sending end of its gathering task's queue.
+    static LANES: RefCell<Vec<(Weak<Shared>, mpsc::Sender<Miss>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a miss does, decided in its thread's lane.
+enum Route {
+    /// Nothing in flight, nobody queued: fetched at once by the miss's own task, in this slot.
+    Alone(tokio::sync::OwnedSemaphorePermit, Miss),
+    /// Queued: the answer comes from the batch that takes it.
+    Queued(oneshot::Receiver<Fetched>),
+    /// The lane's queue is full (it cannot be: each queued miss holds a permit of
+    /// `LOOKUP_CONCURRENCY_LIMIT`, which bounds it), so the miss waits for room.
+    Full(mpsc::Sender<Miss>, Miss, oneshot::Receiver<Fetched>),
+}
+
 impl Gatherer {
-    /// Starts the gathering task. `queue` bounds the misses waiting (each holds a permit of
-    /// `LOOKUP_CONCURRENCY_LIMIT`, so that limit is the natural bound).
+    /// A gatherer; each thread's gathering task starts on that thread's first miss. `queue`
+    /// bounds the misses waiting in each (each holds a permit of `LOOKUP_CONCURRENCY_LIMIT`, so
+    /// that limit is the natural bound).
     pub fn start(
         db: Database,
         redis: Arc<RedisCache>,
@@ -65,43 +93,86 @@ impl Gatherer {
         in_flight: usize,
         queue: usize,
     ) -> Self {
-        let (misses, queued) = mpsc::channel(queue.max(1));
         let shared = Arc::new(Shared {
             db,
             redis,
             slots: Arc::new(Semaphore::new(in_flight.max(1))),
-            idle_slots: in_flight.max(1) - 1,
+            all_slots: in_flight.max(1),
+            max_batch: max_batch.max(1),
+            queue: queue.max(1),
             outage: LastOutage::default(),
         });
-        tokio::spawn(gather(queued, shared.clone(), max_batch.max(1)));
-        Self { misses, shared }
+        Self { shared }
     }
 
     /// The entry for one key: fetched at once in this task when nothing is in flight or queued,
-    /// else in whichever batch takes it.
+    /// else in whichever batch of this thread takes it.
     pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Instant) -> Fetched {
-        let queued_at = std::time::Instant::now();
-        let idle = self.shared.idle_slots > 0
-            && self.shared.slots.available_permits() == self.shared.idle_slots
-            && self.misses.capacity() == self.misses.max_capacity();
-        if idle && let Ok(slot) = self.shared.slots.clone().try_acquire_owned() {
-            let _slot = slot;
-            let mut fetched = self.shared.fetch(&[(key, id, at)], None).await;
-            return fetched.pop().unwrap_or_else(|| Err(stopped()));
-        }
         let (reply, answer) = oneshot::channel();
         let miss = Miss {
             key,
             id,
             at,
-            queued_at,
+            queued_at: std::time::Instant::now(),
             reply,
             span: otel::current(),
         };
-        if self.misses.send(miss).await.is_err() {
-            return Err(stopped());
+        match self.route(miss, answer) {
+            Route::Alone(slot, miss) => {
+                let _slot = slot;
+                let mut fetched = self
+                    .shared
+                    .fetch(&[(miss.key, miss.id, miss.at)], None)
+                    .await;
+                fetched.pop().unwrap_or_else(|| Err(stopped()))
+            }
+            Route::Queued(answer) => answer.await.unwrap_or_else(|_| Err(stopped())),
+            Route::Full(lane, miss, answer) => {
+                if lane.send(miss).await.is_err() {
+                    return Err(stopped());
+                }
+                answer.await.unwrap_or_else(|_| Err(stopped()))
+            }
         }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// This thread's lane (started if it has none, or if its task has ended with the runtime
+    /// it ran on) takes the miss, or lets it go alone.
+    fn route(&self, miss: Miss, answer: oneshot::Receiver<Fetched>) -> Route {
+        LANES.with_borrow_mut(|lanes| {
+            let at = lanes
+                .iter()
+                .position(|(shared, _)| std::ptr::eq(shared.as_ptr(), Arc::as_ptr(&self.shared)));
+            let lane = match at {
+                Some(at) if !lanes[at].1.is_closed() => &lanes[at].1,
+                found => {
+                    if let Some(at) = found {
+                        lanes.swap_remove(at);
+                    }
+                    // Lanes of services that are gone (their tasks end with their queues).
+                    lanes.retain(|(shared, _)| shared.strong_count() > 0);
+                    let (misses, queued) = mpsc::channel(self.shared.queue);
+                    tokio::spawn(gather(queued, self.shared.clone()));
+                    lanes.push((Arc::downgrade(&self.shared), misses));
+                    &lanes[lanes.len() - 1].1
+                }
+            };
+            let idle = lane.capacity() == lane.max_capacity()
+                && self.shared.slots.available_permits() == self.shared.all_slots;
+            if idle && let Ok(slot) = self.shared.slots.clone().try_acquire_owned() {
+                return Route::Alone(slot, miss);
+            }
+            match lane.try_send(miss) {
+                Ok(()) => Route::Queued(answer),
+                Err(mpsc::error::TrySendError::Full(miss)) => {
+                    Route::Full(lane.clone(), miss, answer)
+                }
+                // Just checked open, and only its task, on this thread, could close it.
+                Err(mpsc::error::TrySendError::Closed(miss)) => {
+                    Route::Full(lane.clone(), miss, answer)
+                }
+            }
+        })
     }
 }
 
@@ -157,15 +228,23 @@ fn stopped() -> Arc<LookupError> {
     LookupError::crashed()
 }
 
-async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>, max_batch: usize) {
+/// One thread's gathering task: takes what its lane has queued, waits for a slot (misses
+/// arriving meanwhile join the batch, up to `LOOKUP_BATCH_MAX`), and fetches it in a task of its
+/// own, on this thread's runtime.
+async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>) {
+    let max_batch = shared.max_batch;
     loop {
-        // Wait for a free slot first: misses arriving meanwhile queue up for the next batch.
-        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
-            return;
-        };
         let mut batch = Vec::with_capacity(max_batch);
         if queued.recv_many(&mut batch, max_batch).await == 0 {
             return;
+        }
+        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
+            return;
+        };
+        while batch.len() < max_batch
+            && let Ok(miss) = queued.try_recv()
+        {
+            batch.push(miss);
         }
         let shared = shared.clone();
         let span = batch_span(&batch);
