@@ -67,7 +67,11 @@ impl StateService {
                     Ok(entry) => {
                         let (cache, result) = arrived(entry.source);
                         result.count();
-                        if entry.source != Source::Stale {
+                        // Admitted to memory on second sight: an answer Redis held was asked
+                        // before (here or by another replica). One just read from PostgreSQL is
+                        // in Redis now, where the next ask finds it (and admits it); a batch of
+                        // keys asked once would only churn memory (and cost an insert each).
+                        if entry.source == Source::Redis {
                             self.local.insert(key.clone(), entry.clone()).await;
                         }
                         Ok((entry, cache))

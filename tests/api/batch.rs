@@ -74,6 +74,49 @@ async fn a_batch_answers_every_item_in_order_as_the_single_lookup_would() {
     assert_eq!(single_after.json(), items[1]["answer"]);
 }
 
+/// A batch admits to memory on second sight: an answer it reads from PostgreSQL goes to Redis
+/// only (pairs asked once would churn memory); one it finds in Redis was asked before, and is
+/// kept in memory too.
+#[tokio::test]
+async fn a_batch_keeps_in_memory_what_redis_held_not_what_it_read_first() {
+    let app = spawn_app().await;
+    let forget_redis = || async {
+        let mut redis = app.redis_conn().await;
+        for key in app.cache_keys().await {
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .expect("DEL");
+        }
+    };
+
+    // Read first: to Redis only.
+    let once = results(
+        &app.batch(json!([{"id": 3, "timestamp": "2022-09-13T00:00:00Z"}]))
+            .await,
+    );
+    forget_redis().await;
+    let once_after = app.state_at("3", "2022-09-13T00:00:00Z").await;
+    // Read, then found in Redis: to memory too.
+    let first = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
+    let second = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
+    forget_redis().await;
+    let twice_after = app.state_at("2", T).await;
+
+    assert_eq!(once[0]["cache"], "MISS");
+    assert_eq!(
+        once_after.header("x-cache"),
+        "MISS",
+        "read once: in Redis only, and Redis forgot it"
+    );
+    assert_eq!(once_after.json(), once[0]["answer"]);
+    assert_eq!(first[0]["cache"], "MISS");
+    assert_eq!(second[0]["cache"], "HIT", "from Redis");
+    assert_eq!(twice_after.header("x-cache"), "HIT", "from memory");
+    assert_eq!(twice_after.json(), first[0]["answer"]);
+}
+
 #[tokio::test]
 async fn a_batch_during_a_postgres_outage_answers_cached_items_and_503s_the_others() {
     let app = spawn_app().await;
