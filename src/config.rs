@@ -168,7 +168,8 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_CLIENT_KEY", value_parser = PemFile::read)]
     pub redis_client_key: Option<PemFile>,
 
-    /// Most connections one replica holds to Redis (each is multiplexed).
+    /// Most connections one replica holds to Redis: one per thread that asks it (each HTTP
+    /// worker), each multiplexed; threads beyond it share the newest.
     #[arg(long, env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub redis_pool_max_size: u64,
 

@@ -5,18 +5,24 @@
 //! PostgreSQL instead. Broken connections are replaced by the pool, so the cache comes back by
 //! itself when Redis does.
 //!
-//! One multiplexed connection carries any number of concurrent commands, so the service holds a
-//! handle to one taken from the pool and uses it until a call fails; only then does it go back to
-//! the pool, which checks (with a PING) or replaces connections. Taking a connection from
-//! deadpool-redis for every call would add that PING round trip to every lookup.
+//! One multiplexed connection carries any number of concurrent commands, so each thread that
+//! calls Redis (each HTTP worker) holds one of its own, made on its own runtime, and uses it until
+//! a call fails: its replies then wake only the thread that asked (a connection shared by all
+//! workers has its driver on one runtime, and every round trip woke another thread and back).
+//! Taking a connection from deadpool-redis for every call would add the pool's PING round trip
+//! to every lookup, so the pool makes them (within `REDIS_TIMEOUT_MS`) and hands them over. At
+//! most `REDIS_POOL_MAX_SIZE` are held; a thread beyond that shares the newest one. A call that
+//! cannot reach Redis retires every connection made before it, on every thread: each thread's
+//! next call makes a new one.
 //!
 //! After a failure, Redis is left alone for `REDIS_RETRY_INTERVAL_MS`: calls fail at once
 //! instead of each waiting out the timeout on a Redis that hangs, then one call tries it again
 //! for everyone. So a dead or hanging Redis costs a lookup nothing, and at most one lookup per
 //! interval pays the timeout.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::web::Bytes;
@@ -41,9 +47,18 @@ pub enum Cached {
 pub struct RedisCache {
     pool: Pool,
     mode: RedisMode,
-    /// The connection in use and its generation, until a call on it fails.
-    held: Mutex<Option<(u64, Connection)>>,
+    /// Which cache a thread's held connection is for (unique in the process, never reused).
+    id: u64,
+    /// Alive as long as the cache: a thread's connections of caches that are gone are dropped.
+    alive: Arc<()>,
+    /// Connections held by threads now, at most `REDIS_POOL_MAX_SIZE`.
+    held: Arc<AtomicUsize>,
+    max_held: usize,
+    /// The newest connection made, and its generation: for threads beyond `max_held`.
+    newest: Mutex<Option<(u64, Connection)>>,
     generations: AtomicU64,
+    /// Connections of this generation and older are retired: a call on one could not reach Redis.
+    retired: AtomicU64,
     prefix: String,
     ttl: Duration,
     /// TTL plus the stale-if-error window: how long answers are kept.
@@ -130,8 +145,13 @@ impl RedisCache {
         Ok(Self {
             pool,
             mode,
-            held: Mutex::new(None),
+            id: CACHES.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
+            held: Arc::new(AtomicUsize::new(0)),
+            max_held: usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX),
+            newest: Mutex::new(None),
             generations: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
             prefix: cache.cache_key_prefix.clone(),
             ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
             keep: Duration::from_secs(
@@ -406,38 +426,66 @@ impl RedisCache {
         (!matches!(error, CacheError::CoolingDown(_))).then_some(errors)
     }
 
-    /// Connections in use (the one lookups share, while held, and any checked out of the pool
-    /// for a check) and idle in the pool. The held connection's pooled object went back to the
-    /// pool when it was taken, so the pool counts it as available: it is moved to `in_use`.
+    /// Connections in use: those the threads hold (each handed over by the pool, which no longer
+    /// counts it) and any the pool is making or has made for a thread; idle ones in the pool.
     pub fn pool_gauge(&self) -> crate::metrics::PoolGauge {
         let status = self.pool.status();
-        let held = usize::from(
-            self.held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some(),
-        );
-        let idle = status.available.saturating_sub(held);
         crate::metrics::PoolGauge {
-            in_use: status.size.saturating_sub(idle),
-            idle,
+            in_use: status.size.saturating_sub(status.available)
+                + self.held.load(Ordering::Relaxed),
+            idle: status.available,
         }
     }
 
-    /// The held connection and its generation, or a new one from the pool.
+    /// This thread's connection and its generation; a new one, from the pool, if it has none or
+    /// its connection was retired; the newest one made, shared, once `REDIS_POOL_MAX_SIZE` are
+    /// held.
     async fn connection(&self) -> Result<(u64, Connection), CacheError> {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(held) = held {
-            return Ok(held);
+        let retired = self.retired.load(Ordering::Relaxed);
+        let mine = HELD.with_borrow_mut(|held| {
+            let at = held.iter().position(|h| h.cache == self.id)?;
+            if held[at].generation > retired {
+                return Some((held[at].generation, held[at].conn.clone()));
+            }
+            // Retired: let go now, so it no longer counts as held.
+            held.swap_remove(at);
+            None
+        });
+        if let Some(mine) = mine {
+            return Ok(mine);
+        }
+        if self.held.load(Ordering::Relaxed) >= self.max_held {
+            let newest = self
+                .newest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(newest) = newest.filter(|(generation, _)| *generation > retired) {
+                return Ok(newest);
+            }
         }
         // Boxed: the pool's future holds a whole connect (Sentinel and Cluster ones are
         // kilobytes), and unboxed it would make every call's future that large, copied at each
         // await of each layer above, while the held connection above is what calls use.
         let pooled = Box::pin(self.pool.get()).await?;
-        // A clone is another handle on the same socket; the pooled object goes back to the pool.
-        let conn: Connection = (*pooled).clone();
+        // Handed over: the pool forgets it, so the next thread to ask gets one of its own, made
+        // on its own runtime.
+        let conn: Connection = deadpool::managed::Object::take(pooled);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
+        let counted = Counted::new(&self.held);
+        HELD.with_borrow_mut(|held| {
+            // This cache's older connection here (another call of this thread may have made one
+            // meanwhile), and those of caches that are gone.
+            held.retain(|h| h.cache != self.id && h.alive.strong_count() > 0);
+            held.push(Held {
+                cache: self.id,
+                alive: Arc::downgrade(&self.alive),
+                generation,
+                conn: conn.clone(),
+                _counted: counted,
+            });
+        });
         Ok((generation, conn))
     }
 
@@ -454,6 +502,7 @@ impl RedisCache {
         }
         let used = AtomicU64::new(0);
         let started = Instant::now();
+        let made_before = self.generations.load(Ordering::Relaxed);
         let attempt = async {
             let (generation, conn) = self.connection().await?;
             used.store(generation, Ordering::Relaxed);
@@ -482,21 +531,52 @@ impl RedisCache {
         // fetching the slot map.
         let keep = self.mode == RedisMode::Cluster && matches!(result, Err(CacheError::Timeout(_)));
         if unreachable && !keep {
+            // The connection that failed, and every one made before this call began (on any
+            // thread) is as likely to be broken, or to reach a demoted master: each thread's
+            // next call makes a new one (in sentinel mode, asking the sentinels again). Newer
+            // ones, made by calls since, stay.
             let failed = used.load(Ordering::Relaxed);
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            if held
-                .as_ref()
-                .is_some_and(|(generation, _)| *generation == failed)
-            {
-                *held = None;
-                drop(held);
-                // Idle connections made before this call are as likely to be broken, or to
-                // reach a demoted master: the next one is made afresh (in sentinel mode, asking
-                // the sentinels again). Newer ones, made by calls since, stay.
+            if failed > 0 {
+                self.retired
+                    .fetch_max(failed.max(made_before), Ordering::Relaxed);
                 self.pool.retain(|_, made| made.created > started);
             }
         }
         result
+    }
+}
+
+/// Numbers the caches of the process, for [`HELD`].
+static CACHES: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connections: one per cache it has called Redis through (one, but for tests
+    /// that run several replicas in a process).
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connection a thread holds.
+struct Held {
+    cache: u64,
+    alive: Weak<()>,
+    generation: u64,
+    conn: Connection,
+    _counted: Counted,
+}
+
+/// One held connection in its cache's count, for as long as it is held.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
