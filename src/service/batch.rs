@@ -71,7 +71,8 @@ impl StateService {
                         // before (here or by another replica). One just read from PostgreSQL is
                         // in Redis now, where the next ask finds it (and admits it); a batch of
                         // keys asked once would only churn memory (and cost an insert each).
-                        if entry.source == Source::Redis {
+                        // Unless Redis failed: then memory is the only cache there is.
+                        if matches!(entry.source, Source::Redis | Source::PostgresWithoutRedis) {
                             self.local.insert(key.clone(), entry.clone()).await;
                         }
                         Ok((entry, cache))

@@ -117,6 +117,21 @@ async fn a_batch_keeps_in_memory_what_redis_held_not_what_it_read_first() {
     assert_eq!(twice_after.json(), first[0]["answer"]);
 }
 
+/// Without Redis, memory is the only cache there is: what a batch reads from PostgreSQL then is
+/// kept in memory at once.
+#[tokio::test]
+async fn without_redis_a_batch_keeps_what_it_read_in_memory() {
+    let app =
+        spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
+
+    let first = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
+    let after = app.state_at("2", T).await;
+
+    assert_eq!(first[0]["cache"], "MISS");
+    assert_eq!(after.header("x-cache"), "HIT", "from memory");
+    assert_eq!(after.json(), first[0]["answer"]);
+}
+
 #[tokio::test]
 async fn a_batch_during_a_postgres_outage_answers_cached_items_and_503s_the_others() {
     let app = spawn_app().await;
