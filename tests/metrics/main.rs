@@ -209,8 +209,8 @@ async fn each_lookup_is_counted_once_by_where_its_answer_came_from() {
             &after,
             "vehicle_state_redis_pool_connections{state=\"in_use\"}"
         ),
-        1.0,
-        "the multiplexed connection lookups share"
+        2.0,
+        "a multiplexed connection per thread that asked Redis: the start-up check's and the one HTTP worker's"
     );
 }
 
