@@ -93,30 +93,12 @@ impl LocalCache {
         Self { cache }
     }
 
-    /// The entry for `key`; when absent, `fetch` makes it. Concurrent calls for one key share a
-    /// single `fetch` (single flight): a thousand simultaneous misses make one fetch. The flag
-    /// says whether this call's `fetch` made the entry.
-    pub async fn get_or_fetch<E, F>(
-        &self,
-        key: CacheKey,
-        fetch: F,
-    ) -> Result<(Arc<LocalEntry>, bool), Arc<E>>
-    where
-        E: Send + Sync + 'static,
-        F: Future<Output = Result<Arc<LocalEntry>, E>>,
-    {
-        let entry = self.cache.entry(key).or_try_insert_with(fetch).await?;
-        let fresh = entry.is_fresh();
-        Ok((entry.into_value(), fresh))
-    }
-
-    /// The entry for `key`, if held and not expired.
-    /// Keeps an entry fetched by a batch (which does its own round trips, outside the single
-    /// flight of [`LocalCache::get_or_fetch`]).
+    /// Keeps an entry, until its own deadline.
     pub async fn insert(&self, key: CacheKey, entry: Arc<LocalEntry>) {
         self.cache.insert(key, entry).await;
     }
 
+    /// The entry for `key`, if held and not expired.
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<LocalEntry>> {
         self.cache.get(key).await
     }

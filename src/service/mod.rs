@@ -2,8 +2,10 @@
 
 mod batch;
 mod fetch;
+mod flight;
 mod gather;
 
+use flight::{Flights, Joined};
 use gather::Gatherer;
 
 use std::sync::Arc;
@@ -107,6 +109,8 @@ pub struct StateService {
     max_in_flight: u32,
     /// Where single misses are gathered into batches; none with `LOOKUP_BATCH_MAX=1`.
     gatherer: Option<Arc<Gatherer>>,
+    /// The fetches past memory in flight: one per key, however many requests ask.
+    flights: Arc<Flights<fetch::Fetched>>,
 }
 
 /// How concurrent misses are gathered: `LOOKUP_BATCH_MAX` and `LOOKUP_BATCHES_IN_FLIGHT`.
@@ -144,6 +148,7 @@ impl StateService {
             limit: Arc::new(Semaphore::new(permits)),
             max_in_flight,
             gatherer,
+            flights: Flights::new(),
         }
     }
 
@@ -202,6 +207,12 @@ impl StateService {
     /// The answer under `key`: memory, then the future `miss` makes (Redis, then PostgreSQL,
     /// written back to Redis), once per key however many ask at the same moment.
     ///
+    /// What a fetch brings is kept in memory on second sight: an answer Redis held was asked
+    /// before (here or by another replica), and one read from PostgreSQL while Redis failed has
+    /// no other cache; one just read from PostgreSQL is in Redis now, where the next request
+    /// finds it (and keeps it in memory). Keys asked once (most misses) so cost no insert into
+    /// memory and evict nothing from it; a key asked again costs one Redis read more.
+    ///
     /// `miss` is called only on a miss, and its future is boxed then: a memory hit neither
     /// clones what a fetch needs nor carries the fetch's (large) state in its own future, which
     /// actix moves several times per request.
@@ -218,21 +229,36 @@ impl StateService {
         // A miss runs as a task of its own: if the client that started the fetch goes away, the
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
         // instead of starting the query again.
-        let local = self.local.clone();
+        let (local, flights) = (self.local.clone(), self.flights.clone());
         let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
         let (entry, fetched_here) = tokio::spawn(
             async move {
-                let fetch = async move {
-                    let _permit = limit
-                        .try_acquire_owned()
-                        .map_err(|_| Arc::new(LookupError::Overloaded(max_in_flight)))?;
-                    fetch.await
+                let landing = match flights.join(&key) {
+                    Joined::Lead(landing) => landing,
+                    Joined::Follow(landing) => {
+                        return flight::followed(landing)
+                            .await
+                            .unwrap_or_else(|| Err(LookupError::crashed()))
+                            .map(|entry| (entry, false));
+                    }
                 };
-                // Shared by everyone who waited: the error is already an Arc.
-                local
-                    .get_or_fetch(key, fetch)
-                    .await
-                    .map_err(|e| Arc::clone(&*e))
+                // A fetch that landed between this request's miss and its flight kept its
+                // answer in memory.
+                if let Some(entry) = local.get(&key).await {
+                    landing.land(Ok(entry.clone()));
+                    return Ok((entry, false));
+                }
+                let fetched = match limit.try_acquire_owned() {
+                    Ok(_permit) => fetch.await,
+                    Err(_) => Err(Arc::new(LookupError::Overloaded(max_in_flight))),
+                };
+                if let Ok(entry) = &fetched
+                    && matches!(entry.source, Source::Redis | Source::PostgresWithoutRedis)
+                {
+                    local.insert(key, entry.clone()).await;
+                }
+                landing.land(fetched.clone());
+                fetched.map(|entry| (entry, true))
             }
             // The fetch's spans belong to the request that started it.
             .instrument(otel::current()),

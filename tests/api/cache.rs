@@ -29,6 +29,43 @@ async fn a_repeated_lookup_is_served_from_the_cache() {
     );
 }
 
+/// Memory keeps an answer on second sight: one just read from PostgreSQL is in Redis only (most
+/// misses are keys asked once); asked again, it comes from Redis and is kept in memory too.
+#[tokio::test]
+async fn memory_keeps_an_answer_once_it_is_asked_again() {
+    let app = spawn_app().await;
+    let forget_redis = || async {
+        let mut redis = app.redis_conn().await;
+        for key in app.cache_keys().await {
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .expect("DEL");
+        }
+    };
+
+    let once = app.state_at("3", "2022-09-13T00:00:00Z").await;
+    forget_redis().await;
+    let once_after = app.state_at("3", "2022-09-13T00:00:00Z").await;
+    let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
+    forget_redis().await;
+    let third = app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    assert_eq!(once.header("x-cache"), "MISS");
+    assert_eq!(
+        once_after.header("x-cache"),
+        "MISS",
+        "asked once: in Redis only, and Redis forgot it"
+    );
+    assert_eq!(once_after.body, once.body);
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(second.header("x-cache"), "HIT", "from Redis");
+    assert_eq!(third.header("x-cache"), "HIT", "from memory");
+    assert_eq!(third.body, first.body);
+}
+
 #[tokio::test]
 async fn an_equivalent_spelling_of_the_instant_shares_the_cache_entry() {
     let app = spawn_app().await;
