@@ -14,7 +14,8 @@ use super::{Answer, CacheKey};
 pub enum Source {
     Redis,
     Postgres,
-    /// From PostgreSQL because Redis failed (or was being left alone after a failure).
+    /// From PostgreSQL, and Redis failed (or was being left alone after a failure) to give or to
+    /// take it: memory is the only cache that has it.
     PostgresWithoutRedis,
     /// Past its TTL, from Redis, because PostgreSQL could not answer; never kept in memory.
     Stale,

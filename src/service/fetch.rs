@@ -114,34 +114,41 @@ pub async fn fetch_many_unless(
             }
         }
         let expires_at = started + redis.ttl();
-        let source = if redis_failed {
-            Source::PostgresWithoutRedis
-        } else {
-            Source::Postgres
-        };
-        let mut written = Vec::with_capacity(answered.len());
-        for (m, lookup) in answered {
-            let (outcome, body) = lookup.render();
-            let answer = Answer {
-                outcome,
-                body: Bytes::from(body),
-                read_at_ms: read_at,
-            };
-            let entry = Arc::new(LocalEntry::new(answer, expires_at, source));
-            written.push((m, entry.clone()));
-            fetched[m] = Some(Ok(entry));
-        }
+        let written: Vec<(usize, Answer)> = answered
+            .into_iter()
+            .map(|(m, lookup)| {
+                let (outcome, body) = lookup.render();
+                let answer = Answer {
+                    outcome,
+                    body: Bytes::from(body),
+                    read_at_ms: read_at,
+                };
+                (m, answer)
+            })
+            .collect();
+        // Without Redis (its read failed, or this write-back did), an answer is in no cache but
+        // memory: its source says so, and memory keeps it at once.
+        let mut without_redis = redis_failed;
         if !written.is_empty() {
             // After a failed read the breaker skips this at once (counted as `skipped`).
             let puts: Vec<(&CacheKey, &Answer)> = written
                 .iter()
-                .map(|(m, entry)| (keys[*m], &entry.answer))
+                .map(|(m, answer)| (keys[*m], answer))
                 .collect();
-            if let Err(error) = redis.put_many(&puts).await
-                && let Some(errors) = redis.record_error("set", &error)
-            {
-                tracing::warn!(error = %crate::telemetry::chain(&error), keys = puts.len(), errors, "cache write failed");
+            if let Err(error) = redis.put_many(&puts).await {
+                without_redis = true;
+                if let Some(errors) = redis.record_error("set", &error) {
+                    tracing::warn!(error = %crate::telemetry::chain(&error), keys = puts.len(), errors, "cache write failed");
+                }
             }
+        }
+        let source = if without_redis {
+            Source::PostgresWithoutRedis
+        } else {
+            Source::Postgres
+        };
+        for (m, answer) in written {
+            fetched[m] = Some(Ok(Arc::new(LocalEntry::new(answer, expires_at, source))));
         }
         if let Some(error) = failed {
             let unavailable = matches!(&*error, LookupError::Db(db) if db.is_unavailable());

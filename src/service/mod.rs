@@ -356,12 +356,11 @@ where
         body: Bytes::from(body),
         read_at_ms: unix_ms(read_at),
     };
-    match redis.put(&key, &answer).await {
-        Ok(()) => {}
-        Err(error) => {
-            if let Some(errors) = redis.record_error("set", &error) {
-                tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), errors, "cache write failed");
-            }
+    if let Err(error) = redis.put(&key, &answer).await {
+        // In no cache but memory, which then keeps it at once.
+        redis_failed = true;
+        if let Some(errors) = redis.record_error("set", &error) {
+            tracing::warn!(error = %crate::telemetry::chain(&error), key = key.as_str(), errors, "cache write failed");
         }
     }
     let expires_at = started + redis.ttl();
