@@ -152,7 +152,7 @@ impl Gatherer {
                     // Lanes of services that are gone (their tasks end with their queues).
                     lanes.retain(|(shared, _)| shared.strong_count() > 0);
                     let (misses, queued) = mpsc::channel(self.shared.queue);
-                    tokio::spawn(gather(queued, self.shared.clone()));
+                    tokio::spawn(gather(queued, Arc::downgrade(&self.shared)));
                     lanes.push((Arc::downgrade(&self.shared), misses));
                     &lanes[lanes.len() - 1].1
                 }
@@ -230,14 +230,21 @@ fn stopped() -> Arc<LookupError> {
 
 /// One thread's gathering task: takes what its lane has queued, waits for a slot (misses
 /// arriving meanwhile join the batch, up to `LOOKUP_BATCH_MAX`), and fetches it in a task of its
-/// own, on this thread's runtime.
-async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>) {
-    let max_batch = shared.max_batch;
+/// own, on this thread's runtime. It holds its gatherer weakly: once the service is gone, the
+/// thread's next lane drops this one's queue (and so ends it), and what it had queued is
+/// answered as stopped.
+async fn gather(mut queued: mpsc::Receiver<Miss>, gatherer: Weak<Shared>) {
+    let Some(max_batch) = gatherer.upgrade().map(|shared| shared.max_batch) else {
+        return;
+    };
     loop {
         let mut batch = Vec::with_capacity(max_batch);
         if queued.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
+        let Some(shared) = gatherer.upgrade() else {
+            return;
+        };
         let Ok(slot) = shared.slots.clone().acquire_owned().await else {
             return;
         };
@@ -246,7 +253,6 @@ async fn gather(mut queued: mpsc::Receiver<Miss>, shared: Arc<Shared>) {
         {
             batch.push(miss);
         }
-        let shared = shared.clone();
         let span = batch_span(&batch);
         tokio::spawn(
             async move {
