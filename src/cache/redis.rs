@@ -357,7 +357,7 @@ impl RedisCache {
 
     /// At start, for the log: whether Redis answers a PING within `REDIS_TIMEOUT_MS`. Like
     /// [`Self::nodes`], it leaves the breaker and the counters alone (lookups find out for
-    /// themselves); a connection it makes is kept for the first lookups.
+    /// themselves); the connection it makes stays with the thread that made it.
     pub async fn check(&self) -> Result<(), CacheError> {
         let result = self.unguarded(ping).await;
         if result.as_ref().is_err_and(CacheError::is_unreachable) {
@@ -454,7 +454,16 @@ impl RedisCache {
         if let Some(mine) = mine {
             return Ok(mine);
         }
-        if self.held.load(Ordering::Relaxed) >= self.max_held {
+        // A place among the `REDIS_POOL_MAX_SIZE` held connections, reserved before connecting
+        // (and given back if connecting fails); without one, the newest connection is shared.
+        let place = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_held).then_some(n + 1)
+            })
+            .is_ok()
+            .then(|| Counted(self.held.clone()));
+        if place.is_none() {
             let newest = self
                 .newest
                 .lock()
@@ -473,20 +482,32 @@ impl RedisCache {
         let conn: Connection = deadpool::managed::Object::take(pooled);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
-        let counted = Counted::new(&self.held);
-        HELD.with_borrow_mut(|held| {
-            // This cache's older connection here (another call of this thread may have made one
-            // meanwhile), and those of caches that are gone.
-            held.retain(|h| h.cache != self.id && h.alive.strong_count() > 0);
-            held.push(Held {
-                cache: self.id,
-                alive: Arc::downgrade(&self.alive),
-                generation,
-                conn: conn.clone(),
-                _counted: counted,
+        if let Some(counted) = place {
+            HELD.with_borrow_mut(|held| {
+                // This cache's older connection here (another call of this thread may have made
+                // one meanwhile), and those of caches that are gone.
+                held.retain(|h| h.cache != self.id && h.alive.strong_count() > 0);
+                held.push(Held {
+                    cache: self.id,
+                    alive: Arc::downgrade(&self.alive),
+                    generation,
+                    conn: conn.clone(),
+                    _counted: counted,
+                });
             });
-        });
+        }
         Ok((generation, conn))
+    }
+
+    /// Lets go of connection `generation`: this thread's, and the shared newest if it is that one.
+    fn forget(&self, generation: u64) {
+        HELD.with_borrow_mut(|held| {
+            held.retain(|h| !(h.cache == self.id && h.generation == generation))
+        });
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        if newest.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *newest = None;
+        }
     }
 
     /// Runs `call` on the held connection within `REDIS_TIMEOUT_MS`. When it fails, that
@@ -494,7 +515,7 @@ impl RedisCache {
     /// the next call starts from the pool, which checks or replaces it.
     async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, CacheError>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: Future<Output = Result<T, CacheError>>,
     {
         if !self.breaker.admit() {
@@ -504,6 +525,21 @@ impl RedisCache {
         let started = Instant::now();
         let made_before = self.generations.load(Ordering::Relaxed);
         let attempt = async {
+            let (generation, conn) = self.connection().await?;
+            used.store(generation, Ordering::Relaxed);
+            let result = call(conn).await;
+            let broken = generation <= made_before
+                && result
+                    .as_ref()
+                    .err()
+                    .is_some_and(CacheError::is_unreachable);
+            if !broken {
+                return result;
+            }
+            // A connection made before this call broke: Redis restarted, or the server (its
+            // `timeout`) or something on the way closed it while this thread's connection sat
+            // idle. Once, on a new connection, before Redis counts as unreachable for everyone.
+            self.forget(generation);
             let (generation, conn) = self.connection().await?;
             used.store(generation, Ordering::Relaxed);
             call(conn).await
@@ -564,15 +600,9 @@ struct Held {
     _counted: Counted,
 }
 
-/// One held connection in its cache's count, for as long as it is held.
+/// One held connection's place in its cache's count (taken when reserved), for as long as it is
+/// held.
 struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
-    }
-}
 
 impl Drop for Counted {
     fn drop(&mut self) {

@@ -92,6 +92,33 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
     assert!(written, "caching in Redis resumed by itself");
 }
 
+/// A worker's Redis connection closed while it sat idle (Redis's `timeout`, a NAT or a load
+/// balancer in between, a restart between two requests) costs nothing: the next call finds it
+/// broken, and tries once more on a new connection before counting Redis as unreachable, so the
+/// answer is cached as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_closed_while_idle_is_replaced_within_the_next_call() {
+    let proxy = ChaosProxy::start(redis_addr()).await;
+    let app = spawn_app_with(|s| {
+        s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())
+            .parse()
+            .expect("a URL")
+    })
+    .await;
+    app.state_at("3", "2022-09-12T10:00:00Z").await;
+
+    proxy.cut();
+    proxy.restore();
+    let after = app.state_at("2", "2022-09-12T10:00:00Z").await;
+    let keys = app.cache_keys().await;
+
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert!(
+        keys.contains(&format!("{}:v2:state:2:1662976800000000", app.prefix)),
+        "written back to Redis, on a new connection: {keys:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_postgres_goes_away_cached_answers_continue_and_the_service_recovers_when_it_returns()
 {
