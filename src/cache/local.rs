@@ -21,6 +21,16 @@ pub enum Source {
     Stale,
 }
 
+impl Source {
+    /// Whether memory keeps an entry from here: on second sight. One Redis held was asked
+    /// before (here or by another replica); one from PostgreSQL while Redis failed has no other
+    /// cache. One just read from PostgreSQL is in Redis now, where the next ask finds it (and
+    /// keeps it): keys asked once, most misses, would only churn memory and cost an insert each.
+    pub fn kept_in_memory(self) -> bool {
+        matches!(self, Source::Redis | Source::PostgresWithoutRedis)
+    }
+}
+
 /// An answer held in memory until `expires_at`: the moment it stops being servable under the TTL
 /// (counted from its read in PostgreSQL) or leaves Redis, whichever is first.
 #[derive(Debug)]

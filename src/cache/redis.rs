@@ -47,9 +47,8 @@ pub enum Cached {
 pub struct RedisCache {
     pool: Pool,
     mode: RedisMode,
-    /// Which cache a thread's held connection is for (unique in the process, never reused).
-    id: u64,
-    /// Alive as long as the cache: a thread's connections of caches that are gone are dropped.
+    /// Alive as long as the cache, and its identity in a thread's held connections (a `Weak` of
+    /// it keeps its address from being reused); those of caches that are gone are dropped.
     alive: Arc<()>,
     /// Connections held by threads now, at most `REDIS_POOL_MAX_SIZE`.
     held: Arc<AtomicUsize>,
@@ -145,7 +144,6 @@ impl RedisCache {
         Ok(Self {
             pool,
             mode,
-            id: CACHES.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
             held: Arc::new(AtomicUsize::new(0)),
             max_held: usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX),
@@ -443,7 +441,7 @@ impl RedisCache {
     async fn connection(&self) -> Result<(u64, Connection), CacheError> {
         let retired = self.retired.load(Ordering::Relaxed);
         let mine = HELD.with_borrow_mut(|held| {
-            let at = held.iter().position(|h| h.cache == self.id)?;
+            let at = held.iter().position(|h| self.owns(h))?;
             if held[at].generation > retired {
                 return Some((held[at].generation, held[at].conn.clone()));
             }
@@ -486,9 +484,8 @@ impl RedisCache {
             HELD.with_borrow_mut(|held| {
                 // This cache's older connection here (another call of this thread may have made
                 // one meanwhile), and those of caches that are gone.
-                held.retain(|h| h.cache != self.id && h.alive.strong_count() > 0);
+                held.retain(|h| !self.owns(h) && h.alive.strong_count() > 0);
                 held.push(Held {
-                    cache: self.id,
                     alive: Arc::downgrade(&self.alive),
                     generation,
                     conn: conn.clone(),
@@ -499,20 +496,24 @@ impl RedisCache {
         Ok((generation, conn))
     }
 
+    /// Whether a thread's held connection is this cache's.
+    fn owns(&self, held: &Held) -> bool {
+        std::ptr::eq(held.alive.as_ptr(), Arc::as_ptr(&self.alive))
+    }
+
     /// Lets go of connection `generation`: this thread's, and the shared newest if it is that one.
     fn forget(&self, generation: u64) {
-        HELD.with_borrow_mut(|held| {
-            held.retain(|h| !(h.cache == self.id && h.generation == generation))
-        });
+        HELD.with_borrow_mut(|held| held.retain(|h| !(self.owns(h) && h.generation == generation)));
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         if newest.as_ref().is_some_and(|(g, _)| *g == generation) {
             *newest = None;
         }
     }
 
-    /// Runs `call` on the held connection within `REDIS_TIMEOUT_MS`. When it fails, that
-    /// connection is let go (and only that one: a newer one another call installed stays), so
-    /// the next call starts from the pool, which checks or replaces it.
+    /// Runs `call` on this thread's connection within `REDIS_TIMEOUT_MS`. A connection made
+    /// before the call that breaks is replaced and the call tried once more; a call that still
+    /// cannot reach Redis retires that connection and every one made before the call (newer ones,
+    /// made by calls since, stay), so each thread's next call makes a new one.
     async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, CacheError>
     where
         F: Fn(Connection) -> Fut,
@@ -582,9 +583,6 @@ impl RedisCache {
     }
 }
 
-/// Numbers the caches of the process, for [`HELD`].
-static CACHES: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     /// This thread's connections: one per cache it has called Redis through (one, but for tests
     /// that run several replicas in a process).
@@ -593,7 +591,7 @@ thread_local! {
 
 /// A connection a thread holds.
 struct Held {
-    cache: u64,
+    /// Its cache's `alive`.
     alive: Weak<()>,
     generation: u64,
     conn: Connection,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::fetch::fetch_many;
 use super::{CacheStatus, LookupError, Served, StateService, arrived};
-use crate::cache::local::Source;
 use crate::cache::{CacheKey, LocalEntry};
 use crate::domain::{Instant, VehicleId};
 use crate::metrics::LookupResult;
@@ -67,12 +66,7 @@ impl StateService {
                     Ok(entry) => {
                         let (cache, result) = arrived(entry.source);
                         result.count();
-                        // Admitted to memory on second sight: an answer Redis held was asked
-                        // before (here or by another replica). One just read from PostgreSQL is
-                        // in Redis now, where the next ask finds it (and admits it); a batch of
-                        // keys asked once would only churn memory (and cost an insert each).
-                        // Unless Redis failed: then memory is the only cache there is.
-                        if matches!(entry.source, Source::Redis | Source::PostgresWithoutRedis) {
+                        if entry.source.kept_in_memory() {
                             self.local.insert(key.clone(), entry.clone()).await;
                         }
                         Ok((entry, cache))

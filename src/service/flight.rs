@@ -105,15 +105,23 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn the_first_leads_the_others_follow_and_all_get_its_result() {
-        let flights = Flights::<u32>::new();
+    /// Two requests for key 1: the first leads, the second follows.
+    fn lead_and_follow(
+        flights: &Arc<Flights<u32>>,
+    ) -> (Landing<u32>, watch::Receiver<Option<u32>>) {
         let Joined::Lead(lead) = flights.join(&key(1)) else {
             panic!("the first leads");
         };
-        let Joined::Follow(early) = flights.join(&key(1)) else {
+        let Joined::Follow(follower) = flights.join(&key(1)) else {
             panic!("the second follows");
         };
+        (lead, follower)
+    }
+
+    #[tokio::test]
+    async fn the_first_leads_the_others_follow_and_all_get_its_result() {
+        let flights = Flights::<u32>::new();
+        let (lead, early) = lead_and_follow(&flights);
         assert!(
             matches!(flights.join(&key(2)), Joined::Lead(_)),
             "another key leads"
@@ -132,12 +140,7 @@ mod tests {
     #[tokio::test]
     async fn a_flight_dropped_without_landing_ends_for_its_followers() {
         let flights = Flights::<u32>::new();
-        let Joined::Lead(lead) = flights.join(&key(1)) else {
-            panic!("the first leads");
-        };
-        let Joined::Follow(follower) = flights.join(&key(1)) else {
-            panic!("the second follows");
-        };
+        let (lead, follower) = lead_and_follow(&flights);
 
         drop(lead);
 

@@ -164,13 +164,11 @@ impl Gatherer {
             }
             match lane.try_send(miss) {
                 Ok(()) => Route::Queued(answer),
-                Err(mpsc::error::TrySendError::Full(miss)) => {
-                    Route::Full(lane.clone(), miss, answer)
-                }
-                // Just checked open, and only its task, on this thread, could close it.
-                Err(mpsc::error::TrySendError::Closed(miss)) => {
-                    Route::Full(lane.clone(), miss, answer)
-                }
+                // Closed cannot be either (just checked open); waiting to send, it fails as
+                // stopped.
+                Err(
+                    mpsc::error::TrySendError::Full(miss) | mpsc::error::TrySendError::Closed(miss),
+                ) => Route::Full(lane.clone(), miss, answer),
             }
         })
     }

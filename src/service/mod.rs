@@ -207,11 +207,9 @@ impl StateService {
     /// The answer under `key`: memory, then the future `miss` makes (Redis, then PostgreSQL,
     /// written back to Redis), once per key however many ask at the same moment.
     ///
-    /// What a fetch brings is kept in memory on second sight: an answer Redis held was asked
-    /// before (here or by another replica), and one read from PostgreSQL while Redis failed has
-    /// no other cache; one just read from PostgreSQL is in Redis now, where the next request
-    /// finds it (and keeps it in memory). Keys asked once (most misses) so cost no insert into
-    /// memory and evict nothing from it; a key asked again costs one Redis read more.
+    /// What a fetch brings is kept in memory on second sight ([`Source::kept_in_memory`]): keys
+    /// asked once (most misses) cost no insert into memory and evict nothing from it; a key
+    /// asked again costs one Redis read more.
     ///
     /// `miss` is called only on a miss, and its future is boxed then: a memory hit neither
     /// clones what a fetch needs nor carries the fetch's (large) state in its own future, which
@@ -253,7 +251,7 @@ impl StateService {
                     Err(_) => Err(Arc::new(LookupError::Overloaded(max_in_flight))),
                 };
                 if let Ok(entry) = &fetched
-                    && matches!(entry.source, Source::Redis | Source::PostgresWithoutRedis)
+                    && entry.source.kept_in_memory()
                 {
                     local.insert(key, entry.clone()).await;
                 }
