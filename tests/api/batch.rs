@@ -80,28 +80,18 @@ async fn a_batch_answers_every_item_in_order_as_the_single_lookup_would() {
 #[tokio::test]
 async fn a_batch_keeps_in_memory_what_redis_held_not_what_it_read_first() {
     let app = spawn_app().await;
-    let forget_redis = || async {
-        let mut redis = app.redis_conn().await;
-        for key in app.cache_keys().await {
-            let _: () = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .expect("DEL");
-        }
-    };
 
     // Read first: to Redis only.
     let once = results(
         &app.batch(json!([{"id": 3, "timestamp": "2022-09-13T00:00:00Z"}]))
             .await,
     );
-    forget_redis().await;
+    app.forget_redis().await;
     let once_after = app.state_at("3", "2022-09-13T00:00:00Z").await;
     // Read, then found in Redis: to memory too.
     let first = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
     let second = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
-    forget_redis().await;
+    app.forget_redis().await;
     let twice_after = app.state_at("2", T).await;
 
     assert_eq!(once[0]["cache"], "MISS");

@@ -34,23 +34,13 @@ async fn a_repeated_lookup_is_served_from_the_cache() {
 #[tokio::test]
 async fn memory_keeps_an_answer_once_it_is_asked_again() {
     let app = spawn_app().await;
-    let forget_redis = || async {
-        let mut redis = app.redis_conn().await;
-        for key in app.cache_keys().await {
-            let _: () = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .expect("DEL");
-        }
-    };
 
     let once = app.state_at("3", "2022-09-13T00:00:00Z").await;
-    forget_redis().await;
+    app.forget_redis().await;
     let once_after = app.state_at("3", "2022-09-13T00:00:00Z").await;
     let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
     let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
-    forget_redis().await;
+    app.forget_redis().await;
     let third = app.state_at("3", "2022-09-12T10:00:00Z").await;
 
     assert_eq!(once.header("x-cache"), "MISS");

@@ -525,6 +525,18 @@ impl TestApp {
         keys
     }
 
+    /// Deletes every key this app's replicas wrote to Redis (memory keeps what it holds).
+    pub async fn forget_redis(&self) {
+        let mut conn = self.redis_conn().await;
+        for key in self.cache_keys().await {
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+    }
+
     pub async fn add_state_log(&self, vehicle: i32, state: &str, at: &str) {
         sqlx::query(r#"INSERT INTO "stateLogs" ("vehicleId", state, "timestamp") VALUES ($1, $2, $3::timestamptz)"#)
             .bind(vehicle)

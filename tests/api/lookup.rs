@@ -202,10 +202,9 @@ async fn state_changes_at_the_same_instant_resolve_to_the_later_lifecycle_state(
     }
 }
 
-#[tokio::test]
-async fn the_lookup_statement_is_answered_by_index_scans() {
-    let app = spawn_app().await;
-    // Enough rows that a sequential scan would be the planner's choice without the index.
+/// Vehicles 100 to 20,099, three changes each: enough rows that a sequential scan would be the
+/// planner's choice without the index.
+async fn add_bulk_rows(app: &crate::helpers::TestApp) {
     sqlx::raw_sql(
         r#"INSERT INTO vehicles SELECT g, 'MAKE', 'MODEL', 'sold' FROM generate_series(100, 20099) g;
            INSERT INTO "stateLogs" SELECT g, s, TIMESTAMPTZ '2020-01-01' + (g || ' minutes')::interval
@@ -215,6 +214,12 @@ async fn the_lookup_statement_is_answered_by_index_scans() {
     .execute(&app.db)
     .await
     .expect("bulk rows");
+}
+
+#[tokio::test]
+async fn the_lookup_statement_is_answered_by_index_scans() {
+    let app = spawn_app().await;
+    add_bulk_rows(&app).await;
 
     let explain = format!("EXPLAIN {}", vehicle_state::db::LOOKUP_MANY_SQL);
     let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
@@ -238,15 +243,7 @@ async fn the_lookup_statement_is_answered_by_index_scans() {
 #[tokio::test]
 async fn the_service_statements_keep_their_index_plans_when_generic() {
     let app = spawn_app().await;
-    sqlx::raw_sql(
-        r#"INSERT INTO vehicles SELECT g, 'MAKE', 'MODEL', 'sold' FROM generate_series(100, 20099) g;
-           INSERT INTO "stateLogs" SELECT g, s, TIMESTAMPTZ '2020-01-01' + (g || ' minutes')::interval
-             FROM generate_series(100, 20099) g, unnest(ARRAY['quoted', 'selling', 'sold']) s;
-           ANALYZE vehicles; ANALYZE "stateLogs";"#,
-    )
-    .execute(&app.db)
-    .await
-    .expect("bulk rows");
+    add_bulk_rows(&app).await;
     let mut conn = app.db.acquire().await.expect("a connection");
     let prepare = format!(
         "SET plan_cache_mode = force_generic_plan; PREPARE lookup AS {}; PREPARE page AS {};",

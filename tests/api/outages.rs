@@ -39,8 +39,8 @@ async fn poll_every(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_returns() {
+/// An app whose Redis is reached through a proxy the test can cut.
+async fn spawn_app_behind_a_redis_proxy() -> (ChaosProxy, TestApp) {
     let proxy = ChaosProxy::start(redis_addr()).await;
     let app = spawn_app_with(|s| {
         s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())
@@ -48,6 +48,12 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
             .expect("a URL")
     })
     .await;
+    (proxy, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_returns() {
+    let (proxy, app) = spawn_app_behind_a_redis_proxy().await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
     assert_eq!(
         app.state_at("3", "2022-09-12T10:00:00Z")
@@ -98,13 +104,7 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
 /// answer is cached as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_connection_closed_while_idle_is_replaced_within_the_next_call() {
-    let proxy = ChaosProxy::start(redis_addr()).await;
-    let app = spawn_app_with(|s| {
-        s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())
-            .parse()
-            .expect("a URL")
-    })
-    .await;
+    let (proxy, app) = spawn_app_behind_a_redis_proxy().await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
 
     proxy.cut();
