@@ -47,6 +47,13 @@ pub struct DatabaseSettings {
     #[arg(long, global = true, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_statement_timeout_ms: u64,
 
+    /// How long a request waits for PostgreSQL's reply to a statement it sent before it gives
+    /// the connection up (dropped, not returned to the pool) and is answered 503: a network
+    /// that swallows packets (a black hole) sends no reset, and PostgreSQL's own statement
+    /// timeout is a reply that never comes then. Keep it above DB_STATEMENT_TIMEOUT_MS.
+    #[arg(long, global = true, env = "DB_RESPONSE_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_response_timeout_ms: u64,
+
     /// Seconds a PostgreSQL connection is used before it is closed and replaced, so that a
     /// failover behind a DNS name (Aurora's cluster endpoints, Patroni) is followed without a
     /// restart.
@@ -61,6 +68,10 @@ impl DatabaseSettings {
 
     pub fn max_lifetime(&self) -> Duration {
         Duration::from_secs(self.db_max_lifetime_secs)
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_response_timeout_ms)
     }
 }
 

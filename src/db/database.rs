@@ -45,6 +45,8 @@ struct Reachability {
     timeout: Duration,
     /// `DB_PROBE_INTERVAL_MS`.
     interval: Duration,
+    /// `DB_RESPONSE_TIMEOUT_MS`: how long a statement sent waits for its reply.
+    response_timeout: Duration,
 }
 
 impl Database {
@@ -61,6 +63,7 @@ impl Database {
             url: settings.database_url.clone(),
             timeout: settings.acquire_timeout(),
             interval: probe_interval,
+            response_timeout: settings.response_timeout(),
         });
         let on_acquire = reach.clone();
         let pool = super::pool_options(settings)
@@ -107,7 +110,8 @@ impl Database {
             db.query.summary = "lookup_many",
             vehicle_state.pairs = pairs.len(),
         );
-        otel::traced(span, self.guarded(super::lookup_many(&self.pool, pairs))).await
+        let call = self.answered(async |conn| super::lookup_many(conn, pairs).await);
+        otel::traced(span, self.guarded(call)).await
     }
 
     /// [`super::history`], failing at once while PostgreSQL is known down.
@@ -120,20 +124,42 @@ impl Database {
             db.operation.name = "SELECT",
             db.query.summary = "history",
         );
-        otel::traced(span, self.guarded(super::history(&self.pool, query))).await
+        let call = self.answered(async |conn| super::history(conn, query).await);
+        otel::traced(span, self.guarded(call)).await
     }
 
     /// Whether PostgreSQL answers a trivial query (for `/readyz`); at once while it is known
     /// down.
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.guarded(async {
-            self.pool
-                .execute("SELECT 1")
+        self.guarded(self.answered(async |conn| {
+            conn.execute("SELECT 1")
                 .await
                 .map(drop)
                 .map_err(DbError::from)
-        })
+        }))
         .await
+    }
+
+    /// Runs `statement` on a pooled connection (acquiring is bounded by the pool's own
+    /// timeout), and waits at most `DB_RESPONSE_TIMEOUT_MS` for it to be answered. Past that,
+    /// the connection is taken out of the pool and dropped (closed, not pinged: on a link that
+    /// swallows packets a ping would wait as long) and the call fails as `no_response`.
+    ///
+    /// Why a bound of our own: `DB_STATEMENT_TIMEOUT_MS` is PostgreSQL's, and its error is a
+    /// reply; when the network drops packets without a reset (a black hole), no reply comes,
+    /// and without this the request would wait until TCP gives up, minutes later.
+    async fn answered<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        match tokio::time::timeout(self.reach.response_timeout, statement(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(conn.detach());
+                Err(DbError::no_response(self.reach.response_timeout))
+            }
+        }
     }
 
     /// Runs `call`, unless PostgreSQL is known down; if it becomes known down while `call` waits

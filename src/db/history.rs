@@ -1,6 +1,6 @@
 //! A page of a vehicle's timeline in one statement.
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use super::DbError;
 use crate::domain::history::{self, HistoryPage, HistoryQuery};
@@ -55,7 +55,10 @@ ORDER BY h."timestamp", h.rank, h.state COLLATE "C"
 /// Times as microseconds since the Unix epoch, as in the lookup (see its `ManyRow`).
 type Row = (String, String, Option<String>, Option<i64>);
 
-pub async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<HistoryPage, DbError> {
+pub async fn history(
+    conn: &mut PgConnection,
+    query: &HistoryQuery,
+) -> Result<HistoryPage, DbError> {
     // Where the page starts: after the cursor; or, on a first page, after `from` (the change in
     // effect at `from` comes from the first range), or from the beginning.
     let (effective_at, after_at, after_rank, after_state) = match (&query.after, query.from) {
@@ -76,7 +79,7 @@ pub async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<HistoryPage,
         .bind(after_rank)
         .bind(after_state)
         .bind(i64::from(query.limit) + 1)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let Some((make, model, _, _)) = rows.first() else {
         return Ok(HistoryPage::UnknownVehicle);

@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use super::DbError;
 use crate::domain::{Instant, Lookup, StateAnswer, Vehicle, VehicleId};
@@ -66,7 +66,7 @@ type ManyRow = (Option<String>, Option<String>, Option<String>, Option<i64>);
 
 /// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]).
 pub async fn lookup_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     pairs: &[(VehicleId, Instant)],
 ) -> Result<Vec<Lookup>, DbError> {
     let ids: Vec<i32> = pairs.iter().map(|(id, _)| id.get()).collect();
@@ -74,7 +74,7 @@ pub async fn lookup_many(
     let rows: Vec<ManyRow> = sqlx::query_as(LOOKUP_MANY_SQL)
         .bind(&ids)
         .bind(&ats)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     if rows.len() != pairs.len() {
         // unnest yields one row per pair: anything else is a defect, not an outage.

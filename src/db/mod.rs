@@ -178,13 +178,26 @@ pub enum DbError {
 
 impl DbError {
     /// Every value [`DbError::kind`] returns.
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 6] = [
         "acquire_timeout",
         "statement_timeout",
+        "no_response",
         "unavailable",
         "down",
         "query",
     ];
+
+    /// No reply within `DB_RESPONSE_TIMEOUT_MS` to a statement sent (see
+    /// [`Database`]): PostgreSQL, or the network to it, swallowed it.
+    fn no_response(waited: std::time::Duration) -> Self {
+        DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no reply from PostgreSQL within {} ms (DB_RESPONSE_TIMEOUT_MS): the connection is dropped",
+                waited.as_millis()
+            ),
+        )))
+    }
 
     /// The `kind` label of `vehicle_state_db_errors_total`. sqlx retries a refused connection
     /// until the acquire timeout, so a PostgreSQL that has just gone down shows as
@@ -197,6 +210,11 @@ impl DbError {
                 if d.code().as_deref() == Some("57014") =>
             {
                 "statement_timeout"
+            }
+            DbError::Unavailable(sqlx::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                "no_response"
             }
             DbError::Unavailable(_) => "unavailable",
             DbError::Down => "down",

@@ -148,6 +148,7 @@ pub fn settings(database_url: &str, redis_url: &str, prefix: &str) -> ServeSetti
             db_pool_max_size: 5,
             db_acquire_timeout_ms: 1000,
             db_statement_timeout_ms: 2000,
+            db_response_timeout_ms: 3000,
             db_max_lifetime_secs: 300,
         },
         redis: RedisSettings {

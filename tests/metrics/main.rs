@@ -114,6 +114,7 @@ async fn every_series_is_exposed_from_the_first_scrape() {
     for kind in [
         "acquire_timeout",
         "statement_timeout",
+        "no_response",
         "unavailable",
         "down",
         "query",
