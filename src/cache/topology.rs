@@ -3,8 +3,13 @@
 //! [`Connection`] is where commands go, whatever the mode.
 //!
 //! redis-rs does the work of each mode: its cluster client follows `MOVED` and `ASK` and
-//! refreshes the slot map when the cluster changes; its sentinel client asks the sentinels for
-//! the current master each time it connects. The pool's manager is ours rather than
+//! refreshes the slot map when the cluster changes; its sentinel client asks a sentinel for the
+//! current master (and checks that master's `ROLE`) each time it connects. One thing is ours:
+//! the sentinels are asked all at once, each within `REDIS_TIMEOUT_MS`, and the first that names
+//! a confirmed master wins. redis-rs asks them in the order listed and waits for each in turn
+//! with its fixed connect timeout (1 s), so one sentinel that swallows packets would delay
+//! every connection by that second, longer than the bound on a Redis call: nothing would ever
+//! be cached again while it did. The pool's manager is ours rather than
 //! deadpool-redis's because those cannot be given a private CA or a client certificate in
 //! cluster and sentinel modes.
 //!
@@ -66,17 +71,22 @@ impl ConnectionLike for Connection {
     }
 }
 
+// One per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Standalone(redis::Client),
     Cluster(ClusterClient),
-    /// Asking the sentinels takes `&mut`: one connection is made at a time.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// A client per sentinel, asked together (see the module's comment). Asking takes `&mut`:
+    /// each sentinel answers one question at a time.
+    Sentinel(Vec<tokio::sync::Mutex<SentinelClient>>),
 }
 
 /// Makes connections for the pool, and checks them (with a `PING`) before they are reused.
 pub struct Manager {
     client: Client,
     mode: RedisMode,
+    /// `REDIS_TIMEOUT_MS`, for asking one sentinel.
+    timeout: std::time::Duration,
     /// `REDIS_TIMEOUT_MS` for connecting and for each reply, in place of redis-rs's defaults.
     config: AsyncConnectionConfig,
     pings: AtomicUsize,
@@ -121,15 +131,30 @@ impl Manager {
                         .context("REDIS_URL: cannot configure the Redis Cluster client")?,
                 )
             }
-            RedisMode::Sentinel => Client::Sentinel(tokio::sync::Mutex::new(sentinel_client(
-                settings,
-                nodes,
-                certificates,
-            )?)),
+            RedisMode::Sentinel => {
+                if nodes.is_empty() {
+                    bail!("REDIS_URL lists no sentinel");
+                }
+                let tls = is_tls(&nodes[0]);
+                if nodes.iter().any(|n| is_tls(n) != tls) {
+                    bail!("REDIS_URL: the sentinels' URLs mix redis:// and rediss://");
+                }
+                // Each client knows one sentinel; the master's settings come from the first
+                // URL, as they would from a standalone REDIS_URL.
+                let clients = nodes
+                    .iter()
+                    .map(|sentinel| {
+                        sentinel_client(settings, &nodes[0], sentinel, certificates.clone())
+                            .map(tokio::sync::Mutex::new)
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                Client::Sentinel(clients)
+            }
         };
         Ok(Self {
             client,
             mode: settings.redis_mode,
+            timeout: settings.timeout(),
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(settings.timeout()))
                 .set_response_timeout(Some(settings.timeout())),
@@ -142,24 +167,20 @@ impl Manager {
     }
 }
 
-/// The sentinels are the URLs' addresses; the URLs' user name, password and database are the
-/// master's, as they would be in a standalone `REDIS_URL`; `REDIS_SENTINEL_PASSWORD`, if set, is
-/// the sentinels' own. TLS (and its certificates) applies to both when the URLs use `rediss://`.
+/// A client of the sentinel at `sentinel`'s address; `first`'s user name, password and
+/// database are the master's, as they would be in a standalone `REDIS_URL`;
+/// `REDIS_SENTINEL_PASSWORD`, if set, is the sentinels' own. TLS (and its certificates) applies
+/// to both when the URLs use `rediss://`.
 fn sentinel_client(
     settings: &RedisSettings,
-    nodes: &[ConnectionInfo],
+    first: &ConnectionInfo,
+    sentinel: &ConnectionInfo,
     certificates: Option<TlsCertificates>,
 ) -> anyhow::Result<SentinelClient> {
-    let Some(first) = nodes.first() else {
-        bail!("REDIS_URL lists no sentinel");
-    };
     let tls = is_tls(first);
-    if nodes.iter().any(|n| is_tls(n) != tls) {
-        bail!("REDIS_URL: the sentinels' URLs mix redis:// and rediss://");
-    }
     let master = first.redis_settings();
     let mut builder = SentinelClientBuilder::new(
-        nodes.iter().map(|n| n.addr().clone()),
+        [sentinel.addr().clone()],
         &settings.redis_sentinel_master,
         SentinelServerType::Master,
     )
@@ -221,6 +242,37 @@ fn is_tls(node: &ConnectionInfo) -> bool {
     matches!(node.addr(), ConnectionAddr::TcpTls { .. })
 }
 
+impl Manager {
+    /// Asks every sentinel at once for the master, each within `REDIS_TIMEOUT_MS`; the first
+    /// that names a master whose `ROLE` confirms it wins, and the others are dropped (redis-rs
+    /// keeps only connections it has checked, so that is safe). Fails with the last failure
+    /// when none does.
+    async fn master(
+        &self,
+        sentinels: &[tokio::sync::Mutex<SentinelClient>],
+    ) -> Result<redis::Client, RedisError> {
+        let asks = sentinels.iter().map(|sentinel| {
+            Box::pin(async move {
+                let ask = async { sentinel.lock().await.async_get_client().await };
+                tokio::time::timeout(self.timeout, ask)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "a sentinel did not name the master within {} ms (REDIS_TIMEOUT_MS)",
+                                self.timeout.as_millis()
+                            ),
+                        )))
+                    })
+            })
+        });
+        futures_util::future::select_ok(asks)
+            .await
+            .map(|(client, _)| client)
+    }
+}
+
 impl managed::Manager for Manager {
     type Type = Connection;
     type Error = RedisError;
@@ -233,11 +285,10 @@ impl managed::Manager for Manager {
                     .await?,
             ),
             Client::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
-            Client::Sentinel(client) => Connection::Single(
-                client
-                    .lock()
-                    .await
-                    .get_async_connection_with_config(&self.config)
+            Client::Sentinel(sentinels) => Connection::Single(
+                self.master(sentinels)
+                    .await?
+                    .get_multiplexed_async_connection_with_config(&self.config)
                     .await?,
             ),
         })
