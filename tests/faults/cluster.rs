@@ -480,10 +480,47 @@ fn nginx_conf(dir: &Path, port: u16, upstreams: &[u16]) -> String {
     out
 }
 
+/// Where a server of the test's own runs: on loopback, or on a test host of its own (a network
+/// namespace, `tests/network/`), whose programs start through a wrapper (`ip netns exec NAME`).
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The address it listens on, and clients use.
+    pub ip: String,
+    wrapper: Vec<String>,
+}
+
+impl Place {
+    pub fn loopback() -> Self {
+        Self {
+            ip: "127.0.0.1".to_owned(),
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// At `ip`, its programs started as `wrapper program args...`.
+    #[allow(dead_code)]
+    pub fn wrapped(ip: String, wrapper: Vec<String>) -> Self {
+        Self { ip, wrapper }
+    }
+
+    /// `program`, to run there.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self.wrapper.split_first() {
+            None => Command::new(program),
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(program);
+                command
+            }
+        }
+    }
+}
+
 /// A PostgreSQL cluster of the test's own (initdb, pg_ctl), on a spare port, trust auth, which
 /// the test may stop and start again. As root, its programs run as the `postgres` user.
 pub struct PgServer {
     pub port: u16,
+    place: Place,
     bin: PathBuf,
     data: PathBuf,
     /// PostgreSQL refuses to run as root: its programs then run as `postgres`.
@@ -493,14 +530,24 @@ pub struct PgServer {
 
 impl PgServer {
     pub fn start() -> Self {
-        let server = Self::init();
+        Self::start_at(Place::loopback())
+    }
+
+    /// [`PgServer::start`], listening at `place`.
+    pub fn start_at(place: Place) -> Self {
+        let server = Self::init_at(place);
         server.resume();
         server
     }
 
     /// A new cluster (initdb), not started: configure it, then [`PgServer::resume`].
     pub fn init() -> Self {
-        let server = Self::empty("pg");
+        Self::init_at(Place::loopback())
+    }
+
+    fn init_at(place: Place) -> Self {
+        let elsewhere = place.ip != "127.0.0.1";
+        let server = Self::empty("pg", place);
         server.run(
             "initdb",
             &[
@@ -514,13 +561,20 @@ impl PgServer {
                 "UTF8",
             ],
         );
+        if elsewhere {
+            // initdb trusts loopback only; the test host's clients come over its link.
+            let path = server.data.join("pg_hba.conf");
+            let mut hba = fs::read_to_string(&path).expect("pg_hba.conf");
+            hba.push_str("host all all 0.0.0.0/0 trust\n");
+            fs::write(&path, hba).expect("write pg_hba.conf");
+        }
         server
     }
 
     /// A streaming standby of `primary` (a base backup with `-R`, which writes the
     /// `primary_conninfo` and `standby.signal`), on a port of its own, started.
     pub fn standby_of(primary: &PgServer) -> Self {
-        let server = Self::empty("pg-standby");
+        let server = Self::empty("pg-standby", Place::loopback());
         server.run(
             "pg_basebackup",
             &[
@@ -545,7 +599,7 @@ impl PgServer {
     }
 
     /// A directory for a cluster that does not exist yet, and a port.
-    fn empty(what: &str) -> Self {
+    fn empty(what: &str, place: Place) -> Self {
         let bin = pg_bindir();
         let dir = TempDir::new(what);
         let data = dir.0.join("data");
@@ -563,6 +617,7 @@ impl PgServer {
         }
         Self {
             port: free_port(),
+            place,
             bin,
             as_root,
             data,
@@ -604,15 +659,19 @@ impl PgServer {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres@{}:{}/{database}",
+            self.place.ip, self.port
+        )
     }
 
     /// Starts (again) and waits until it accepts connections. Blocks: call it off the runtime's
     /// schedule ([`tokio::task::block_in_place`]) while load runs.
     pub fn resume(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=100",
+            "-p {} -c listen_addresses={} -k {} -c fsync=off -c max_connections=100",
             self.port,
+            self.place.ip,
             self.data.display()
         );
         let log = self.data.join("server.log").display().to_string();
@@ -633,11 +692,11 @@ impl PgServer {
     fn command(&self, program: &str) -> Command {
         let program = self.bin.join(program);
         if self.as_root {
-            let mut command = Command::new("runuser");
+            let mut command = self.place.command("runuser");
             command.args(["-u", "postgres", "--"]).arg(&program);
             command
         } else {
-            Command::new(&program)
+            self.place.command(&program)
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ClientTlsConfig, TlsCertificates};
 
-use crate::cluster::{TempDir, free_port};
+use crate::cluster::{Place, TempDir, free_port};
 use crate::pki::Pki;
 
 /// How the tests reach a server: its CA and a client certificate, when it speaks TLS.
@@ -57,6 +57,7 @@ fn tls_args(pki: &Pki, port: u16, mutual: bool) -> Vec<String> {
 /// A Redis server of the test's own on a spare port, which the test may stop and start again.
 pub struct RedisServer {
     pub port: u16,
+    place: Place,
     child: Option<Child>,
     args: Vec<String>,
     tls: Option<Pki>,
@@ -72,6 +73,11 @@ impl RedisServer {
     /// With `pki`, over TLS only (mutual: clients need a certificate); `extra` arguments after
     /// the usual ones.
     pub async fn start_with(pki: Option<&Pki>, extra: &[String]) -> Self {
+        Self::start_at(Place::loopback(), pki, extra).await
+    }
+
+    /// [`RedisServer::start_with`], listening at `place`.
+    pub async fn start_at(place: Place, pki: Option<&Pki>, extra: &[String]) -> Self {
         let port = free_port();
         let dir = TempDir::new("redis");
         let mut args: Vec<String> = match pki {
@@ -79,17 +85,27 @@ impl RedisServer {
             None => vec!["--port".into(), port.to_string()],
         };
         args.extend(
-            ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                .into_iter()
-                // A replica's first sync at once, not after Redis's default 5 s.
-                .chain(["--repl-diskless-sync-delay", "0"])
-                .chain(["--daemonize", "no", "--dir"])
-                .map(str::to_owned),
+            [
+                "--bind",
+                place.ip.as_str(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .into_iter()
+            // No password: clients come over the test host's link, not loopback.
+            .chain(["--protected-mode", "no"])
+            // A replica's first sync at once, not after Redis's default 5 s.
+            .chain(["--repl-diskless-sync-delay", "0"])
+            .chain(["--daemonize", "no", "--dir"])
+            .map(str::to_owned),
         );
         args.push(dir.0.display().to_string());
         args.extend_from_slice(extra);
         let mut redis = Self {
             port,
+            place,
             child: None,
             args,
             tls: pki.cloned(),
@@ -105,7 +121,7 @@ impl RedisServer {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.place.ip, self.port)
     }
 
     pub fn client(&self) -> redis::Client {
@@ -115,7 +131,9 @@ impl RedisServer {
     /// Starts it again on the same port (empty: it keeps nothing on disk).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
+        let child = self
+            .place
+            .command("redis-server")
             .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
@@ -327,13 +345,15 @@ impl RedisCluster {
     }
 }
 
-/// A master, a replica of it, and one sentinel watching them (quorum 1, the master declared
-/// down after a second).
+/// A master, a replica of it, and sentinels watching them (quorum 1, the master declared down
+/// after a second).
 pub struct Sentinel {
     pub master: RedisServer,
     pub replica: RedisServer,
-    pub sentinel_port: u16,
-    sentinel: Child,
+    /// The sentinels' ports, in the order `url` lists them.
+    pub sentinel_ports: Vec<u16>,
+    sentinels: Vec<Child>,
+    place: Place,
     tls: Option<Pki>,
     _dir: TempDir,
 }
@@ -341,41 +361,56 @@ pub struct Sentinel {
 pub const MASTER_SET: &str = "vs-test-master";
 
 impl Sentinel {
+    /// One sentinel, everything on loopback.
     pub async fn start(pki: Option<&Pki>) -> Self {
-        let master = RedisServer::start_with(pki, &[]).await;
-        let replicaof = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(str::to_owned);
-        let replica = RedisServer::start_with(pki, &replicaof).await;
+        Self::start_at(Place::loopback(), 1, pki).await
+    }
+
+    /// `count` sentinels, everything at `place`.
+    pub async fn start_at(place: Place, count: usize, pki: Option<&Pki>) -> Self {
+        let master = RedisServer::start_at(place.clone(), pki, &[]).await;
+        let replicaof = ["--replicaof", &place.ip, &master.port.to_string()].map(str::to_owned);
+        let replica = RedisServer::start_at(place.clone(), pki, &replicaof).await;
         let dir = TempDir::new("sentinel");
-        let port = free_port();
-        // The sentinel rewrites its file, so it lives in the test's directory.
-        let conf: PathBuf = dir.0.join("sentinel.conf");
-        fs::write(
-            &conf,
-            format!(
-                "bind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {MASTER_SET} 127.0.0.1 {master} 1\n\
-                 sentinel down-after-milliseconds {MASTER_SET} 1000\n\
-                 sentinel failover-timeout {MASTER_SET} 5000\n",
-                dir = dir.0.display(),
-                master = master.port,
-            ),
-        )
-        .expect("write sentinel.conf");
-        let mut args = vec![conf.display().to_string(), "--sentinel".to_owned()];
-        match pki {
-            Some(pki) => args.extend(tls_args(pki, port, true)),
-            None => args.extend(["--port".to_owned(), port.to_string()]),
+        let mut sentinel_ports = Vec::new();
+        let mut sentinels = Vec::new();
+        for n in 0..count {
+            let port = free_port();
+            // A sentinel rewrites its file, so it lives in the test's directory.
+            let conf: PathBuf = dir.0.join(format!("sentinel-{n}.conf"));
+            fs::write(
+                &conf,
+                format!(
+                    "bind {ip}\nprotected-mode no\ndir {dir}\n\
+                     sentinel monitor {MASTER_SET} {ip} {master} 1\n\
+                     sentinel down-after-milliseconds {MASTER_SET} 1000\n\
+                     sentinel failover-timeout {MASTER_SET} 5000\n",
+                    ip = place.ip,
+                    dir = dir.0.display(),
+                    master = master.port,
+                ),
+            )
+            .expect("write sentinel.conf");
+            let mut args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+            match pki {
+                Some(pki) => args.extend(tls_args(pki, port, true)),
+                None => args.extend(["--port".to_owned(), port.to_string()]),
+            }
+            let sentinel = place
+                .command("redis-server")
+                .args(&args)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            sentinel_ports.push(port);
+            sentinels.push(sentinel);
         }
-        let sentinel = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel starts");
         let set = Self {
             master,
             replica,
-            sentinel_port: port,
-            sentinel,
+            sentinel_ports,
+            sentinels,
+            place,
             tls: pki.cloned(),
             _dir: dir,
         };
@@ -383,14 +418,18 @@ impl Sentinel {
         set
     }
 
-    /// `REDIS_URL` for the service: the sentinel.
+    /// `REDIS_URL` for the service: the sentinels, in order.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}", self.sentinel_port)
+        self.sentinel_ports
+            .iter()
+            .map(|port| format!("{scheme}://{}:{port}", self.place.ip))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Waits until the replica has synced and the sentinel knows the master and has found
@@ -411,28 +450,35 @@ impl Sentinel {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let client = test_client(&self.url(), self.tls.as_ref());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && let Ok(replicas) = redis::cmd("SENTINEL")
-                    .arg("REPLICAS")
-                    .arg(MASTER_SET)
-                    .query_async::<Vec<redis::Value>>(&mut conn)
-                    .await
-                && !replicas.is_empty()
-            {
-                return;
+        for url in self.url().split(',') {
+            let client = test_client(url, self.tls.as_ref());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                    && let Ok(replicas) = redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(MASTER_SET)
+                        .query_async::<Vec<redis::Value>>(&mut conn)
+                        .await
+                    && !replicas.is_empty()
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the sentinel at {url} did not find the master and its replica"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the sentinel did not find the master and its replica");
     }
 }
 
 impl Drop for Sentinel {
     fn drop(&mut self) {
-        let _ = self.sentinel.kill();
-        let _ = self.sentinel.wait();
+        for sentinel in &mut self.sentinels {
+            let _ = sentinel.kill();
+            let _ = sentinel.wait();
+        }
     }
 }
