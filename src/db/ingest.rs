@@ -2,6 +2,8 @@
 //! then one statement that stores what is new and keeps `vehicles.state` equal to each vehicle's
 //! latest change.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
@@ -132,9 +134,13 @@ pub struct BatchOutcome {
 }
 
 /// Applies the batch in one transaction: BEGIN, the locks, the apply statement, COMMIT. Either all
-/// of it is committed or none of it.
+/// of it is committed or none of it. Each statement waits at most `response_timeout`
+/// (`DB_RESPONSE_TIMEOUT_MS`) for its reply; past it the connection is dropped rather than
+/// returned to the pool (see [`super::Database`]) and the batch fails as `no_response`, to be
+/// delivered again: applying is idempotent, so a COMMIT whose reply was lost is harmless.
 pub async fn apply(
     pool: &PgPool,
+    response_timeout: Duration,
     registrations: &[&Registration],
     changes: &[&StateChange],
 ) -> Result<BatchOutcome, DbError> {
@@ -161,33 +167,53 @@ pub async fn apply(
         db.query.summary = "apply_events",
         vehicle_state.events = registrations.len() + changes.len(),
     );
-    let (tx, rows) = otel::traced(statement, async {
-        let mut tx = pool.begin().await?;
-        sqlx::query(LOCK_SQL)
-            .bind(INGEST_LOCK_SPACE)
-            .bind(&vehicles)
-            .execute(&mut *tx)
+    let mut conn = pool.acquire().await?;
+    let limit = response_timeout;
+    let applied = async {
+        let (tx, rows) = otel::traced(statement, async {
+            let mut tx = answered(limit, sqlx::Connection::begin(&mut *conn)).await?;
+            answered(
+                limit,
+                sqlx::query(LOCK_SQL)
+                    .bind(INGEST_LOCK_SPACE)
+                    .bind(&vehicles)
+                    .execute(&mut *tx),
+            )
             .await?;
-        let rows = sqlx::query(APPLY_SQL)
-            .bind(&reg_ids)
-            .bind(&makes)
-            .bind(&models)
-            .bind(&chg_ids)
-            .bind(&states)
-            .bind(&ats)
-            .fetch_all(&mut *tx)
+            let rows = answered(
+                limit,
+                sqlx::query(APPLY_SQL)
+                    .bind(&reg_ids)
+                    .bind(&makes)
+                    .bind(&models)
+                    .bind(&chg_ids)
+                    .bind(&states)
+                    .bind(&ats)
+                    .fetch_all(&mut *tx),
+            )
             .await?;
-        Ok::<_, sqlx::Error>((tx, rows))
-    })
-    .await?;
-    let commit = tracing::trace_span!(
-        target: otel::SPANS,
-        "postgresql COMMIT",
-        otel.kind = "client",
-        db.system = "postgresql",
-        db.operation.name = "COMMIT",
-    );
-    otel::traced(commit, tx.commit()).await?;
+            Ok::<_, DbError>((tx, rows))
+        })
+        .await?;
+        let commit = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql COMMIT",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "COMMIT",
+        );
+        otel::traced(commit, answered(limit, tx.commit())).await?;
+        Ok::<_, DbError>(rows)
+    };
+    let rows = match applied.await {
+        Ok(rows) => rows,
+        Err(error) => {
+            if error.kind() == "no_response" {
+                drop(conn.detach());
+            }
+            return Err(error);
+        }
+    };
 
     let mut outcome = BatchOutcome {
         registrations: vec![Applied::Duplicate; registrations.len()],
@@ -216,4 +242,15 @@ pub async fn apply(
         }
     }
     Ok(outcome)
+}
+
+/// `statement`, waiting at most `limit` for its reply.
+async fn answered<T>(
+    limit: Duration,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, statement).await {
+        Ok(result) => result.map_err(DbError::from),
+        Err(_) => Err(DbError::no_response(limit)),
+    }
 }

@@ -189,7 +189,7 @@ impl DbError {
 
     /// No reply within `DB_RESPONSE_TIMEOUT_MS` to a statement sent (see
     /// [`Database`]): PostgreSQL, or the network to it, swallowed it.
-    fn no_response(waited: std::time::Duration) -> Self {
+    pub(crate) fn no_response(waited: std::time::Duration) -> Self {
         DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(

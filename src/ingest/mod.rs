@@ -318,18 +318,36 @@ impl Ingestor {
         let regs: Vec<&Registration> = registrations.iter().map(|(_, r)| r).collect();
         let chgs: Vec<&StateChange> = changes.iter().map(|(_, c)| c).collect();
         let started = Clock::now();
-        let result = db::apply_events(&self.pool, &regs, &chgs).await;
+        let result = db::apply_events(
+            &self.pool,
+            self.settings.database.response_timeout(),
+            &regs,
+            &chgs,
+        )
+        .await;
         metrics::record_ingest_batch(regs.len() + chgs.len(), started.elapsed());
         match result {
             Err(error) if refused_for_its_data(&error) && regs.len() + chgs.len() > 1 => {
                 tracing::warn!(error = %telemetry::chain(&error), "a batch failed on its data; applying its events one by one");
                 let mut outcome = db::BatchOutcome::default();
                 for registration in &regs {
-                    let one = db::apply_events(&self.pool, &[registration], &[]).await;
+                    let one = db::apply_events(
+                        &self.pool,
+                        self.settings.database.response_timeout(),
+                        &[registration],
+                        &[],
+                    )
+                    .await;
                     outcome.registrations.push(one_outcome(one, true)?);
                 }
                 for change in &chgs {
-                    let one = db::apply_events(&self.pool, &[], &[change]).await;
+                    let one = db::apply_events(
+                        &self.pool,
+                        self.settings.database.response_timeout(),
+                        &[],
+                        &[change],
+                    )
+                    .await;
                     outcome.changes.push(one_outcome(one, false)?);
                 }
                 Ok(outcome)
