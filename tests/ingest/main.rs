@@ -1,6 +1,6 @@
-//! Ingest from NATS JetStream with real processes: a private `nats-server -js` per test (see
-//! `nats.rs` for which binary), the service's own binary as `ingest` and `publish`, and
-//! PostgreSQL (the shared server, or a private one where a test stops it).
+//! Ingest from NATS JetStream with real processes: a private `nats-server -js` per test, or a
+//! cluster of three (see `nats.rs` for which binary), the service's own binary as `ingest` and
+//! `publish`, and PostgreSQL (the shared server, or a private one where a test stops it).
 //!
 //! The reference for "the right tables" is `seed synthetic` with the same seed: applying the
 //! events `publish synthetic` sends, in any order and with duplicates, must give the same rows.
@@ -19,6 +19,9 @@ mod helpers;
 mod delivery;
 mod faults;
 mod nats;
+// `cluster` above is the process harness the suites share; this is the NATS cluster's test.
+#[path = "cluster.rs"]
+mod nats_cluster;
 mod poison;
 
 use std::time::{Duration, Instant};
