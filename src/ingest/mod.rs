@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant as Clock};
 
 use anyhow::Context as _;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
@@ -25,8 +26,9 @@ use crate::telemetry::{self, ShutdownSignals, otel};
 /// How long to wait before asking again when NATS cannot be reached or the stream cannot be set
 /// up at start.
 const SETUP_RETRY: Duration = Duration::from_secs(1);
-/// How often the consumer's pull stream sends heartbeats; a stream that misses two re-issues its
-/// pull (after a NATS restart, say).
+/// How often the consumer's pull stream sends heartbeats; a missed one (or a pull that no server
+/// answers) makes ingest send a new pull request at once rather than wait for the old one to
+/// expire.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Messages asked for per pull, in batches of INGEST_BATCH_MAX: the client asks again when half
 /// are taken, so a full batch is buffered while the previous one commits.
@@ -191,18 +193,29 @@ impl Ingestor {
                 };
                 let chunk = ready_batch(&mut messages, first, batch_max).await;
                 let mut sorted = Sorted::default();
+                let mut pull_again = false;
                 for item in chunk {
                     match item {
                         Ok(message) => self.sort(message, &mut sorted),
-                        // Missed heartbeats and the like: the stream recovers by itself.
                         Err(error) => {
-                            tracing::warn!(error = %telemetry::chain(&error), "pulling messages")
+                            tracing::warn!(error = %telemetry::chain(&error), "pulling messages");
+                            // The pull request is gone with the server that held it (a leader
+                            // that died, a node restarted): async-nats would ask again only when
+                            // it expires (PULL_EXPIRES), so ingest would stand still that long.
+                            pull_again |= matches!(
+                                error.kind(),
+                                MessagesErrorKind::MissingHeartbeat
+                                    | MessagesErrorKind::NoResponders
+                            );
                         }
                     }
                 }
                 // Signals wait until the batch in hand is applied and acked.
                 let span = batch_span(&sorted);
                 self.process(sorted).instrument(span).await;
+                if pull_again {
+                    continue 'pull;
+                }
             }
         }
     }

@@ -22,20 +22,21 @@ const SEED: u64 = 23;
 const STREAM: &str = "VEHICLE_EVENTS";
 /// Ingest's default consumer.
 const CONSUMER: &str = "vehicle-state-ingest";
-/// About 3.7 events a vehicle (18,000 or so): enough that ingest, in batches of `BATCH`, is a
+/// About 3.7 events a vehicle (37,000 or so): enough that ingest, in batches of `BATCH`, is a
 /// quarter of the way through them when the leader is killed, and still busy when the second
-/// node restarts (as soon as ingest applies events again).
-const VEHICLES: u32 = 5000;
+/// node restarts (once the killed one is back and caught up, some seconds later).
+const VEHICLES: u32 = 10_000;
 const BATCH: &str = "10";
 /// From the kill to a new leader of the stream: nats-server's Raft followers call an election
 /// when they have not heard from the leader for 4 to 9 s (randomised); this allows one full
 /// timeout, a second round, and the answer.
 const NEW_LEADER_BOUND: Duration = Duration::from_secs(20);
 /// The longest ingest may stand still after a fault. When the consumer's leader goes away
-/// while ingest's connection stays up, the pull request ingest had open there goes with it, and
-/// async-nats asks again only when that request expires (ingest's 30 s, plus 5 s): missed
-/// heartbeats alone do not make it ask.
-const RECOVERY_BOUND: Duration = Duration::from_secs(45);
+/// while ingest's connection stays up, the pull request ingest had open there goes with it;
+/// ingest pulls again at once when the server answers "no responders" or a heartbeat is missed
+/// (async-nats alone would wait for that request to expire, 30 s + 5 s), so the stall is the
+/// election (4 to 9 s) and at most one heartbeat interval (5 s) more.
+const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 /// From the second node's restart until every event is applied and the consumer's lag is zero:
 /// a stall as above, the rest of the events, and redelivery of what was delivered and not acked
 /// (after INGEST_ACK_WAIT_SECS, 5 s here).
