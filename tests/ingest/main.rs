@@ -16,9 +16,17 @@ mod cluster;
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+#[allow(dead_code)]
+#[path = "../faults/load.rs"]
+mod load;
+#[allow(dead_code)]
+#[path = "../network/netns.rs"]
+mod netns;
+
 mod delivery;
 mod faults;
 mod nats;
+mod network;
 // `cluster` above is the process harness the suites share; this is the NATS cluster's test.
 #[path = "cluster.rs"]
 mod nats_cluster;
