@@ -683,6 +683,12 @@ pub struct PublishSettings {
     /// Most publishes awaiting JetStream's acknowledgement at once.
     #[arg(help_heading = "Publish", long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub publish_in_flight: u32,
+
+    /// How long an event JetStream has not acknowledged is sent again (under the same
+    /// Nats-Msg-Id, so one that did land is not stored twice) before publish gives up: a
+    /// clustered stream has no leader for the 4 to 10 s of an election.
+    #[arg(help_heading = "Publish", long, env = "PUBLISH_RETRY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub publish_retry_secs: u64,
 }
 
 fn parse_fraction(raw: &str) -> Result<f64, String> {

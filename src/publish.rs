@@ -19,9 +19,10 @@ use crate::domain::Instant;
 use crate::domain::event::EventKind;
 use crate::telemetry::otel;
 
-/// How often a publish JetStream did not acknowledge is sent again (under the same
-/// `Nats-Msg-Id`, so a publish that did land is not stored twice).
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// The pause before sending again what JetStream did not acknowledge, doubled each time up to
+/// [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// One event to publish, by reference into the histories: a registration (`change` is `None`)
 /// or the `change`-th state change of the vehicle; `copy` 1 is a duplicate under a new eventId.
@@ -97,12 +98,14 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
         "publish synthetic",
         vehicle_state.events = events.len(),
     );
-    let mut pending: VecDeque<(PublishAckFuture, EventRef)> = VecDeque::with_capacity(in_flight);
+    let retry_for = Duration::from_secs(settings.publish_retry_secs);
+    let resend = |event: EventRef| message(event, &histories, &registered, &state_changed);
+    // In order of sending; `None`: not sent (the connection refused it), to be sent again.
+    let mut pending: VecDeque<(Option<PublishAckFuture>, EventRef)> =
+        VecDeque::with_capacity(in_flight);
     for event in &events {
-        if pending.len() >= in_flight
-            && let Some((ack, sent)) = pending.pop_front()
-        {
-            confirm(&js, ack, sent, &histories, &registered, &state_changed).await?;
+        if pending.len() >= in_flight {
+            confirm(&js, &mut pending, &resend, retry_for).await?;
         }
         let Some((subject, mut publish)) = message(*event, &histories, &registered, &state_changed)
         else {
@@ -123,14 +126,11 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
                 publish = publish.header(name.as_str(), value.as_str());
             }
         }
-        let ack = js
-            .send_publish(subject.to_owned(), publish)
-            .await
-            .context("cannot publish")?;
+        let ack = js.send_publish(subject.to_owned(), publish).await.ok();
         pending.push_back((ack, *event));
     }
-    while let Some((ack, sent)) = pending.pop_front() {
-        confirm(&js, ack, sent, &histories, &registered, &state_changed).await?;
+    while !pending.is_empty() {
+        confirm(&js, &mut pending, &resend, retry_for).await?;
     }
     let took = started.elapsed();
     tracing::info!(
@@ -144,34 +144,56 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for JetStream's acknowledgement of one publish; sends it again (same message id) if none
-/// comes.
-async fn confirm(
+/// Waits for JetStream's acknowledgement of the oldest publish in flight. When none comes (no
+/// stream leader during an election, a lost connection), every publish in flight is sent again
+/// (same message ids) after a pause, and the oldest awaited again, until `retry_for` has passed
+/// since the first failure. Sending them all again at once matters: each acknowledgement's own
+/// timeout starts only when it is awaited, so waiting out the lost ones one by one would cost a
+/// timeout each.
+async fn confirm<'a>(
     js: &jetstream::Context,
-    ack: PublishAckFuture,
-    event: EventRef,
-    histories: &[SyntheticHistory],
-    registered: &str,
-    state_changed: &str,
+    pending: &mut VecDeque<(Option<PublishAckFuture>, EventRef)>,
+    resend: &impl Fn(EventRef) -> Option<(&'a str, PublishMessage)>,
+    retry_for: Duration,
 ) -> anyhow::Result<()> {
-    let mut result = ack.await.map(drop);
-    let mut attempt = 1;
-    while let Err(error) = result {
-        if attempt >= PUBLISH_ATTEMPTS {
-            return Err(error).context("JetStream did not acknowledge a publish");
-        }
-        tracing::warn!(error = %crate::telemetry::chain(&error), attempt, "publish not acknowledged; sending it again");
-        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        let Some((subject, publish)) = message(event, histories, registered, state_changed) else {
+    let mut failing_since = None;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let Some((ack, _)) = pending.front_mut() else {
             return Ok(());
         };
-        result = match js.send_publish(subject.to_owned(), publish).await {
-            Ok(ack) => ack.await.map(drop),
-            Err(error) => Err(error),
+        let error = match ack.take() {
+            Some(ack) => match ack.await {
+                Ok(_) => {
+                    pending.pop_front();
+                    return Ok(());
+                }
+                Err(error) => anyhow::Error::from(error),
+            },
+            None => anyhow::anyhow!("the connection did not take the publish"),
         };
-        attempt += 1;
+        let since = *failing_since.get_or_insert_with(Clock::now);
+        if since.elapsed() >= retry_for {
+            return Err(error).context(format!(
+                "JetStream did not acknowledge a publish within {} s (PUBLISH_RETRY_SECS)",
+                retry_for.as_secs()
+            ));
+        }
+        tracing::warn!(
+            error = %crate::telemetry::chain(error.as_ref()),
+            in_flight = pending.len(),
+            "publish not acknowledged; sending what is in flight again"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+        // Only events whose message was made are in flight, so `resend` makes each again.
+        for (ack, event) in pending.iter_mut() {
+            *ack = match resend(*event) {
+                Some((subject, publish)) => js.send_publish(subject.to_owned(), publish).await.ok(),
+                None => None,
+            };
+        }
     }
-    Ok(())
 }
 
 /// The subject and message of one event: its JSON, with its eventId as `Nats-Msg-Id` too.
