@@ -75,9 +75,11 @@ impl Instant {
             .or_else(|_| DateTime::parse_from_str(raw, PG_SPACE))
             .or_else(|_| DateTime::parse_from_str(raw, PG_T));
         match parsed {
-            // chrono also reads fields shorter than their width (`2022-9-2T1:2:3Z`); the accepted
-            // forms, and `PATTERN`, have them at full width.
-            Ok(_) if !has_full_width_fields(raw) => Err(InstantError::Unrecognised),
+            // chrono also reads fields shorter than their width (`2022-9-2T1:2:3Z`) and an offset
+            // with a dangling colon (`-05:`); the accepted forms, and `PATTERN`, have neither.
+            Ok(_) if !has_full_width_fields(raw) || !has_documented_tail(raw) => {
+                Err(InstantError::Unrecognised)
+            }
             // `timestamp_micros` folds a leap second (:60) into the next second, as Postgres does.
             Ok(dt) => Self::from_unix_micros(dt.timestamp_micros()).ok_or(InstantError::OutOfRange),
             Err(_) => Err(diagnose(raw)),
@@ -124,6 +126,33 @@ fn has_full_width_fields(raw: &str) -> bool {
         && digits(14, 16)
         && b.get(16) == Some(&b':')
         && digits(17, 19)
+}
+
+/// What follows the seconds: an optional fraction (a dot and digits), then `Z`, `z` or a sign
+/// and an offset of `hh`, `hhmm` or `hh:mm`.
+fn has_documented_tail(raw: &str) -> bool {
+    let Some(tail) = raw.get(19..) else {
+        return false;
+    };
+    let tail = match tail.strip_prefix('.') {
+        Some(fraction) => {
+            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return false;
+            }
+            &fraction[digits..]
+        }
+        None => tail,
+    };
+    let digits = |d: &[&u8]| d.iter().all(|b| b.is_ascii_digit());
+    match tail.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2] => digits(&[h1, h2]),
+        [b'+' | b'-', h1, h2, m1, m2] | [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            digits(&[h1, h2, m1, m2])
+        }
+        _ => false,
+    }
 }
 
 /// chrono's parsers skip white space in places; the accepted forms have none but the one
@@ -270,6 +299,22 @@ mod tests {
             assert_eq!(Instant::parse(raw), Err(expected), "{raw:?}");
         }
         assert_eq!(Instant::parse(&"1".repeat(65)), Err(Unrecognised));
+    }
+
+    #[test]
+    fn an_offset_with_a_dangling_colon_is_refused_not_read_as_whole_hours() {
+        // Found by fuzz/fuzz_targets/instant.rs: chrono's `%#z` took `-05:` as `-05:00`.
+        for raw in [
+            "2022-09-12T05:00:00-05:",
+            "2022-09-12 05:00:00-05:",
+            "2022-09-12T05:00:00.5+05:",
+        ] {
+            assert_eq!(
+                Instant::parse(raw),
+                Err(InstantError::Unrecognised),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]
