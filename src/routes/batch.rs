@@ -123,23 +123,8 @@ async fn answer(
     )
     .await
     .map_err(|_| ApiError::BodyTimeout(limits.read_timeout))??;
-    let request = parse(&raw)?;
-    let count = request.lookups.len();
-    let max = state.batch.max_lookups;
-    if count == 0 || count > max {
-        return Err(ApiError::InvalidBatchSize { count, max });
-    }
-
-    // Parsed one by one: a bad item is a 400 item, the others go on.
-    let parsed: Vec<Result<(VehicleId, Instant), ApiError>> = request
-        .lookups
-        .iter()
-        .map(|lookup| {
-            let id = VehicleId::from_i64(lookup.id).map_err(ApiError::InvalidVehicleId)?;
-            let at = Instant::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
-            Ok((id, at))
-        })
-        .collect();
+    let parsed = parse_body(&raw, state.batch.max_lookups)?;
+    let count = parsed.len();
     let pairs: Vec<(VehicleId, Instant)> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().copied())
@@ -260,13 +245,42 @@ async fn read_body(
     Ok(raw)
 }
 
+/// One lookup of a body: the pair it asks for, or the 400 of this item alone.
+pub type Item = Result<(VehicleId, Instant), ApiError>;
+
+/// The lookups a body asks for, each parsed on its own (a bad item is a 400 item, the others go
+/// on), or the 400 of the whole body: not JSON of the batch's shape, or not 1 to `max` lookups.
+/// Public (as `routes::parse::batch_body`) so that the fuzz targets in `fuzz/` run the very
+/// code the handler runs.
+pub fn parse_body(raw: &[u8], max: usize) -> Result<Vec<Item>, ApiError> {
+    let request = parse(raw)?;
+    let count = request.lookups.len();
+    if count == 0 || count > max {
+        return Err(ApiError::InvalidBatchSize { count, max });
+    }
+    Ok(request
+        .lookups
+        .iter()
+        .map(|lookup| {
+            let id = VehicleId::from_i64(lookup.id).map_err(ApiError::InvalidVehicleId)?;
+            let at = Instant::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
+            Ok((id, at))
+        })
+        .collect())
+}
+
 /// The request, or a 400 naming the field that is wrong (`lookups[2].id: invalid type ...`).
 fn parse(raw: &[u8]) -> Result<BatchRequest, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(raw);
     let request: BatchRequest = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let at = if path == "." { "the body".to_owned() } else { path };
+        // Paths that name nothing are the body's: the body itself (`.`), a key that could not
+        // be read (`?`, as in `{1:2}`), an unknown key that is empty (``, as in `{"":3}`).
+        let at = match path.as_str() {
+            "" | "." | "?" => "the body".to_owned(),
+            _ => path,
+        };
         ApiError::InvalidBody(format!(
             "{at}: {inner}; expected {{\"lookups\":[{{\"id\":3,\"timestamp\":\"2022-09-12T10:00:00Z\"}}]}}"
         ))
@@ -300,4 +314,43 @@ fn write_problem(out: &mut Vec<u8>, error: &ApiError, cache: Option<CacheStatus>
     // A Problem of plain strings and integers always serialises.
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     write_item(out, problem.status, cache, b"problem", &body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_whose_first_key_is_not_text_is_blamed_on_the_body_not_on_a_question_mark() {
+        // Found by fuzz/fuzz_targets/batch_body.rs: the detail began `?: key must be a string`.
+        let raw = b"{\xe5\x93\x90\x8deonot json,\"more\xa2;true}";
+
+        let refused = parse_body(raw, 100).err().map(|e| e.problem());
+
+        let problem = refused.expect("refused");
+        assert_eq!(problem.status, 400);
+        assert!(
+            problem.detail.starts_with("the body: key must be a string"),
+            "{}",
+            problem.detail
+        );
+    }
+
+    #[test]
+    fn a_body_with_an_empty_unknown_key_is_blamed_on_the_body_not_on_nothing() {
+        // Found by fuzz/fuzz_targets/batch_body.rs: the detail began `: unknown field ```.
+        let found = b"{\"\": 3, \"timestamp\": \"2022-09-12T10:00:00Z\"},\n   80400\"},\n      \
+            {looku\xff\xff\":[\xff\xff],\"mor/\":true}";
+        for raw in [&b"{\"\": 3}"[..], found] {
+            let refused = parse_body(raw, 100).err().map(|e| e.problem());
+
+            let problem = refused.expect("refused");
+            assert_eq!(problem.status, 400);
+            assert!(
+                problem.detail.starts_with("the body: unknown field ``"),
+                "{}",
+                problem.detail
+            );
+        }
+    }
 }

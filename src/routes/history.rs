@@ -106,7 +106,9 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 }
 
 /// `from`, `to`, `limit` and `after`, each at most once; other parameters are ignored.
-fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
+/// Public (as `routes::parse::history_query`) so that the fuzz targets in `fuzz/` run the very
+/// code the handler runs.
+pub fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
     let mut from = None;
     let mut to = None;
     let mut limit = None;

@@ -14,6 +14,13 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::{ApiError, RetryAfter};
 
+/// The routes' parsers of request text (a batch body, a timeline's query string), public for
+/// the fuzz targets in `fuzz/`, which call the very code the handlers run.
+pub mod parse {
+    pub use super::batch::parse_body as batch_body;
+    pub use super::history::parse_query as history_query;
+}
+
 /// Every route, /metrics included: what the OpenAPI document describes and what the public
 /// port serves unless METRICS_BIND_ADDR takes /metrics elsewhere.
 pub fn configure(cfg: &mut ServiceConfig) {
