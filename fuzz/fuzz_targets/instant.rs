@@ -1,0 +1,53 @@
+//! `Instant::parse`: the lookup's `ts`, the timeline's `from` and `to`, a batch item's and an
+//! event's `timestamp`. Any text is an instant or a reason; an instant is one of the documented
+//! spellings and survives every way the service writes it back.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use regex::Regex;
+use vehicle_state::domain::Instant;
+
+static PATTERN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(Instant::PATTERN).expect("Instant::PATTERN is a valid expression"));
+
+fuzz_target!(|data: &[u8]| {
+    let raw = String::from_utf8_lossy(data);
+    match Instant::parse(&raw) {
+        Ok(instant) => {
+            // What the OpenAPI document tells clients (and Swagger UI checks) covers it.
+            assert!(
+                PATTERN.is_match(&raw),
+                "{raw:?} is accepted but does not match Instant::PATTERN"
+            );
+            // The spelling answers show parses back to the same instant: a cache key is stable.
+            let shown = instant.to_string();
+            assert_eq!(
+                Instant::parse(&shown),
+                Ok(instant),
+                "{raw:?} is shown as {shown:?}"
+            );
+            // As the cache entries and events carry it.
+            assert_eq!(
+                Instant::from_unix_micros(instant.unix_micros()),
+                Some(instant)
+            );
+            let json = serde_json::to_string(&instant).expect("an instant serialises");
+            assert_eq!(
+                serde_json::from_str::<Instant>(&json).ok(),
+                Some(instant),
+                "{json}"
+            );
+            // Epoch seconds are exactly that many seconds.
+            if let Ok(seconds) = raw.parse::<i64>() {
+                assert_eq!(instant.unix_micros(), seconds * 1_000_000, "{raw:?}");
+            }
+        }
+        Err(reason) => {
+            // The 400's detail: why, and the forms that would do.
+            let detail = reason.to_string();
+            assert!(detail.contains("Accepted forms"), "{raw:?}: {detail:?}");
+        }
+    }
+});
