@@ -61,12 +61,7 @@ async fn scenario() {
     let mut cluster = NatsCluster::start(3);
     cluster.wait_for_meta_leader(Duration::from_secs(30)).await;
     let urls = cluster.urls();
-    let client = async_nats::connect(cluster.nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
-        .await
-        .expect("connect to the cluster");
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(1))
-        .build(client);
+    let js = jetstream_of(&cluster).await;
     let dir = TempDir::new("ingest-r3");
     let db = migrated_database();
     publish(
@@ -406,12 +401,7 @@ async fn publish_across_a_kill() {
     let mut cluster = NatsCluster::start(3);
     cluster.wait_for_meta_leader(Duration::from_secs(30)).await;
     let urls = cluster.urls();
-    let client = async_nats::connect(cluster.nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
-        .await
-        .expect("connect to the cluster");
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(1))
-        .build(client);
+    let js = jetstream_of(&cluster).await;
     // The stream first (a small publish), so its leader is known before the run that is cut.
     publish(&urls, STREAM, 1, SEED, &["--ingest-stream-replicas", "3"]);
     let (leader, _) = wait_for_leaders_of_stream(&js).await;
@@ -486,4 +476,14 @@ async fn wait_for_leaders_of_stream(js: &jetstream::Context) -> (String, u64) {
         assert!(Instant::now() < deadline, "the stream has no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The test's own JetStream context on the cluster, asking with a short timeout.
+async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
+    let client = async_nats::connect(cluster.nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
+        .await
+        .expect("connect to the cluster");
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client)
 }

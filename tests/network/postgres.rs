@@ -7,7 +7,7 @@ use crate::cluster::{PgServer, Replica, TempDir, bounded, one_at_a_time, run_bin
 use crate::helpers::redis_url;
 use crate::load::{figure, figure_or_never, mixed};
 use crate::netns::{Fault, Host};
-use crate::scenario::{under_fault, under_fault_after};
+use crate::scenario::{Timeline, under_fault, under_fault_after};
 
 /// The replica's PostgreSQL timeouts in these tests.
 const ACQUIRE: Duration = Duration::from_millis(1000);
@@ -57,6 +57,35 @@ fn answered_by_postgresql(s: &crate::load::Sample) -> bool {
     s.outcome == Ok(200) && s.x_cache.as_deref() == Some("MISS")
 }
 
+/// Prints the figures of `fault`, and checks what holds for every fault that may cost
+/// availability: only answers and 503 `database-unavailable`, none past the timeouts' bound,
+/// and, when `recovery` says so, an uncached lookup answered within it of healing.
+fn holds(timeline: &Timeline, fault: Fault, recovery: Option<Duration>) {
+    eprintln!("PostgreSQL, {fault}: {}", timeline.report.summary("load"));
+    eprintln!("  {}", timeline.during_summary());
+    let recovered = timeline.recovered_after(answered_by_postgresql);
+    eprintln!(
+        "  an uncached lookup answered {} after healing",
+        figure_or_never(recovered)
+    );
+    let unexpected = timeline.unexpected(true);
+    assert!(
+        unexpected.is_empty(),
+        "only answers and 503 database-unavailable: {} others, e.g. {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(3)]
+    );
+    timeline.assert_no_request_over(ACQUIRE + RESPONSE + MARGIN, &fault.to_string());
+    if let Some(bound) = recovery {
+        assert!(
+            recovered.is_some_and(|r| r <= bound),
+            "recovered within {}: {}",
+            figure(bound),
+            figure_or_never(recovered)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_50_ms_more_latency_to_postgresql_every_lookup_is_answered() {
     let _serial = one_at_a_time().await;
@@ -101,20 +130,7 @@ async fn with_10_percent_loss_to_postgresql_lookups_are_answered_or_503_within_t
         let url = setup.replica.url();
         let timeline = under_fault(&mut setup.host, &url, 8, mixed(), fault, &[]).await;
 
-        eprintln!("PostgreSQL, {fault}: {}", timeline.report.summary("load"));
-        eprintln!("  {}", timeline.during_summary());
-        let recovered = timeline.recovered_after(answered_by_postgresql);
-        eprintln!(
-            "  an uncached lookup answered {} after the link healed",
-            figure_or_never(recovered)
-        );
-        let unexpected = timeline.unexpected(true);
-        assert!(
-            unexpected.is_empty(),
-            "only answers and 503 database-unavailable: {} others, e.g. {:?}",
-            unexpected.len(),
-            &unexpected[..unexpected.len().min(3)]
-        );
+        holds(&timeline, fault, Some(RECOVERY));
         assert!(
             timeline
                 .during()
@@ -122,13 +138,6 @@ async fn with_10_percent_loss_to_postgresql_lookups_are_answered_or_503_within_t
                 .count()
                 > 10,
             "most uncached lookups are still answered through a lossy link"
-        );
-        timeline.assert_no_request_over(ACQUIRE + RESPONSE + MARGIN, "10 % loss");
-        assert!(
-            recovered.is_some_and(|r| r <= RECOVERY),
-            "recovered within {}: {}",
-            figure(RECOVERY),
-            figure_or_never(recovered)
         );
     })
     .await;
@@ -143,23 +152,7 @@ async fn when_postgresql_is_black_holed_requests_end_within_their_timeouts_and_r
         let url = setup.replica.url();
         let timeline = under_fault(&mut setup.host, &url, 8, mixed(), fault, &[]).await;
 
-        eprintln!(
-            "PostgreSQL, {fault} for 3 s: {}",
-            timeline.report.summary("load")
-        );
-        eprintln!("  {}", timeline.during_summary());
-        let recovered = timeline.recovered_after(answered_by_postgresql);
-        eprintln!(
-            "  an uncached lookup answered {} after the link healed",
-            figure_or_never(recovered)
-        );
-        let unexpected = timeline.unexpected(true);
-        assert!(
-            unexpected.is_empty(),
-            "only answers and 503 database-unavailable: {} others, e.g. {:?}",
-            unexpected.len(),
-            &unexpected[..unexpected.len().min(3)]
-        );
+        holds(&timeline, fault, Some(RECOVERY));
         assert!(
             timeline
                 .during()
@@ -169,13 +162,6 @@ async fn when_postgresql_is_black_holed_requests_end_within_their_timeouts_and_r
         assert!(
             timeline.during().any(|s| s.outcome == Ok(503)),
             "uncached lookups were answered 503 during the black hole, not left waiting"
-        );
-        timeline.assert_no_request_over(ACQUIRE + RESPONSE + MARGIN, "black hole");
-        assert!(
-            recovered.is_some_and(|r| r <= RECOVERY),
-            "recovered within {}: {}",
-            figure(RECOVERY),
-            figure_or_never(recovered)
         );
     })
     .await;
@@ -196,21 +182,7 @@ async fn when_open_postgresql_connections_are_swallowed_requests_end_within_thei
         let timeline =
             under_fault_after(&mut setup.host, &url, 8, mixed(), Some(latency), fault, &[]).await;
 
-        eprintln!("PostgreSQL, {fault}: {}", timeline.report.summary("load"));
-        eprintln!("  {}", timeline.during_summary());
-        let recovered = timeline.recovered_after(answered_by_postgresql);
-        eprintln!(
-            "  an uncached lookup answered {} after the rules were removed",
-            figure_or_never(recovered)
-        );
-        let unexpected = timeline.unexpected(true);
-        assert!(
-            unexpected.is_empty(),
-            "only answers and 503 database-unavailable: {} others, e.g. {:?}",
-            unexpected.len(),
-            &unexpected[..unexpected.len().min(3)]
-        );
-        timeline.assert_no_request_over(ACQUIRE + RESPONSE + MARGIN, "open connections swallowed");
+        holds(&timeline, fault, None);
         let answered_during = timeline
             .during()
             .filter(|s| answered_by_postgresql(s))

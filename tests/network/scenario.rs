@@ -42,8 +42,32 @@ pub async fn under_fault(
     under_fault_after(host, base, clients, paths, None, fault, ports).await
 }
 
+/// [`under_fault`], with `prelude` (if any) on the link from the start, and `fault` added to it.
+pub async fn under_fault_after(
+    host: &mut Host,
+    base: &str,
+    clients: usize,
+    paths: Paths,
+    prelude: Option<Fault>,
+    fault: Fault,
+    ports: &[u16],
+) -> Timeline {
+    let (timeline, _) = run(
+        host,
+        base,
+        clients,
+        paths,
+        prelude,
+        fault,
+        ports,
+        async || true,
+    )
+    .await;
+    timeline
+}
+
 /// [`under_fault`], asking `recovered` every 20 ms after the link heals until it says yes; the
-/// timeline's `recovered_after` is then how long after healing that was.
+/// second value is how long after healing that was.
 pub async fn under_fault_watching(
     host: &mut Host,
     base: &str,
@@ -53,9 +77,26 @@ pub async fn under_fault_watching(
     ports: &[u16],
     recovered: impl AsyncFn() -> bool,
 ) -> (Timeline, Option<Duration>) {
+    run(host, base, clients, paths, None, fault, ports, recovered).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    host: &mut Host,
+    base: &str,
+    clients: usize,
+    paths: Paths,
+    prelude: Option<Fault>,
+    fault: Fault,
+    ports: &[u16],
+    recovered: impl AsyncFn() -> bool,
+) -> (Timeline, Option<Duration>) {
+    if let Some(prelude) = prelude {
+        host.fault(prelude, ports);
+    }
     let load = Load::start(base, clients, paths);
     tokio::time::sleep(PHASES.before).await;
-    host.fault(fault, ports);
+    host.add_fault(fault, ports);
     let faulted_at = Instant::now();
     tokio::time::sleep(PHASES.during).await;
     host.heal();
@@ -76,35 +117,6 @@ pub async fn under_fault_watching(
         },
         recovered_after,
     )
-}
-
-/// [`under_fault`], with `prelude` (if any) on the link from the start, and `fault` added to it.
-pub async fn under_fault_after(
-    host: &mut Host,
-    base: &str,
-    clients: usize,
-    paths: Paths,
-    prelude: Option<Fault>,
-    fault: Fault,
-    ports: &[u16],
-) -> Timeline {
-    if let Some(prelude) = prelude {
-        host.fault(prelude, ports);
-    }
-    let load = Load::start(base, clients, paths);
-    tokio::time::sleep(PHASES.before).await;
-    host.add_fault(fault, ports);
-    let faulted_at = Instant::now();
-    tokio::time::sleep(PHASES.during).await;
-    host.heal();
-    let healed_at = Instant::now();
-    tokio::time::sleep(PHASES.after).await;
-    let report = load.stop().await;
-    Timeline {
-        report,
-        faulted_at,
-        healed_at,
-    }
 }
 
 impl Timeline {
