@@ -153,13 +153,12 @@ impl Database {
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let mut conn = self.pool.acquire().await?;
-        match tokio::time::timeout(self.reach.response_timeout, statement(&mut conn)).await {
-            Ok(result) => result,
-            Err(_) => {
-                drop(conn.detach());
-                Err(DbError::no_response(self.reach.response_timeout))
-            }
+        let result =
+            super::answered_within(self.reach.response_timeout, statement(&mut conn)).await;
+        if result.as_ref().is_err_and(|e| e.kind() == "no_response") {
+            drop(conn.detach());
         }
+        result
     }
 
     /// Runs `call`, unless PostgreSQL is known down; if it becomes known down while `call` waits

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use super::DbError;
+use super::{DbError, answered_within};
 use crate::domain::event::{Registration, StateChange};
 use crate::telemetry::otel;
 
@@ -171,8 +171,8 @@ pub async fn apply(
     let limit = response_timeout;
     let applied = async {
         let (tx, rows) = otel::traced(statement, async {
-            let mut tx = answered(limit, sqlx::Connection::begin(&mut *conn)).await?;
-            answered(
+            let mut tx = answered_within(limit, sqlx::Connection::begin(&mut *conn)).await?;
+            answered_within(
                 limit,
                 sqlx::query(LOCK_SQL)
                     .bind(INGEST_LOCK_SPACE)
@@ -180,7 +180,7 @@ pub async fn apply(
                     .execute(&mut *tx),
             )
             .await?;
-            let rows = answered(
+            let rows = answered_within(
                 limit,
                 sqlx::query(APPLY_SQL)
                     .bind(&reg_ids)
@@ -202,7 +202,7 @@ pub async fn apply(
             db.system = "postgresql",
             db.operation.name = "COMMIT",
         );
-        otel::traced(commit, answered(limit, tx.commit())).await?;
+        otel::traced(commit, answered_within(limit, tx.commit())).await?;
         Ok::<_, DbError>(rows)
     };
     let rows = match applied.await {
@@ -242,15 +242,4 @@ pub async fn apply(
         }
     }
     Ok(outcome)
-}
-
-/// `statement`, waiting at most `limit` for its reply.
-async fn answered<T>(
-    limit: Duration,
-    statement: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, DbError> {
-    match tokio::time::timeout(limit, statement).await {
-        Ok(result) => result.map_err(DbError::from),
-        Err(_) => Err(DbError::no_response(limit)),
-    }
 }

@@ -163,6 +163,19 @@ pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
         .map_err(DbError::from)
 }
 
+/// `statement`, waiting at most `limit` (`DB_RESPONSE_TIMEOUT_MS`) for its reply; past it, a
+/// `no_response` failure. The caller drops the connection then (see [`Database`]): a ping to
+/// return it to the pool would wait as long.
+pub(crate) async fn answered_within<T, E: Into<DbError>>(
+    limit: std::time::Duration,
+    statement: impl Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, statement).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DbError::no_response(limit)),
+    }
+}
+
 /// A failure to ask PostgreSQL. `Unavailable` is what a client may retry (and gets 503 for);
 /// anything else is a defect or a schema mismatch.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +202,7 @@ impl DbError {
 
     /// No reply within `DB_RESPONSE_TIMEOUT_MS` to a statement sent (see
     /// [`Database`]): PostgreSQL, or the network to it, swallowed it.
-    pub(crate) fn no_response(waited: std::time::Duration) -> Self {
+    fn no_response(waited: std::time::Duration) -> Self {
         DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
