@@ -17,7 +17,7 @@ use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
-use crate::middleware::{compression, cors};
+use crate::middleware::{compression, cors, head};
 use crate::service::{Gathering, StateService};
 use crate::state::{AppState, BatchLimits, CacheControlValues};
 use crate::telemetry::{self, RequestSpan};
@@ -139,6 +139,7 @@ impl Application {
                 // Innermost first. Compression sees the answer as the route made it; CORS sits
                 // outside the request log and metrics, so a preflight is answered before
                 // routing and never counted or logged as a request.
+                .wrap(from_fn(head::documentation_as_get))
                 .wrap(compression::Compress {
                     min_bytes: compress_at,
                 })

@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod cors;
+pub mod head;
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 
