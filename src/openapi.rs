@@ -5,7 +5,6 @@ use actix_web::App;
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
-use crate::domain::Instant;
 use crate::error::Problem;
 
 #[derive(OpenApi)]
@@ -32,7 +31,6 @@ pub fn spec() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     // The version is the crate's, so a release and its document agree.
     spec.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    add_instant_patterns(&mut spec);
     add_problem_examples(&mut spec);
     spec
 }
@@ -71,27 +69,6 @@ fn add_problem_examples(spec: &mut utoipa::openapi::OpenApi) {
                     .value(Some(value))
                     .build();
                 content.examples.insert(name, RefOr::T(example));
-            }
-        }
-    }
-}
-
-/// Every parameter that takes an instant (`ts`, `from`, `to`) gets [`Instant::PATTERN`], from
-/// the one definition beside the parser.
-fn add_instant_patterns(spec: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{RefOr, Schema};
-    for item in spec.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.head, &mut item.post]
-            .into_iter()
-            .flatten()
-        {
-            for parameter in operation.parameters.iter_mut().flatten() {
-                if !["ts", "from", "to"].contains(&parameter.name.as_str()) {
-                    continue;
-                }
-                if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut() {
-                    object.pattern = Some(Instant::PATTERN.to_owned());
-                }
             }
         }
     }

@@ -37,8 +37,9 @@ pub struct Readiness {
     pub redis: Dependency,
 }
 
-/// Liveness: the process is serving HTTP. Checks nothing else, so an outage of PostgreSQL or
-/// Redis never gets replicas restarted.
+/// Liveness: the process is serving HTTP.
+///
+/// Checks nothing else, so an outage of PostgreSQL or Redis never gets replicas restarted.
 #[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, description = "The process serves requests.", body = String, content_type = "text/plain", example = "ok")))]
 #[route("/livez", method = "GET", method = "HEAD")]
 pub async fn livez() -> HttpResponse {
@@ -48,8 +49,9 @@ pub async fn livez() -> HttpResponse {
         .body("ok")
 }
 
-/// Readiness: PostgreSQL answers and the replica is not shutting down. Redis is reported but
-/// not required.
+/// Readiness: PostgreSQL answers and the replica is not shutting down.
+///
+/// Redis is reported but not required.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready to serve.", body = Readiness),
     (status = 503, description = "PostgreSQL is unreachable, or the replica is shutting down.", body = Readiness),

@@ -8,7 +8,7 @@ use crate::domain::{Instant, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
-/// A vehicle's timeline: every state it was in during `[from, to]`.
+/// A vehicle's timeline: every state it was in during a window.
 ///
 /// Oldest first: the change in effect at `from` (if any), then each later change up to `to`
 /// (both inclusive, both optional). Each change says when it came (`at`) and when the next one
@@ -22,8 +22,8 @@ use crate::state::AppState;
     tag = "vehicles",
     params(
         ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
-        ("from" = Option<String>, Query, max_length = 64, description = "Start of the window, inclusive, in any form the lookup's `ts` accepts (percent-encode `+` as `%2B` and spaces as `%20`). Unset: from the first change.", example = "2022-09-11T00:00:00Z"),
-        ("to" = Option<String>, Query, max_length = 64, description = "End of the window, inclusive, in any form the lookup's `ts` accepts (percent-encode `+` as `%2B`). Unset: up to now and beyond.", example = "2022-09-12T23:59:59Z"),
+        ("from" = Option<String>, Query, max_length = 64, description = "Start of the window, inclusive, in any form the lookup's `ts` accepts Type it here as it is: Swagger UI encodes it. In a query string of your own, send `+` as `%2B` (a bare `+` arrives as a space) and a space as `%20`. Unset: from the first change.", example = "2022-09-11T00:00:00Z"),
+        ("to" = Option<String>, Query, max_length = 64, description = "End of the window, inclusive, in any form the lookup's `ts` accepts Type it here as it is: Swagger UI encodes it. In a query string of your own, send `+` as `%2B`. Unset: up to now and beyond.", example = "2022-09-12T23:59:59Z"),
         ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Most changes in one page (default 100).", example = 100),
         ("after" = Option<String>, Query, max_length = 4096, description = "The `next` of the previous page, as it was given.", example = json!(null)),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a page the client holds: 304 if it is still the page."),

@@ -3,8 +3,9 @@ use actix_web::{HttpResponse, route, web};
 
 use crate::state::AppState;
 
-/// Prometheus metrics of this replica, in the text exposition format. The README's metrics
-/// reference describes each series.
+/// Prometheus metrics of this replica.
+///
+/// In the text exposition format; `docs/operations.md` describes each series.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses(
     (status = 200, description = "Every series, in Prometheus text format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4"),
 ))]

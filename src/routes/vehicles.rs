@@ -24,7 +24,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     params(
         ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of an answer the client holds: 304 if it is still the answer."),
-        ("ts" = String, Path, max_length = 64, description = "The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds.", example = "2022-09-12T10:00:00Z"),
+        ("ts" = String, Path, max_length = 64, description = "The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds. Type it here as it is: Swagger UI encodes it. In a URL of your own, write a space as `%20`; a `+` in the path is taken as it is.", example = "2022-09-12T10:00:00Z"),
     ),
     responses(
         (status = 200, description = "The vehicle and its state at `ts`.", body = StateAnswer, headers(

@@ -169,3 +169,32 @@ async fn each_problem_response_shows_problems_of_its_own_status_only() {
         "no schema-wide example to show under every status"
     );
 }
+
+/// Swagger UI shows a summary as plain text (the description as Markdown), and checks a
+/// parameter's `pattern` before sending: an instant's pattern would keep the explorer from ever
+/// seeing the service's own 400, whose `detail` says what is wrong and what is accepted.
+#[tokio::test]
+async fn summaries_are_plain_text_and_instants_are_checked_by_the_service_alone() {
+    let spec = serde_json::to_value(vehicle_state::openapi::spec()).expect("JSON");
+    let mut instants = 0;
+
+    for (path, operations) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            let summary = operation["summary"].as_str().unwrap_or_default();
+            assert!(!summary.is_empty(), "{method} {path} has a summary");
+            assert!(
+                !summary.contains('`') && !summary.contains('\n'),
+                "{method} {path}: {summary:?}"
+            );
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if ["ts", "from", "to"].contains(&parameter["name"].as_str().unwrap_or("")) {
+                    instants += 1;
+                    assert!(parameter["schema"].get("pattern").is_none(), "{parameter}");
+                    let description = parameter["description"].as_str().unwrap_or_default();
+                    assert!(description.contains("Swagger UI encodes it"), "{parameter}");
+                }
+            }
+        }
+    }
+    assert_eq!(instants, 3, "ts, from and to");
+}
