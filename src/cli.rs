@@ -29,10 +29,10 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Which log lines to write, as a tracing filter (e.g. `info`, `vehicle_state=debug,info`).
-    ///
-    /// The default leaves out the HTTP server's and the NATS client's own start-up and connect
-    /// lines, which repeat what the service says itself (`listening`, `NATS connection
-    /// (re)established`); their warnings still show. `--log-filter` is its former name.
+    // The default leaves out the HTTP server's and the NATS client's own start-up and connect
+    // lines, which repeat what the service says itself (`listening`, `NATS connection
+    // (re)established`); their warnings still show. `--log-filter` is its former name, kept as
+    // a hidden alias; docs/configuration.md says both, so `--help` stays one line a setting.
     #[arg(long = "rust-log", alias = "log-filter", env = "RUST_LOG", value_name = "RUST_LOG", default_value = telemetry::DEFAULT_FILTER, global = true, help_heading = "Logging", value_parser = telemetry::parse_filter)]
     pub log_filter: tracing_subscriber::EnvFilter,
 
