@@ -12,8 +12,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Liveness: the process is serving HTTP. Checks nothing else, so an outage of PostgreSQL or
-         *     Redis never gets replicas restarted.
+         * Liveness: the process is serving HTTP.
+         * @description Checks nothing else, so an outage of PostgreSQL or Redis never gets replicas restarted.
          */
         get: operations["livez"];
         put?: never;
@@ -32,8 +32,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Prometheus metrics of this replica, in the text exposition format. The README's metrics
-         *     reference describes each series.
+         * Prometheus metrics of this replica.
+         * @description In the text exposition format; `docs/operations.md` describes each series.
          */
         get: operations["metrics"];
         put?: never;
@@ -52,8 +52,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Readiness: PostgreSQL answers and the replica is not shutting down. Redis is reported but
-         *     not required.
+         * Readiness: PostgreSQL answers and the replica is not shutting down.
+         * @description Redis is reported but not required.
          */
         get: operations["readyz"];
         put?: never;
@@ -96,7 +96,7 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * A vehicle's timeline: every state it was in during `[from, to]`.
+         * A vehicle's timeline: every state it was in during a window.
          * @description Oldest first: the change in effect at `from` (if any), then each later change up to `to`
          *     (both inclusive, both optional). Each change says when it came (`at`) and when the next one
          *     did (`until`, null for the current state). Changes with equal timestamps are in the lookup's
@@ -500,12 +500,12 @@ export interface operations {
         parameters: {
             query?: {
                 /**
-                 * @description Start of the window, inclusive, in any form the lookup's `ts` accepts (percent-encode `+` as `%2B` and spaces as `%20`). Unset: from the first change.
+                 * @description Start of the window, inclusive, in any form the lookup's `ts` accepts Type it here as it is: Swagger UI encodes it. In a query string of your own, send `+` as `%2B` (a bare `+` arrives as a space) and a space as `%20`. Unset: from the first change.
                  * @example 2022-09-11T00:00:00Z
                  */
                 from?: string;
                 /**
-                 * @description End of the window, inclusive, in any form the lookup's `ts` accepts (percent-encode `+` as `%2B`). Unset: up to now and beyond.
+                 * @description End of the window, inclusive, in any form the lookup's `ts` accepts Type it here as it is: Swagger UI encodes it. In a query string of your own, send `+` as `%2B`. Unset: up to now and beyond.
                  * @example 2022-09-12T23:59:59Z
                  */
                 to?: string;
@@ -635,7 +635,7 @@ export interface operations {
                  */
                 id: number;
                 /**
-                 * @description The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds.
+                 * @description The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds. Type it here as it is: Swagger UI encodes it. In a URL of your own, write a space as `%20`; a `+` in the path is taken as it is.
                  * @example 2022-09-12T10:00:00Z
                  */
                 ts: string;
