@@ -1,8 +1,8 @@
 // The API as browsers meet it, in real headless Chromium: a page of a listed origin calls every
 // endpoint (the batch POST preflighted), reads the headers CORS exposes, makes a conditional GET
 // and gets a problem for a bad request; a page of an origin not listed is refused; the explore
-// page draws a vehicle's timeline and looks up an instant picked on it; the typed client's
-// example runs against the same server.
+// page draws a vehicle's timeline and looks up an instant picked on it; Swagger UI sends an instant
+// as typed and shows the service's own 400; the typed client's example runs against the same server.
 //
 // Needs: the debug binary (`cargo build`), PostgreSQL and Redis as for `cargo test`
 // (TEST_DATABASE_URL / TEST_REDIS_URL, else DATABASE_URL / REDIS_URL, else 127.0.0.1:5432 and
@@ -247,6 +247,54 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   await page.waitForSelector("#answer.error");
   assert.match(await page.textContent("#answer"), /no vehicle has id 999/);
   await page.close();
+});
+
+/** In Swagger UI: opens an operation, fills its parameters as a person types them, runs it. */
+async function tryOut(page, operation, values) {
+  const block = page.locator(`#operations-vehicles-${operation}`);
+  if (!(await block.locator(".try-out__btn.cancel").count())) {
+    if (!(await block.locator(".try-out__btn").count())) await block.locator(".opblock-summary").first().click();
+    await block.locator(".try-out__btn").click();
+  }
+  for (const [name, value] of Object.entries(values)) {
+    await block.locator(`tr[data-param-name="${name}"] input`).fill(value);
+  }
+  // What Swagger UI received, from the network, and then the same status on the page.
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().startsWith(`${api}/vehicles/`)),
+    block.locator("button.execute").click(),
+  ]);
+  const status = String(response.status());
+  await page.waitForFunction(
+    ([id, status]) =>
+      document.querySelector(`#${id} .live-responses-table tbody .response-col_status`)?.textContent.trim() === status,
+    [`operations-vehicles-${operation}`, status],
+  );
+  return { url: response.url(), status, body: await response.text() };
+}
+
+test("in Swagger UI an instant is sent as typed, and a bad one meets the service's own 400", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  await page.goto(`${api}/swagger-ui/`);
+  await page.waitForSelector("#operations-vehicles-vehicle_state_at");
+
+  // No offset: the explorer does not stop it, so the service says what is missing.
+  const bare = await tryOut(page, "vehicle_state_at", { id: "3", ts: "2022-09-12" });
+  // A `+` typed as it is (Swagger UI encodes it), in the path and in a query string.
+  const offset = await tryOut(page, "vehicle_state_at", { id: "3", ts: "2022-09-12T12:00:00+02:00" });
+  const window = await tryOut(page, "vehicle_history", { id: "3", from: "2022-09-12T12:00:00+02:00", to: "2022-09-12T14:00:00+02:00" });
+  await page.close();
+
+  assert.equal(bare.status, "400", bare.body);
+  assert.match(bare.body, /\/problems\/invalid-timestamp/);
+  assert.match(bare.body, /offset/);
+  assert.equal(offset.status, "200", offset.body);
+  assert.match(offset.url, /2022-09-12T12%3A00%3A00%2B02%3A00$/);
+  assert.match(offset.body, /"state":"selling"/);
+  assert.match(offset.body, /"timestamp":"2022-09-12T10:00:00Z"/);
+  assert.equal(window.status, "200", window.body);
+  assert.match(window.url, /from=2022-09-12T12%3A00%3A00%2B02%3A00/);
+  assert.match(window.body, /"state":"selling"/);
 });
 
 test("the typed client's example calls every endpoint", () => {
