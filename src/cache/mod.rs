@@ -4,6 +4,8 @@
 //! Staleness: an answer carries the time it was read from PostgreSQL, and no tier serves it once
 //! `CACHE_TTL_SECS` have passed since then, whichever replica wrote it and whichever serves it.
 
+mod breaker;
+mod connection;
 mod entry;
 mod error;
 mod key;

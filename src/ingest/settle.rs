@@ -1,0 +1,174 @@
+//! Settling a batch: ack what was committed (or found already stored), dead-letter what can
+//! never be applied, NAK the rest for later. An event is never acked unless applied or kept.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, context::PublishErrorKind};
+use tracing::Instrument;
+
+use super::Ingestor;
+use super::batch::Sorted;
+use crate::broker;
+use crate::db::Applied;
+use crate::domain::event::{EventKind, Rejection};
+use crate::metrics::IngestResult;
+use crate::telemetry::{self, otel};
+
+impl Ingestor {
+    /// Applies the batch, then acks what was committed (or found already stored), dead-letters
+    /// what can never be applied, and NAKs the rest for later.
+    pub(super) async fn process(&self, sorted: Sorted) {
+        let Sorted {
+            registrations,
+            changes,
+            mut rejected,
+        } = sorted;
+        if !registrations.is_empty() || !changes.is_empty() {
+            match self.apply(&registrations, &changes).await {
+                Ok(outcome) => {
+                    for ((message, registration), applied) in
+                        registrations.into_iter().zip(outcome.registrations)
+                    {
+                        match applied {
+                            Applied::Contradicts { make, model } => rejected.push((
+                                message,
+                                Some(EventKind::Registered),
+                                Rejection(format!(
+                                    "vehicle {} is already registered as {make} {model}",
+                                    registration.vehicle
+                                )),
+                            )),
+                            Applied::Refused(reason) => rejected.push((
+                                message,
+                                Some(EventKind::Registered),
+                                Rejection(reason),
+                            )),
+                            applied => self.ack(&message, EventKind::Registered, &applied).await,
+                        }
+                    }
+                    for ((message, _), applied) in changes.into_iter().zip(outcome.changes) {
+                        match applied {
+                            Applied::Refused(reason) => rejected.push((
+                                message,
+                                Some(EventKind::StateChanged),
+                                Rejection(reason),
+                            )),
+                            applied => self.ack(&message, EventKind::StateChanged, &applied).await,
+                        }
+                    }
+                }
+                Err(error) => {
+                    let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                    tracing::warn!(
+                        error = %telemetry::chain(&error),
+                        events = registrations.len() + changes.len(),
+                        retry_in_ms = self.settings.ingest_retry_delay_ms,
+                        "PostgreSQL cannot take the batch; nothing acked, delivering it again later"
+                    );
+                    let messages = registrations
+                        .iter()
+                        .map(|(m, _)| (m, EventKind::Registered))
+                        .chain(changes.iter().map(|(m, _)| (m, EventKind::StateChanged)));
+                    for (message, kind) in messages {
+                        IngestResult::Retried.count(kind);
+                        if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
+                        }
+                    }
+                    // Pause fetching too, rather than spin on a database that is down.
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        for (message, kind, rejection) in rejected {
+            let span = tracing::trace_span!(
+                target: otel::SPANS,
+                "dead-letter publish",
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.operation.type = "send",
+                messaging.destination.name = self.settings.ingest_dead_letter_subject.as_str(),
+            );
+            self.dead_letter(message, kind, rejection)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    async fn ack(&self, message: &jetstream::Message, kind: EventKind, applied: &Applied) {
+        let result = match applied {
+            Applied::New => IngestResult::Applied,
+            Applied::Duplicate => IngestResult::Duplicate,
+            Applied::Contradicts { .. } | Applied::Refused(_) => {
+                // Routed to dead letters by the caller; never acked as applied.
+                return;
+            }
+        };
+        result.count(kind);
+        if let Err(error) = message.ack().await {
+            tracing::warn!(error = %telemetry::chain(&*error), "ack not sent; the event comes back after INGEST_ACK_WAIT_SECS and is found duplicate");
+        }
+    }
+
+    /// Stores the event in the dead-letter stream, with its reason, then acks it. A payload too
+    /// large to go with the headers is left out (the event stays in its stream, at the sequence
+    /// the dead letter names). If no stream confirms it stored the dead letter, the event is
+    /// NAKed instead and tried again: an event is never acked unless applied or kept.
+    async fn dead_letter(
+        &self,
+        message: jetstream::Message,
+        kind: Option<EventKind>,
+        rejection: Rejection,
+    ) {
+        let Some(js) = self.js.get() else {
+            return;
+        };
+        let sequence = message.info().ok().map(|info| info.stream_sequence);
+        let mut headers =
+            broker::dead_letter_headers(&rejection.0, message.subject.as_str(), sequence);
+        if otel::on() {
+            // Whoever reads the dead letters can follow it back to this batch.
+            otel::inject_nats(&tracing::Span::current(), &mut headers);
+        }
+        let subject = self.settings.ingest_dead_letter_subject.as_str();
+        let mut stored = broker::store(js, subject, headers.clone(), message.payload.clone()).await;
+        if let Err(error) = &stored
+            && error.kind() == PublishErrorKind::MaxPayloadExceeded
+        {
+            let size = message.payload.len().to_string();
+            headers.insert(broker::PAYLOAD_OMITTED_HEADER, size.as_str());
+            stored = broker::store(js, subject, headers, bytes::Bytes::new()).await;
+        }
+        match stored {
+            Ok(ack) => {
+                tracing::warn!(
+                    subject = %message.subject,
+                    stream_sequence = sequence,
+                    reason = %broker::capped(rejection.0),
+                    dead_letter_stream = %ack.stream,
+                    "event dead-lettered"
+                );
+                IngestResult::DeadLettered.count_of(kind);
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(error = %telemetry::chain(&*error), "ack of a dead letter not sent; it will be dead-lettered again");
+                }
+            }
+            Err(error) => {
+                let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                if error.kind() == PublishErrorKind::StreamNotFound {
+                    tracing::warn!(
+                        dead_letter_subject = subject,
+                        stream_sequence = sequence,
+                        "no stream stores dead letters; the event stays unacked and is tried again"
+                    );
+                } else {
+                    tracing::warn!(error = %telemetry::chain(&error), stream_sequence = sequence, "dead letter not stored; the event stays unacked and is tried again");
+                }
+                IngestResult::Retried.count_of(kind);
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
+                }
+            }
+        }
+    }
+}
