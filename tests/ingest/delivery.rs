@@ -3,18 +3,18 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir};
-use crate::nats::{self, NatsServer};
+use vehicle_state_test_support::process::nats::{self, NatsServer};
+use vehicle_state_test_support::process::{Replica, TempDir, metric, one_at_a_time};
+
 use crate::{
-    metric, migrated_database, publish, reference, vehicles_off_their_latest_change,
-    wait_for_tables,
+    migrated_database, publish, reference, vehicles_off_their_latest_change, wait_for_tables,
 };
 
 const SEED: u64 = 11;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthetic() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const VEHICLES: u32 = 400;
     let expected = reference(VEHICLES, SEED).await;
     println!("nats-server: {}", nats::version());
@@ -79,7 +79,7 @@ async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ingest_processes_share_the_consumer_and_keep_the_invariant() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const VEHICLES: u32 = 3000;
     let expected = reference(VEHICLES, SEED).await;
     let nats = NatsServer::start();

@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use sqlx::Connection;
 
-use crate::cluster::{PgServer, Replica, TempDir, run_binary, wait_until_ok};
-use crate::nats::NatsServer;
+use vehicle_state_test_support::process;
+use vehicle_state_test_support::process::nats::NatsServer;
+use vehicle_state_test_support::process::{
+    PgServer, Replica, TempDir, metric, one_at_a_time, run_binary, wait_until_ok,
+};
+
 use crate::{log_rows, migrated_database, publish, reference, tables, wait_for_tables};
 
 const SEED: u64 = 5;
@@ -40,7 +44,7 @@ fn slow_ingest(dir: &TempDir, database_url: &str, nats: &NatsServer) -> Replica 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
     let nats = NatsServer::start();
     let dir = TempDir::new("ingest-kill");
@@ -79,7 +83,7 @@ async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
     let nats = NatsServer::start();
     let pg = PgServer::start();
@@ -102,7 +106,7 @@ async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
     let readyz = format!("{}/readyz", ingest.url());
     let mut saw_not_ready = false;
     for _ in 0..40 {
-        let status = crate::cluster::client().get(&readyz).send().await;
+        let status = process::client().get(&readyz).send().await;
         if status.is_ok_and(|r| r.status() == 503) {
             saw_not_ready = true;
             break;
@@ -137,7 +141,7 @@ async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_during_ingest_and_ingest_resumes_by_itself() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
     let mut nats = NatsServer::start();
     let dir = TempDir::new("ingest-nats");
@@ -176,7 +180,7 @@ async fn nats_restarted_during_ingest_and_ingest_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
     let nats = NatsServer::start();
     let dir = TempDir::new("ingest-term");
@@ -213,7 +217,7 @@ async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes()
 async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once_it_can() {
     // As after a failover that left DATABASE_URL on a standby: every write fails (SQLSTATE
     // 25006), for a reason that is the database's, not the events'.
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const FEW: u32 = 50;
     let expected = reference(FEW, SEED).await;
     let nats = NatsServer::start();
@@ -244,7 +248,7 @@ async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once
 
     let retried = r#"vehicle_state_ingest_events_total{type="state_changed",result="retried"}"#;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while crate::metric(&ingest, retried).await.unwrap_or(0.0) == 0.0 {
+    while metric(&ingest, retried).await.unwrap_or(0.0) == 0.0 {
         assert!(
             Instant::now() < deadline,
             "never retried\n{}",
@@ -285,7 +289,7 @@ async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once
     for kind in ["registered", "state_changed"] {
         let series =
             format!(r#"vehicle_state_ingest_events_total{{type="{kind}",result="dead_lettered"}}"#);
-        let count = crate::metric(&ingest, &series).await.unwrap_or(0.0);
+        let count = metric(&ingest, &series).await.unwrap_or(0.0);
         assert_eq!(count, 0.0, "{series}");
     }
 }

@@ -6,10 +6,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 
-use crate::cluster::{Replica, TempDir};
-use crate::helpers::Scratch;
-use crate::nats::NatsServer;
-use crate::{metric, migrated_database, tables, wait_for_tables};
+use vehicle_state_test_support::process;
+use vehicle_state_test_support::process::nats::NatsServer;
+use vehicle_state_test_support::process::{Replica, TempDir, metric, one_at_a_time};
+use vehicle_state_test_support::scratch::Scratch;
+use vehicle_state_test_support::servers::redis_url;
+
+use crate::{migrated_database, tables, wait_for_tables};
 
 async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
     js.publish(subject.to_owned(), payload.to_owned().into())
@@ -21,7 +24,7 @@ async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let nats = NatsServer::start();
     let dir = TempDir::new("ingest-poison");
     let db = migrated_database();
@@ -183,7 +186,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_too_large() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let nats = NatsServer::start();
     let dir = TempDir::new("ingest-dead-letters");
     let db = migrated_database();
@@ -294,7 +297,7 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_change_is_answered_once_the_cached_answer_expires() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let nats = NatsServer::start();
     let dir = TempDir::new("ingest-late");
     let db = migrated_database();
@@ -329,17 +332,12 @@ async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     };
     settled(1).await;
     let scratch = Scratch::new();
-    let mut serve = Replica::new(
-        &dir.0,
-        &db.database_url,
-        &crate::helpers::redis_url(),
-        &scratch.prefix,
-    );
+    let mut serve = Replica::new(&dir.0, &db.database_url, &redis_url(), &scratch.prefix);
     serve.set("CACHE_TTL_SECS", "2");
     serve.start().await;
     let lookup = format!("{}/vehicles/9/timestamp/2022-06-01T00:00:00Z", serve.url());
     let state = |body: serde_json::Value| body["state"].as_str().unwrap_or_default().to_owned();
-    let http = crate::cluster::client();
+    let http = process::client();
     let first = http.get(&lookup).send().await.expect("GET");
     assert_eq!(first.headers()["x-cache"], "MISS");
     assert_eq!(state(first.json().await.expect("json")), "quoted");

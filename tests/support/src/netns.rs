@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Place;
+use crate::process::Place;
 
 /// What goes wrong on a link.
 #[derive(Debug, Clone, Copy, PartialEq)]

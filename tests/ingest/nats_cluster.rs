@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use crate::cluster::{Replica, TempDir};
-use crate::nats::{self, NatsCluster};
+use vehicle_state_test_support::process::nats::{self, NatsCluster};
+use vehicle_state_test_support::process::{Replica, TempDir, metric, one_at_a_time};
+
 use crate::{
-    log_rows, metric, migrated_database, publish, reference, tables,
-    vehicles_off_their_latest_change,
+    log_rows, migrated_database, publish, reference, tables, vehicles_off_their_latest_change,
 };
 
 const SEED: u64 = 23;
@@ -48,7 +48,7 @@ const DEADLINE: Duration = Duration::from_secs(240);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_r3_stream_loses_and_doubles_nothing_when_its_leader_is_killed_and_another_node_restarts()
  {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     if tokio::time::timeout(DEADLINE, scenario()).await.is_err() {
         panic!("the scenario did not finish within {DEADLINE:?}");
     }
@@ -387,7 +387,7 @@ const PUBLISH_BOUND: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_outlasts_an_election_when_the_stream_leader_is_killed_and_stores_each_event_once()
 {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     if tokio::time::timeout(DEADLINE, publish_across_a_kill())
         .await
         .is_err()
