@@ -7,6 +7,7 @@
 
 mod delivery;
 mod faults;
+mod fixture;
 mod nats_cluster;
 mod network;
 mod poison;

@@ -7,12 +7,12 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 
 use vehicle_state_test_support::process;
-use vehicle_state_test_support::process::nats::NatsServer;
-use vehicle_state_test_support::process::{Replica, TempDir, metric, one_at_a_time};
+use vehicle_state_test_support::process::{Replica, metric, one_at_a_time};
 use vehicle_state_test_support::scratch::Scratch;
 use vehicle_state_test_support::servers::redis_url;
 
-use crate::{migrated_database, tables, wait_for_tables};
+use crate::fixture::{Fixture, STREAM};
+use crate::{tables, wait_for_tables};
 
 async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
     js.publish(subject.to_owned(), payload.to_owned().into())
@@ -25,16 +25,13 @@ async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied() {
     let _turn = one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-poison");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let fixture = Fixture::start("ingest-poison");
+    let client = fixture.client().await;
     let mut dead = client
         .subscribe("vehicle-state.dead-letter")
         .await
         .expect("subscribe");
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    ingest.start().await;
+    let ingest = fixture.start_ingest().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
     let js = jetstream::new(client.clone());
 
@@ -157,7 +154,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
             (2, "selling".into(), t("2022-01-01T10:00:00Z")),
         ],
     };
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(10)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(10)).await;
     assert_eq!(got, expected);
     let dead_lettered = metric(
         &ingest,
@@ -187,20 +184,18 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_too_large() {
     let _turn = one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-dead-letters");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let fixture = Fixture::start("ingest-dead-letters");
+    let client = fixture.client().await;
     let js = jetstream::new(client.clone());
     // Streams managed elsewhere: the events' stream exists, nothing stores dead letters yet.
     js.create_stream(jetstream::stream::Config {
-        name: "VEHICLE_EVENTS".to_owned(),
+        name: STREAM.to_owned(),
         subjects: vec!["vehicles.>".to_owned()],
         ..Default::default()
     })
     .await
     .expect("the events' stream");
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    let mut ingest = fixture.ingest();
     ingest.set("INGEST_CREATE_STREAM", "false");
     ingest.start().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
@@ -235,7 +230,7 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
     let dead_lettered =
         r#"vehicle_state_ingest_events_total{type="state_changed",result="dead_lettered"}"#;
     let before_a_stream = metric(&ingest, dead_lettered).await;
-    let registered = tables(&db.database_url).await.vehicles;
+    let registered = tables(fixture.database_url()).await.vehicles;
     let stream = js
         .create_stream(jetstream::stream::Config {
             name: "POISON".to_owned(),
@@ -298,13 +293,10 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     let _turn = one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-late");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let fixture = Fixture::start("ingest-late");
+    let client = fixture.client().await;
     let js = jetstream::new(client);
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    ingest.start().await;
+    let ingest = fixture.start_ingest().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
     publish_raw(
         &js,
@@ -319,7 +311,7 @@ async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     )
     .await;
     let settled = |n: usize| {
-        let url = db.database_url.clone();
+        let url = fixture.database_url().to_owned();
         async move {
             for _ in 0..100 {
                 if tables(&url).await.logs.len() == n {
@@ -332,7 +324,12 @@ async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     };
     settled(1).await;
     let scratch = Scratch::new();
-    let mut serve = Replica::new(&dir.0, &db.database_url, &redis_url(), &scratch.prefix);
+    let mut serve = Replica::new(
+        &fixture.dir.0,
+        fixture.database_url(),
+        &redis_url(),
+        &scratch.prefix,
+    );
     serve.set("CACHE_TTL_SECS", "2");
     serve.start().await;
     let lookup = format!("{}/vehicles/9/timestamp/2022-06-01T00:00:00Z", serve.url());
