@@ -25,6 +25,11 @@ impl Scratch {
         scratch
     }
 
+    /// A new database name and key prefix, both unique (the database is made by whoever uses it).
+    #[allow(
+        clippy::new_without_default,
+        reason = "each call names a new database and prefix: not a default value"
+    )]
     pub fn new() -> Self {
         let database = format!("vs_test_{}", uuid::Uuid::new_v4().simple());
         let mut url = servers().postgres.clone();
