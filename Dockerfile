@@ -12,6 +12,10 @@ ENV SQLX_OFFLINE=true \
 # Dependencies first, in a layer of their own: rebuilt only when Cargo.toml or Cargo.lock
 # change, not on every edit of the service. The registry is a cache mount, kept between builds.
 COPY Cargo.toml Cargo.lock build.rs ./
+# The tests' support crate is a path dev-dependency: cargo reads its manifest to check the lock
+# file even for a release build, which never compiles it (its manifest names its lib's path, so
+# no source is needed).
+COPY tests/support/Cargo.toml tests/support/Cargo.toml
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     mkdir src migrations \
     && echo 'fn main() {}' > src/main.rs \

@@ -232,9 +232,10 @@ class Stack:
 
 
 def nginx_conf(directory, port, upstreams):
-    """deploy/nginx.conf with what only works in Docker replaced, as tests/faults/cluster.rs does:
-    the replicas' loopback ports for Docker's DNS name (no `resolve`), a listen port of ours, files
-    under our directory. Retries and timeouts are the committed file's."""
+    """deploy/nginx.conf with what only works in Docker replaced, as
+    tests/support/src/process/nginx.rs does: the replicas' loopback ports for Docker's DNS name (no
+    `resolve`), a listen port of ours, files under our directory. Retries and timeouts are the
+    committed file's."""
     out = [f"pid {directory}/nginx.pid;", f"error_log {directory}/error.log warn;"]
     replaced = set()
     for line in NGINX_CONF.read_text().splitlines():
@@ -256,7 +257,7 @@ def nginx_conf(directory, port, upstreams):
             out += [f"    client_body_temp_path {directory}/body;", f"    proxy_temp_path {directory}/proxy;"]
     if replaced != {"resolver", "server", "listen"}:
         raise RuntimeError("deploy/nginx.conf changed shape: update nginx_conf in bench/soak.py "
-                           "(as in tests/faults/cluster.rs)")
+                           "(as in tests/support/src/process/nginx.rs)")
     return "\n".join(out) + "\n"
 
 

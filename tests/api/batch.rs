@@ -3,11 +3,12 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_replica_without_postgres};
+use vehicle_state_test_support::app::{spawn_app, spawn_app_with, spawn_replica_without_postgres};
+use vehicle_state_test_support::http::Reply;
 
 const T: &str = "2022-09-12T10:00:00Z";
 
-fn results(reply: &crate::helpers::Reply) -> Vec<Value> {
+fn results(reply: &Reply) -> Vec<Value> {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("content-type"), "application/json");
     assert_eq!(reply.header("cache-control"), "no-store");

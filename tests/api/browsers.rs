@@ -7,7 +7,7 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use vehicle_state::config::CorsOrigins;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use vehicle_state_test_support::app::{TestApp, spawn_app, spawn_app_with};
 
 const DASHBOARD: &str = "https://dashboard.example.com";
 const LOOKUP: &str = "/vehicles/3/timestamp/2022-09-12T10:00:00Z";

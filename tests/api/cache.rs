@@ -1,6 +1,8 @@
 use std::time::{Duration, Instant};
 
-use crate::helpers::{spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres};
+use vehicle_state_test_support::app::{
+    spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres,
+};
 
 const README_ANSWER: &str = r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#;
 

@@ -1,6 +1,9 @@
 use std::process::{Command, Output};
 
-use crate::helpers::Scratch;
+use vehicle_state_test_support::app::{spawn_app, spawn_replica_without_postgres};
+use vehicle_state_test_support::scratch::{Scratch, database_exists};
+use vehicle_state_test_support::servers::{postgres_addr, redis_url};
+use vehicle_state_test_support::settings::settings;
 
 fn vehicle_state(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
@@ -186,10 +189,7 @@ fn an_unreachable_database_at_start_is_one_clear_line_and_exit_one() {
 
 #[test]
 fn an_unknown_host_or_role_at_start_is_one_line_naming_the_cause_once() {
-    let role_url = format!(
-        "postgres://no_such_role_vs@{}/vs",
-        crate::helpers::postgres_addr()
-    );
+    let role_url = format!("postgres://no_such_role_vs@{}/vs", postgres_addr());
     let host_url = "postgres://app@no-such-host.invalid:5432/vs".to_owned();
     // (DATABASE_URL, MIGRATE_ON_START, the line, what it says once). Without migrations a host
     // that cannot be reached yet does not stop the start (it may be on its way), so that case
@@ -361,14 +361,14 @@ async fn migrate_adopts_existing_tables_and_keeps_their_rows() {
 
 #[tokio::test]
 async fn healthcheck_exits_zero_for_a_ready_server_and_one_otherwise() {
-    let app = crate::helpers::spawn_app().await;
+    let app = spawn_app().await;
     let addr = app.address.trim_start_matches("http://").to_owned();
 
     let ready =
         tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
             .await
             .expect("task");
-    let cut_off = crate::helpers::spawn_replica_without_postgres(&app).await;
+    let cut_off = spawn_replica_without_postgres(&app).await;
     let addr = cut_off.address.trim_start_matches("http://").to_owned();
     let not_ready =
         tokio::task::spawn_blocking(move || vehicle_state(&["healthcheck", "--addr", &addr], &[]))
@@ -418,11 +418,7 @@ async fn migrations_from_several_replicas_at_once_all_succeed() {
 #[tokio::test]
 async fn serve_leaves_the_schema_alone_when_migrate_on_start_is_off() {
     let scratch = Scratch::with_empty_database().await;
-    let mut settings = crate::helpers::settings(
-        &scratch.database_url,
-        &crate::helpers::redis_url(),
-        &scratch.prefix,
-    );
+    let mut settings = settings(&scratch.database_url, &redis_url(), &scratch.prefix);
     settings.migrate_on_start = false;
     settings.seed = None;
 
@@ -580,7 +576,7 @@ async fn a_taken_port_stops_the_start_with_one_line_before_the_database_is_touch
             "{command}: {stderr}"
         );
         assert!(
-            !crate::helpers::database_exists(&scratch.database).await,
+            !database_exists(&scratch.database).await,
             "{command}: the database was created before the port was tried"
         );
     }

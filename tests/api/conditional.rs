@@ -1,7 +1,7 @@
 //! Conditional requests: every 200 of a GET carries a strong `ETag`; `If-None-Match` with it
 //! gets 304, no body, and the same caching headers.
 
-use crate::helpers::{spawn_app, spawn_replica};
+use vehicle_state_test_support::app::{spawn_app, spawn_replica};
 
 const PATH: &str = "/vehicles/3/timestamp/2022-09-12T10:00:00Z";
 

@@ -1,4 +1,5 @@
-use crate::helpers::spawn_app;
+use vehicle_state_test_support::app::spawn_app;
+use vehicle_state_test_support::http::PROBLEM_JSON;
 
 #[tokio::test]
 async fn a_malformed_vehicle_id_is_a_bad_request_that_says_why() {
@@ -128,10 +129,7 @@ async fn another_method_on_a_known_path_is_a_method_not_allowed_problem() {
 
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET, HEAD");
-    assert_eq!(
-        response.headers()["content-type"],
-        crate::helpers::PROBLEM_JSON
-    );
+    assert_eq!(response.headers()["content-type"], PROBLEM_JSON);
     let body: serde_json::Value = response.json().await.expect("a JSON body");
     assert_eq!(body["type"], "/problems/method-not-allowed");
     assert_eq!(body["status"], 405);

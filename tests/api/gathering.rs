@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app, spawn_replica};
+use vehicle_state_test_support::app::{TestApp, spawn_app, spawn_replica};
 
 #[tokio::test]
 async fn a_row_that_breaks_the_statement_fails_only_its_own_lookup() {

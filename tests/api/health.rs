@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app, spawn_app_with, spawn_replica_without_postgres};
+use vehicle_state_test_support::app::{spawn_app, spawn_app_with, spawn_replica_without_postgres};
 
 #[tokio::test]
 async fn livez_says_the_process_serves() {

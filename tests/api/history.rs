@@ -4,9 +4,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use vehicle_state_test_support::app::{TestApp, spawn_app};
+use vehicle_state_test_support::http::Reply;
 
-fn changes(reply: &crate::helpers::Reply) -> Vec<Value> {
+fn changes(reply: &Reply) -> Vec<Value> {
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()["changes"].as_array().expect("changes").clone()
 }

@@ -1,4 +1,5 @@
-use crate::helpers::spawn_app;
+use vehicle_state_test_support::app::{TestApp, spawn_app};
+use vehicle_state_test_support::http::Reply;
 
 #[tokio::test]
 async fn vehicle_3_was_selling_at_ten_on_the_twelfth() {
@@ -204,7 +205,7 @@ async fn state_changes_at_the_same_instant_resolve_to_the_later_lifecycle_state(
 
 /// Vehicles 100 to 20,099, three changes each: enough rows that a sequential scan would be the
 /// planner's choice without the index.
-async fn add_bulk_rows(app: &crate::helpers::TestApp) {
+async fn add_bulk_rows(app: &TestApp) {
     sqlx::raw_sql(
         r#"INSERT INTO vehicles SELECT g, 'MAKE', 'MODEL', 'sold' FROM generate_series(100, 20099) g;
            INSERT INTO "stateLogs" SELECT g, s, TIMESTAMPTZ '2020-01-01' + (g || ' minutes')::interval
@@ -311,7 +312,7 @@ async fn head_answers_like_get_without_a_body() {
 
 /// On a miss the answer is as fresh as it gets: the whole TTL, less the query's milliseconds
 /// (max-age is rounded down, so it never promises more than the TTL).
-fn assert_max_age_is_the_full_ttl(reply: &crate::helpers::Reply) {
+fn assert_max_age_is_the_full_ttl(reply: &Reply) {
     let cache_control = reply.header("cache-control");
     assert!(
         ["public, max-age=60", "public, max-age=59"].contains(&cache_control),

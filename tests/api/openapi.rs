@@ -1,4 +1,4 @@
-use crate::helpers::spawn_app;
+use vehicle_state_test_support::app::spawn_app;
 
 #[tokio::test]
 async fn the_committed_openapi_yaml_is_the_document_the_code_describes() {

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::chaos::ChaosProxy;
-use crate::helpers::{
-    Reply, TestApp, postgres_addr, redis_addr, spawn_app, spawn_app_with, spawn_replica,
-    spawn_replica_without_postgres, via_port,
+use vehicle_state_test_support::app::{
+    TestApp, spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres,
 };
+use vehicle_state_test_support::chaos::ChaosProxy;
+use vehicle_state_test_support::http::Reply;
+use vehicle_state_test_support::servers::{postgres_addr, redis_addr, via_port};
 
 /// Asks until `done` holds for a reply, for at most `within`; returns every reply seen.
 async fn poll(

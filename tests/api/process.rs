@@ -5,7 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestApp, redis_url, spawn_app};
+use vehicle_state_test_support::app::{TestApp, spawn_app};
+use vehicle_state_test_support::chaos::ChaosProxy;
+use vehicle_state_test_support::http::client_builder;
+use vehicle_state_test_support::servers::{redis_addr, redis_url};
 
 /// The binary with its JSON log events arriving on a channel.
 struct Binary {
@@ -111,7 +114,7 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 async fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_zero() {
     let app = spawn_app().await;
     let Binary { child, address, .. } = start_binary(&app, &[("SHUTDOWN_DRAIN_SECS", "1")]);
-    let client = crate::helpers::client_builder().build().expect("a client");
+    let client = client_builder().build().expect("a client");
     assert_eq!(
         client
             .get(format!("{address}/readyz"))
@@ -243,7 +246,7 @@ async fn a_second_sigterm_exits_at_once_without_the_drain() {
 async fn each_request_writes_one_json_log_line_with_its_request_id() {
     let app = spawn_app().await;
     let binary = start_binary(&app, &[]);
-    let client = crate::helpers::client_builder().build().expect("a client");
+    let client = client_builder().build().expect("a client");
 
     for (id, path) in [
         ("req-lookup-1", "/vehicles/3/timestamp/1662976800"),
@@ -424,7 +427,7 @@ async fn while_postgres_is_known_down_the_log_says_so_once_not_once_per_request(
         .as_str()
         .expect("an address")
         .to_owned();
-    let client = crate::helpers::client_builder().build().expect("a client");
+    let client = client_builder().build().expect("a client");
 
     let mut statuses = Vec::new();
     for second in 0..5 {
@@ -468,7 +471,7 @@ async fn while_postgres_is_known_down_the_log_says_so_once_not_once_per_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_returns_the_log_says_so_once() {
     let app = spawn_app().await;
-    let proxy = crate::chaos::ChaosProxy::start(crate::helpers::redis_addr()).await;
+    let proxy = ChaosProxy::start(redis_addr()).await;
     let redis = format!("redis://127.0.0.1:{}", proxy.port());
     let binary = start_binary(
         &app,
@@ -481,7 +484,7 @@ async fn when_redis_returns_the_log_says_so_once() {
             ("LOCAL_CACHE_MAX_BYTES", "0"),
         ],
     );
-    let client = crate::helpers::client_builder().build().expect("a client");
+    let client = client_builder().build().expect("a client");
     let lookup = |second: u32| {
         let url = format!(
             "{}/vehicles/2/timestamp/{}",

@@ -3,9 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Nginx, Replica, TempDir, bounded, client, one_at_a_time, sample_database};
-use crate::helpers::{Scratch, redis_url};
-use crate::load::{Load, mixed};
+use vehicle_state_test_support::load::{Load, mixed};
+use vehicle_state_test_support::process::{
+    Nginx, Replica, TempDir, bounded, client, one_at_a_time, sample_database,
+};
+use vehicle_state_test_support::scratch::Scratch;
+use vehicle_state_test_support::servers::redis_url;
 
 /// Fields drop in order: processes first, then their files, then the database and keys.
 struct Fleet {

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{
+use vehicle_state_test_support::load;
+use vehicle_state_test_support::load::{Load, mixed, uncached};
+use vehicle_state_test_support::process::redis::RedisServer;
+use vehicle_state_test_support::process::{
     PgServer, Replica, TempDir, bounded, client, execute, one_at_a_time, run_binary,
     sample_database,
 };
-use crate::helpers::{Scratch, redis_url};
-use crate::load::{Load, mixed, uncached};
-use crate::redis_servers::RedisServer;
+use vehicle_state_test_support::scratch::Scratch;
+use vehicle_state_test_support::servers::redis_url;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_stops_under_load_no_request_fails_and_caching_resumes_when_it_returns() {
@@ -46,7 +48,7 @@ async fn when_redis_stops_under_load_no_request_fails_and_caching_resumes_when_i
         eprintln!("{}", report.summary("Redis stopped for 2 s"));
         eprintln!(
             "caching resumed {} after Redis returned",
-            crate::load::figure_or_never(resumed_after)
+            load::figure_or_never(resumed_after)
         );
         report.assert_no_failures("Redis stopped");
         assert!(cached_before > 0, "answers were cached before the stop");
@@ -183,7 +185,7 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
         // Once the outage is known (the first failed connection and one probe: well within
         // 100 ms of the stop), a lookup PostgreSQL would answer gets its 503 at once.
         let known_from = stopped_at + Duration::from_millis(100);
-        let unavailable_while_known = |s: &crate::load::Sample| {
+        let unavailable_while_known = |s: &load::Sample| {
             s.outcome == Ok(503) && s.started > known_from && s.started < resumed_at
         };
         let known: Vec<_> = report
@@ -199,12 +201,12 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
         eprintln!(
             "503 while PostgreSQL was known down: {}, p99 {}, max {}; 503 for requests started earlier: {}, max {}; /readyz 503 in {}; ready again {} after PostgreSQL returned",
             known.len(),
-            crate::load::figure(report.latency(0.99, unavailable_while_known)),
-            crate::load::figure(report.latency(1.0, unavailable_while_known)),
+            load::figure(report.latency(0.99, unavailable_while_known)),
+            load::figure(report.latency(1.0, unavailable_while_known)),
             before_known.clone().count(),
-            crate::load::figure(before_known.map(|s| s.took).max().unwrap_or_default()),
-            crate::load::figure(ready_while_down_took),
-            crate::load::figure_or_never(ready_after)
+            load::figure(before_known.map(|s| s.took).max().unwrap_or_default()),
+            load::figure(ready_while_down_took),
+            load::figure_or_never(ready_after)
         );
         assert!(
             known.len() > 20,
@@ -392,8 +394,8 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
         eprintln!(
             "100 requests for one slow answer: slowest {}; \
          12 distinct slow answers on a pool of 4: slowest {}",
-            crate::load::figure(worst(&same_results)),
-            crate::load::figure(worst(&distinct_results))
+            load::figure(worst(&same_results)),
+            load::figure(worst(&distinct_results))
         );
         eprintln!("slow queries running at once for the 100 requests: at most {most_at_once}");
         assert_eq!(most_at_once, 1, "the 100 requests share one query");

@@ -9,20 +9,8 @@
 //! programs (initdb, pg_ctl) on this machine (Debian packages nginx-light, redis-server,
 //! postgresql); `.ci/run` installs nginx when it is missing.
 
-// Shared with the `api` suite, which uses more of it.
-#[allow(dead_code)]
-#[path = "../api/chaos.rs"]
-mod chaos;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-
 mod balancer;
-mod cluster;
 mod dependencies;
-mod load;
 mod overload;
-mod pki;
 mod postgres;
-mod redis_servers;
 mod redis_topologies;

@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir, bounded, execute, one_at_a_time, sample_database};
-use crate::helpers::redis_url;
-use crate::load::{Load, uncached};
+use vehicle_state_test_support::load;
+use vehicle_state_test_support::load::{Load, uncached};
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, execute, one_at_a_time, sample_database,
+};
+use vehicle_state_test_support::servers::redis_url;
 
 /// Every lookup costs PostgreSQL about 20 ms per vehicle row it visits (a view over the real
 /// table that sleeps), so capacity is small and known: about pool size / 20 ms.
@@ -51,16 +54,16 @@ async fn at_many_times_capacity_excess_lookups_are_shed_and_latency_and_memory_s
             "{}",
             report.summary("128 clients on a replica limited to 16 lookups")
         );
-        let served = |s: &crate::load::Sample| s.outcome == Ok(200);
-        let shed = |s: &crate::load::Sample| s.outcome == Ok(503);
+        let served = |s: &load::Sample| s.outcome == Ok(200);
+        let shed = |s: &load::Sample| s.outcome == Ok(503);
         eprintln!(
             "served: {} (p50 {}, p99 {}); shed: {} (p99 {}); \
          RSS {} KiB before, {} KiB under load",
             report.count(200),
-            crate::load::figure(report.latency(0.5, served)),
-            crate::load::figure(report.latency(0.99, served)),
+            load::figure(report.latency(0.5, served)),
+            load::figure(report.latency(0.99, served)),
             report.count(503),
-            crate::load::figure(report.latency(0.99, shed)),
+            load::figure(report.latency(0.99, shed)),
             rss_before,
             rss_under_load
         );

@@ -4,13 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{
+use vehicle_state_test_support::load;
+use vehicle_state_test_support::load::{Load, mixed};
+use vehicle_state_test_support::pki::Pki;
+use vehicle_state_test_support::process::{
     PgServer, Replica, TempDir, bounded, client, execute, one_at_a_time, run_binary,
     run_binary_failing, wait_until_ok,
 };
-use crate::helpers::redis_url;
-use crate::load::{Load, mixed};
-use crate::pki::Pki;
+use vehicle_state_test_support::servers::redis_url;
 
 /// A cluster with TLS on, whose certificate names `localhost` only, and whose `pg_hba.conf`
 /// admits TLS connections alone (as managed PostgreSQL with TLS enforced does).
@@ -283,7 +284,7 @@ async fn a_streaming_standby_serves_what_the_primary_wrote_and_a_restart_of_it_h
         let after: serde_json::Value = after.json().await.expect("JSON");
         eprintln!(
             "replicated to the standby after {}",
-            crate::load::figure_or_never(replicated_after)
+            load::figure_or_never(replicated_after)
         );
         assert_ne!(before_state, "sold", "vehicle 1 was not sold before");
         assert!(replicated_after.is_some(), "the row reached the standby");
@@ -307,7 +308,7 @@ async fn a_streaming_standby_serves_what_the_primary_wrote_and_a_restart_of_it_h
         eprintln!("{}", report.summary("standby restarted (2 s down)"));
         eprintln!(
             "ready again {} after the standby was",
-            crate::load::figure(ready_after)
+            load::figure(ready_after)
         );
         assert!(ready, "ready again by itself");
         let during: Vec<_> = report
@@ -315,7 +316,7 @@ async fn a_streaming_standby_serves_what_the_primary_wrote_and_a_restart_of_it_h
             .iter()
             .filter(|s| s.started > stopped_at && s.started < resumed_at)
             .collect();
-        let cached = |s: &&&crate::load::Sample| s.path.ends_with("2022-09-12T10:00:00Z");
+        let cached = |s: &&&load::Sample| s.path.ends_with("2022-09-12T10:00:00Z");
         assert!(during.iter().filter(cached).count() > 10, "cached answers were asked meanwhile");
         for sample in during.iter().filter(cached) {
             assert_eq!(sample.outcome, Ok(200), "cached answers stay 200: {sample:?}");

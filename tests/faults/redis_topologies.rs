@@ -5,11 +5,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Replica, TempDir, bounded, client, one_at_a_time, sample_database};
-use crate::helpers::Scratch;
-use crate::load::{Load, mixed};
-use crate::pki::Pki;
-use crate::redis_servers::{MASTER_SET, RedisCluster, RedisServer, Sentinel};
+use vehicle_state_test_support::load;
+use vehicle_state_test_support::load::{Load, mixed};
+use vehicle_state_test_support::pki::Pki;
+use vehicle_state_test_support::process::redis::{MASTER_SET, RedisCluster, RedisServer, Sentinel};
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, client, one_at_a_time, sample_database,
+};
+use vehicle_state_test_support::scratch::Scratch;
 
 /// A replica of the binary on `scratch`'s database, reaching Redis as `redis` says.
 async fn replica(dir: &TempDir, scratch: &Scratch, redis: &[(&str, &str)]) -> Replica {
@@ -338,9 +341,9 @@ async fn behind_sentinel_the_master_killed_under_load_fails_no_request_and_cachi
         eprintln!("{}", report.summary("sentinel: master killed"));
         eprintln!(
             "the replica was promoted {} after the kill; answers cached on it {} after the promotion; {} since the kill",
-            crate::load::figure_or_never(promoted),
-            crate::load::figure_or_never(resumed),
-            crate::load::figure(killed_at.elapsed())
+            load::figure_or_never(promoted),
+            load::figure_or_never(resumed),
+            load::figure(killed_at.elapsed())
         );
         report.assert_no_failures("sentinel failover");
         assert!(promoted.is_some(), "the sentinel promoted the replica");

@@ -3,35 +3,31 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir};
-use crate::nats::{self, NatsServer};
-use crate::{
-    metric, migrated_database, publish, reference, vehicles_off_their_latest_change,
-    wait_for_tables,
-};
+use vehicle_state_test_support::process::nats;
+use vehicle_state_test_support::process::{metric, one_at_a_time};
+
+use crate::fixture::Fixture;
+use crate::{reference, vehicles_off_their_latest_change, wait_for_tables};
 
 const SEED: u64 = 11;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthetic() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const VEHICLES: u32 = 400;
     let expected = reference(VEHICLES, SEED).await;
     println!("nats-server: {}", nats::version());
-    let dir = TempDir::new("ingest-orders");
     for (stream, flags) in [
         ("IN_ORDER", &[][..]),
         ("SHUFFLED", &["--shuffle"][..]),
         ("DUPLICATED", &["--shuffle", "--duplicates", "0.3"][..]),
     ] {
         // A server each: the streams would all take `vehicles.>`.
-        let nats = NatsServer::start();
-        let db = migrated_database();
-        publish(&nats.url(), stream, VEHICLES, SEED, flags);
-        let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), stream);
-        ingest.start().await;
+        let fixture = Fixture::with_stream("ingest-orders", stream);
+        fixture.publish(VEHICLES, SEED, flags);
+        let mut ingest = fixture.start_ingest().await;
 
-        let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(30)).await;
+        let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(30)).await;
 
         assert!(
             got == expected,
@@ -79,28 +75,19 @@ async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ingest_processes_share_the_consumer_and_keep_the_invariant() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const VEHICLES: u32 = 3000;
     let expected = reference(VEHICLES, SEED).await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-two");
-    let db = migrated_database();
+    let fixture = Fixture::start("ingest-two");
     // Small batches: the two processes then apply changes of the same vehicles side by side.
-    let mut first = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    let mut second = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    let (mut first, mut second) = (fixture.ingest(), fixture.ingest());
     for process in [&mut first, &mut second] {
         process.set("INGEST_BATCH_MAX", "20");
         process.start().await;
     }
 
-    publish(
-        &nats.url(),
-        "VEHICLE_EVENTS",
-        VEHICLES,
-        SEED,
-        &["--shuffle", "--duplicates", "0.2"],
-    );
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+    fixture.publish(VEHICLES, SEED, &["--shuffle", "--duplicates", "0.2"]);
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
     assert!(
         got == expected,
@@ -113,7 +100,7 @@ async fn two_ingest_processes_share_the_consumer_and_keep_the_invariant() {
         second.log_tail()
     );
     assert_eq!(
-        vehicles_off_their_latest_change(&db.database_url).await,
+        vehicles_off_their_latest_change(fixture.database_url()).await,
         Vec::<i32>::new()
     );
     let label = r#"vehicle_state_ingest_events_total{type="state_changed",result="applied"}"#;

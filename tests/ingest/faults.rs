@@ -6,9 +6,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use sqlx::Connection;
 
-use crate::cluster::{PgServer, Replica, TempDir, run_binary, wait_until_ok};
-use crate::nats::NatsServer;
-use crate::{log_rows, migrated_database, publish, reference, tables, wait_for_tables};
+use vehicle_state_test_support::process;
+use vehicle_state_test_support::process::nats::NatsServer;
+use vehicle_state_test_support::process::{
+    PgServer, Replica, TempDir, metric, one_at_a_time, run_binary, wait_until_ok,
+};
+
+use crate::fixture::{Fixture, STREAM};
+use crate::{log_rows, publish, reference, tables, wait_for_tables};
 
 const SEED: u64 = 5;
 /// Enough events (about 3.7 per vehicle) that ingest, in batches of 25, is still busy when the
@@ -32,30 +37,22 @@ async fn wait_until_midway(database_url: &str, total: usize) -> i64 {
     }
 }
 
-fn slow_ingest(dir: &TempDir, database_url: &str, nats: &NatsServer) -> Replica {
-    let mut ingest = Replica::ingest(&dir.0, database_url, &nats.url(), "VEHICLE_EVENTS");
+/// `ingest` in batches of 25, so that it is still busy when the fault strikes.
+fn slow(mut ingest: Replica) -> Replica {
     ingest.set("INGEST_BATCH_MAX", "25");
     ingest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-kill");
-    let db = migrated_database();
-    publish(
-        &nats.url(),
-        "VEHICLE_EVENTS",
-        VEHICLES,
-        SEED,
-        &["--shuffle"],
-    );
-    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    let fixture = Fixture::start("ingest-kill");
+    fixture.publish(VEHICLES, SEED, &["--shuffle"]);
+    let mut ingest = slow(fixture.ingest());
     ingest.start().await;
 
-    let rows = wait_until_midway(&db.database_url, expected.logs.len()).await;
+    let rows = wait_until_midway(fixture.database_url(), expected.logs.len()).await;
     ingest.kill9();
     println!(
         "killed with {rows} of {} changes stored",
@@ -64,7 +61,7 @@ async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
     ingest.start().await;
     // What the killed process had applied but not acked comes back after INGEST_ACK_WAIT_SECS
     // (5 s here) and is found duplicate.
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
     assert!(
         got == expected,
@@ -79,21 +76,15 @@ async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
     let nats = NatsServer::start();
     let pg = PgServer::start();
     let database_url = pg.url("ingest");
     run_binary(&["migrate"], &[("DATABASE_URL", &database_url)]);
     let dir = TempDir::new("ingest-pg");
-    publish(
-        &nats.url(),
-        "VEHICLE_EVENTS",
-        VEHICLES,
-        SEED,
-        &["--shuffle"],
-    );
-    let mut ingest = slow_ingest(&dir, &database_url, &nats);
+    publish(&nats.url(), STREAM, VEHICLES, SEED, &["--shuffle"]);
+    let mut ingest = slow(Replica::ingest(&dir.0, &database_url, &nats.url(), STREAM));
     ingest.set("DB_ACQUIRE_TIMEOUT_MS", "500");
     ingest.start().await;
     wait_until_midway(&database_url, expected.logs.len()).await;
@@ -102,7 +93,7 @@ async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
     let readyz = format!("{}/readyz", ingest.url());
     let mut saw_not_ready = false;
     for _ in 0..40 {
-        let status = crate::cluster::client().get(&readyz).send().await;
+        let status = process::client().get(&readyz).send().await;
         if status.is_ok_and(|r| r.status() == 503) {
             saw_not_ready = true;
             break;
@@ -137,28 +128,20 @@ async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_during_ingest_and_ingest_resumes_by_itself() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
-    let mut nats = NatsServer::start();
-    let dir = TempDir::new("ingest-nats");
-    let db = migrated_database();
-    publish(
-        &nats.url(),
-        "VEHICLE_EVENTS",
-        VEHICLES,
-        SEED,
-        &["--shuffle"],
-    );
-    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    let mut fixture = Fixture::start("ingest-nats");
+    fixture.publish(VEHICLES, SEED, &["--shuffle"]);
+    let mut ingest = slow(fixture.ingest());
     ingest.start().await;
-    wait_until_midway(&db.database_url, expected.logs.len()).await;
+    wait_until_midway(fixture.database_url(), expected.logs.len()).await;
 
-    tokio::task::block_in_place(|| nats.stop());
-    let stopped_at = log_rows(&db.database_url).await;
+    tokio::task::block_in_place(|| fixture.nats.stop());
+    let stopped_at = log_rows(fixture.database_url()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| nats.resume());
+    tokio::task::block_in_place(|| fixture.nats.resume());
     let restarted = Instant::now();
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
     assert!(
         got == expected,
@@ -176,27 +159,19 @@ async fn nats_restarted_during_ingest_and_ingest_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes() {
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     let expected = reference(VEHICLES, SEED).await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-term");
-    let db = migrated_database();
-    publish(
-        &nats.url(),
-        "VEHICLE_EVENTS",
-        VEHICLES,
-        SEED,
-        &["--shuffle"],
-    );
-    let mut ingest = slow_ingest(&dir, &db.database_url, &nats);
+    let fixture = Fixture::start("ingest-term");
+    fixture.publish(VEHICLES, SEED, &["--shuffle"]);
+    let mut ingest = slow(fixture.ingest());
     ingest.start().await;
-    wait_until_midway(&db.database_url, expected.logs.len()).await;
+    wait_until_midway(fixture.database_url(), expected.logs.len()).await;
 
     ingest.send_sigterm();
     let status = ingest.wait_exit(Duration::from_secs(10)).await;
-    let at_stop = tables(&db.database_url).await;
+    let at_stop = tables(fixture.database_url()).await;
     ingest.start().await;
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(60)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(at_stop.logs.len() < expected.logs.len());
@@ -213,38 +188,35 @@ async fn sigterm_finishes_the_batch_in_hand_exits_zero_and_a_restart_completes()
 async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once_it_can() {
     // As after a failover that left DATABASE_URL on a standby: every write fails (SQLSTATE
     // 25006), for a reason that is the database's, not the events'.
-    let _turn = crate::cluster::one_at_a_time().await;
+    let _turn = one_at_a_time().await;
     const FEW: u32 = 50;
     let expected = reference(FEW, SEED).await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-read-only");
-    let db = migrated_database();
-    let mut admin = sqlx::PgConnection::connect(&db.database_url)
+    let fixture = Fixture::start("ingest-read-only");
+    let mut admin = sqlx::PgConnection::connect(fixture.database_url())
         .await
         .expect("connect");
     // The name is the test's own scratch database's.
     let read_only = |on: &str| {
         sqlx::AssertSqlSafe(format!(
             r#"ALTER DATABASE "{}" SET default_transaction_read_only = {on}"#,
-            db.database
+            fixture.db.database
         ))
     };
     sqlx::query(read_only("on"))
         .execute(&mut admin)
         .await
         .expect("read-only");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = fixture.client().await;
     let mut dead = client
         .subscribe("vehicle-state.dead-letter")
         .await
         .expect("subscribe");
-    publish(&nats.url(), "VEHICLE_EVENTS", FEW, SEED, &[]);
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    ingest.start().await;
+    fixture.publish(FEW, SEED, &[]);
+    let ingest = fixture.start_ingest().await;
 
     let retried = r#"vehicle_state_ingest_events_total{type="state_changed",result="retried"}"#;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while crate::metric(&ingest, retried).await.unwrap_or(0.0) == 0.0 {
+    while metric(&ingest, retried).await.unwrap_or(0.0) == 0.0 {
         assert!(
             Instant::now() < deadline,
             "never retried\n{}",
@@ -252,7 +224,7 @@ async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let while_read_only = log_rows(&db.database_url).await;
+    let while_read_only = log_rows(fixture.database_url()).await;
     sqlx::query(read_only("DEFAULT"))
         .execute(&mut admin)
         .await
@@ -262,11 +234,11 @@ async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
          WHERE datname = $1 AND pid <> pg_backend_pid()",
     )
-    .bind(&db.database)
+    .bind(&fixture.db.database)
     .execute(&mut admin)
     .await
     .expect("terminate");
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(30)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(30)).await;
     let letter = tokio::time::timeout(Duration::from_millis(500), dead.next()).await;
 
     assert_eq!(while_read_only, 0);
@@ -285,7 +257,7 @@ async fn a_database_that_cannot_write_dead_letters_nothing_and_is_caught_up_once
     for kind in ["registered", "state_changed"] {
         let series =
             format!(r#"vehicle_state_ingest_events_total{{type="{kind}",result="dead_lettered"}}"#);
-        let count = crate::metric(&ingest, &series).await.unwrap_or(0.0);
+        let count = metric(&ingest, &series).await.unwrap_or(0.0);
         assert_eq!(count, 0.0, "{series}");
     }
 }

@@ -1,42 +1,21 @@
 //! Ingest from NATS JetStream with real processes: a private `nats-server -js` per test, or a
-//! cluster of three (see `nats.rs` for which binary), the service's own binary as `ingest` and
+//! cluster of three (see `vehicle_state_test_support::process::nats` for which binary), the service's own binary as `ingest` and
 //! `publish`, and PostgreSQL (the shared server, or a private one where a test stops it).
 //!
 //! The reference for "the right tables" is `seed synthetic` with the same seed: applying the
 //! events `publish synthetic` sends, in any order and with duplicates, must give the same rows.
 
-// Shared with the `api` and `faults` suites, which use more of them.
-#[allow(dead_code)]
-#[path = "../api/chaos.rs"]
-mod chaos;
-#[allow(dead_code)]
-#[path = "../faults/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-
-#[allow(dead_code)]
-#[path = "../faults/load.rs"]
-mod load;
-#[allow(dead_code)]
-#[path = "../network/netns.rs"]
-mod netns;
-
 mod delivery;
 mod faults;
-mod nats;
-mod network;
-// `cluster` above is the process harness the suites share; this is the NATS cluster's test.
-#[path = "cluster.rs"]
+mod fixture;
 mod nats_cluster;
+mod network;
 mod poison;
 
 use std::time::{Duration, Instant};
 
-pub use cluster::metric;
-use cluster::run_binary;
-use helpers::Scratch;
+use vehicle_state_test_support::process::run_binary;
+use vehicle_state_test_support::scratch::Scratch;
 
 /// Rows of both tables, sorted: `vehicles` (id, make, model, state) and `"stateLogs"`
 /// (vehicle, state, Unix microseconds).

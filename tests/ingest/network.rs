@@ -1,4 +1,4 @@
-//! Ingest with its nats-server on a test host of its own (`tests/network/netns.rs`), the link
+//! Ingest with its nats-server on a test host of its own (`vehicle_state_test_support::netns`), the link
 //! slow, lossy or a black hole for a few seconds while ingest is mid-way through the stream.
 //! What must hold: nothing lost, nothing doubled, and the lag back to 0 within a stated time of
 //! the link healing; the health endpoints answer within their own bound throughout.
@@ -6,9 +6,13 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Replica, TempDir, free_port, metric, one_at_a_time};
-use crate::load::{figure, figure_or_never};
-use crate::netns::{Fault, Host};
+use vehicle_state_test_support::load::{figure, figure_or_never};
+use vehicle_state_test_support::netns::{Fault, Host};
+use vehicle_state_test_support::process;
+use vehicle_state_test_support::process::{
+    Replica, TempDir, free_port, metric, nats, one_at_a_time,
+};
+
 use crate::{
     log_rows, migrated_database, publish, reference, vehicles_off_their_latest_change,
     wait_for_tables,
@@ -40,7 +44,7 @@ impl NatsOnHost {
         let port = free_port();
         let dir = TempDir::new("nats-net");
         let child = place
-            .command(crate::nats::binary())
+            .command(nats::binary())
             .args(["-js", "-a", &place.ip, "-p", &port.to_string(), "-sd"])
             .arg(dir.0.join("store"))
             .stdout(Stdio::null())
@@ -105,7 +109,7 @@ async fn ingest_holds_under(fault: Fault) {
 
     host.fault(fault, &[]);
     let faulted_at = Instant::now();
-    let client = crate::cluster::client();
+    let client = process::client();
     let mut slowest_health = Duration::ZERO;
     while faulted_at.elapsed() < FAULT_FOR {
         let asked = Instant::now();

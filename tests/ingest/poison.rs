@@ -6,10 +6,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 
-use crate::cluster::{Replica, TempDir};
-use crate::helpers::Scratch;
-use crate::nats::NatsServer;
-use crate::{metric, migrated_database, tables, wait_for_tables};
+use vehicle_state_test_support::process;
+use vehicle_state_test_support::process::{Replica, metric, one_at_a_time};
+use vehicle_state_test_support::scratch::Scratch;
+use vehicle_state_test_support::servers::redis_url;
+
+use crate::fixture::{Fixture, STREAM};
+use crate::{tables, wait_for_tables};
 
 async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
     js.publish(subject.to_owned(), payload.to_owned().into())
@@ -21,17 +24,14 @@ async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied() {
-    let _turn = crate::cluster::one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-poison");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let _turn = one_at_a_time().await;
+    let fixture = Fixture::start("ingest-poison");
+    let client = fixture.client().await;
     let mut dead = client
         .subscribe("vehicle-state.dead-letter")
         .await
         .expect("subscribe");
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    ingest.start().await;
+    let ingest = fixture.start_ingest().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
     let js = jetstream::new(client.clone());
 
@@ -154,7 +154,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
             (2, "selling".into(), t("2022-01-01T10:00:00Z")),
         ],
     };
-    let got = wait_for_tables(&db.database_url, &expected, Duration::from_secs(10)).await;
+    let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(10)).await;
     assert_eq!(got, expected);
     let dead_lettered = metric(
         &ingest,
@@ -183,21 +183,19 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_too_large() {
-    let _turn = crate::cluster::one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-dead-letters");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let _turn = one_at_a_time().await;
+    let fixture = Fixture::start("ingest-dead-letters");
+    let client = fixture.client().await;
     let js = jetstream::new(client.clone());
     // Streams managed elsewhere: the events' stream exists, nothing stores dead letters yet.
     js.create_stream(jetstream::stream::Config {
-        name: "VEHICLE_EVENTS".to_owned(),
+        name: STREAM.to_owned(),
         subjects: vec!["vehicles.>".to_owned()],
         ..Default::default()
     })
     .await
     .expect("the events' stream");
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
+    let mut ingest = fixture.ingest();
     ingest.set("INGEST_CREATE_STREAM", "false");
     ingest.start().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
@@ -232,7 +230,7 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
     let dead_lettered =
         r#"vehicle_state_ingest_events_total{type="state_changed",result="dead_lettered"}"#;
     let before_a_stream = metric(&ingest, dead_lettered).await;
-    let registered = tables(&db.database_url).await.vehicles;
+    let registered = tables(fixture.database_url()).await.vehicles;
     let stream = js
         .create_stream(jetstream::stream::Config {
             name: "POISON".to_owned(),
@@ -294,14 +292,11 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_change_is_answered_once_the_cached_answer_expires() {
-    let _turn = crate::cluster::one_at_a_time().await;
-    let nats = NatsServer::start();
-    let dir = TempDir::new("ingest-late");
-    let db = migrated_database();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let _turn = one_at_a_time().await;
+    let fixture = Fixture::start("ingest-late");
+    let client = fixture.client().await;
     let js = jetstream::new(client);
-    let mut ingest = Replica::ingest(&dir.0, &db.database_url, &nats.url(), "VEHICLE_EVENTS");
-    ingest.start().await;
+    let ingest = fixture.start_ingest().await;
     ingest.wait_ready(Duration::from_secs(10)).await;
     publish_raw(
         &js,
@@ -316,7 +311,7 @@ async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     )
     .await;
     let settled = |n: usize| {
-        let url = db.database_url.clone();
+        let url = fixture.database_url().to_owned();
         async move {
             for _ in 0..100 {
                 if tables(&url).await.logs.len() == n {
@@ -330,16 +325,16 @@ async fn a_late_change_is_answered_once_the_cached_answer_expires() {
     settled(1).await;
     let scratch = Scratch::new();
     let mut serve = Replica::new(
-        &dir.0,
-        &db.database_url,
-        &crate::helpers::redis_url(),
+        &fixture.dir.0,
+        fixture.database_url(),
+        &redis_url(),
         &scratch.prefix,
     );
     serve.set("CACHE_TTL_SECS", "2");
     serve.start().await;
     let lookup = format!("{}/vehicles/9/timestamp/2022-06-01T00:00:00Z", serve.url());
     let state = |body: serde_json::Value| body["state"].as_str().unwrap_or_default().to_owned();
-    let http = crate::cluster::client();
+    let http = process::client();
     let first = http.get(&lookup).send().await.expect("GET");
     assert_eq!(first.headers()["x-cache"], "MISS");
     assert_eq!(state(first.json().await.expect("json")), "quoted");

@@ -2,16 +2,14 @@
 //! should, when its event happens. A test binary of its own, its tests taking turns: the recorder
 //! is one per process, so exact counts need nothing else counting at the same time.
 
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use helpers::{TestApp, spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres};
+use vehicle_state_test_support::app::{
+    TestApp, spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres,
+};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 

@@ -1,6 +1,6 @@
 //! The network's bad days between the service and each dependency: added latency, lost packets,
 //! and black holes (packets dropped without a reset), made by the tests themselves on test hosts
-//! of their own (network namespaces joined by veth pairs, `netns.rs`), under closed-loop load on
+//! of their own (network namespaces joined by veth pairs, `vehicle_state_test_support::netns`), under closed-loop load on
 //! the real binary.
 //!
 //! Each test names the bound it holds (how long any request may wait, given the configured
@@ -13,27 +13,6 @@
 //! machine where namespaces cannot be made fails these tests, saying so: none passes by
 //! skipping.
 
-// The process harness and the servers of the `faults` suite, the ingest suite's nats-server.
-#[allow(dead_code)]
-#[path = "../api/chaos.rs"]
-mod chaos;
-#[allow(dead_code)]
-#[path = "../faults/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-#[allow(dead_code)]
-#[path = "../faults/load.rs"]
-mod load;
-#[allow(dead_code)]
-#[path = "../faults/pki.rs"]
-mod pki;
-#[allow(dead_code)]
-#[path = "../faults/redis_servers.rs"]
-mod redis_servers;
-
-mod netns;
 mod postgres;
 mod redis;
 mod scenario;

@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use crate::cluster::{PgServer, Replica, TempDir, bounded, one_at_a_time, run_binary};
-use crate::helpers::redis_url;
-use crate::load::{figure, figure_or_never, mixed};
-use crate::netns::{Fault, Host};
+use vehicle_state_test_support::load;
+use vehicle_state_test_support::load::{figure, figure_or_never, mixed};
+use vehicle_state_test_support::netns::{Fault, Host};
+use vehicle_state_test_support::process::{
+    PgServer, Replica, TempDir, bounded, one_at_a_time, run_binary,
+};
+use vehicle_state_test_support::servers::redis_url;
+
 use crate::scenario::{Timeline, under_fault, under_fault_after};
 
 /// The replica's PostgreSQL timeouts in these tests.
@@ -53,7 +57,7 @@ async fn a_replica_of_postgresql_on_a_host_of_its_own() -> Setup {
     }
 }
 
-fn answered_by_postgresql(s: &crate::load::Sample) -> bool {
+fn answered_by_postgresql(s: &load::Sample) -> bool {
     s.outcome == Ok(200) && s.x_cache.as_deref() == Some("MISS")
 }
 

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir, bounded, one_at_a_time, sample_database};
-use crate::helpers::Scratch;
-use crate::load::{figure, figure_or_never, mixed};
-use crate::netns::{Fault, Host};
-use crate::redis_servers::RedisServer;
+use vehicle_state_test_support::load::{figure, figure_or_never, mixed};
+use vehicle_state_test_support::netns::{Fault, Host};
+use vehicle_state_test_support::process::redis::RedisServer;
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, one_at_a_time, sample_database,
+};
+use vehicle_state_test_support::scratch::Scratch;
+
 use crate::scenario::under_fault_watching;
 
 /// `REDIS_TIMEOUT_MS` and `REDIS_RETRY_INTERVAL_MS` as shipped.

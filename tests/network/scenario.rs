@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::load::{Load, Paths, Report, Sample, figure};
-use crate::netns::{Fault, Host};
+use vehicle_state_test_support::load::{Load, Paths, Report, Sample, figure};
+use vehicle_state_test_support::netns::{Fault, Host};
 
 /// How long each phase lasts.
 pub struct Phases {

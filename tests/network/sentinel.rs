@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Replica, TempDir, bounded, one_at_a_time, sample_database};
-use crate::load::{Load, figure, figure_or_never, uncached};
-use crate::netns::{Fault, Host};
-use crate::redis_servers::{MASTER_SET, Sentinel};
+use vehicle_state_test_support::load::{Load, figure, figure_or_never, uncached};
+use vehicle_state_test_support::netns::{Fault, Host};
+use vehicle_state_test_support::process::redis::{MASTER_SET, Sentinel};
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, one_at_a_time, sample_database,
+};
 
 /// `REDIS_TIMEOUT_MS` as shipped: the bound on asking one sentinel, too.
 const TIMEOUT: Duration = Duration::from_millis(100);

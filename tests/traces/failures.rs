@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{
-    Replica, TempDir, bounded, client, free_port, one_at_a_time, sample_database,
+use vehicle_state_test_support::process::{
+    self, Replica, TempDir, bounded, client, free_port, one_at_a_time, sample_database,
 };
+use vehicle_state_test_support::servers::redis_url;
+
 use crate::collector::{Collector, Mode};
 use crate::traced_replica;
 
@@ -69,7 +71,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn metric(replica: &Replica, name: &str) -> f64 {
-    crate::cluster::metric(replica, name)
+    process::metric(replica, name)
         .await
         .unwrap_or_else(|| panic!("no {name}"))
 }
@@ -78,12 +80,7 @@ async fn scenario(fault: Fault) {
     let dir = TempDir::new("traces-faults");
     let db = sample_database();
     // Without tracing first: what the same load costs when nothing is exported.
-    let mut plain = Replica::new(
-        &dir.0,
-        &db.database_url,
-        &crate::helpers::redis_url(),
-        &db.prefix,
-    );
+    let mut plain = Replica::new(&dir.0, &db.database_url, &redis_url(), &db.prefix);
     plain.start().await;
     let untraced = load(&plain, 0, 1500).await;
     drop(plain);

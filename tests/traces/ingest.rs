@@ -7,9 +7,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 
-use crate::cluster::{Replica, TempDir, bounded, one_at_a_time, run_binary};
+use vehicle_state_test_support::process::nats::NatsServer;
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, nats, one_at_a_time, run_binary,
+};
+use vehicle_state_test_support::scratch::Scratch;
+
 use crate::collector::{Collector, Exported, Mode};
-use crate::nats::NatsServer;
 use crate::{descends, new_ids, traceparent};
 
 /// `SPAN_KIND_PRODUCER` and `SPAN_KIND_CONSUMER` in OTLP.
@@ -21,10 +25,10 @@ async fn an_ingest_batch_links_the_published_events_and_a_dead_letter_carries_th
     let _turn = one_at_a_time().await;
     bounded(async {
         let collector = Collector::start(Mode::Accept);
-        println!("nats-server: {}", crate::nats::version());
+        println!("nats-server: {}", nats::version());
         let nats = NatsServer::start();
         let dir = TempDir::new("traces-ingest");
-        let db = crate::helpers::Scratch::new();
+        let db = Scratch::new();
         run_binary(&["migrate"], &[("DATABASE_URL", &db.database_url)]);
         let tracing = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),

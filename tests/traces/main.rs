@@ -3,17 +3,6 @@
 //! protobuf messages (`collector.rs`). Tracing is set up once per process, so every test runs the
 //! real binary with the `OTEL_*` variables a user would set.
 
-// Shared with the other suites, which use more of them.
-#[allow(dead_code)]
-#[path = "../faults/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-#[allow(dead_code)]
-#[path = "../ingest/nats.rs"]
-mod nats;
-
 mod collector;
 mod failures;
 mod ingest;
@@ -22,13 +11,15 @@ mod requests;
 
 use std::path::Path;
 
-use cluster::Replica;
+use vehicle_state_test_support::process::Replica;
+use vehicle_state_test_support::scratch::Scratch;
+use vehicle_state_test_support::servers::redis_url;
+
 use collector::{Collector, Exported};
-use helpers::Scratch;
 
 /// A replica of `db` that exports its spans to `collector` every 100 ms, logging at `info`.
 pub fn traced_replica(dir: &Path, db: &Scratch, collector: &Collector) -> Replica {
-    let mut replica = Replica::new(dir, &db.database_url, &helpers::redis_url(), &db.prefix);
+    let mut replica = Replica::new(dir, &db.database_url, &redis_url(), &db.prefix);
     replica
         .set("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
         .set("OTEL_BSP_SCHEDULE_DELAY", "100")

@@ -6,7 +6,11 @@ use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use crate::cluster::{Replica, TempDir, bounded, client, one_at_a_time, sample_database};
+use vehicle_state_test_support::process::{
+    Replica, TempDir, bounded, client, one_at_a_time, sample_database,
+};
+use vehicle_state_test_support::servers::redis_url;
+
 use crate::collector::{Collector, Mode};
 use crate::{log_events, new_ids, traced_replica, traceparent};
 
@@ -75,12 +79,7 @@ async fn without_otel_settings_no_connection_is_attempted_and_logs_have_no_trace
         let listeners = default_port_listeners();
         let dir = TempDir::new("traces-off");
         let db = sample_database();
-        let mut plain = Replica::new(
-            &dir.0,
-            &db.database_url,
-            &crate::helpers::redis_url(),
-            &db.prefix,
-        );
+        let mut plain = Replica::new(&dir.0, &db.database_url, &redis_url(), &db.prefix);
         plain.set("RUST_LOG", "info");
         lookups_then_stop(&mut plain).await;
         assert_eq!(
@@ -102,12 +101,7 @@ async fn without_otel_settings_no_connection_is_attempted_and_logs_have_no_trace
         );
 
         // The same listeners do see an exporter that is pointed at them: the check above can fail.
-        let mut pointed = Replica::new(
-            &dir.0,
-            &db.database_url,
-            &crate::helpers::redis_url(),
-            &db.prefix,
-        );
+        let mut pointed = Replica::new(&dir.0, &db.database_url, &redis_url(), &db.prefix);
         pointed
             .set("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
             .set("OTEL_EXPORTER_OTLP_TIMEOUT", "500");

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::cluster::{TempDir, bounded, client, one_at_a_time, sample_database};
+use vehicle_state_test_support::process::{
+    TempDir, bounded, client, one_at_a_time, sample_database,
+};
+
 use crate::collector::{Collector, Exported, Mode};
 use crate::{descends, log_events, new_ids, traced_replica, traceparent};
 

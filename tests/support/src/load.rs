@@ -74,7 +74,7 @@ pub struct Load {
 impl Load {
     pub fn start(base: &str, clients: usize, paths: Paths) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let http = crate::helpers::client_builder()
+        let http = crate::http::client_builder()
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(clients)
             .build()

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Place;
+use crate::process::Place;
 
 /// What goes wrong on a link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +67,10 @@ pub struct Host {
 impl Host {
     /// Makes the namespace and the link, or fails saying why: these tests need root and
     /// iproute2 and iptables, and a test that cannot make its network must not pass.
+    #[allow(
+        clippy::new_without_default,
+        reason = "each call makes a namespace and a link: not a default value"
+    )]
     pub fn new() -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
