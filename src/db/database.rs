@@ -50,7 +50,7 @@ struct Reachability {
 }
 
 impl Database {
-    /// The pool connects on first use (see [`super::connect`]); `reachable` is what the start-up
+    /// The pool connects on first use (see [`super::connect()`]); `reachable` is what the start-up
     /// check found. When it found PostgreSQL unreachable, requests fail at once from the start,
     /// until the prober connects.
     pub fn new(settings: &DatabaseSettings, probe_interval: Duration, reachable: bool) -> Self {
@@ -114,7 +114,7 @@ impl Database {
         otel::traced(span, self.guarded(call)).await
     }
 
-    /// [`super::history`], failing at once while PostgreSQL is known down.
+    /// [`super::history()`], failing at once while PostgreSQL is known down.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, DbError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,
