@@ -1,5 +1,5 @@
-//! Value parsers that check a name or a number several settings share the rules of: a bad value
-//! is refused at start, naming the setting, rather than by the server that would receive it.
+//! Checks of the names (streams, subjects, key prefixes) and fractions that settings take: a bad
+//! value is refused at start, naming the setting, rather than later by the server it is sent to.
 
 pub(super) fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let ok = !raw.is_empty()
