@@ -1,0 +1,121 @@
+//! The HTTP server: where it listens, how much it takes on at once, and how it shuts down.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+/// An address that may be left empty (`METRICS_BIND_ADDR=` in a compose file means unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(raw: &str) -> Result<OptionalAddr, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(OptionalAddr(None));
+    }
+    raw.parse()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|_| "an address and port such as 0.0.0.0:9464, or empty".to_owned())
+}
+
+impl HttpSettings {
+    /// Where /metrics is served on its own, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_bind_addr.and_then(|addr| addr.0)
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpSettings {
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// Address and port that serves /metrics apart from BIND_ADDR, so the API can be exposed
+    /// without its metrics (port 0 picks a free one). Set, /metrics on BIND_ADDR answers 404;
+    /// unset or empty, /metrics is served on BIND_ADDR.
+    #[arg(long, env = "METRICS_BIND_ADDR", value_parser = parse_optional_addr)]
+    pub metrics_bind_addr: Option<OptionalAddr>,
+
+    /// HTTP worker threads; unset means one per CPU core.
+    #[arg(long, env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub http_workers: Option<u16>,
+
+    /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so a
+    /// load balancer or orchestrator that polls it (Kubernetes, HAProxy, cloud balancers) stops
+    /// sending traffic here first.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_drain_secs: u64,
+
+    /// Seconds in-flight requests get to finish after the listener closes.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout_secs: u64,
+
+    /// Seconds sent in `Retry-After` when PostgreSQL cannot answer.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub retry_after_secs: u32,
+
+    /// Most lookups one replica runs at once past its memory cache (asking Redis, then
+    /// PostgreSQL); concurrent requests for one answer count once. A lookup beyond it is answered
+    /// 503 with `Retry-After` at once instead of queueing, so latency stays bounded under overload.
+    #[arg(long, env = "LOOKUP_CONCURRENCY_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub lookup_concurrency_limit: u32,
+
+    /// Most misses gathered into one batch (one Redis round trip, one SQL statement, one
+    /// write-back). Misses are gathered only while earlier batches are in flight, never by
+    /// waiting: a lone miss goes out at once. 1 turns gathering off.
+    #[arg(long, env = "LOOKUP_BATCH_MAX", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub lookup_batch_max: u32,
+
+    /// Most batches of gathered misses in flight at once; misses arriving while all are in
+    /// flight queue for the next batch. Keep it at or below DB_POOL_MAX_SIZE.
+    #[arg(long, env = "LOOKUP_BATCHES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lookup_batches_in_flight: u32,
+
+    /// Most lookups in one `POST /vehicles/states`; more is a 400 `invalid-batch-size`.
+    #[arg(long, env = "BATCH_MAX_LOOKUPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_max_lookups: u32,
+
+    /// Largest body of a `POST /vehicles/states`, in bytes; a larger one is a 413 before it is
+    /// read.
+    #[arg(long, env = "BATCH_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(64..=16 * 1024 * 1024))]
+    pub batch_max_body_bytes: u32,
+
+    /// Seconds sent in `Retry-After` when a lookup is shed by `LOOKUP_CONCURRENCY_LIMIT`.
+    #[arg(long, env = "OVERLOAD_RETRY_AFTER_SECS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub overload_retry_after_secs: u32,
+
+    /// How long a client has to send a request's head (line and headers) from when it connects
+    /// or its previous request ends; a slower client gets 408 and is disconnected (slowloris).
+    #[arg(long, env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub http_client_request_timeout_ms: u64,
+
+    /// Seconds an idle keep-alive connection is kept open (0 closes after each response). Keep it
+    /// above the idle timeout of the load balancer's upstream connections.
+    #[arg(long, env = "HTTP_KEEP_ALIVE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub http_keep_alive_secs: u64,
+
+    /// Most open connections per worker thread; past it, new connections wait in the listen
+    /// backlog until one closes.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_metrics_bind_addr_is_unset_and_an_address_is_taken() {
+        assert_eq!(parse_optional_addr(" "), Ok(OptionalAddr(None)));
+        assert_eq!(
+            parse_optional_addr("127.0.0.1:9464"),
+            Ok(OptionalAddr(Some(
+                "127.0.0.1:9464".parse().expect("an address")
+            )))
+        );
+        assert!(parse_optional_addr("9464").is_err());
+    }
+}

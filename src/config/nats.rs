@@ -1,0 +1,172 @@
+//! NATS and the JetStream stream that `ingest` and `publish` share.
+
+use clap::{Args, ValueEnum};
+
+use super::parse::{parse_stream_name, parse_subject};
+use super::secrets::{PemFile, redacted};
+
+/// `NATS_URL`: one server or several. The client connects to one of them and, when it loses it,
+/// to another (or to a server the cluster announced since), so listing every server of a cluster
+/// lets a process start while any one of them is down. Printed as `host:port` each, without
+/// credentials.
+#[derive(Clone)]
+pub struct NatsUrls(Vec<async_nats::ServerAddr>);
+
+impl NatsUrls {
+    pub fn addrs(&self) -> &[async_nats::ServerAddr] {
+        &self.0
+    }
+
+    /// Each server as `host:port`, for a message: never the user, password or token.
+    pub fn servers(&self) -> String {
+        let servers: Vec<String> = self
+            .0
+            .iter()
+            .map(|addr| format!("{}:{}", addr.host(), addr.port()))
+            .collect();
+        servers.join(",")
+    }
+}
+
+impl std::fmt::Debug for NatsUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.servers())
+    }
+}
+
+/// Comma-separated NATS URLs (`nats://`, `tls://`; `host:port` alone means `nats://`). The
+/// client takes a list as one URL otherwise, and refuses it for its "port" `4222,nats:`.
+fn parse_nats_urls(raw: &str) -> Result<NatsUrls, String> {
+    let addrs = raw
+        .split(',')
+        .map(|url| {
+            let url = url.trim();
+            let not_nats = |why: &dyn std::fmt::Display| {
+                format!(
+                    "{:?} is not a NATS URL (nats://host:4222, tls:// for TLS, comma-separated for several): {why}",
+                    redacted(url)
+                )
+            };
+            // The client takes `nats://` (or nothing) as a server with no host.
+            match url.parse::<async_nats::ServerAddr>() {
+                Ok(addr) if addr.host().is_empty() => Err(not_nats(&"no host")),
+                Ok(addr) => Ok(addr),
+                Err(e) => Err(not_nats(&e)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NatsUrls(addrs))
+}
+
+/// Where and how to reach NATS (for `ingest` and `publish`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS")]
+pub struct NatsSettings {
+    /// NATS server URL, or a comma-separated list of them (the servers of a cluster: the client
+    /// connects to any one and fails over to the others): `nats://host:4222`, `tls://host:4222`
+    /// (TLS required). User and password, or a token, may be given in the URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_urls, hide_env_values = true)]
+    pub nats_url: NatsUrls,
+
+    /// A NATS credentials file (JWT and NKey seed, as `nsc` writes them).
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to verify the NATS server with, for a private CA; implies TLS.
+    #[arg(long, env = "NATS_CA_CERT", value_parser = PemFile::read)]
+    pub nats_ca_cert: Option<PemFile>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients; needs NATS_CLIENT_KEY.
+    #[arg(long, env = "NATS_CLIENT_CERT", value_parser = PemFile::read, requires = "nats_client_key")]
+    pub nats_client_cert: Option<PemFile>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NATS_CLIENT_KEY", value_parser = PemFile::read, requires = "nats_client_cert")]
+    pub nats_client_key: Option<PemFile>,
+
+    /// How long one attempt to connect to NATS may take.
+    #[arg(long, env = "NATS_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub nats_connect_timeout_ms: u64,
+}
+
+/// The stream and subjects events travel on, shared by `ingest` and `publish`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "JetStream stream")]
+pub struct StreamSettings {
+    /// The JetStream stream that holds the events.
+    #[arg(long, env = "INGEST_STREAM", default_value = "VEHICLE_EVENTS", value_parser = parse_stream_name)]
+    pub ingest_stream: String,
+
+    /// Events are published on `<prefix>.registered` and `<prefix>.state_changed`; the stream
+    /// takes `<prefix>.>`.
+    #[arg(long, env = "INGEST_SUBJECT_PREFIX", default_value = "vehicles", value_parser = parse_subject)]
+    pub ingest_subject_prefix: String,
+
+    /// Create the stream at start when it is absent (with INGEST_STREAM_REPLICAS and
+    /// INGEST_STREAM_STORAGE). false: it must exist, as when streams are managed elsewhere.
+    #[arg(long, env = "INGEST_CREATE_STREAM", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ingest_create_stream: bool,
+
+    /// Replicas of a stream created here (1, or 3 or 5 in a NATS cluster).
+    #[arg(long, env = "INGEST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub ingest_stream_replicas: u8,
+
+    /// Storage of a stream created here.
+    #[arg(long, env = "INGEST_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::File)]
+    pub ingest_stream_storage: StreamStorage,
+
+    /// Seconds JetStream remembers a `Nats-Msg-Id`, dropping a second publish of it (on a
+    /// stream created here).
+    #[arg(long, env = "INGEST_DUPLICATE_WINDOW_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub ingest_duplicate_window_secs: u64,
+}
+
+/// Where a stream created here keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StreamStorage {
+    /// On disk: survives a NATS restart.
+    File,
+    /// In memory: lost when NATS restarts.
+    Memory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_takes_one_server_or_a_comma_separated_list_and_prints_no_credentials() {
+        for (raw, servers) in [
+            ("nats://127.0.0.1:4222", "127.0.0.1:4222"),
+            ("localhost:4222", "localhost:4222"),
+            ("nats://n1", "n1:4222"),
+            (
+                "tls://user:s3cret@nats.internal:4222/",
+                "nats.internal:4222",
+            ),
+            ("nats://tok3n@a:4222, nats://b:4222", "a:4222,b:4222"),
+            ("nats://p@ss@host:4222", "host:4222"),
+            (
+                "nats://127.0.0.1:4001,nats://127.0.0.1:4002,nats://127.0.0.1:4003",
+                "127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003",
+            ),
+        ] {
+            let urls = parse_nats_urls(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(urls.servers(), servers, "{raw}");
+            assert_eq!(format!("{urls:?}"), servers, "{raw}");
+            assert_eq!(urls.addrs().len(), servers.split(',').count(), "{raw}");
+        }
+        let urls = parse_nats_urls("nats://u:s3cret@a:1,tls://b:2").expect("a list");
+        assert_eq!(urls.addrs()[0].password(), Some("s3cret"));
+        assert!(urls.addrs()[1].tls_required());
+        for bad in [
+            "",
+            "nats://a:1,",
+            "http://user:s3cret@a:4222",
+            "nats://a:1,nats://user:s3cret@b:notaport",
+        ] {
+            let err = parse_nats_urls(bad).expect_err(bad);
+            assert!(!err.contains("s3cret"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! What `publish synthetic` reads.
+
+use clap::Args;
+
+use super::parse::parse_fraction;
+use super::{NatsSettings, StreamSettings, TraceSettings};
+
+/// What `publish synthetic` sends.
+#[derive(Debug, Clone, Args)]
+pub struct PublishSettings {
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    #[command(flatten)]
+    pub traces: TraceSettings,
+
+    /// How many vehicles (ids 1 to N): one registration each, and each of its state changes.
+    #[arg(help_heading = "Publish", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub vehicles: u32,
+
+    /// Seed of the generator: the same seed gives the histories of `seed synthetic --seed S`.
+    #[arg(help_heading = "Publish", long = "seed", default_value_t = 1)]
+    pub rng_seed: u64,
+
+    /// Publish the events in a random order (the same for the same seed), registrations included.
+    #[arg(help_heading = "Publish", long)]
+    pub shuffle: bool,
+
+    /// Also publish this fraction of the events a second time, each under a new eventId (so
+    /// JetStream's duplicate window does not drop it and the consumer must).
+    #[arg(help_heading = "Publish", long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub duplicates: f64,
+
+    /// Most publishes awaiting JetStream's acknowledgement at once.
+    #[arg(help_heading = "Publish", long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub publish_in_flight: u32,
+
+    /// How long an event JetStream has not acknowledged is sent again (under the same
+    /// Nats-Msg-Id, so one that did land is not stored twice) before publish gives up: a
+    /// clustered stream has no leader for the 4 to 10 s of an election.
+    #[arg(help_heading = "Publish", long, env = "PUBLISH_RETRY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub publish_retry_secs: u64,
+}
