@@ -1,6 +1,9 @@
 //! The service over HTTP, against real PostgreSQL and Redis (see `vehicle_state_test_support::servers`
 //! for where they come from). One binary, so the servers are resolved once and tests run in parallel.
 
+// Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod batch;
 mod browsers;
 mod cache;

@@ -9,6 +9,9 @@
 //! programs (initdb, pg_ctl) on this machine (Debian packages nginx-light, redis-server,
 //! postgresql); `.ci/run` installs nginx when it is missing.
 
+// Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod balancer;
 mod dependencies;
 mod overload;

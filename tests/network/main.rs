@@ -13,6 +13,9 @@
 //! machine where namespaces cannot be made fails these tests, saying so: none passes by
 //! skipping.
 
+// Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod postgres;
 mod redis;
 mod scenario;

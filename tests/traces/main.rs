@@ -3,6 +3,9 @@
 //! protobuf messages (`collector.rs`). Tracing is set up once per process, so every test runs the
 //! real binary with the `OTEL_*` variables a user would set.
 
+// Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod collector;
 mod failures;
 mod ingest;
