@@ -16,6 +16,11 @@
 //! Every command the service sends names one key (`GET` and `PTTL` of one key in a pipeline, or
 //! one `SET`), so in cluster mode each goes whole to the node that owns the key's slot.
 
+mod census;
+mod sentinel;
+
+pub use census::{Nodes, nodes};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
@@ -23,10 +28,10 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::SentinelClient;
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, ConnectionInfo, RedisError,
-    TlsCertificates, TlsMode,
+    TlsCertificates,
 };
 
 use crate::config::{RedisMode, RedisSettings};
@@ -132,23 +137,7 @@ impl Manager {
                 )
             }
             RedisMode::Sentinel => {
-                if nodes.is_empty() {
-                    bail!("REDIS_URL lists no sentinel");
-                }
-                let tls = is_tls(&nodes[0]);
-                if nodes.iter().any(|n| is_tls(n) != tls) {
-                    bail!("REDIS_URL: the sentinels' URLs mix redis:// and rediss://");
-                }
-                // Each client knows one sentinel; the master's settings come from the first
-                // URL, as they would from a standalone REDIS_URL.
-                let clients = nodes
-                    .iter()
-                    .map(|sentinel| {
-                        sentinel_client(settings, &nodes[0], sentinel, certificates.clone())
-                            .map(tokio::sync::Mutex::new)
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                Client::Sentinel(clients)
+                Client::Sentinel(sentinel::clients(settings, nodes, certificates)?)
             }
         };
         Ok(Self {
@@ -165,49 +154,6 @@ impl Manager {
     pub fn mode(&self) -> RedisMode {
         self.mode
     }
-}
-
-/// A client of the sentinel at `sentinel`'s address; `first`'s user name, password and
-/// database are the master's, as they would be in a standalone `REDIS_URL`;
-/// `REDIS_SENTINEL_PASSWORD`, if set, is the sentinels' own. TLS (and its certificates) applies
-/// to both when the URLs use `rediss://`.
-fn sentinel_client(
-    settings: &RedisSettings,
-    first: &ConnectionInfo,
-    sentinel: &ConnectionInfo,
-    certificates: Option<TlsCertificates>,
-) -> anyhow::Result<SentinelClient> {
-    let tls = is_tls(first);
-    let master = first.redis_settings();
-    let mut builder = SentinelClientBuilder::new(
-        [sentinel.addr().clone()],
-        &settings.redis_sentinel_master,
-        SentinelServerType::Master,
-    )
-    .context("REDIS_URL: cannot configure the sentinel client")?
-    .set_client_to_redis_db(master.db());
-    if let Some(username) = master.username() {
-        builder = builder.set_client_to_redis_username(username);
-    }
-    if let Some(password) = master.password() {
-        builder = builder.set_client_to_redis_password(password);
-    }
-    if let Some(password) = &settings.redis_sentinel_password {
-        builder = builder.set_client_to_sentinel_password(password.expose());
-    }
-    if tls {
-        builder = builder
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        if let Some(certs) = certificates {
-            builder = builder
-                .set_client_to_redis_certificates(certs.clone())
-                .set_client_to_sentinel_certificates(certs);
-        }
-    }
-    builder
-        .build()
-        .context("REDIS_URL: cannot configure the sentinel client")
 }
 
 /// The private CA and client certificate, if any were given; only for `rediss://` URLs.
@@ -242,37 +188,6 @@ fn is_tls(node: &ConnectionInfo) -> bool {
     matches!(node.addr(), ConnectionAddr::TcpTls { .. })
 }
 
-impl Manager {
-    /// Asks every sentinel at once for the master, each within `REDIS_TIMEOUT_MS`; the first
-    /// that names a master whose `ROLE` confirms it wins, and the others are dropped (redis-rs
-    /// keeps only connections it has checked, so that is safe). Fails with the last failure
-    /// when none does.
-    async fn master(
-        &self,
-        sentinels: &[tokio::sync::Mutex<SentinelClient>],
-    ) -> Result<redis::Client, RedisError> {
-        let asks = sentinels.iter().map(|sentinel| {
-            Box::pin(async move {
-                let ask = async { sentinel.lock().await.async_get_client().await };
-                tokio::time::timeout(self.timeout, ask)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!(
-                                "a sentinel did not name the master within {} ms (REDIS_TIMEOUT_MS)",
-                                self.timeout.as_millis()
-                            ),
-                        )))
-                    })
-            })
-        });
-        futures_util::future::select_ok(asks)
-            .await
-            .map(|(client, _)| client)
-    }
-}
-
 impl managed::Manager for Manager {
     type Type = Connection;
     type Error = RedisError;
@@ -302,84 +217,5 @@ impl managed::Manager for Manager {
         } else {
             Err(RecycleError::message("PING answered something else"))
         }
-    }
-}
-
-/// How many nodes of each role this replica sees.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Nodes {
-    pub masters: usize,
-    pub replicas: usize,
-}
-
-/// Asks the topology how many masters and replicas it has: `CLUSTER NODES` in a cluster
-/// (nodes marked failed are not counted), `ROLE` of the server or of the master otherwise.
-pub async fn nodes(mode: RedisMode, conn: &mut Connection) -> Result<Nodes, RedisError> {
-    if mode == RedisMode::Cluster {
-        let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-        return Ok(count_cluster_nodes(&text));
-    }
-    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
-    // A master lists its replicas third; a replica (a master demoted under a connection that
-    // has not noticed yet) is no master this replica can write to.
-    Ok(match (role.first(), role.get(2)) {
-        (Some(redis::Value::BulkString(kind)), Some(redis::Value::Array(replicas)))
-            if kind.as_slice() == b"master" =>
-        {
-            Nodes {
-                masters: 1,
-                replicas: replicas.len(),
-            }
-        }
-        _ => Nodes::default(),
-    })
-}
-
-/// Counts the healthy masters and replicas in the text of `CLUSTER NODES`: one line a node,
-/// its flags third (`myself,master`, `slave`, `master,fail`, ...).
-fn count_cluster_nodes(text: &str) -> Nodes {
-    let mut nodes = Nodes::default();
-    for line in text.lines() {
-        let Some(flags) = line.split_whitespace().nth(2) else {
-            continue;
-        };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if flags
-            .iter()
-            .any(|f| matches!(*f, "fail" | "fail?" | "noaddr"))
-        {
-            continue;
-        }
-        if flags.contains(&"master") {
-            nodes.masters += 1;
-        } else if flags.contains(&"slave") {
-            nodes.replicas += 1;
-        }
-    }
-    nodes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_nodes_are_counted_by_role_leaving_out_failed_ones() {
-        let text = "\
-07c37dfe 127.0.0.1:30004@31004 slave e7d1eecc 0 1426238317239 4 connected
-67ed2db8 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
-292f8b36 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
-6ec23923 127.0.0.1:30005@31005 slave 67ed2db8 0 1426238316232 5 connected
-824fe116 127.0.0.1:30006@31006 master,fail? - 0 1426238317741 6 connected
-e7d1eecc 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
-";
-        assert_eq!(
-            count_cluster_nodes(text),
-            Nodes {
-                masters: 3,
-                replicas: 2
-            }
-        );
-        assert_eq!(count_cluster_nodes(""), Nodes::default());
     }
 }
