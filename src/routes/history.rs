@@ -129,7 +129,7 @@ pub fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
     }
     let instant = |name: &str, raw: Option<String>| {
         raw.map(|raw| {
-            Instant::parse(&raw)
+            Instant::parse_query_value(&raw)
                 .map_err(|e| ApiError::InvalidTimestampParameter(name.to_owned(), e))
         })
         .transpose()

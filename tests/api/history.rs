@@ -195,3 +195,23 @@ async fn a_bad_history_query_is_a_problem_that_names_what_to_fix() {
     twice.assert_problem(400, "/problems/invalid-query");
     bad_id.assert_problem(400, "/problems/invalid-vehicle-id");
 }
+
+/// In a query string `+` stands for a space, so `from=…+02:00` arrives as `…T12:00:00 02:00`:
+/// the 400 says to send `%2B`, and with `%2B` the same window is answered.
+#[tokio::test]
+async fn an_offset_whose_plus_arrived_as_a_space_is_refused_saying_to_send_percent_2b() {
+    let app = spawn_app().await;
+
+    let bare_plus = app
+        .get("/vehicles/3/history?from=2022-09-12T12:00:00+02:00")
+        .await;
+    let encoded = app
+        .get("/vehicles/3/history?from=2022-09-12T12:00:00%2B02:00")
+        .await;
+
+    let detail = bare_plus.assert_problem(400, "/problems/invalid-timestamp");
+    assert!(detail.starts_with("`from`:"), "{detail}");
+    assert!(detail.contains("send it as `%2B`"), "{detail}");
+    assert_eq!(encoded.status, 200, "{}", encoded.body);
+    assert_eq!(encoded.json()["changes"][0]["state"], "selling");
+}

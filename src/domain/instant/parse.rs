@@ -24,6 +24,10 @@ pub enum InstantError {
     OutOfRange,
     #[error("the timestamp is not in a recognised form. {ACCEPTED_FORMS}")]
     Unrecognised,
+    #[error(
+        "the offset's `+` arrived as a space: in a query string `+` stands for a space, so send it as `%2B` (`2022-09-12T12:00:00%2B02:00`)"
+    )]
+    PlusSentAsSpace,
 }
 
 /// Longer input is junk by construction (the longest accepted spelling has 35 characters); the
@@ -36,17 +40,29 @@ const PG_SPACE: &str = "%Y-%m-%d %H:%M:%S%.f%#z";
 const PG_T: &str = "%Y-%m-%dT%H:%M:%S%.f%#z";
 
 impl Instant {
-    /// Every spelling [`Instant::parse`] accepts matches this (an ECMA-262 regular expression,
-    /// for the OpenAPI document: generated clients and Swagger UI check input with it). Not
-    /// every match is an instant (`2022-13-45T…`): the parser has the last word.
-    pub const PATTERN: &'static str = r"^(-?[0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?))$";
+    /// A value read from a query string, where `+` stands for a space: an offset written with
+    /// a bare `+` arrives with a space in its place, and is refused saying so, rather than as
+    /// a form not recognised. (In a path, `+` is itself.)
+    pub fn parse_query_value(raw: &str) -> Result<Self, InstantError> {
+        Self::parse(raw).map_err(|error| {
+            let with_plus = |at: usize| format!("{}+{}", &raw[..at], &raw[at + 1..]);
+            if raw
+                .match_indices(' ')
+                .any(|(at, _)| Self::parse(&with_plus(at)).is_ok())
+            {
+                InstantError::PlusSentAsSpace
+            } else {
+                error
+            }
+        })
+    }
 
     pub fn parse(raw: &str) -> Result<Self, InstantError> {
         if raw.is_empty() || raw.len() > MAX_INPUT_LEN {
             return Err(InstantError::Unrecognised);
         }
         if is_epoch_seconds(raw) {
-            // Longer than any i64 (leading zeros included): out of range, as `PATTERN` says.
+            // Longer than any i64 (leading zeros included): out of range.
             if raw.trim_start_matches('-').len() > 19 {
                 return Err(InstantError::OutOfRange);
             }
@@ -66,7 +82,7 @@ impl Instant {
             .or_else(|_| DateTime::parse_from_str(raw, PG_T));
         match parsed {
             // chrono also reads fields shorter than their width (`2022-9-2T1:2:3Z`) and an offset
-            // with a dangling colon (`-05:`); the accepted forms, and `PATTERN`, have neither.
+            // with a dangling colon (`-05:`); the accepted forms have neither.
             Ok(_) if !has_full_width_fields(raw) || !has_documented_tail(raw) => {
                 Err(InstantError::Unrecognised)
             }
