@@ -1,6 +1,7 @@
 //! Every setting the service reads, each a command-line option and an environment variable.
 //! Defaults reach PostgreSQL and Redis on localhost, so `vehicle-state serve` works on a
-//! developer machine with no configuration. The README's table lists each of them.
+//! developer machine with no configuration. docs/configuration.md lists each of them, and
+//! tests/docs checks that page against clap.
 //!
 //! One file per subsystem; each type is re-exported here, so `config::DatabaseSettings` and the
 //! like name it wherever it is declared.

@@ -3,7 +3,7 @@
 //! Counters and histograms go through the `metrics` facade into one process-wide Prometheus
 //! recorder (metrics-exporter-prometheus, without its HTTP listener: the service's own server
 //! answers `/metrics`). Gauges that describe one replica's pools are read from the pools when
-//! scraped, never kept. The README's metrics reference says what each series is for.
+//! scraped, never kept. docs/operations.md says what each series is for.
 //!
 //! Each subsystem's series are named in a file of their own (`http`, `cache`, `db`, `ingest`,
 //! `traces`); the middleware that counts requests is `middleware`; the recorder and the
