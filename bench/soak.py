@@ -52,7 +52,7 @@ READ_SEED, EVENTS_SEED = 1, 2
 REFERENCE_DB = "vs_soak_reference"
 OURS = ["replica1", "replica2", "replica3", "ingest"]  # checked for flat RSS and descriptors
 OTHERS = ["nginx", "postgres", "redis", "nats"]        # reported
-# What the README says a client may get while PostgreSQL is down: a 503 database-unavailable
+# What docs/api.md says a client may get while PostgreSQL is down: a 503 database-unavailable
 # for an answer not cached (a batch's item likewise).
 ALLOWED = ("503 database-unavailable", "item 503 database-unavailable")
 
