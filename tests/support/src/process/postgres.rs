@@ -215,7 +215,7 @@ impl Drop for PgServer {
     }
 }
 
-/// Where initdb and pg_ctl are: on PATH, or Debian's /usr/lib/postgresql/<version>/bin.
+/// Where initdb and pg_ctl are: on PATH, or Debian's `/usr/lib/postgresql/<version>/bin`.
 fn pg_bindir() -> PathBuf {
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
         && output.status.success()
