@@ -75,7 +75,7 @@ FROM "stateLogs" WHERE "vehicleId" BETWEEN {low} AND {high};""")
 def load_data(stack):
     # The read set: `seed synthetic`, then moved to ids FIRST_ID and up, since `publish synthetic`
     # always sends ids 1 to N and the events must be for other vehicles than the read set.
-    stack.run_binary(["seed", "synthetic", "--vehicles", str(VEHICLES), "--seed", str(READ_SEED)],
+    stack.run_binary(["seed", "synthetic", "--vehicles", str(VEHICLES), "--random-seed", str(READ_SEED)],
                      DATABASE_URL=stack.pg_url(SOAK_DB))
     shift = FIRST_ID - 1
     stack.psql(SOAK_DB, f"""
@@ -86,7 +86,7 @@ VACUUM FULL "stateLogs";
 VACUUM ANALYZE;""")
     read_set = tables_digest(stack, SOAK_DB, FIRST_ID, 2147483647)
     # What the events say: the tables `seed synthetic` loads with the publisher's seed.
-    stack.run_binary(["seed", "synthetic", "--vehicles", str(INGEST_VEHICLES), "--seed", str(EVENTS_SEED)],
+    stack.run_binary(["seed", "synthetic", "--vehicles", str(INGEST_VEHICLES), "--random-seed", str(EVENTS_SEED)],
                      DATABASE_URL=stack.pg_url(REFERENCE_DB))
     reference = tables_digest(stack, REFERENCE_DB, 1, 2147483647)
     return read_set, reference
@@ -140,7 +140,7 @@ class Publisher(threading.Thread):
                 round_ = {"at_s": round(started - self.t0, 1), "vehicles": k, "ok": False}
                 try:
                     out = self.stack.run_binary(
-                        ["publish", "synthetic", "--vehicles", str(k), "--seed", str(EVENTS_SEED),
+                        ["publish", "synthetic", "--vehicles", str(k), "--random-seed", str(EVENTS_SEED),
                          "--shuffle", "--duplicates", "0.05"],
                         timeout=120, log_name="publish", RUST_LOG="info", **self.stack.ingest_env())
                     self.published, round_["ok"] = k, True
@@ -387,7 +387,7 @@ def check_tables(stack, read_set, reference):
     text = (f"vehicles 1 to {INGEST_VEHICLES:,}: {now_events['vehicles']:,} vehicles, "
             f"{now_events['state_logs']:,} stateLogs rows, "
             f"{'equal to' if now_events == reference else 'NOT equal to'} `seed synthetic --vehicles "
-            f"{INGEST_VEHICLES} --seed {EVENTS_SEED}` ({reference['vehicles']:,}, {reference['state_logs']:,}); "
+            f"{INGEST_VEHICLES} --random-seed {EVENTS_SEED}` ({reference['vehicles']:,}, {reference['state_logs']:,}); "
             f"the read set {'unchanged' if now_read == read_set else 'CHANGED'} "
             f"({now_read['vehicles']:,} vehicles, {now_read['state_logs']:,} rows)")
     return passed, text, {"read_set": [read_set, now_read], "events": [reference, now_events]}

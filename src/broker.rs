@@ -1,8 +1,6 @@
 //! NATS JetStream: connecting, the events' stream, the shared consumer, dead letters. No HTTP or
 //! SQL here.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{ConnectErrorKind, HeaderMap};
@@ -38,7 +36,7 @@ pub async fn connect(
     settings: &NatsSettings,
     name: &str,
 ) -> Result<async_nats::Client, ConnectFailure> {
-    let mut options = match &settings.nats_creds_file {
+    let mut options = match &settings.creds_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|e| {
@@ -51,7 +49,7 @@ pub async fn connect(
     };
     options = options
         .name(name)
-        .connection_timeout(Duration::from_millis(settings.nats_connect_timeout_ms))
+        .connection_timeout(settings.connect_timeout)
         .max_reconnects(None)
         .event_callback(|event| async move {
             match event {
@@ -64,15 +62,15 @@ pub async fn connect(
                 other => tracing::warn!(event = %other, "NATS"),
             }
         });
-    if let Some(ca) = &settings.nats_ca_cert {
+    if let Some(ca) = &settings.ca_cert {
         options = options
             .add_root_certificates(ca.path.clone())
             .require_tls(true);
     }
-    if let (Some(cert), Some(key)) = (&settings.nats_client_cert, &settings.nats_client_key) {
+    if let (Some(cert), Some(key)) = (&settings.client_cert, &settings.client_key) {
         options = options.add_client_certificate(cert.path.clone(), key.path.clone());
     }
-    let urls = &settings.nats_url;
+    let urls = &settings.url;
     options.connect(urls.addrs()).await.map_err(|error| {
         // The URL may hold a password: name its servers, never the whole URL.
         let cause = crate::telemetry::chain(&error).to_string();
@@ -123,12 +121,12 @@ fn unreachable(kind: ConnectErrorKind, error: &async_nats::ConnectError) -> Stri
 
 /// The subjects the stream takes: `<prefix>.>`.
 pub fn stream_subjects(settings: &StreamSettings) -> String {
-    format!("{}.>", settings.ingest_subject_prefix)
+    format!("{}.>", settings.subject_prefix)
 }
 
 /// The subject events of `kind` are published on.
 pub fn subject(settings: &StreamSettings, kind: EventKind) -> String {
-    format!("{}.{}", settings.ingest_subject_prefix, kind.token())
+    format!("{}.{}", settings.subject_prefix, kind.token())
 }
 
 /// The events' stream: found, or created as the settings say when absent and allowed.
@@ -136,8 +134,8 @@ pub async fn stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> anyhow::Result<stream::Stream> {
-    let name = &settings.ingest_stream;
-    if !settings.ingest_create_stream {
+    let name = &settings.name;
+    if !settings.create {
         return js.get_stream(name).await.with_context(|| {
             format!("stream {name} not found (INGEST_CREATE_STREAM=false: it must exist)")
         });
@@ -146,8 +144,8 @@ pub async fn stream(
         name: name.clone(),
         subjects: vec![stream_subjects(settings)],
         storage: storage(settings),
-        num_replicas: usize::from(settings.ingest_stream_replicas),
-        duplicate_window: Duration::from_secs(settings.ingest_duplicate_window_secs),
+        num_replicas: usize::from(settings.replicas),
+        duplicate_window: settings.duplicate_window,
         ..Default::default()
     })
     .await
@@ -155,7 +153,7 @@ pub async fn stream(
 }
 
 fn storage(settings: &StreamSettings) -> stream::StorageType {
-    match settings.ingest_stream_storage {
+    match settings.storage {
         StreamStorage::File => stream::StorageType::File,
         StreamStorage::Memory => stream::StorageType::Memory,
     }
@@ -168,7 +166,7 @@ pub async fn consumer(
     stream: &stream::Stream,
     settings: &IngestSettings,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let name = &settings.ingest_consumer;
+    let name = &settings.consumer;
     stream
         .get_or_create_consumer(
             name,
@@ -176,9 +174,9 @@ pub async fn consumer(
                 durable_name: Some(name.clone()),
                 description: Some("vehicle-state ingest".to_owned()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(settings.ingest_ack_wait_secs),
+                ack_wait: settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: settings.ingest_max_ack_pending,
+                max_ack_pending: settings.max_ack_pending,
                 filter_subject: stream_subjects(&settings.stream),
                 ..Default::default()
             },
@@ -195,7 +193,7 @@ pub async fn dead_letter_stream(
     js: &jetstream::Context,
     settings: &IngestSettings,
 ) -> anyhow::Result<Option<String>> {
-    let subject = &settings.ingest_dead_letter_subject;
+    let subject = &settings.dead_letter_subject;
     match js.stream_by_subject(subject.as_str()).await {
         Ok(name) => return Ok(Some(name)),
         Err(error) if error.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {}
@@ -205,15 +203,15 @@ pub async fn dead_letter_stream(
             });
         }
     }
-    if !settings.stream.ingest_create_stream {
+    if !settings.stream.create {
         return Ok(None);
     }
-    let name = &settings.ingest_dead_letter_stream;
+    let name = &settings.dead_letter_stream;
     js.get_or_create_stream(stream::Config {
         name: name.clone(),
         subjects: vec![subject.clone()],
         storage: storage(&settings.stream),
-        num_replicas: usize::from(settings.stream.ingest_stream_replicas),
+        num_replicas: usize::from(settings.stream.replicas),
         ..Default::default()
     })
     .await
@@ -224,8 +222,8 @@ pub async fn dead_letter_stream(
 /// A dead-letter subject inside the events' stream would be ingested again: a setting that
 /// cannot work.
 pub fn check_dead_letter_subject(settings: &IngestSettings) -> Result<(), String> {
-    let subject = &settings.ingest_dead_letter_subject;
-    let prefix = &settings.stream.ingest_subject_prefix;
+    let subject = &settings.dead_letter_subject;
+    let prefix = &settings.stream.subject_prefix;
     match subject.strip_prefix(prefix.as_str()) {
         Some(rest) if rest.starts_with('.') => Err(format!(
             "INGEST_DEAD_LETTER_SUBJECT ({subject}) is inside the events' subjects \

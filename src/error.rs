@@ -15,7 +15,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
 use crate::db::DbError;
-use crate::domain::{Instant, InstantError, VehicleId, VehicleIdError};
+use crate::domain::{Timestamp, TimestampError, VehicleId, VehicleIdError};
 use crate::service::LookupError;
 use crate::telemetry::chain;
 
@@ -24,14 +24,14 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidVehicleId(VehicleIdError),
     #[error("{0}")]
-    InvalidTimestamp(InstantError),
+    InvalidTimestamp(TimestampError),
     /// A query parameter (`from`, `to`) that is not an instant.
     #[error("`{0}`: {1}")]
-    InvalidTimestampParameter(String, InstantError),
+    InvalidTimestampParameter(String, TimestampError),
     #[error("no vehicle has id {0}")]
     VehicleNotFound(VehicleId),
     #[error("vehicle {0} has no recorded state at or before {1}; its first state change is later")]
-    NoStateYet(VehicleId, Instant),
+    NoStateYet(VehicleId, Timestamp),
     #[error("no route matches this path; see /swagger-ui/ for the API")]
     RouteNotFound,
     #[error("this path only answers {0}")]
@@ -223,10 +223,10 @@ mod tests {
     #[test]
     fn every_kind_has_its_own_type_uri() {
         let id = VehicleId::parse("3").expect("valid");
-        let at = Instant::parse("0").expect("valid");
+        let at = Timestamp::parse("0").expect("valid");
         let errors = [
             ApiError::InvalidVehicleId(VehicleIdError::Empty),
-            ApiError::InvalidTimestamp(InstantError::Unrecognised),
+            ApiError::InvalidTimestamp(TimestampError::Unrecognised),
             ApiError::VehicleNotFound(id),
             ApiError::NoStateYet(id, at),
             ApiError::RouteNotFound,

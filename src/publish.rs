@@ -3,7 +3,7 @@
 //! loads with the same seed.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant as Clock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::broker::{self, ConnectFailure};
 use crate::config::{PublishSettings, SyntheticSettings};
 use crate::db::{SyntheticHistory, generate};
-use crate::domain::Instant;
+use crate::domain::Timestamp;
 use crate::domain::event::EventKind;
 use crate::telemetry::otel;
 
@@ -62,11 +62,11 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
 
     let histories: Vec<SyntheticHistory> = generate(SyntheticSettings {
         vehicles: settings.vehicles,
-        rng_seed: settings.rng_seed,
+        random_seed: settings.random_seed,
         replace: false,
     })
     .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.rng_seed ^ 0x0050_5542_4c49_5348); // "PUBLISH": its own stream of randomness
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.random_seed ^ 0x0050_5542_4c49_5348); // "PUBLISH": its own stream of randomness
     let mut events = Vec::new();
     for history in &histories {
         let changes = (0..history.changes.len()).map(|i| u8::try_from(i).ok());
@@ -89,8 +89,8 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
 
     let registered = broker::subject(&settings.stream, EventKind::Registered);
     let state_changed = broker::subject(&settings.stream, EventKind::StateChanged);
-    let in_flight = usize::try_from(settings.publish_in_flight).unwrap_or(1);
-    let started = Clock::now();
+    let in_flight = usize::try_from(settings.in_flight).unwrap_or(1);
+    let started = Instant::now();
     // One trace for the run; each event's own span is its child, and its context goes in the
     // event's headers (`traceparent`), so the ingest batch that applies it links to it.
     let run = tracing::trace_span!(
@@ -98,7 +98,7 @@ pub async fn synthetic(settings: PublishSettings) -> anyhow::Result<()> {
         "publish synthetic",
         vehicle_state.events = events.len(),
     );
-    let retry_for = Duration::from_secs(settings.publish_retry_secs);
+    let retry_for = settings.retry_for;
     let resend = |event: EventRef| message(event, &histories, &registered, &state_changed);
     // In order of sending; `None`: not sent (the connection refused it), to be sent again.
     let mut pending: VecDeque<(Option<PublishAckFuture>, EventRef)> =
@@ -172,7 +172,7 @@ async fn confirm<'a>(
             },
             None => anyhow::anyhow!("the connection did not take the publish"),
         };
-        let since = *failing_since.get_or_insert_with(Clock::now);
+        let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= retry_for {
             return Err(error).context(format!(
                 "JetStream did not acknowledge a publish within {} s (PUBLISH_RETRY_SECS)",
@@ -221,7 +221,7 @@ fn message<'a>(
         Some(i) => {
             let &(state, secs) = history.changes.get(usize::from(i))?;
             let event_id = format!("synthetic-{}-{i}{suffix}", history.id);
-            let timestamp = Instant::from_unix_micros(secs.saturating_mul(1_000_000))
+            let timestamp = Timestamp::from_unix_micros(secs.saturating_mul(1_000_000))
                 .map_or_else(|| secs.to_string(), |at| at.to_string());
             let json = StateChangedJson {
                 event_id: &event_id,

@@ -15,11 +15,11 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
+use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
 use crate::middleware::{compression, cors, head};
 use crate::service::{Gathering, StateService};
-use crate::state::{AppState, BatchLimits, CacheControlValues};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
@@ -28,7 +28,7 @@ pub struct Application {
     server: Server,
     /// The server of METRICS_BIND_ADDR, and its port, when /metrics is served apart.
     metrics: Option<(u16, Server)>,
-    state: web::Data<AppState>,
+    state: web::Data<AppContext>,
     drain: Duration,
 }
 
@@ -53,7 +53,7 @@ impl Application {
             db::check_connection(&settings.database).await?
         };
         // Not required, but the first thing an operator wants to know: said once at start.
-        let redis_url = &settings.redis.redis_url;
+        let redis_url = &settings.redis.url;
         match redis.check().await {
             Ok(()) => {
                 tracing::info!(redis = ?redis_url, mode = redis.mode().label(), "Redis answers")
@@ -72,15 +72,11 @@ impl Application {
                 );
             }
         }
-        let state = web::Data::new(AppState {
+        let state = web::Data::new(AppContext {
             service: StateService::new(
-                db::Database::new(
-                    &settings.database,
-                    Duration::from_millis(settings.db_probe_interval_ms),
-                    reachable,
-                ),
+                db::Database::new(&settings.database, settings.db_probe_interval, reachable),
                 redis,
-                LocalCache::new(settings.cache.local_cache_max_bytes),
+                LocalCache::new(settings.cache.local_max_bytes),
                 settings.http.lookup_concurrency_limit,
                 Gathering {
                     max_batch: usize::try_from(settings.http.lookup_batch_max)
@@ -94,7 +90,7 @@ impl Application {
                 overloaded: settings.http.overload_retry_after_secs,
             },
             cache_control: CacheControlValues::new(
-                settings.cache.cache_ttl_secs,
+                settings.cache.ttl_secs,
                 settings.cache.stale_if_error_secs,
             ),
             shutting_down: AtomicBool::new(false),
@@ -102,9 +98,9 @@ impl Application {
                 max_lookups: usize::try_from(settings.http.batch_max_lookups).unwrap_or(usize::MAX),
                 max_body_bytes: usize::try_from(settings.http.batch_max_body_bytes)
                     .unwrap_or(usize::MAX),
-                read_timeout: Duration::from_millis(settings.http.http_client_request_timeout_ms),
+                read_timeout: settings.http.client_request_timeout,
             },
-            compress_at: settings.compression.min_bytes(),
+            compress_at: settings.compression.threshold(),
         });
 
         // Built once here, not per worker.
@@ -150,16 +146,15 @@ impl Application {
         })
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.
         .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_millis(
-            settings.http.http_client_request_timeout_ms,
-        ))
-        .keep_alive(match settings.http.http_keep_alive_secs {
-            0 => KeepAlive::Disabled,
-            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        .shutdown_timeout(settings.http.shutdown_timeout.as_secs())
+        .client_request_timeout(settings.http.client_request_timeout)
+        .keep_alive(if settings.http.keep_alive.is_zero() {
+            KeepAlive::Disabled
+        } else {
+            KeepAlive::Timeout(settings.http.keep_alive)
         })
-        .max_connections(usize::try_from(settings.http.http_max_connections).unwrap_or(usize::MAX));
-        if let Some(workers) = settings.http.http_workers {
+        .max_connections(usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX));
+        if let Some(workers) = settings.http.workers {
             server = server.workers(workers.into());
         }
         let server = server
@@ -181,7 +176,7 @@ impl Application {
             server,
             metrics,
             state,
-            drain: Duration::from_secs(settings.http.shutdown_drain_secs),
+            drain: settings.http.shutdown_drain,
         })
     }
 
@@ -240,7 +235,7 @@ impl Application {
 
 /// The server of METRICS_BIND_ADDR: /metrics alone, on one worker, logged and counted like any
 /// request; every other path is a 404 problem.
-fn metrics_server(state: web::Data<AppState>, port: Reserved) -> anyhow::Result<Server> {
+fn metrics_server(state: web::Data<AppContext>, port: Reserved) -> anyhow::Result<Server> {
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vehicle_state::domain::Instant;
+use vehicle_state::domain::Timestamp;
 use vehicle_state::domain::history::{Cursor, Position, rank};
 
 /// The instants the service takes: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z.
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let micros = MIN_MICROS + i64::from_le_bytes(*micros).rem_euclid(MAX_MICROS - MIN_MICROS + 1);
-    let at = Instant::from_unix_micros(micros).expect("folded into the range");
+    let at = Timestamp::from_unix_micros(micros).expect("folded into the range");
     let state = String::from_utf8_lossy(state).into_owned();
     let written = Cursor(Position {
         at,

@@ -48,11 +48,11 @@ pub(super) struct Connections {
 impl Connections {
     /// Builds the pool; connects on first use, so a Redis that is down does not stop the start.
     pub(super) fn new(redis: &RedisSettings) -> anyhow::Result<Self> {
-        let timeout = redis.timeout();
+        let timeout = redis.timeout;
         let manager = Manager::new(redis)?;
         let mode = manager.mode();
         let pool = Pool::builder(manager)
-            .max_size(usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX))
+            .max_size(usize::try_from(redis.pool_max_size).unwrap_or(usize::MAX))
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
@@ -64,13 +64,13 @@ impl Connections {
             mode,
             alive: Arc::new(()),
             held: Arc::new(AtomicUsize::new(0)),
-            max_held: usize::try_from(redis.redis_pool_max_size).unwrap_or(usize::MAX),
+            max_held: usize::try_from(redis.pool_max_size).unwrap_or(usize::MAX),
             newest: Mutex::new(None),
             generations: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             timeout,
             // Never shorter than a call may take, so a probe still running is the only one.
-            breaker: Breaker::new(redis.retry_interval().max(timeout)),
+            breaker: Breaker::new(redis.retry_interval.max(timeout)),
         })
     }
 

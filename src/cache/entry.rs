@@ -9,18 +9,18 @@ use crate::domain::Outcome;
 /// body, so a hit does no JSON work. `read_at_ms` is when PostgreSQL was asked (Unix ms): the age
 /// of the answer, whichever replica or tier holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct RenderedAnswer {
     pub outcome: Outcome,
     pub body: Bytes,
     pub read_at_ms: i64,
 }
 
-/// Why bytes from Redis are not an [`Answer`].
+/// Why bytes from Redis are not an [`RenderedAnswer`].
 #[derive(Debug, thiserror::Error)]
 #[error("the cached value is not an answer ({0})")]
 pub struct Corrupt(&'static str);
 
-impl Answer {
+impl RenderedAnswer {
     /// `[outcome tag][read time, 8 bytes big-endian][body]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.body.len());
@@ -34,7 +34,7 @@ impl Answer {
         out
     }
 
-    /// The inverse of [`Answer::encode`]. Checks the shape cheaply (tag, length, a JSON object for
+    /// The inverse of [`RenderedAnswer::encode`]. Checks the shape cheaply (tag, length, a JSON object for
     /// a found vehicle) so that garbage is refused without parsing JSON on every hit.
     /// A strong entity tag for a found answer: FNV-1a (64 bits) of its body, the same on every
     /// replica and across builds. `None` for the 404 outcomes, whose bodies are made per request.
@@ -80,13 +80,13 @@ mod tests {
             (Outcome::UnknownVehicle, &b""[..]),
             (Outcome::NoStateYet, &b""[..]),
         ] {
-            let answer = Answer {
+            let answer = RenderedAnswer {
                 outcome,
                 body: Bytes::from_static(body),
                 read_at_ms: 1_662_976_800_123,
             };
 
-            let decoded = Answer::decode(Bytes::from(answer.encode()));
+            let decoded = RenderedAnswer::decode(Bytes::from(answer.encode()));
 
             assert_eq!(decoded.ok(), Some(answer));
         }
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_found_answer_has_a_strong_etag_that_changes_with_its_body() {
-        let answer = |outcome, body: &'static [u8]| Answer {
+        let answer = |outcome, body: &'static [u8]| RenderedAnswer {
             outcome,
             body: Bytes::from_static(body),
             read_at_ms: 1,
@@ -133,7 +133,7 @@ mod tests {
             &[&found[..], b"{unterminated"].concat(),
         ] {
             assert!(
-                Answer::decode(Bytes::copy_from_slice(raw)).is_err(),
+                RenderedAnswer::decode(Bytes::copy_from_slice(raw)).is_err(),
                 "{raw:?}"
             );
         }

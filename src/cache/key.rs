@@ -1,5 +1,5 @@
 use crate::domain::history::HistoryQuery;
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 
 /// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
 /// spelling of one instant shares an entry. `v2` names the value format: a change to what is
@@ -8,7 +8,7 @@ use crate::domain::{Instant, VehicleId};
 pub struct CacheKey(String);
 
 impl CacheKey {
-    pub fn new(prefix: &str, id: VehicleId, at: Instant) -> Self {
+    pub fn new(prefix: &str, id: VehicleId, at: Timestamp) -> Self {
         // Built by hand, not with `format!`: this runs on every lookup, hits included.
         const MIDDLE: &str = ":v2:state:";
         let mut id_digits = itoa::Buffer::new();
@@ -30,7 +30,7 @@ impl CacheKey {
     /// A page of a timeline: the vehicle, the bounds (`-` when open), the limit and the cursor.
     pub fn history(prefix: &str, query: &HistoryQuery) -> Self {
         let micros =
-            |at: Option<Instant>| at.map_or("-".to_owned(), |at| at.unix_micros().to_string());
+            |at: Option<Timestamp>| at.map_or("-".to_owned(), |at| at.unix_micros().to_string());
         Self(format!(
             "{prefix}:v1:history:{}:{}:{}:{}:{}",
             query.id.get(),
@@ -54,7 +54,7 @@ mod tests {
         CacheKey::new(
             "vs",
             VehicleId::parse(id).expect("id"),
-            Instant::parse(ts).expect("instant"),
+            Timestamp::parse(ts).expect("instant"),
         )
     }
 

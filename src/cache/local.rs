@@ -7,7 +7,7 @@ use actix_web::http::header::HeaderValue;
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::{Answer, CacheKey};
+use super::{CacheKey, RenderedAnswer};
 
 /// Where an answer in memory came from, for `X-Cache` on the request that fetched it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl Source {
 /// (counted from its read in PostgreSQL) or leaves Redis, whichever is first.
 #[derive(Debug)]
 pub struct LocalEntry {
-    pub answer: Answer,
+    pub answer: RenderedAnswer,
     pub expires_at: Instant,
     pub source: Source,
     /// The strong `ETag` of a found answer's body, computed once here, not per request.
@@ -43,7 +43,7 @@ pub struct LocalEntry {
 }
 
 impl LocalEntry {
-    pub fn new(answer: Answer, expires_at: Instant, source: Source) -> Self {
+    pub fn new(answer: RenderedAnswer, expires_at: Instant, source: Source) -> Self {
         let etag = answer.etag();
         Self {
             answer,

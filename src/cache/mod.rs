@@ -1,5 +1,5 @@
 //! The two cache tiers, no SQL: this replica's memory (`local`), then Redis, shared by every
-//! replica (`redis`). Both hold the same [`Answer`] bytes under the same [`CacheKey`].
+//! replica (`redis`). Both hold the same [`RenderedAnswer`] bytes under the same [`CacheKey`].
 //!
 //! Staleness: an answer carries the time it was read from PostgreSQL, and no tier serves it once
 //! `CACHE_TTL_SECS` have passed since then, whichever replica wrote it and whichever serves it.
@@ -16,7 +16,7 @@ pub mod topology;
 pub use self::error::CacheError;
 pub use self::local::{LocalCache, LocalEntry};
 pub use self::redis::{Cached, RedisCache};
-pub use entry::{Answer, Corrupt};
+pub use entry::{Corrupt, RenderedAnswer};
 pub use key::CacheKey;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -11,7 +11,7 @@ use actix_web::web::Bytes;
 
 use super::connection::Connections;
 use super::topology::{self, Connection, Nodes};
-use super::{Answer, CacheError, CacheKey, Corrupt, time_left, unix_ms};
+use super::{CacheError, CacheKey, Corrupt, RenderedAnswer, time_left, unix_ms};
 use crate::config::{CacheSettings, RedisMode, RedisSettings};
 use crate::telemetry::otel;
 
@@ -19,9 +19,9 @@ use crate::telemetry::otel;
 #[derive(Debug)]
 pub enum Cached {
     /// Servable, for this much longer.
-    Fresh(Answer, Duration),
+    Fresh(RenderedAnswer, Duration),
     /// Past the TTL but within `STALE_IF_ERROR_SECS`: only for when PostgreSQL cannot answer.
-    Stale(Answer),
+    Stale(RenderedAnswer),
     Absent,
 }
 
@@ -40,10 +40,10 @@ impl RedisCache {
         let connections = Connections::new(redis)?;
         Ok(Self {
             connections,
-            prefix: cache.cache_key_prefix.clone(),
-            ttl: Duration::from_secs(cache.cache_ttl_secs.into()),
+            prefix: cache.key_prefix.clone(),
+            ttl: Duration::from_secs(cache.ttl_secs.into()),
             keep: Duration::from_secs(
-                u64::from(cache.cache_ttl_secs) + u64::from(cache.stale_if_error_secs),
+                u64::from(cache.ttl_secs) + u64::from(cache.stale_if_error_secs),
             ),
             errors: AtomicU64::new(0),
         })
@@ -53,7 +53,7 @@ impl RedisCache {
         self.ttl
     }
 
-    pub fn key(&self, id: crate::domain::VehicleId, at: crate::domain::Instant) -> CacheKey {
+    pub fn key(&self, id: crate::domain::VehicleId, at: crate::domain::Timestamp) -> CacheKey {
         CacheKey::new(&self.prefix, id, at)
     }
 
@@ -136,7 +136,7 @@ impl RedisCache {
         let Some(value) = value else {
             return Ok(Cached::Absent);
         };
-        let answer = Answer::decode(Bytes::from(value))?;
+        let answer = RenderedAnswer::decode(Bytes::from(value))?;
         let now = SystemTime::now();
         let Some(left) = time_left(answer.read_at_ms, self.ttl, now) else {
             // Stale only if past the TTL, not if its read time is implausibly far ahead.
@@ -157,20 +157,23 @@ impl RedisCache {
 
     /// How long an answer read at `read_at_ms` is kept in Redis: what is left of its TTL and
     /// stale-if-error window, counted from the read; `None` once nothing is.
-    fn keep_ms(&self, answer: &Answer) -> Option<u64> {
+    fn keep_ms(&self, answer: &RenderedAnswer) -> Option<u64> {
         let left = time_left(answer.read_at_ms, self.keep, SystemTime::now())?;
         Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
     /// Stores an answer for what is left of its TTL and stale-if-error window (counted from when
     /// it was read).
-    pub async fn put(&self, key: &CacheKey, answer: &Answer) -> Result<(), CacheError> {
+    pub async fn put(&self, key: &CacheKey, answer: &RenderedAnswer) -> Result<(), CacheError> {
         self.put_many(&[(key, answer)]).await
     }
 
     /// [`RedisCache::put`] for many answers in one round trip (one pipeline of SETs; in a
     /// cluster, one SET per key, all sent at once).
-    pub async fn put_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {
+    pub async fn put_many(
+        &self,
+        entries: &[(&CacheKey, &RenderedAnswer)],
+    ) -> Result<(), CacheError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,
             "redis write-back",
@@ -182,7 +185,7 @@ impl RedisCache {
         otel::traced(span, self.write_many(entries)).await
     }
 
-    async fn write_many(&self, entries: &[(&CacheKey, &Answer)]) -> Result<(), CacheError> {
+    async fn write_many(&self, entries: &[(&CacheKey, &RenderedAnswer)]) -> Result<(), CacheError> {
         let sets: Vec<(&CacheKey, Vec<u8>, u64)> = entries
             .iter()
             .filter_map(|(key, answer)| Some((*key, answer.encode(), self.keep_ms(answer)?)))

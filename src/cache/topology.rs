@@ -107,9 +107,9 @@ impl Manager {
         // which provider features other crates enable can never make that set-up fail. An
         // error means one is installed already, which serves as well.
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
-        let nodes = &settings.redis_url.nodes;
+        let nodes = &settings.url.nodes;
         let certificates = certificates(settings, nodes)?;
-        let client = match settings.redis_mode {
+        let client = match settings.mode {
             RedisMode::Standalone => {
                 let [node] = nodes.as_slice() else {
                     bail!(
@@ -125,8 +125,8 @@ impl Manager {
             }
             RedisMode::Cluster => {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(settings.timeout())
-                    .response_timeout(settings.timeout());
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout);
                 if let Some(certs) = certificates {
                     builder = builder.certs(certs);
                 }
@@ -142,11 +142,11 @@ impl Manager {
         };
         Ok(Self {
             client,
-            mode: settings.redis_mode,
-            timeout: settings.timeout(),
+            mode: settings.mode,
+            timeout: settings.timeout,
             config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.timeout()))
-                .set_response_timeout(Some(settings.timeout())),
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout)),
             pings: AtomicUsize::new(0),
         })
     }
@@ -161,7 +161,7 @@ fn certificates(
     settings: &RedisSettings,
     nodes: &[ConnectionInfo],
 ) -> anyhow::Result<Option<TlsCertificates>> {
-    let client_tls = match (&settings.redis_client_cert, &settings.redis_client_key) {
+    let client_tls = match (&settings.client_cert, &settings.client_key) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
             client_cert: cert.bytes.clone(),
             client_key: key.bytes.clone(),
@@ -169,7 +169,7 @@ fn certificates(
         (None, None) => None,
         _ => bail!("REDIS_CLIENT_CERT and REDIS_CLIENT_KEY go together: set both or neither"),
     };
-    let root_cert = settings.redis_ca_cert.as_ref().map(|ca| ca.bytes.clone());
+    let root_cert = settings.ca_cert.as_ref().map(|ca| ca.bytes.clone());
     if client_tls.is_none() && root_cert.is_none() {
         return Ok(None);
     }

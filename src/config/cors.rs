@@ -10,14 +10,14 @@ pub struct CorsSettings {
     /// origins as browsers send them (`https://dashboard.example.com`,
     /// `http://localhost:5173`), or `*` for any page. Unset: no CORS headers at all, so a
     /// browser lets only pages of this service's own origin read its answers.
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_parser = CorsOrigins::parse)]
-    pub cors_allowed_origins: Option<CorsOrigins>,
+    #[arg(long = "cors-allowed-origins", id = "CORS_ALLOWED_ORIGINS", env = "CORS_ALLOWED_ORIGINS", value_parser = CorsOrigins::parse)]
+    pub allowed_origins: Option<CorsOrigins>,
 
     /// Seconds a browser may reuse the answer to a preflight (`Access-Control-Max-Age`) before
     /// it asks again; browsers cap it (Chromium at 7200, Firefox at 86400). 0: every
     /// cross-origin POST is preflighted.
-    #[arg(long, env = "CORS_MAX_AGE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(0..=86_400))]
-    pub cors_max_age_secs: u32,
+    #[arg(long = "cors-max-age-secs", id = "CORS_MAX_AGE_SECS", env = "CORS_MAX_AGE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub max_age_secs: u32,
 }
 
 /// The origins of `CORS_ALLOWED_ORIGINS`, each as a browser serialises it in `Origin`, so a

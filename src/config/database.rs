@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use sqlx::postgres::PgConnectOptions;
 
 use super::secrets::PemFile;
@@ -16,54 +17,40 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-url",
         global = true,
-        env = "DATABASE_URL",
+        id = "DATABASE_URL", env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@localhost:5432/vehicle_state",
         value_parser = parse_database_url,
         hide_default_value = false,
         hide_env_values = true
     )]
-    pub database_url: DatabaseUrl,
+    pub url: DatabaseUrl,
 
     /// Most connections one replica holds to PostgreSQL.
-    #[arg(long, global = true, env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_pool_max_size: u32,
+    #[arg(long = "db-pool-max-size", global = true, id = "DB_POOL_MAX_SIZE", env = "DB_POOL_MAX_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pool_max_size: u32,
 
     /// How long a request waits for a PostgreSQL connection (including connecting) before it
     /// is answered 503.
-    #[arg(long, global = true, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub db_acquire_timeout_ms: u64,
+    #[arg(long = "db-acquire-timeout-ms", global = true, id = "DB_ACQUIRE_TIMEOUT_MS", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "2000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub acquire_timeout: Duration,
 
     /// Server-side bound on one statement (PostgreSQL's statement_timeout); a lookup past it is
     /// answered 503.
-    #[arg(long, global = true, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub db_statement_timeout_ms: u64,
+    #[arg(long = "db-statement-timeout-ms", global = true, id = "DB_STATEMENT_TIMEOUT_MS", env = "DB_STATEMENT_TIMEOUT_MS", default_value = "2000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub statement_timeout: Duration,
 
     /// How long a request waits for PostgreSQL's reply to a statement it sent before it gives
     /// the connection up (dropped, not returned to the pool) and is answered 503: a network
     /// that swallows packets (a black hole) sends no reset, and PostgreSQL's own statement
     /// timeout is a reply that never comes then. Keep it above DB_STATEMENT_TIMEOUT_MS.
-    #[arg(long, global = true, env = "DB_RESPONSE_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub db_response_timeout_ms: u64,
+    #[arg(long = "db-response-timeout-ms", global = true, id = "DB_RESPONSE_TIMEOUT_MS", env = "DB_RESPONSE_TIMEOUT_MS", default_value = "3000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub response_timeout: Duration,
 
     /// Seconds a PostgreSQL connection is used before it is closed and replaced, so that a
     /// failover behind a DNS name (Aurora's cluster endpoints, Patroni) is followed without a
     /// restart.
-    #[arg(long, global = true, env = "DB_MAX_LIFETIME_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub db_max_lifetime_secs: u64,
-}
-
-impl DatabaseSettings {
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
-    }
-
-    pub fn max_lifetime(&self) -> Duration {
-        Duration::from_secs(self.db_max_lifetime_secs)
-    }
-
-    pub fn response_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_response_timeout_ms)
-    }
+    #[arg(long = "db-max-lifetime-secs", global = true, id = "DB_MAX_LIFETIME_SECS", env = "DB_MAX_LIFETIME_SECS", default_value = "300", value_parser = clap::value_parser!(u64).range(1..=86_400).map(Duration::from_secs))]
+    pub max_lifetime: Duration,
 }
 
 /// A parsed PostgreSQL URL that keeps its text (for database creation) but never shows the

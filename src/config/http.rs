@@ -1,8 +1,10 @@
 //! The HTTP server: where it listens, how much it takes on at once, and how it shuts down.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 
 /// An address that may be left empty (`METRICS_BIND_ADDR=` in a compose file means unset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,18 +42,18 @@ pub struct HttpSettings {
     pub metrics_bind_addr: Option<OptionalAddr>,
 
     /// HTTP worker threads; unset means one per CPU core.
-    #[arg(long, env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub http_workers: Option<u16>,
+    #[arg(long = "http-workers", id = "HTTP_WORKERS", env = "HTTP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 
     /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so a
     /// load balancer or orchestrator that polls it (Kubernetes, HAProxy, cloud balancers) stops
     /// sending traffic here first.
-    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub shutdown_drain_secs: u64,
+    #[arg(long = "shutdown-drain-secs", id = "SHUTDOWN_DRAIN_SECS", env = "SHUTDOWN_DRAIN_SECS", default_value = "0", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    pub shutdown_drain: Duration,
 
     /// Seconds in-flight requests get to finish after the listener closes.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub shutdown_timeout_secs: u64,
+    #[arg(long = "shutdown-timeout-secs", id = "SHUTDOWN_TIMEOUT_SECS", env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    pub shutdown_timeout: Duration,
 
     /// Seconds sent in `Retry-After` when PostgreSQL cannot answer.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
@@ -89,18 +91,18 @@ pub struct HttpSettings {
 
     /// How long a client has to send a request's head (line and headers) from when it connects
     /// or its previous request ends; a slower client gets 408 and is disconnected (slowloris).
-    #[arg(long, env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub http_client_request_timeout_ms: u64,
+    #[arg(long = "http-client-request-timeout-ms", id = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub client_request_timeout: Duration,
 
     /// Seconds an idle keep-alive connection is kept open (0 closes after each response). Keep it
     /// above the idle timeout of the load balancer's upstream connections.
-    #[arg(long, env = "HTTP_KEEP_ALIVE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub http_keep_alive_secs: u64,
+    #[arg(long = "http-keep-alive-secs", id = "HTTP_KEEP_ALIVE_SECS", env = "HTTP_KEEP_ALIVE_SECS", default_value = "5", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    pub keep_alive: Duration,
 
     /// Most open connections per worker thread; past it, new connections wait in the listen
     /// backlog until one closes.
-    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub http_max_connections: u32,
+    #[arg(long = "http-max-connections", id = "HTTP_MAX_CONNECTIONS", env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! like name it wherever it is declared.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 mod compression;
@@ -58,8 +60,8 @@ pub struct ServeSettings {
     /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
     /// from the pool failed too), how often one connection tries it again; meanwhile requests
     /// that need it are answered 503 at once. The first that connects ends the outage.
-    #[arg(long, help_heading = "PostgreSQL", env = "DB_PROBE_INTERVAL_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub db_probe_interval_ms: u64,
+    #[arg(long = "db-probe-interval-ms", help_heading = "PostgreSQL", id = "DB_PROBE_INTERVAL_MS", env = "DB_PROBE_INTERVAL_MS", default_value = "50", value_parser = clap::value_parser!(u64).range(1..=60_000).map(Duration::from_millis))]
+    pub db_probe_interval: Duration,
 
     /// Create the database if absent and apply pending migrations before serving. Safe with
     /// many replicas starting at once (migrations take an advisory lock).
@@ -104,20 +106,20 @@ mod tests {
     fn the_defaults_are_what_clap_reads_from_no_arguments_and_no_environment() {
         let settings = ServeSettings::from_args(["vehicle-state"]).expect("the defaults parse");
         assert_eq!(
-            settings.database.database_url.text,
+            settings.database.url.text,
             "postgres://postgres:postgres@localhost:5432/vehicle_state"
         );
-        assert_eq!(settings.database.db_pool_max_size, 10);
-        assert_eq!(settings.redis.redis_mode, RedisMode::Standalone);
-        assert_eq!(format!("{:?}", settings.redis.redis_url), "localhost:6379");
-        assert_eq!(settings.cache.cache_ttl_secs, 60);
-        assert_eq!(settings.cache.cache_key_prefix, "vehicle-state");
+        assert_eq!(settings.database.pool_max_size, 10);
+        assert_eq!(settings.redis.mode, RedisMode::Standalone);
+        assert_eq!(format!("{:?}", settings.redis.url), "localhost:6379");
+        assert_eq!(settings.cache.ttl_secs, 60);
+        assert_eq!(settings.cache.key_prefix, "vehicle-state");
         assert_eq!(
             settings.http.bind_addr,
             "0.0.0.0:8080".parse().expect("an address")
         );
         assert_eq!(settings.http.metrics_addr(), None);
-        assert_eq!(settings.db_probe_interval_ms, 50);
+        assert_eq!(settings.db_probe_interval, Duration::from_millis(50));
         assert!(settings.migrate_on_start);
         assert_eq!(settings.seed, None);
     }
@@ -134,7 +136,7 @@ mod tests {
             "false",
         ])
         .expect("valid arguments");
-        assert_eq!(settings.cache.cache_ttl_secs, 5);
+        assert_eq!(settings.cache.ttl_secs, 5);
         assert_eq!(settings.seed, Some(Dataset::Sample));
         assert!(!settings.migrate_on_start);
         assert!(ServeSettings::from_args(["vehicle-state", "--cache-ttl-secs", "0"]).is_err());

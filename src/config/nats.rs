@@ -1,5 +1,8 @@
 //! NATS and the JetStream stream that `ingest` and `publish` share.
 
+use std::time::Duration;
+
+use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
 use super::parse::{parse_stream_name, parse_subject};
@@ -65,28 +68,32 @@ pub struct NatsSettings {
     /// NATS server URL, or a comma-separated list of them (the servers of a cluster: the client
     /// connects to any one and fails over to the others): `nats://host:4222`, `tls://host:4222`
     /// (TLS required). User and password, or a token, may be given in the URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_urls, hide_env_values = true)]
-    pub nats_url: NatsUrls,
+    #[arg(long = "nats-url", id = "NATS_URL", env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_urls, hide_env_values = true)]
+    pub url: NatsUrls,
 
     /// A NATS credentials file (JWT and NKey seed, as `nsc` writes them).
-    #[arg(long, env = "NATS_CREDS_FILE")]
-    pub nats_creds_file: Option<std::path::PathBuf>,
+    #[arg(
+        long = "nats-creds-file",
+        id = "NATS_CREDS_FILE",
+        env = "NATS_CREDS_FILE"
+    )]
+    pub creds_file: Option<std::path::PathBuf>,
 
     /// CA certificate (PEM) to verify the NATS server with, for a private CA; implies TLS.
-    #[arg(long, env = "NATS_CA_CERT", value_parser = PemFile::read)]
-    pub nats_ca_cert: Option<PemFile>,
+    #[arg(long = "nats-ca-cert", id = "NATS_CA_CERT", env = "NATS_CA_CERT", value_parser = PemFile::read)]
+    pub ca_cert: Option<PemFile>,
 
     /// Client certificate (PEM) for NATS servers that verify clients; needs NATS_CLIENT_KEY.
-    #[arg(long, env = "NATS_CLIENT_CERT", value_parser = PemFile::read, requires = "nats_client_key")]
-    pub nats_client_cert: Option<PemFile>,
+    #[arg(long = "nats-client-cert", id = "NATS_CLIENT_CERT", env = "NATS_CLIENT_CERT", value_parser = PemFile::read, requires = "NATS_CLIENT_KEY")]
+    pub client_cert: Option<PemFile>,
 
     /// The client certificate's private key (PEM).
-    #[arg(long, env = "NATS_CLIENT_KEY", value_parser = PemFile::read, requires = "nats_client_cert")]
-    pub nats_client_key: Option<PemFile>,
+    #[arg(long = "nats-client-key", id = "NATS_CLIENT_KEY", env = "NATS_CLIENT_KEY", value_parser = PemFile::read, requires = "NATS_CLIENT_CERT")]
+    pub client_key: Option<PemFile>,
 
     /// How long one attempt to connect to NATS may take.
-    #[arg(long, env = "NATS_CONNECT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub nats_connect_timeout_ms: u64,
+    #[arg(long = "nats-connect-timeout-ms", id = "NATS_CONNECT_TIMEOUT_MS", env = "NATS_CONNECT_TIMEOUT_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub connect_timeout: Duration,
 }
 
 /// The stream and subjects events travel on, shared by `ingest` and `publish`.
@@ -94,31 +101,31 @@ pub struct NatsSettings {
 #[command(next_help_heading = "JetStream stream")]
 pub struct StreamSettings {
     /// The JetStream stream that holds the events.
-    #[arg(long, env = "INGEST_STREAM", default_value = "VEHICLE_EVENTS", value_parser = parse_stream_name)]
-    pub ingest_stream: String,
+    #[arg(long = "ingest-stream", id = "INGEST_STREAM", env = "INGEST_STREAM", default_value = "VEHICLE_EVENTS", value_parser = parse_stream_name)]
+    pub name: String,
 
     /// Events are published on `<prefix>.registered` and `<prefix>.state_changed`; the stream
     /// takes `<prefix>.>`.
-    #[arg(long, env = "INGEST_SUBJECT_PREFIX", default_value = "vehicles", value_parser = parse_subject)]
-    pub ingest_subject_prefix: String,
+    #[arg(long = "ingest-subject-prefix", id = "INGEST_SUBJECT_PREFIX", env = "INGEST_SUBJECT_PREFIX", default_value = "vehicles", value_parser = parse_subject)]
+    pub subject_prefix: String,
 
     /// Create the stream at start when it is absent (with INGEST_STREAM_REPLICAS and
     /// INGEST_STREAM_STORAGE). false: it must exist, as when streams are managed elsewhere.
-    #[arg(long, env = "INGEST_CREATE_STREAM", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub ingest_create_stream: bool,
+    #[arg(long = "ingest-create-stream", id = "INGEST_CREATE_STREAM", env = "INGEST_CREATE_STREAM", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub create: bool,
 
     /// Replicas of a stream created here (1, or 3 or 5 in a NATS cluster).
-    #[arg(long, env = "INGEST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
-    pub ingest_stream_replicas: u8,
+    #[arg(long = "ingest-stream-replicas", id = "INGEST_STREAM_REPLICAS", env = "INGEST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
 
     /// Storage of a stream created here.
-    #[arg(long, env = "INGEST_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::File)]
-    pub ingest_stream_storage: StreamStorage,
+    #[arg(long = "ingest-stream-storage", id = "INGEST_STREAM_STORAGE", env = "INGEST_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::File)]
+    pub storage: StreamStorage,
 
     /// Seconds JetStream remembers a `Nats-Msg-Id`, dropping a second publish of it (on a
     /// stream created here).
-    #[arg(long, env = "INGEST_DUPLICATE_WINDOW_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=604_800))]
-    pub ingest_duplicate_window_secs: u64,
+    #[arg(long = "ingest-duplicate-window-secs", id = "INGEST_DUPLICATE_WINDOW_SECS", env = "INGEST_DUPLICATE_WINDOW_SECS", default_value = "120", value_parser = clap::value_parser!(u64).range(1..=604_800).map(Duration::from_secs))]
+    pub duplicate_window: Duration,
 }
 
 /// Where a stream created here keeps its messages.

@@ -1,5 +1,8 @@
 //! Traces over OTLP, set by OpenTelemetry's own variables (the names every collector's docs use).
 
+use std::time::Duration;
+
+use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
 /// Where traces go, and which are kept. No endpoint: no exporter, no connection, nothing traced.
@@ -7,67 +10,68 @@ use clap::{Args, ValueEnum};
 #[command(next_help_heading = "Tracing (OpenTelemetry)")]
 pub struct TraceSettings {
     /// true: no traces, whatever else is set (the standard switch).
-    #[arg(long, env = "OTEL_SDK_DISABLED", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub otel_sdk_disabled: bool,
+    #[arg(long = "otel-sdk-disabled", id = "OTEL_SDK_DISABLED", env = "OTEL_SDK_DISABLED", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub sdk_disabled: bool,
 
     /// Base URL of an OTLP/HTTP collector (`http://collector:4318`); traces are sent to its
     /// `/v1/traces`. Unset or empty, with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT unset too: tracing is
     /// off, and no connection is ever made.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_endpoint)]
-    pub otel_exporter_otlp_endpoint: Option<Endpoint>,
+    #[arg(long = "otel-exporter-otlp-endpoint", id = "OTEL_EXPORTER_OTLP_ENDPOINT", env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_endpoint)]
+    pub endpoint: Option<Endpoint>,
 
     /// Full URL traces are sent to, used as it is (wins over OTEL_EXPORTER_OTLP_ENDPOINT).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = parse_endpoint)]
-    pub otel_exporter_otlp_traces_endpoint: Option<Endpoint>,
+    #[arg(long = "otel-exporter-otlp-traces-endpoint", id = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = parse_endpoint)]
+    pub traces_endpoint: Option<Endpoint>,
 
     /// The OTLP transport: `http/protobuf`, which every collector takes on port 4318.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = parse_protocol)]
-    pub otel_exporter_otlp_protocol: Protocol,
+    #[arg(long = "otel-exporter-otlp-protocol", id = "OTEL_EXPORTER_OTLP_PROTOCOL", env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = parse_protocol)]
+    pub protocol: Protocol,
 
     /// Headers sent with every export, `key=value` pairs separated by commas, values
     /// percent-encoded (`x-honeycomb-team=KEY`, `authorization=Bearer%20TOKEN`). Never logged.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true, value_parser = parse_headers)]
-    pub otel_exporter_otlp_headers: Option<OtlpHeaders>,
+    #[arg(long = "otel-exporter-otlp-headers", id = "OTEL_EXPORTER_OTLP_HEADERS", env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true, value_parser = parse_headers)]
+    pub headers: Option<OtlpHeaders>,
 
     /// `service.name` of every span. Unset: `vehicle-state` for `serve`, `vehicle-state-ingest`
     /// for `ingest`, `vehicle-state-publish` for `publish`.
-    #[arg(long, env = "OTEL_SERVICE_NAME", value_parser = parse_service_name)]
-    pub otel_service_name: Option<String>,
+    #[arg(long = "otel-service-name", id = "OTEL_SERVICE_NAME", env = "OTEL_SERVICE_NAME", value_parser = parse_service_name)]
+    pub service_name: Option<String>,
 
     /// More resource attributes, `key=value` pairs separated by commas, values percent-encoded
     /// (`deployment.environment.name=prod,service.namespace=fleet`).
-    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_parser = parse_attributes)]
-    pub otel_resource_attributes: Option<ResourceAttributes>,
+    #[arg(long = "otel-resource-attributes", id = "OTEL_RESOURCE_ATTRIBUTES", env = "OTEL_RESOURCE_ATTRIBUTES", value_parser = parse_attributes)]
+    pub resource_attributes: Option<ResourceAttributes>,
 
     /// Which traces are kept: `parentbased_always_on` follows the caller's `traceparent` choice
     /// and keeps every trace that starts here; `parentbased_traceidratio` keeps
     /// OTEL_TRACES_SAMPLER_ARG of them; also `always_on`, `always_off`, `traceidratio`,
     /// `parentbased_always_off`.
     #[arg(
-        long,
+        long = "otel-traces-sampler",
+        id = "OTEL_TRACES_SAMPLER",
         env = "OTEL_TRACES_SAMPLER",
         value_enum,
         default_value = "parentbased_always_on"
     )]
-    pub otel_traces_sampler: SamplerKind,
+    pub sampler: SamplerKind,
 
     /// The share of traces the `*traceidratio` samplers keep, from 0 to 1.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio)]
-    pub otel_traces_sampler_arg: Option<f64>,
+    #[arg(long = "otel-traces-sampler-arg", id = "OTEL_TRACES_SAMPLER_ARG", env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio)]
+    pub sampler_arg: Option<f64>,
 
     /// Milliseconds one export may take before it is given up and its spans dropped (a collector
     /// that hangs holds up the export thread this long, never a request).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub otel_exporter_otlp_timeout: u64,
+    #[arg(long = "otel-exporter-otlp-timeout", id = "OTEL_EXPORTER_OTLP_TIMEOUT", env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value = "10000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub export_timeout: Duration,
 
     /// Most finished spans waiting to be exported; past it, new spans are dropped and counted
     /// (`vehicle_state_trace_spans_dropped_total`), so a slow collector never fills memory.
-    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048, value_parser = parse_queue_size)]
-    pub otel_bsp_max_queue_size: usize,
+    #[arg(long = "otel-bsp-max-queue-size", id = "OTEL_BSP_MAX_QUEUE_SIZE", env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048, value_parser = parse_queue_size)]
+    pub max_queue_size: usize,
 
     /// Milliseconds between exports of what has queued (sooner when 512 spans are waiting).
-    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub otel_bsp_schedule_delay: u64,
+    #[arg(long = "otel-bsp-schedule-delay", id = "OTEL_BSP_SCHEDULE_DELAY", env = "OTEL_BSP_SCHEDULE_DELAY", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub schedule_delay: Duration,
 }
 
 fn parse_queue_size(raw: &str) -> Result<usize, String> {
@@ -82,32 +86,29 @@ fn parse_queue_size(raw: &str) -> Result<usize, String> {
 impl Default for TraceSettings {
     fn default() -> Self {
         Self {
-            otel_sdk_disabled: false,
-            otel_exporter_otlp_endpoint: None,
-            otel_exporter_otlp_traces_endpoint: None,
-            otel_exporter_otlp_protocol: Protocol::HttpProtobuf,
-            otel_exporter_otlp_headers: None,
-            otel_service_name: None,
-            otel_resource_attributes: None,
-            otel_traces_sampler: SamplerKind::ParentbasedAlwaysOn,
-            otel_traces_sampler_arg: None,
-            otel_exporter_otlp_timeout: 10_000,
-            otel_bsp_max_queue_size: 2048,
-            otel_bsp_schedule_delay: 5000,
+            sdk_disabled: false,
+            endpoint: None,
+            traces_endpoint: None,
+            protocol: Protocol::HttpProtobuf,
+            headers: None,
+            service_name: None,
+            resource_attributes: None,
+            sampler: SamplerKind::ParentbasedAlwaysOn,
+            sampler_arg: None,
+            export_timeout: Duration::from_millis(10_000),
+            max_queue_size: 2048,
+            schedule_delay: Duration::from_millis(5000),
         }
     }
 }
 
 impl TraceSettings {
     /// Where spans are exported, or `None` when tracing is off.
-    pub fn traces_endpoint(&self) -> Option<String> {
-        if self.otel_sdk_disabled {
+    pub fn export_url(&self) -> Option<String> {
+        if self.sdk_disabled {
             return None;
         }
-        match (
-            &self.otel_exporter_otlp_traces_endpoint,
-            &self.otel_exporter_otlp_endpoint,
-        ) {
+        match (&self.traces_endpoint, &self.endpoint) {
             (Some(Endpoint(Some(full))), _) => Some(full.clone()),
             (_, Some(Endpoint(Some(base)))) => {
                 Some(format!("{}/v1/traces", base.trim_end_matches('/')))
@@ -118,7 +119,7 @@ impl TraceSettings {
 
     /// The sampler's ratio: OTEL_TRACES_SAMPLER_ARG, 1 when unset (as the specification says).
     pub fn ratio(&self) -> f64 {
-        self.otel_traces_sampler_arg.unwrap_or(1.0)
+        self.sampler_arg.unwrap_or(1.0)
     }
 }
 
@@ -285,7 +286,7 @@ mod tests {
             format!("{:?}", parsed.traces),
             format!("{:?}", TraceSettings::default())
         );
-        assert_eq!(TraceSettings::default().traces_endpoint(), None);
+        assert_eq!(TraceSettings::default().export_url(), None);
     }
 
     #[test]

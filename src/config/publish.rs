@@ -1,6 +1,9 @@
 //! What `publish synthetic` reads.
 
+use std::time::Duration;
+
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 
 use super::parse::parse_fraction;
 use super::{NatsSettings, StreamSettings, TraceSettings};
@@ -19,9 +22,10 @@ pub struct PublishSettings {
     #[arg(help_heading = "Publish", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub vehicles: u32,
 
-    /// Seed of the generator: the same seed gives the histories of `seed synthetic --seed S`.
-    #[arg(help_heading = "Publish", long = "seed", default_value_t = 1)]
-    pub rng_seed: u64,
+    /// Seed of the generator: the same seed gives the histories of `seed synthetic --random-seed S`
+    /// (`--seed` still works: its former name).
+    #[arg(help_heading = "Publish", long, alias = "seed", default_value_t = 1)]
+    pub random_seed: u64,
 
     /// Publish the events in a random order (the same for the same seed), registrations included.
     #[arg(help_heading = "Publish", long)]
@@ -33,12 +37,12 @@ pub struct PublishSettings {
     pub duplicates: f64,
 
     /// Most publishes awaiting JetStream's acknowledgement at once.
-    #[arg(help_heading = "Publish", long, env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub publish_in_flight: u32,
+    #[arg(help_heading = "Publish", long = "publish-in-flight", id = "PUBLISH_IN_FLIGHT", env = "PUBLISH_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub in_flight: u32,
 
     /// How long an event JetStream has not acknowledged is sent again (under the same
     /// Nats-Msg-Id, so one that did land is not stored twice) before publish gives up: a
     /// clustered stream has no leader for the 4 to 10 s of an election.
-    #[arg(help_heading = "Publish", long, env = "PUBLISH_RETRY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub publish_retry_secs: u64,
+    #[arg(help_heading = "Publish", long = "publish-retry-secs", id = "PUBLISH_RETRY_SECS", env = "PUBLISH_RETRY_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(1..=3600).map(Duration::from_secs))]
+    pub retry_for: Duration,
 }

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
 use super::parse::parse_key_prefix;
@@ -16,59 +17,54 @@ use super::secrets::{PemFile, Secret, redacted};
 pub struct RedisSettings {
     /// Redis connection URL: `redis://` or `rediss://` (TLS). With REDIS_MODE=cluster, a
     /// comma-separated list of seed nodes; with REDIS_MODE=sentinel, of the sentinels.
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_urls, hide_env_values = true)]
-    pub redis_url: RedisUrls,
+    #[arg(long = "redis-url", id = "REDIS_URL", env = "REDIS_URL", default_value = "redis://localhost:6379", value_parser = parse_redis_urls, hide_env_values = true)]
+    pub url: RedisUrls,
 
     /// Which Redis topology REDIS_URL names.
-    #[arg(long, env = "REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
-    pub redis_mode: RedisMode,
+    #[arg(long = "redis-mode", id = "REDIS_MODE", env = "REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub mode: RedisMode,
 
     /// With REDIS_MODE=sentinel: the name of the master set the sentinels watch.
-    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
-    pub redis_sentinel_master: String,
+    #[arg(
+        long = "redis-sentinel-master",
+        id = "REDIS_SENTINEL_MASTER",
+        env = "REDIS_SENTINEL_MASTER",
+        default_value = "mymaster"
+    )]
+    pub sentinel_master: String,
 
     /// With REDIS_MODE=sentinel: the sentinels' own password, when they require one (the
     /// password in REDIS_URL is the master's).
-    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true, value_parser = Secret::parse)]
-    pub redis_sentinel_password: Option<Secret>,
+    #[arg(long = "redis-sentinel-password", id = "REDIS_SENTINEL_PASSWORD", env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true, value_parser = Secret::parse)]
+    pub sentinel_password: Option<Secret>,
 
     /// PEM file of the CA that signed the Redis servers' certificates (rediss:// only); unset,
     /// the system's trusted roots are used.
-    #[arg(long, env = "REDIS_CA_CERT", value_parser = PemFile::read)]
-    pub redis_ca_cert: Option<PemFile>,
+    #[arg(long = "redis-ca-cert", id = "REDIS_CA_CERT", env = "REDIS_CA_CERT", value_parser = PemFile::read)]
+    pub ca_cert: Option<PemFile>,
 
     /// PEM file of the client certificate, for Redis servers that require one (mutual TLS);
     /// goes with REDIS_CLIENT_KEY.
-    #[arg(long, env = "REDIS_CLIENT_CERT", value_parser = PemFile::read)]
-    pub redis_client_cert: Option<PemFile>,
+    #[arg(long = "redis-client-cert", id = "REDIS_CLIENT_CERT", env = "REDIS_CLIENT_CERT", value_parser = PemFile::read)]
+    pub client_cert: Option<PemFile>,
 
     /// PEM file of the client certificate's private key; goes with REDIS_CLIENT_CERT.
-    #[arg(long, env = "REDIS_CLIENT_KEY", value_parser = PemFile::read)]
-    pub redis_client_key: Option<PemFile>,
+    #[arg(long = "redis-client-key", id = "REDIS_CLIENT_KEY", env = "REDIS_CLIENT_KEY", value_parser = PemFile::read)]
+    pub client_key: Option<PemFile>,
 
     /// Most connections one replica holds to Redis: one per thread that asks it (each HTTP
     /// worker), each multiplexed; threads beyond it share the newest.
-    #[arg(long, env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub redis_pool_max_size: u64,
+    #[arg(long = "redis-pool-max-size", id = "REDIS_POOL_MAX_SIZE", env = "REDIS_POOL_MAX_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub pool_max_size: u64,
 
     /// Bound on each Redis call, connecting included; past it the request goes to PostgreSQL.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub redis_timeout_ms: u64,
+    #[arg(long = "redis-timeout-ms", id = "REDIS_TIMEOUT_MS", env = "REDIS_TIMEOUT_MS", default_value = "100", value_parser = clap::value_parser!(u64).range(1..=60_000).map(Duration::from_millis))]
+    pub timeout: Duration,
 
     /// After a Redis call fails, how long Redis is left alone (lookups go straight to PostgreSQL)
     /// before one call tries it again; so a hanging Redis costs at most one timeout per interval.
-    #[arg(long, env = "REDIS_RETRY_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub redis_retry_interval_ms: u64,
-}
-
-impl RedisSettings {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-
-    pub fn retry_interval(&self) -> Duration {
-        Duration::from_millis(self.redis_retry_interval_ms)
-    }
+    #[arg(long = "redis-retry-interval-ms", id = "REDIS_RETRY_INTERVAL_MS", env = "REDIS_RETRY_INTERVAL_MS", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    pub retry_interval: Duration,
 }
 
 /// Which Redis topology `REDIS_URL` names.
@@ -148,13 +144,13 @@ fn parse_redis_urls(raw: &str) -> Result<RedisUrls, String> {
 #[command(next_help_heading = "Cache")]
 pub struct CacheSettings {
     /// Seconds an answer is kept in Redis; the bound on how stale an answer can be.
-    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
-    pub cache_ttl_secs: u32,
+    #[arg(long = "cache-ttl-secs", id = "CACHE_TTL_SECS", env = "CACHE_TTL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub ttl_secs: u32,
 
     /// Memory budget of this replica's in-process cache, in bytes of keys and answers (0 turns it
     /// off; concurrent misses for one key are still coalesced).
-    #[arg(long, env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
-    pub local_cache_max_bytes: u64,
+    #[arg(long = "local-cache-max-bytes", id = "LOCAL_CACHE_MAX_BYTES", env = "LOCAL_CACHE_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub local_max_bytes: u64,
 
     /// Seconds past the TTL an answer stays in Redis so that, while PostgreSQL cannot answer, it
     /// can still be served, marked `X-Cache: STALE` (RFC 5861 `stale-if-error`). 0, the default,
@@ -163,8 +159,8 @@ pub struct CacheSettings {
     pub stale_if_error_secs: u32,
 
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
-    #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "vehicle-state", value_parser = parse_key_prefix)]
-    pub cache_key_prefix: String,
+    #[arg(long = "cache-key-prefix", id = "CACHE_KEY_PREFIX", env = "CACHE_KEY_PREFIX", default_value = "vehicle-state", value_parser = parse_key_prefix)]
+    pub key_prefix: String,
 }
 
 #[cfg(test)]

@@ -33,9 +33,10 @@ pub struct SyntheticSettings {
     /// How many vehicles (ids 1 to N); each gets 1 to 6 state changes, about 2.7 on average.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub vehicles: u32,
-    /// Seed of the random generator: the same seed gives the same data.
-    #[arg(long = "seed", default_value_t = 1)]
-    pub rng_seed: u64,
+    /// Seed of the random generator: the same seed gives the same data
+    /// (`--seed` still works: its former name).
+    #[arg(long, alias = "seed", default_value_t = 1)]
+    pub random_seed: u64,
     /// Empty `vehicles` and `"stateLogs"` first, instead of refusing a database that has rows.
     #[arg(long)]
     pub replace: bool,

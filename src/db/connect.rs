@@ -16,9 +16,9 @@ use crate::config::{DatabaseSettings, DatabaseUrl};
 /// pool connects when it comes back and `/readyz` says not ready meanwhile. `Ok(false)` when
 /// it could not be reached.
 pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<bool> {
-    let url = &settings.database_url;
+    let url = &settings.url;
     let attempt = PgConnection::connect_with(&url.options);
-    match tokio::time::timeout(settings.acquire_timeout(), attempt).await {
+    match tokio::time::timeout(settings.acquire_timeout, attempt).await {
         Ok(Ok(conn)) => {
             if let Err(error) = conn.close().await {
                 tracing::debug!(error = %error, "closing the start-up check's connection");
@@ -31,7 +31,7 @@ pub async fn check_connection(settings: &DatabaseSettings) -> anyhow::Result<boo
             Ok(false)
         }
         Err(_) => {
-            tracing::warn!(database = %url, timeout_ms = settings.db_acquire_timeout_ms, "PostgreSQL did not answer in time (DB_ACQUIRE_TIMEOUT_MS); serving, not ready until it does");
+            tracing::warn!(database = %url, timeout_ms = settings.acquire_timeout.as_millis(), "PostgreSQL did not answer in time (DB_ACQUIRE_TIMEOUT_MS); serving, not ready until it does");
             Ok(false)
         }
     }
@@ -154,19 +154,19 @@ pub fn unreachable(error: &sqlx::Error, url: &DatabaseUrl) -> String {
 /// After the pool gave up (`PoolTimedOut`, which hides why): one connection of its own, within
 /// `DB_ACQUIRE_TIMEOUT_MS`, to find the cause to stop on.
 pub async fn diagnose(settings: &DatabaseSettings) -> anyhow::Error {
-    let url = &settings.database_url;
+    let url = &settings.url;
     let attempt = PgConnection::connect_with(&url.options);
-    match tokio::time::timeout(settings.acquire_timeout(), attempt).await {
+    match tokio::time::timeout(settings.acquire_timeout, attempt).await {
         Ok(Err(error)) => failure(&error, url),
         Ok(Ok(_connected)) => anyhow::anyhow!(
             "cannot reach PostgreSQL at {url}: no connection within {} ms (DB_ACQUIRE_TIMEOUT_MS), although one made just after succeeded: a slow or busy server",
-            settings.db_acquire_timeout_ms
+            settings.acquire_timeout.as_millis()
         ),
         Err(_) => anyhow::anyhow!(
             "cannot reach PostgreSQL at {url}: timed out: no answer from {}:{} within {} ms (DB_ACQUIRE_TIMEOUT_MS)",
             url.options.get_host(),
             url.options.get_port(),
-            settings.db_acquire_timeout_ms
+            settings.acquire_timeout.as_millis()
         ),
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::DbError;
 use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::history::{HistoryPage, HistoryQuery};
-use crate::domain::{Instant, Lookup, VehicleId};
+use crate::domain::{Lookup, Timestamp, VehicleId};
 use crate::telemetry::otel;
 
 /// The pool and what is known of PostgreSQL's reachability; cheap to clone.
@@ -60,10 +60,10 @@ impl Database {
             down,
             probing: AtomicBool::new(false),
             options: options.clone(),
-            url: settings.database_url.clone(),
-            timeout: settings.acquire_timeout(),
+            url: settings.url.clone(),
+            timeout: settings.acquire_timeout,
             interval: probe_interval,
-            response_timeout: settings.response_timeout(),
+            response_timeout: settings.response_timeout,
         });
         let on_acquire = reach.clone();
         let pool = super::pool_options(settings)
@@ -99,7 +99,7 @@ impl Database {
     /// [`super::lookup_many`], failing at once while PostgreSQL is known down.
     pub async fn lookup_many(
         &self,
-        pairs: &[(VehicleId, Instant)],
+        pairs: &[(VehicleId, Timestamp)],
     ) -> Result<Vec<Lookup>, DbError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,

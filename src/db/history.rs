@@ -4,7 +4,7 @@ use sqlx::PgConnection;
 
 use super::DbError;
 use crate::domain::history::{self, HistoryPage, HistoryQuery};
-use crate::domain::{Instant, Vehicle};
+use crate::domain::{Timestamp, Vehicle};
 
 /// The lifecycle rank of a `"stateLogs"` row `l`, as in the lookup's tie order.
 macro_rules! rank {
@@ -94,7 +94,7 @@ pub async fn history(
         let (Some(state), Some(micros)) = (state, micros) else {
             continue;
         };
-        let at = Instant::from_unix_micros(micros).ok_or_else(|| {
+        let at = Timestamp::from_unix_micros(micros).ok_or_else(|| {
             DbError::Query(sqlx::Error::Decode(
                 format!(
                     "vehicle {}: a state change at {micros} µs, outside 0001 to 9999",

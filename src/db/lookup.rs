@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::DbError;
-use crate::domain::{Instant, Lookup, StateAnswer, Vehicle, VehicleId};
+use crate::domain::{Lookup, StateAnswer, Timestamp, Vehicle, VehicleId};
 
 /// The order of a vehicle's state changes, latest first: by time, then, for equal timestamps, by
 /// lifecycle (a vehicle sold in the same second it went on sale is sold), then by state text
@@ -67,7 +67,7 @@ type ManyRow = (Option<String>, Option<String>, Option<String>, Option<i64>);
 /// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]).
 pub async fn lookup_many(
     conn: &mut PgConnection,
-    pairs: &[(VehicleId, Instant)],
+    pairs: &[(VehicleId, Timestamp)],
 ) -> Result<Vec<Lookup>, DbError> {
     let ids: Vec<i32> = pairs.iter().map(|(id, _)| id.get()).collect();
     let ats: Vec<DateTime<Utc>> = pairs.iter().map(|(_, at)| at.as_datetime()).collect();
@@ -96,7 +96,7 @@ pub async fn lookup_many(
 
 fn outcome(
     id: VehicleId,
-    at: Instant,
+    at: Timestamp,
     vehicle: Option<(String, String)>,
     state: Option<String>,
     since: Option<i64>,
@@ -104,7 +104,7 @@ fn outcome(
     Ok(match (vehicle, state, since) {
         (None, _, _) => Lookup::UnknownVehicle,
         (Some((make, model)), Some(state), Some(micros)) => {
-            let since = Instant::from_unix_micros(micros).ok_or_else(|| {
+            let since = Timestamp::from_unix_micros(micros).ok_or_else(|| {
                 DbError::Query(sqlx::Error::Decode(
                     format!("vehicle {id}: a state change at {micros} µs, outside 0001 to 9999")
                         .into(),

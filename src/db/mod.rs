@@ -47,9 +47,9 @@ pub fn connect(settings: &DatabaseSettings) -> PgPool {
 /// pairs. The generic plans of the service's statements are the index probes the custom ones
 /// are (`the_service_statements_keep_their_index_plans_when_generic`).
 fn request_options(settings: &DatabaseSettings) -> sqlx::postgres::PgConnectOptions {
-    let statement_timeout = settings.db_statement_timeout_ms.to_string();
+    let statement_timeout = settings.statement_timeout.as_millis().to_string();
     settings
-        .database_url
+        .url
         .options
         .clone()
         .application_name("vehicle-state")
@@ -65,7 +65,7 @@ fn connect_for_maintenance(settings: &DatabaseSettings) -> PgPool {
     // Warnings and errors only: `CREATE TABLE IF NOT EXISTS _sqlx_migrations` would otherwise
     // log PostgreSQL's "already exists, skipping" notice on every start.
     let options = settings
-        .database_url
+        .url
         .options
         .clone()
         .application_name("vehicle-state migrate")
@@ -77,9 +77,9 @@ fn connect_for_maintenance(settings: &DatabaseSettings) -> PgPool {
 
 fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(settings.db_pool_max_size)
-        .acquire_timeout(settings.acquire_timeout())
-        .max_lifetime(settings.max_lifetime())
+        .max_connections(settings.pool_max_size)
+        .acquire_timeout(settings.acquire_timeout)
+        .max_lifetime(settings.max_lifetime)
 }
 
 /// Creates the database if it is absent, then applies pending migrations. Replicas starting
@@ -91,7 +91,7 @@ pub async fn prepare(
     settings: &DatabaseSettings,
     seed_with: Option<SeedData>,
 ) -> anyhow::Result<()> {
-    let url = &settings.database_url;
+    let url = &settings.url;
     let pool = connect_for_maintenance(settings);
     match pool.acquire().await {
         Ok(conn) => drop(conn),

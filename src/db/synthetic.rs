@@ -6,7 +6,7 @@ mod histories;
 pub use histories::{SyntheticHistory, generate};
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant as Clock;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ const CHUNK: u32 = 20_000;
 /// Loads the histories with two COPY streams, one per table, then refreshes the planner's
 /// statistics and the visibility map (so lookups can be index-only scans).
 pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::Result<()> {
-    let started = Clock::now();
+    let started = Instant::now();
     let has_rows: bool = sqlx::query_scalar(
         r#"SELECT EXISTS (SELECT 1 FROM vehicles) OR EXISTS (SELECT 1 FROM "stateLogs")"#,
     )
@@ -81,7 +81,7 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
     tracing::info!(
         vehicles = settings.vehicles,
         state_changes = total_changes,
-        seed = settings.rng_seed,
+        seed = settings.random_seed,
         seconds = started.elapsed().as_secs_f64(),
         "synthetic data set loaded"
     );

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Instant;
+use super::Timestamp;
 
 /// The vehicle as recorded in `vehicles`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -30,7 +30,7 @@ pub struct StateAnswer {
     pub state_since: DateTime<Utc>,
     /// The instant asked for, normalised to UTC and truncated to microseconds (RFC 3339).
     #[schema(value_type = String, format = DateTime, example = "2022-09-12T10:00:00Z")]
-    pub timestamp: Instant,
+    pub timestamp: Timestamp,
 }
 
 /// The three outcomes of one lookup. All three are answers (and all three are cached): only a
@@ -68,7 +68,7 @@ impl Lookup {
     }
 }
 
-/// Same spelling as [`Instant`]'s: `Z`, and only the fraction digits needed.
+/// Same spelling as [`Timestamp`]'s: `Z`, and only the fraction digits needed.
 mod rfc3339_utc {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
@@ -99,7 +99,7 @@ mod tests {
             },
             state: "selling".into(),
             state_since: "2022-09-11T23:21:38Z".parse().expect("valid"),
-            timestamp: Instant::parse("2022-09-12 10:00:00+00").expect("valid"),
+            timestamp: Timestamp::parse("2022-09-12 10:00:00+00").expect("valid"),
         };
         let json = serde_json::to_string(&answer).expect("serialises");
         assert_eq!(

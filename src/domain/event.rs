@@ -3,7 +3,7 @@
 
 mod parse;
 
-use super::{Instant, VehicleId};
+use super::{Timestamp, VehicleId};
 
 /// The longest `eventId`, `make` or `model` taken.
 pub const MAX_EVENT_ID_LEN: usize = 128;
@@ -76,7 +76,7 @@ pub struct Registration {
 pub struct StateChange {
     pub vehicle: VehicleId,
     pub state: VehicleState,
-    pub at: Instant,
+    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Instant, Vehicle, VehicleId};
+use super::{Timestamp, Vehicle, VehicleId};
 
 /// The most changes one page may hold, and how many it holds unless asked.
 pub const MAX_LIMIT: u16 = 1000;
@@ -13,7 +13,7 @@ pub const DEFAULT_LIMIT: u16 = 100;
 /// lifecycle rank and state text (the order the lookup uses, oldest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
-    pub at: Instant,
+    pub at: Timestamp,
     pub rank: i32,
     pub state: String,
 }
@@ -74,7 +74,7 @@ impl Cursor {
         let at = micros
             .parse()
             .ok()
-            .and_then(Instant::from_unix_micros)
+            .and_then(Timestamp::from_unix_micros)
             .ok_or(CursorError)?;
         let rank: i32 = rank.parse().map_err(|_| CursorError)?;
         if rank != self::rank(state) {
@@ -107,8 +107,8 @@ fn nibble(c: u8) -> Option<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub id: VehicleId,
-    pub from: Option<Instant>,
-    pub to: Option<Instant>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
     pub limit: u16,
     pub after: Option<Cursor>,
 }
@@ -121,10 +121,10 @@ pub struct Change {
     pub state: String,
     /// When it entered it (RFC 3339, UTC).
     #[schema(value_type = String, format = DateTime, example = "2022-09-11T23:21:38Z")]
-    pub at: Instant,
+    pub at: Timestamp,
     /// When the next change came, or null while this is the current state.
     #[schema(value_type = Option<String>, format = DateTime, example = "2022-09-12T12:41:41Z")]
-    pub until: Option<Instant>,
+    pub until: Option<Timestamp>,
 }
 
 /// A page of a vehicle's timeline.
@@ -150,7 +150,7 @@ pub enum HistoryPage {
 /// change in effect at `from` (when asked for), and holding up to `limit + 1` changes after the
 /// position the page starts from, `to` not applied: the one past the page gives the last
 /// change's `until`, and tells whether there is a next page.
-pub fn page(query: &HistoryQuery, vehicle: Vehicle, rows: Vec<(String, Instant)>) -> History {
+pub fn page(query: &HistoryQuery, vehicle: Vehicle, rows: Vec<(String, Timestamp)>) -> History {
     let to = query.to;
     let mut changes = Vec::with_capacity(rows.len().min(usize::from(query.limit)));
     let mut next = None;
@@ -191,8 +191,8 @@ pub fn page(query: &HistoryQuery, vehicle: Vehicle, rows: Vec<(String, Instant)>
 mod tests {
     use super::*;
 
-    fn at(secs: i64) -> Instant {
-        Instant::from_unix_micros(secs * 1_000_000).expect("in range")
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix_micros(secs * 1_000_000).expect("in range")
     }
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
             make: "VW".to_owned(),
             model: "GOLF".to_owned(),
         };
-        let rows = |n: i64| -> Vec<(String, Instant)> {
+        let rows = |n: i64| -> Vec<(String, Timestamp)> {
             (0..n).map(|i| ("quoted".to_owned(), at(100 + i))).collect()
         };
 

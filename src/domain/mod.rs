@@ -3,9 +3,9 @@
 mod answer;
 pub mod event;
 pub mod history;
-mod instant;
+mod timestamp;
 mod vehicle_id;
 
 pub use answer::{Lookup, Outcome, StateAnswer, Vehicle};
-pub use instant::{Instant, InstantError};
+pub use timestamp::{Timestamp, TimestampError};
 pub use vehicle_id::{VehicleId, VehicleIdError};

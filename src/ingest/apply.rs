@@ -1,6 +1,6 @@
 //! Applying a batch to PostgreSQL, and what a failure says about its events.
 
-use std::time::Instant as Clock;
+use std::time::Instant;
 
 use async_nats::jetstream;
 
@@ -22,10 +22,10 @@ impl Ingestor {
     ) -> Result<db::BatchOutcome, DbError> {
         let regs: Vec<&Registration> = registrations.iter().map(|(_, r)| r).collect();
         let chgs: Vec<&StateChange> = changes.iter().map(|(_, c)| c).collect();
-        let started = Clock::now();
+        let started = Instant::now();
         let result = db::apply_events(
             &self.pool,
-            self.settings.database.response_timeout(),
+            self.settings.database.response_timeout,
             &regs,
             &chgs,
         )
@@ -38,7 +38,7 @@ impl Ingestor {
                 for registration in &regs {
                     let one = db::apply_events(
                         &self.pool,
-                        self.settings.database.response_timeout(),
+                        self.settings.database.response_timeout,
                         &[registration],
                         &[],
                     )
@@ -48,7 +48,7 @@ impl Ingestor {
                 for change in &chgs {
                     let one = db::apply_events(
                         &self.pool,
-                        self.settings.database.response_timeout(),
+                        self.settings.database.response_timeout,
                         &[],
                         &[change],
                     )

@@ -37,7 +37,7 @@ pub async fn run(settings: IngestSettings) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::listen().context("cannot listen for SIGTERM and Ctrl-C")?;
     // A taken health port fails the start before the database is created or migrated; it is
     // listened on once that is done (see `listener`).
-    let port = Reserved::bind(settings.ingest_bind_addr, "INGEST_BIND_ADDR")?;
+    let port = Reserved::bind(settings.bind_addr, "INGEST_BIND_ADDR")?;
     if settings.migrate_on_start {
         db::prepare(&settings.database, None).await?;
     } else {
@@ -109,20 +109,20 @@ impl Ingestor {
                 }
             }
         };
-        let dead_letter_subject = &self.settings.ingest_dead_letter_subject;
+        let dead_letter_subject = &self.settings.dead_letter_subject;
         match &dead_letters {
             Some(dead_letter_stream) => tracing::info!(
-                stream = %self.settings.stream.ingest_stream,
-                consumer = %self.settings.ingest_consumer,
-                batch_max = self.settings.ingest_batch_max,
+                stream = %self.settings.stream.name,
+                consumer = %self.settings.consumer,
+                batch_max = self.settings.batch_max,
                 %dead_letter_subject,
                 %dead_letter_stream,
                 "ingesting"
             ),
             None => tracing::warn!(
-                stream = %self.settings.stream.ingest_stream,
-                consumer = %self.settings.ingest_consumer,
-                batch_max = self.settings.ingest_batch_max,
+                stream = %self.settings.stream.name,
+                consumer = %self.settings.consumer,
+                batch_max = self.settings.batch_max,
                 %dead_letter_subject,
                 "ingesting, but no stream stores dead letters (INGEST_CREATE_STREAM=false): an event that can never be applied stays unacked until one does"
             ),
@@ -137,7 +137,7 @@ impl Ingestor {
     /// INGEST_BATCH_MAX: no timer, so a lone event is applied at once.
     async fn consume(&self, signals: &mut ShutdownSignals) -> anyhow::Result<()> {
         let consumer = self.consumer.get().context("consume before set_up")?;
-        let batch_max = usize::try_from(self.settings.ingest_batch_max).unwrap_or(1);
+        let batch_max = usize::try_from(self.settings.batch_max).unwrap_or(1);
         'pull: loop {
             let messages = tokio::select! {
                 biased;
@@ -168,7 +168,7 @@ impl Ingestor {
                     continue 'pull;
                 };
                 let chunk = ready_batch(&mut messages, first, batch_max).await;
-                let prefix = &self.settings.stream.ingest_subject_prefix;
+                let prefix = &self.settings.stream.subject_prefix;
                 let (sorted, pull_again) = Sorted::of(prefix, chunk);
                 // Signals wait until the batch in hand is applied and acked.
                 let span = sorted.span();

@@ -1,8 +1,6 @@
 //! Settling a batch: ack what was committed (or found already stored), dead-letter what can
 //! never be applied, NAK the rest for later. An event is never acked unless applied or kept.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, AckKind, context::PublishErrorKind};
 use tracing::Instrument;
 
@@ -58,11 +56,11 @@ impl Ingestor {
                     }
                 }
                 Err(error) => {
-                    let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                    let delay = self.settings.retry_delay;
                     tracing::warn!(
                         error = %telemetry::chain(&error),
                         events = registrations.len() + changes.len(),
-                        retry_in_ms = self.settings.ingest_retry_delay_ms,
+                        retry_in_ms = delay.as_millis(),
                         "PostgreSQL cannot take the batch; nothing acked, delivering it again later"
                     );
                     let messages = registrations
@@ -87,7 +85,7 @@ impl Ingestor {
                 otel.kind = "producer",
                 messaging.system = "nats",
                 messaging.operation.type = "send",
-                messaging.destination.name = self.settings.ingest_dead_letter_subject.as_str(),
+                messaging.destination.name = self.settings.dead_letter_subject.as_str(),
             );
             self.dead_letter(message, kind, rejection)
                 .instrument(span)
@@ -130,7 +128,7 @@ impl Ingestor {
             // Whoever reads the dead letters can follow it back to this batch.
             otel::inject_nats(&tracing::Span::current(), &mut headers);
         }
-        let subject = self.settings.ingest_dead_letter_subject.as_str();
+        let subject = self.settings.dead_letter_subject.as_str();
         let mut stored = broker::store(js, subject, headers.clone(), message.payload.clone()).await;
         if let Err(error) = &stored
             && error.kind() == PublishErrorKind::MaxPayloadExceeded
@@ -154,7 +152,7 @@ impl Ingestor {
                 }
             }
             Err(error) => {
-                let delay = Duration::from_millis(self.settings.ingest_retry_delay_ms);
+                let delay = self.settings.retry_delay;
                 if error.kind() == PublishErrorKind::StreamNotFound {
                     tracing::warn!(
                         dead_letter_subject = subject,

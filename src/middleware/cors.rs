@@ -52,14 +52,14 @@ pub const EXPOSED_HEADERS: [HeaderName; 5] = [
 /// CORS headers at all). Built per worker: actix-cors shares its state with `Rc`.
 pub fn layer(settings: &CorsSettings) -> Option<Layer> {
     let origins = settings
-        .cors_allowed_origins
+        .allowed_origins
         .as_ref()
         .filter(|o| **o != CorsOrigins::List(Vec::new()))?;
     let cors = Cors::default()
         .allowed_methods(ALLOWED_METHODS)
         .allowed_headers(ALLOWED_HEADERS)
         .expose_headers(EXPOSED_HEADERS)
-        .max_age(usize::try_from(settings.cors_max_age_secs).ok());
+        .max_age(usize::try_from(settings.max_age_secs).ok());
     let cors = match origins {
         // The same answer for every origin: nothing varies by it.
         CorsOrigins::Any => cors

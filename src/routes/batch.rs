@@ -11,10 +11,10 @@ use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
 use utoipa::ToSchema;
 
-use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
+use crate::context::AppContext;
+use crate::domain::{Outcome, StateAnswer, Timestamp, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::service::CacheStatus;
-use crate::state::AppState;
 use body::{is_json, parse, read_body};
 
 pub const PATH: &str = "/vehicles/states";
@@ -81,7 +81,7 @@ pub struct BatchResult {
 pub async fn vehicle_states(
     req: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<AppContext>,
 ) -> HttpResponse {
     // Errors are rendered here rather than returned, so the request logs one line, not two.
     answer(&req, body, &state)
@@ -92,7 +92,7 @@ pub async fn vehicle_states(
 async fn answer(
     req: &HttpRequest,
     body: web::Payload,
-    state: &AppState,
+    state: &AppContext,
 ) -> Result<HttpResponse, ApiError> {
     if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType);
@@ -106,7 +106,7 @@ async fn answer(
     .map_err(|_| ApiError::BodyTimeout(limits.read_timeout))??;
     let parsed = parse_body(&raw, state.batch.max_lookups)?;
     let count = parsed.len();
-    let pairs: Vec<(VehicleId, Instant)> = parsed
+    let pairs: Vec<(VehicleId, Timestamp)> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().copied())
         .collect();

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, route, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::state::AppState;
+use crate::context::AppContext;
 
 /// Whether a dependency answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -57,7 +57,7 @@ pub async fn livez() -> HttpResponse {
     (status = 503, description = "PostgreSQL is unreachable, or the replica is shutting down.", body = Readiness),
 ))]
 #[route("/readyz", method = "GET", method = "HEAD")]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<AppContext>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(state.service.db.ping(), state.service.redis.ping());
     let up = |ok: bool| if ok { Dependency::Up } else { Dependency::Down };
     if let Err(error) = &postgres

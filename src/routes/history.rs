@@ -3,10 +3,10 @@
 use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
 
 use super::vehicles::respond;
+use crate::context::AppContext;
 use crate::domain::history::{Cursor, DEFAULT_LIMIT, History, HistoryQuery, MAX_LIMIT};
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 use crate::error::{ApiError, Problem};
-use crate::state::AppState;
 
 /// A vehicle's timeline: every state it was in during a window.
 ///
@@ -58,7 +58,7 @@ use crate::state::AppState;
 pub async fn vehicle_history(
     req: HttpRequest,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<AppContext>,
 ) -> HttpResponse {
     // Errors are rendered here rather than returned, so the request logs one line, not two.
     answer(&req, &path, &state)
@@ -69,7 +69,7 @@ pub async fn vehicle_history(
 async fn answer(
     req: &HttpRequest,
     raw_id: &str,
-    state: &AppState,
+    state: &AppContext,
 ) -> Result<HttpResponse, ApiError> {
     let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
     let query = parse_query(id, req.query_string())?;
@@ -129,7 +129,7 @@ pub fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
     }
     let instant = |name: &str, raw: Option<String>| {
         raw.map(|raw| {
-            Instant::parse_query_value(&raw)
+            Timestamp::parse_query_value(&raw)
                 .map_err(|e| ApiError::InvalidTimestampParameter(name.to_owned(), e))
         })
         .transpose()

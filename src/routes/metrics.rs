@@ -1,7 +1,7 @@
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{HttpResponse, route, web};
 
-use crate::state::AppState;
+use crate::context::AppContext;
 
 /// Prometheus metrics of this replica.
 ///
@@ -10,7 +10,7 @@ use crate::state::AppState;
     (status = 200, description = "Every series, in Prometheus text format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4"),
 ))]
 #[route("/metrics", method = "GET", method = "HEAD")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<AppContext>) -> HttpResponse {
     let service = &state.service;
     let redis = &service.redis;
     let nodes = match redis.nodes().await {

@@ -2,11 +2,11 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, route, web};
 
 use super::conditional::not_modified;
-use crate::domain::{Instant, Outcome, StateAnswer, VehicleId};
+use crate::context::{AppContext, CacheControlValues};
+use crate::domain::{Outcome, StateAnswer, Timestamp, VehicleId};
 use crate::error::{ApiError, Problem};
 use crate::middleware::compression::{self, Uncompressed};
 use crate::service::{CacheStatus, Served};
-use crate::state::{AppState, CacheControlValues};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -53,7 +53,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub async fn vehicle_state_at(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    state: web::Data<AppState>,
+    state: web::Data<AppContext>,
 ) -> HttpResponse {
     let (raw_id, raw_ts) = path.into_inner();
     // Errors are rendered here rather than returned, so the request logs one line, not two.
@@ -66,10 +66,10 @@ async fn answer(
     req: &HttpRequest,
     raw_id: &str,
     raw_ts: &str,
-    state: &AppState,
+    state: &AppContext,
 ) -> Result<HttpResponse, ApiError> {
     let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
-    let at = Instant::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
+    let at = Timestamp::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
     let served = state
         .service
         .vehicle_state(id, at)
@@ -84,7 +84,7 @@ async fn answer(
 /// The problems of `GET /vehicles/{id}/timestamp/{ts}`, by status (for the OpenAPI document).
 pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     let id = VehicleId::parse("3").ok();
-    let at = Instant::parse("2022-09-10T10:00:00Z").ok();
+    let at = Timestamp::parse("2022-09-10T10:00:00Z").ok();
     let mut invalid = Vec::new();
     invalid.extend(
         VehicleId::parse("abc")
@@ -92,7 +92,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
             .map(ApiError::InvalidVehicleId),
     );
     invalid.extend(
-        Instant::parse("2022-09-12T10:00:00")
+        Timestamp::parse("2022-09-12T10:00:00")
             .err()
             .map(ApiError::InvalidTimestamp),
     );
@@ -113,7 +113,7 @@ const PATH: &str = "/vehicles/{id}/timestamp/{ts}";
 pub(super) fn respond(
     req: &HttpRequest,
     served: &Served,
-    state: &AppState,
+    state: &AppContext,
     problem: impl FnOnce(Outcome) -> ApiError,
 ) -> HttpResponse {
     let answer = &served.entry.answer;

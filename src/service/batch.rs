@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::fetch::fetch_many;
 use super::{CacheStatus, LookupError, Served, StateService, arrived};
 use crate::cache::{CacheKey, LocalEntry};
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 use crate::metrics::LookupResult;
 
 /// What one distinct pair came to, before it is handed to every item that asked for it.
@@ -22,11 +22,11 @@ impl StateService {
     /// `STALE_IF_ERROR_SECS`); a Redis failure only sends them to PostgreSQL.
     pub async fn vehicle_states(
         &self,
-        pairs: &[(VehicleId, Instant)],
+        pairs: &[(VehicleId, Timestamp)],
     ) -> Vec<Result<Served, Arc<LookupError>>> {
         // Distinct keys, in the order first asked; each item points at its key.
         let mut index: HashMap<CacheKey, usize> = HashMap::with_capacity(pairs.len());
-        let mut distinct: Vec<(CacheKey, VehicleId, Instant)> = Vec::with_capacity(pairs.len());
+        let mut distinct: Vec<(CacheKey, VehicleId, Timestamp)> = Vec::with_capacity(pairs.len());
         let slots: Vec<usize> = pairs
             .iter()
             .map(|&(id, at)| {
@@ -50,7 +50,7 @@ impl StateService {
             }
         }
         if !missing.is_empty() {
-            let pairs: Vec<(CacheKey, VehicleId, Instant)> =
+            let pairs: Vec<(CacheKey, VehicleId, Timestamp)> =
                 missing.iter().map(|&n| distinct[n].clone()).collect();
             let fetched = match self.limit.clone().try_acquire_owned() {
                 Ok(_permit) => fetch_many(&self.db, &self.redis, &pairs).await,

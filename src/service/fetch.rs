@@ -3,15 +3,15 @@
 //! endpoint and by the gathering of concurrent single misses.
 
 use std::sync::Arc;
-use std::time::{Instant as Clock, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use actix_web::web::Bytes;
 
 use super::LookupError;
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheError, CacheKey, Cached, LocalEntry, RedisCache, unix_ms};
+use crate::cache::{CacheError, CacheKey, Cached, LocalEntry, RedisCache, RenderedAnswer, unix_ms};
 use crate::db::{Database, DbError};
-use crate::domain::{Instant, Lookup, VehicleId};
+use crate::domain::{Lookup, Timestamp, VehicleId};
 
 /// What one key came to: its entry (whose `source` says from where), or why there is none.
 pub type Fetched = Result<Arc<LocalEntry>, Arc<LookupError>>;
@@ -24,7 +24,7 @@ pub type Fetched = Result<Arc<LocalEntry>, Arc<LookupError>>;
 pub async fn fetch_many(
     db: &Database,
     redis: &RedisCache,
-    pairs: &[(CacheKey, VehicleId, Instant)],
+    pairs: &[(CacheKey, VehicleId, Timestamp)],
 ) -> Vec<Fetched> {
     fetch_many_unless(db, redis, pairs, None).await
 }
@@ -35,15 +35,15 @@ pub async fn fetch_many(
 pub async fn fetch_many_unless(
     db: &Database,
     redis: &RedisCache,
-    pairs: &[(CacheKey, VehicleId, Instant)],
+    pairs: &[(CacheKey, VehicleId, Timestamp)],
     db_down: Option<Arc<LookupError>>,
 ) -> Vec<Fetched> {
     // Taken before asking, so memory never keeps an answer longer than Redis does.
-    let asked = Clock::now();
+    let asked = Instant::now();
     let keys: Vec<&CacheKey> = pairs.iter().map(|(key, _, _)| key).collect();
     metrics::histogram!(crate::metrics::REDIS_BATCH_SIZE).record(keys.len() as f64);
     let mut fetched: Vec<Option<Fetched>> = vec![None; pairs.len()];
-    let mut stale: Vec<Option<Answer>> = vec![None; pairs.len()];
+    let mut stale: Vec<Option<RenderedAnswer>> = vec![None; pairs.len()];
     let mut redis_failed = false;
     match redis.get_many(&keys).await {
         Ok(cached) => {
@@ -78,19 +78,19 @@ pub async fn fetch_many_unless(
             fetched[m] = Some(match stale[m].take() {
                 Some(answer) => Ok(Arc::new(LocalEntry::new(
                     answer,
-                    Clock::now(),
+                    Instant::now(),
                     Source::Stale,
                 ))),
                 None => Err(error.clone()),
             });
         }
     } else if !ask.is_empty() {
-        let lookups: Vec<(VehicleId, Instant)> =
+        let lookups: Vec<(VehicleId, Timestamp)> =
             ask.iter().map(|&m| (pairs[m].1, pairs[m].2)).collect();
         metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(lookups.len() as f64);
         // Taken before the query, so the recorded age errs on the old side.
         let read_at = unix_ms(SystemTime::now());
-        let started = Clock::now();
+        let started = Instant::now();
         let mut answered = Vec::with_capacity(ask.len());
         let mut failed: Option<Arc<LookupError>> = None;
         match lookup_each_if_need_be(db, &lookups).await {
@@ -114,11 +114,11 @@ pub async fn fetch_many_unless(
             }
         }
         let expires_at = started + redis.ttl();
-        let written: Vec<(usize, Answer)> = answered
+        let written: Vec<(usize, RenderedAnswer)> = answered
             .into_iter()
             .map(|(m, lookup)| {
                 let (outcome, body) = lookup.render();
-                let answer = Answer {
+                let answer = RenderedAnswer {
                     outcome,
                     body: Bytes::from(body),
                     read_at_ms: read_at,
@@ -131,7 +131,7 @@ pub async fn fetch_many_unless(
         let mut without_redis = redis_failed;
         if !written.is_empty() {
             // After a failed read the breaker skips this at once (counted as `skipped`).
-            let puts: Vec<(&CacheKey, &Answer)> = written
+            let puts: Vec<(&CacheKey, &RenderedAnswer)> = written
                 .iter()
                 .map(|(m, answer)| (keys[*m], answer))
                 .collect();
@@ -161,7 +161,7 @@ pub async fn fetch_many_unless(
                         // asks PostgreSQL again.
                         Ok(Arc::new(LocalEntry::new(
                             answer,
-                            Clock::now(),
+                            Instant::now(),
                             Source::Stale,
                         )))
                     }
@@ -190,7 +190,7 @@ pub async fn fetch_many_unless(
 /// fails only its pair. An outage fails them all (`Err`).
 async fn lookup_each_if_need_be(
     db: &Database,
-    pairs: &[(VehicleId, Instant)],
+    pairs: &[(VehicleId, Timestamp)],
 ) -> Result<Vec<Result<Lookup, DbError>>, DbError> {
     match db.lookup_many(pairs).await {
         Ok(lookups) => Ok(lookups.into_iter().map(Ok).collect()),

@@ -94,14 +94,14 @@ pub async fn followed<T: Clone>(mut landing: watch::Receiver<Option<T>>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Instant, VehicleId};
+    use crate::domain::{Timestamp, VehicleId};
 
     fn key(n: i32) -> CacheKey {
         let id = VehicleId::parse(&n.to_string()).expect("an id");
         CacheKey::new(
             "test",
             id,
-            Instant::parse("2022-09-12T10:00:00Z").expect("an instant"),
+            Timestamp::parse("2022-09-12T10:00:00Z").expect("an instant"),
         )
     }
 

@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
@@ -27,22 +28,22 @@ use super::fetch::{Fetched, fetch_many_unless};
 use crate::cache::local::Source;
 use crate::cache::{CacheKey, RedisCache};
 use crate::db::{Database, DbError};
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 use crate::telemetry::otel;
 
 /// A miss waiting for its batch.
 struct Miss {
     key: CacheKey,
     id: VehicleId,
-    at: Instant,
-    queued_at: std::time::Instant,
+    at: Timestamp,
+    queued_at: Instant,
     reply: oneshot::Sender<Fetched>,
     /// The request's span, for the batch's parent or link (`Span::none()` untraced).
     span: tracing::Span,
 }
 
 /// When a batch last found PostgreSQL unavailable, and how.
-type LastOutage = Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<LookupError>)>>>;
+type LastOutage = Arc<std::sync::Mutex<Option<(Instant, Arc<LookupError>)>>>;
 
 /// Where misses are sent to be gathered: shared by every thread, each of which has a queue of
 /// its own (its lane).
@@ -107,13 +108,13 @@ impl Gatherer {
 
     /// The entry for one key: fetched at once in this task when nothing is in flight or queued,
     /// else in whichever batch of this thread takes it.
-    pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Instant) -> Fetched {
+    pub async fn fetch(&self, key: CacheKey, id: VehicleId, at: Timestamp) -> Fetched {
         let (reply, answer) = oneshot::channel();
         let miss = Miss {
             key,
             id,
             at,
-            queued_at: std::time::Instant::now(),
+            queued_at: Instant::now(),
             reply,
             span: otel::current(),
         };
@@ -183,11 +184,11 @@ impl Shared {
     /// fail them after PostgreSQL was back.
     async fn fetch(
         &self,
-        pairs: &[(CacheKey, VehicleId, Instant)],
+        pairs: &[(CacheKey, VehicleId, Timestamp)],
         down: Option<Arc<LookupError>>,
     ) -> Vec<Fetched> {
         let short_cut = down.is_some();
-        let asked = std::time::Instant::now();
+        let asked = Instant::now();
         let fetched = fetch_many_unless(&self.db, &self.redis, pairs, down).await;
         if short_cut {
             return fetched;
@@ -203,7 +204,7 @@ impl Shared {
         };
         if let Some(error) = seen {
             *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::Instant::now(), error.clone()));
+                Some((Instant::now(), error.clone()));
         } else if answered() {
             let mut last = self.outage.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_ref().is_some_and(|(when, _)| *when < asked) {
@@ -271,7 +272,7 @@ async fn gather(mut queued: mpsc::Receiver<Miss>, gatherer: Weak<Shared>) {
                     if misses.is_empty() {
                         continue;
                     }
-                    let pairs: Vec<(CacheKey, VehicleId, Instant)> =
+                    let pairs: Vec<(CacheKey, VehicleId, Timestamp)> =
                         misses.iter().map(|m| (m.key.clone(), m.id, m.at)).collect();
                     let fetched = shared.fetch(&pairs, down).await;
                     answered.extend(misses.into_iter().zip(fetched));

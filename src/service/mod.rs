@@ -14,17 +14,17 @@ use gather::Gatherer;
 use served::{arrived, counted};
 
 use std::sync::Arc;
-use std::time::{Instant as Clock, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use actix_web::web::Bytes;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::cache::local::Source;
-use crate::cache::{Answer, CacheKey, Cached, LocalCache, LocalEntry, RedisCache, unix_ms};
+use crate::cache::{CacheKey, Cached, LocalCache, LocalEntry, RedisCache, RenderedAnswer, unix_ms};
 use crate::db::{Database, DbError};
 use crate::domain::history::{HistoryPage, HistoryQuery};
-use crate::domain::{Instant, Outcome, VehicleId};
+use crate::domain::{Outcome, Timestamp, VehicleId};
 use crate::metrics::LookupResult;
 use crate::telemetry::otel;
 
@@ -89,7 +89,7 @@ impl StateService {
     pub async fn vehicle_state(
         &self,
         id: VehicleId,
-        at: Instant,
+        at: Timestamp,
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id, at);
         self.cached(key, move |service, miss_key| {
@@ -215,7 +215,7 @@ where
     F: Future<Output = Result<(Outcome, Vec<u8>), DbError>>,
 {
     // Taken before asking, so memory never keeps the answer longer than Redis does.
-    let asked = Clock::now();
+    let asked = Instant::now();
     let mut stale = None;
     let mut redis_failed = false;
     match redis.get(&key).await {
@@ -234,7 +234,7 @@ where
     }
     // Taken before the query, so the recorded age errs on the old side.
     let read_at = SystemTime::now();
-    let started = Clock::now();
+    let started = Instant::now();
     let lookup = load(db).await.inspect_err(|error| {
         metrics::counter!(crate::metrics::DB_ERRORS, "kind" => error.kind()).increment(1);
     });
@@ -257,14 +257,14 @@ where
             // nobody else, so the next request asks PostgreSQL again.
             return Ok(Arc::new(LocalEntry::new(
                 answer,
-                Clock::now(),
+                Instant::now(),
                 Source::Stale,
             )));
         }
         Err(error) => return Err(error.into()),
     };
     let (outcome, body) = lookup;
-    let answer = Answer {
+    let answer = RenderedAnswer {
         outcome,
         body: Bytes::from(body),
         read_at_ms: unix_ms(read_at),

@@ -2,7 +2,7 @@
 //! there is none; and how each is counted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant as Clock, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::local::Source;
 use crate::cache::{LocalEntry, unix_ms};
@@ -70,7 +70,7 @@ pub struct Served {
 impl Served {
     /// An entry served now: fresh for what is left until its deadline.
     pub(super) fn new(entry: Arc<LocalEntry>, cache: CacheStatus) -> Self {
-        let fresh_for = entry.expires_at.saturating_duration_since(Clock::now());
+        let fresh_for = entry.expires_at.saturating_duration_since(Instant::now());
         Self {
             entry,
             cache,

@@ -14,7 +14,6 @@ pub use spans::{current, failed, ids_of, link_both, note, traced};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -62,7 +61,7 @@ pub fn provider(
     settings: &TraceSettings,
     default_name: &'static str,
 ) -> Result<Option<(Tracing, opentelemetry_sdk::trace::Tracer)>, String> {
-    let Some(endpoint) = settings.traces_endpoint() else {
+    let Some(endpoint) = settings.export_url() else {
         return Ok(None);
     };
     // The exporter's HTTP client uses rustls with the process-wide provider: ring, as everywhere.
@@ -71,14 +70,14 @@ pub fn provider(
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(endpoint)
-        .with_timeout(Duration::from_millis(settings.otel_exporter_otlp_timeout));
-    if let Some(headers) = &settings.otel_exporter_otlp_headers {
+        .with_timeout(settings.export_timeout);
+    if let Some(headers) = &settings.headers {
         exporter = exporter.with_headers(headers.0.iter().cloned().collect());
     }
     let exporter = exporter
         .build()
         .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
-    let capacity = settings.otel_bsp_max_queue_size;
+    let capacity = settings.max_queue_size;
     let queued = Arc::new(AtomicUsize::new(0));
     let batch = BatchSpanProcessor::builder(Counted {
         inner: exporter,
@@ -88,19 +87,19 @@ pub fn provider(
         BatchConfigBuilder::default()
             .with_max_queue_size(capacity)
             .with_max_export_batch_size(capacity.min(512))
-            .with_scheduled_delay(Duration::from_millis(settings.otel_bsp_schedule_delay))
+            .with_scheduled_delay(settings.schedule_delay)
             .build(),
     )
     .build();
     let mut resource = Resource::builder_empty()
         .with_service_name(
             settings
-                .otel_service_name
+                .service_name
                 .clone()
                 .unwrap_or_else(|| default_name.to_owned()),
         )
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if let Some(attributes) = &settings.otel_resource_attributes {
+    if let Some(attributes) = &settings.resource_attributes {
         for (key, value) in &attributes.0 {
             resource = resource.with_attribute(KeyValue::new(key.clone(), value.clone()));
         }
@@ -121,7 +120,7 @@ pub fn provider(
 
 fn sampler(settings: &TraceSettings) -> Sampler {
     let ratio = settings.ratio();
-    match settings.otel_traces_sampler {
+    match settings.sampler {
         SamplerKind::AlwaysOn => Sampler::AlwaysOn,
         SamplerKind::AlwaysOff => Sampler::AlwaysOff,
         SamplerKind::Traceidratio => Sampler::TraceIdRatioBased(ratio),

@@ -1,6 +1,6 @@
 //! Request ids, and the root span and completion line of each request.
 
-use std::time::Instant as Clock;
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -18,7 +18,7 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     pub id: HeaderValue,
-    pub started: Clock,
+    pub started: Instant,
 }
 
 /// Takes `X-Request-Id` from the request when it is a sensible token (so a load balancer's id
@@ -35,7 +35,7 @@ pub async fn request_id(
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestMeta {
         id: id.clone(),
-        started: Clock::now(),
+        started: Instant::now(),
     });
     let mut res = next.call(req).await?;
     res.headers_mut().insert(REQUEST_ID_HEADER, id);

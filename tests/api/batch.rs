@@ -112,8 +112,7 @@ async fn a_batch_keeps_in_memory_what_redis_held_not_what_it_read_first() {
 /// kept in memory at once.
 #[tokio::test]
 async fn without_redis_a_batch_keeps_what_it_read_in_memory() {
-    let app =
-        spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
+    let app = spawn_app_with(|s| s.redis.url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
 
     let first = results(&app.batch(json!([{"id": 2, "timestamp": T}])).await);
     let after = app.state_at("2", T).await;
@@ -197,7 +196,9 @@ async fn a_malformed_batch_is_a_problem_that_names_what_to_fix() {
 #[tokio::test]
 async fn a_body_that_trickles_in_slower_than_the_request_timeout_is_a_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|s| s.http.http_client_request_timeout_ms = 500).await;
+    let app =
+        spawn_app_with(|s| s.http.client_request_timeout = std::time::Duration::from_millis(500))
+            .await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await

@@ -94,7 +94,7 @@ fn lookups(n: usize) -> serde_json::Value {
 
 async fn with_origins(origins: &str) -> TestApp {
     let origins = CorsOrigins::parse(origins).expect("valid origins");
-    spawn_app_with(|s| s.cors.cors_allowed_origins = Some(origins)).await
+    spawn_app_with(|s| s.cors.allowed_origins = Some(origins)).await
 }
 
 fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -456,7 +456,7 @@ async fn a_large_answer_is_compressed_as_the_client_prefers() {
 
 #[tokio::test]
 async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
-    let app = spawn_app_with(|s| s.compression.compression_min_bytes = 64).await;
+    let app = spawn_app_with(|s| s.compression.min_bytes = 64).await;
     let plain = send(&app, Method::GET, HISTORY, &[]).await;
     let gzip = send(&app, Method::GET, HISTORY, &[("accept-encoding", "gzip")]).await;
     let plain_tag = plain.header("etag").to_owned();
@@ -525,8 +525,8 @@ async fn a_compressed_page_has_its_own_etag_and_either_tag_gets_304() {
 
 #[tokio::test]
 async fn the_threshold_and_the_switch_are_settings() {
-    let everything = spawn_app_with(|s| s.compression.compression_min_bytes = 0).await;
-    let nothing = spawn_app_with(|s| s.compression.compression = false).await;
+    let everything = spawn_app_with(|s| s.compression.min_bytes = 0).await;
+    let nothing = spawn_app_with(|s| s.compression.enabled = false).await;
 
     let small = send(
         &everything,

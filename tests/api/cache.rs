@@ -107,7 +107,7 @@ async fn both_kinds_of_not_found_are_cached_too() {
 
 #[tokio::test]
 async fn a_cached_answer_is_kept_for_the_ttl_and_then_read_again() {
-    let app = spawn_app_with(|s| s.cache.cache_ttl_secs = 1).await;
+    let app = spawn_app_with(|s| s.cache.ttl_secs = 1).await;
     let first = app.state_at("3", "2030-01-01T00:00:00Z").await;
     assert_eq!(first.json()["state"], "sold");
     // A new state change is not seen while the answer is cached...
@@ -178,8 +178,7 @@ async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
 #[tokio::test]
 async fn when_redis_is_down_answers_come_from_postgres() {
     // Port 1 on loopback: nothing listens, so every connection is refused.
-    let app =
-        spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
+    let app = spawn_app_with(|s| s.redis.url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
 
     for ts in ["1662976800", "1662976801", "1662976802"] {
         let reply = app.state_at("3", ts).await;
@@ -208,8 +207,8 @@ async fn when_redis_hangs_answers_come_from_postgres_within_the_redis_timeout() 
         }
     });
     let app = spawn_app_with(|s| {
-        s.redis.redis_url = format!("redis://127.0.0.1:{port}").parse().expect("a URL");
-        s.redis.redis_timeout_ms = 150;
+        s.redis.url = format!("redis://127.0.0.1:{port}").parse().expect("a URL");
+        s.redis.timeout = Duration::from_millis(150);
     })
     .await;
 
@@ -265,7 +264,7 @@ async fn when_postgres_is_down_a_cached_answer_is_still_served() {
 #[tokio::test]
 async fn a_replica_with_a_shorter_ttl_bounds_the_age_of_what_a_longer_ttl_replica_cached() {
     let app = spawn_app().await;
-    let short = spawn_replica(&app, |s| s.cache.cache_ttl_secs = 1).await;
+    let short = spawn_replica(&app, |s| s.cache.ttl_secs = 1).await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
 
     let young = short.state_at("3", "2022-09-12T10:00:00Z").await;
@@ -310,7 +309,7 @@ async fn a_cached_entry_with_an_absurd_read_time_is_refetched_not_a_crash() {
 
 #[tokio::test]
 async fn an_answer_learned_from_redis_leaves_memory_when_it_leaves_redis() {
-    let app = spawn_app_with(|s| s.cache.cache_ttl_secs = 2).await;
+    let app = spawn_app_with(|s| s.cache.ttl_secs = 2).await;
     let other = spawn_replica(&app, |_| {}).await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -335,7 +334,7 @@ async fn an_answer_learned_from_redis_leaves_memory_when_it_leaves_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_identical_misses_makes_one_query() {
-    let app = spawn_app_with(|s| s.http.http_workers = Some(2)).await;
+    let app = spawn_app_with(|s| s.http.workers = Some(2)).await;
     // Hold the lookup in PostgreSQL so that every request of the burst arrives while it waits.
     let lock = app.hold_lookups().await;
     let url = format!("{}/vehicles/3/timestamp/1662976800", app.address);

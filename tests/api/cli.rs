@@ -459,7 +459,14 @@ async fn seed_synthetic_loads_the_same_data_for_the_same_seed_and_refuses_a_full
     let env = [("DATABASE_URL", scratch.database_url.as_str())];
 
     let first = vehicle_state(
-        &["seed", "synthetic", "--vehicles", "3000", "--seed", "42"],
+        &[
+            "seed",
+            "synthetic",
+            "--vehicles",
+            "3000",
+            "--random-seed",
+            "42",
+        ],
         &env,
     );
     assert!(first.status.success(), "{}", stderr(&first));
@@ -475,7 +482,7 @@ async fn seed_synthetic_loads_the_same_data_for_the_same_seed_and_refuses_a_full
             "synthetic",
             "--vehicles",
             "3000",
-            "--seed",
+            "--seed", // the former name of --random-seed: the same data
             "42",
             "--replace",
         ],
@@ -488,7 +495,7 @@ async fn seed_synthetic_loads_the_same_data_for_the_same_seed_and_refuses_a_full
             "synthetic",
             "--vehicles",
             "3000",
-            "--seed",
+            "--random-seed",
             "43",
             "--replace",
         ],

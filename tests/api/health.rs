@@ -27,8 +27,7 @@ async fn readyz_is_ready_when_postgres_and_redis_answer() {
 
 #[tokio::test]
 async fn readyz_reports_redis_down_but_stays_ready() {
-    let app =
-        spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
+    let app = spawn_app_with(|s| s.redis.url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
 
     let reply = app.get("/readyz").await;
 

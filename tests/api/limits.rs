@@ -131,7 +131,7 @@ async fn assert_still_serving(app: &TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_after_the_request_timeout_without_holding_up_others() {
-    let app = spawn_app_with(|s| s.http.http_client_request_timeout_ms = 1000).await;
+    let app = spawn_app_with(|s| s.http.client_request_timeout = Duration::from_secs(1)).await;
     let addr = app.address.trim_start_matches("http://").to_owned();
     // Slowloris: many connections, each sending a header line now and then, never finishing.
     let slow: Vec<_> = (0..100)

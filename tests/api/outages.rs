@@ -44,7 +44,7 @@ async fn poll_every(
 async fn spawn_app_behind_a_redis_proxy() -> (ChaosProxy, TestApp) {
     let proxy = ChaosProxy::start(redis_addr()).await;
     let app = spawn_app_with(|s| {
-        s.redis.redis_url = format!("redis://127.0.0.1:{}", proxy.port())
+        s.redis.url = format!("redis://127.0.0.1:{}", proxy.port())
             .parse()
             .expect("a URL")
     })
@@ -125,9 +125,9 @@ async fn when_postgres_goes_away_cached_answers_continue_and_the_service_recover
 {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let app = spawn_app_with(|s| {
-        let url = via_port(&s.database.database_url.text, proxy.port());
-        s.database.database_url = url.parse().expect("a URL");
-        s.database.db_acquire_timeout_ms = 500;
+        let url = via_port(&s.database.url.text, proxy.port());
+        s.database.url = url.parse().expect("a URL");
+        s.database.acquire_timeout = Duration::from_millis(500);
     })
     .await;
     app.state_at("3", "2022-09-12T10:00:00Z").await;
@@ -207,9 +207,9 @@ async fn a_replica_started_while_postgres_is_unreachable_answers_503_at_once_and
     let proxy = ChaosProxy::start(postgres_addr()).await;
     proxy.cut();
     let app = spawn_replica(&seeded, |s| {
-        let url = via_port(&s.database.database_url.text, proxy.port());
-        s.database.database_url = url.parse().expect("a URL");
-        s.database.db_acquire_timeout_ms = 2000;
+        let url = via_port(&s.database.url.text, proxy.port());
+        s.database.url = url.parse().expect("a URL");
+        s.database.acquire_timeout = Duration::from_millis(2000);
     })
     .await;
 
@@ -243,9 +243,9 @@ async fn under_steady_misses_answers_return_as_soon_as_postgres_does() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let app = std::sync::Arc::new(
         spawn_app_with(|s| {
-            let url = via_port(&s.database.database_url.text, proxy.port());
-            s.database.database_url = url.parse().expect("a URL");
-            s.database.db_acquire_timeout_ms = 300;
+            let url = via_port(&s.database.url.text, proxy.port());
+            s.database.url = url.parse().expect("a URL");
+            s.database.acquire_timeout = Duration::from_millis(300);
         })
         .await,
     );
@@ -342,7 +342,7 @@ async fn timed(request: impl Future<Output = Reply>) -> (Reply, Duration) {
 async fn with_stale_if_error_an_answer_past_its_ttl_is_served_marked_stale_while_postgres_is_down()
 {
     let app = spawn_app_with(|s| {
-        s.cache.cache_ttl_secs = 1;
+        s.cache.ttl_secs = 1;
         s.cache.stale_if_error_secs = 30;
     })
     .await;
@@ -386,7 +386,7 @@ async fn with_stale_if_error_an_answer_past_its_ttl_is_served_marked_stale_while
 
 #[tokio::test]
 async fn without_stale_if_error_no_answer_is_served_past_its_ttl() {
-    let app = spawn_app_with(|s| s.cache.cache_ttl_secs = 1).await;
+    let app = spawn_app_with(|s| s.cache.ttl_secs = 1).await;
     let fresh = app.state_at("3", "2022-09-12T10:00:00Z").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let cut_off = spawn_replica_without_postgres(&app).await;
@@ -404,7 +404,7 @@ async fn without_stale_if_error_no_answer_is_served_past_its_ttl() {
 #[tokio::test]
 async fn a_stale_answer_past_the_stale_if_error_window_is_not_served() {
     let app = spawn_app_with(|s| {
-        s.cache.cache_ttl_secs = 1;
+        s.cache.ttl_secs = 1;
         s.cache.stale_if_error_secs = 1;
     })
     .await;
@@ -419,11 +419,11 @@ async fn a_stale_answer_past_the_stale_if_error_window_is_not_served() {
 
 #[tokio::test]
 async fn connections_older_than_db_max_lifetime_secs_are_replaced_so_a_dns_failover_is_followed() {
-    let app = spawn_app_with(|s| s.database.db_max_lifetime_secs = 1).await;
+    let app = spawn_app_with(|s| s.database.max_lifetime = Duration::from_secs(1)).await;
     let database = app
         .settings
         .database
-        .database_url
+        .url
         .options
         .get_database()
         .expect("a database name")

@@ -38,7 +38,7 @@ fn spawn_command(command: &str, app: &TestApp, extra: &[(&str, &str)]) -> Binary
     let mut child = Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
         .arg(command)
         .env_clear()
-        .env("DATABASE_URL", &app.settings.database.database_url.text)
+        .env("DATABASE_URL", &app.settings.database.url.text)
         .env("REDIS_URL", redis_url())
         .env("CACHE_KEY_PREFIX", &app.prefix)
         .env("BIND_ADDR", "127.0.0.1:0")

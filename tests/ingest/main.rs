@@ -45,7 +45,7 @@ pub async fn tables(database_url: &str) -> Tables {
     Tables { vehicles, logs }
 }
 
-/// The tables `seed synthetic --vehicles N --seed S` loads.
+/// The tables `seed synthetic --vehicles N --random-seed S` loads.
 pub async fn reference(vehicles: u32, seed: u64) -> Tables {
     let scratch = Scratch::new();
     run_binary(
@@ -54,7 +54,7 @@ pub async fn reference(vehicles: u32, seed: u64) -> Tables {
             "synthetic",
             "--vehicles",
             &vehicles.to_string(),
-            "--seed",
+            "--random-seed",
             &seed.to_string(),
         ],
         &[("DATABASE_URL", &scratch.database_url)],

@@ -222,9 +222,9 @@ async fn failures_of_redis_and_postgres_are_counted_by_kind() {
     let _serial = one_at_a_time().await;
     let app = spawn_app_with(|s| {
         // Nothing listens on port 1.
-        s.redis.redis_url = "redis://127.0.0.1:1".parse().expect("a URL");
-        s.redis.redis_retry_interval_ms = 60_000;
-        s.database.db_statement_timeout_ms = 300;
+        s.redis.url = "redis://127.0.0.1:1".parse().expect("a URL");
+        s.redis.retry_interval = Duration::from_secs(60);
+        s.database.statement_timeout = Duration::from_millis(300);
     })
     .await;
     let down = spawn_replica_without_postgres(&app).await;
@@ -286,7 +286,7 @@ async fn shed_and_stale_answers_are_counted() {
     let _serial = one_at_a_time().await;
     let app = spawn_app_with(|s| {
         s.http.lookup_concurrency_limit = 1;
-        s.cache.cache_ttl_secs = 1;
+        s.cache.ttl_secs = 1;
         s.cache.stale_if_error_secs = 30;
     })
     .await;
@@ -368,7 +368,7 @@ async fn a_cors_preflight_is_neither_a_request_nor_a_lookup_in_the_metrics() {
     let _serial = one_at_a_time().await;
     let origins = vehicle_state::config::CorsOrigins::parse("https://dashboard.example.com")
         .expect("an origin");
-    let app = spawn_app_with(|s| s.cors.cors_allowed_origins = Some(origins)).await;
+    let app = spawn_app_with(|s| s.cors.allowed_origins = Some(origins)).await;
     let before = scrape(&app).await;
 
     for path in [

@@ -49,7 +49,14 @@ async fn an_ingest_batch_links_the_published_events_and_a_dead_letter_carries_th
         ];
         env.extend(tracing.iter().map(|(k, v)| (*k, v.as_str())));
         run_binary(
-            &["publish", "synthetic", "--vehicles", "20", "--seed", "3"],
+            &[
+                "publish",
+                "synthetic",
+                "--vehicles",
+                "20",
+                "--random-seed",
+                "3",
+            ],
             &env,
         );
 

@@ -46,7 +46,7 @@ fn sentinel_client(
     let master = first.redis_settings();
     let mut builder = SentinelClientBuilder::new(
         [sentinel.addr().clone()],
-        &settings.redis_sentinel_master,
+        &settings.sentinel_master,
         SentinelServerType::Master,
     )
     .context("REDIS_URL: cannot configure the sentinel client")?
@@ -57,7 +57,7 @@ fn sentinel_client(
     if let Some(password) = master.password() {
         builder = builder.set_client_to_redis_password(password);
     }
-    if let Some(password) = &settings.redis_sentinel_password {
+    if let Some(password) = &settings.sentinel_password {
         builder = builder.set_client_to_sentinel_password(password.expose());
     }
     if tls {

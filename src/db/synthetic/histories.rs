@@ -64,7 +64,7 @@ impl SyntheticHistory {
 /// sale 60 % are sold and half of the rest fall back to `quoted` to try again; 1 to 6 changes
 /// each, hours to weeks apart, and 2 % of changes share the previous change's exact timestamp.
 pub fn generate(settings: SyntheticSettings) -> impl Iterator<Item = SyntheticHistory> {
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.rng_seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.random_seed);
     (1..=settings.vehicles).map(move |id| history(&mut rng, id))
 }
 
@@ -117,10 +117,10 @@ fn push(changes: &mut Vec<(&'static str, i64)>, state: &'static str, at: &mut i6
 mod tests {
     use super::*;
 
-    fn settings(vehicles: u32, rng_seed: u64) -> SyntheticSettings {
+    fn settings(vehicles: u32, random_seed: u64) -> SyntheticSettings {
         SyntheticSettings {
             vehicles,
-            rng_seed,
+            random_seed,
             replace: false,
         }
     }

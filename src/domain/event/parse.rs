@@ -6,7 +6,7 @@ use super::{
     Event, EventKind, MAX_EVENT_ID_LEN, MAX_NAME_LEN, Registration, Rejection, StateChange,
     VehicleState,
 };
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 
 /// The JSON of both kinds, as sent; every field checked in [`Event::parse`]. Unknown fields are
 /// ignored, so publishers can add fields without breaking older consumers.
@@ -59,10 +59,10 @@ impl Event {
                     ))
                 })?;
                 let at = match raw.timestamp {
-                    RawInstant::Text(text) => Instant::parse(&text).map_err(|e| {
+                    RawInstant::Text(text) => Timestamp::parse(&text).map_err(|e| {
                         Rejection::new(format!("timestamp: {:?}: {e}", truncated(&text)))
                     })?,
-                    RawInstant::Seconds(secs) => Instant::parse(&secs.to_string())
+                    RawInstant::Seconds(secs) => Timestamp::parse(&secs.to_string())
                         .map_err(|e| Rejection::new(format!("timestamp: {secs}: {e}")))?,
                 };
                 Ok(Event::StateChanged(StateChange {
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_state_change_takes_every_instant_form_of_the_api() {
-        let expected = Instant::parse("2022-09-11T23:21:38Z").expect("instant");
+        let expected = Timestamp::parse("2022-09-11T23:21:38Z").expect("instant");
         for ts in [
             r#""2022-09-11T23:21:38Z""#,
             r#""2022-09-12 01:21:38+02""#,

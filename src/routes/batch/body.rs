@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::domain::{Instant, VehicleId};
+use crate::domain::{Timestamp, VehicleId};
 use crate::error::ApiError;
 
 /// The lookups of one request.
@@ -69,7 +69,7 @@ pub(super) async fn read_body(
 }
 
 /// One lookup of a body: the pair it asks for, or the 400 of this item alone.
-pub type Item = Result<(VehicleId, Instant), ApiError>;
+pub type Item = Result<(VehicleId, Timestamp), ApiError>;
 
 /// The lookups a body asks for, each parsed on its own (a bad item is a 400 item, the others go
 /// on), or the 400 of the whole body: not JSON of the batch's shape, or not 1 to `max` lookups.
@@ -86,7 +86,7 @@ pub fn parse_body(raw: &[u8], max: usize) -> Result<Vec<Item>, ApiError> {
         .iter()
         .map(|lookup| {
             let id = VehicleId::from_i64(lookup.id).map_err(ApiError::InvalidVehicleId)?;
-            let at = Instant::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
+            let at = Timestamp::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
             Ok((id, at))
         })
         .collect())

@@ -27,7 +27,12 @@ pub async fn publish_across_a_kill() {
     let log = std::fs::File::create(dir.0.join("publish.log")).expect("publish's log");
     let mut publisher = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle-state"))
         .args(["publish", "synthetic", "--vehicles", &PUBLISHED.to_string()])
-        .args(["--seed", &SEED.to_string(), "--ingest-stream-replicas", "3"])
+        .args([
+            "--random-seed",
+            &SEED.to_string(),
+            "--ingest-stream-replicas",
+            "3",
+        ])
         .env_clear()
         .env("NATS_URL", &urls)
         .env("INGEST_STREAM", STREAM)

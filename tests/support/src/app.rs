@@ -61,10 +61,10 @@ pub async fn spawn_replica(app: &TestApp, tweak: impl FnOnce(&mut ServeSettings)
 /// short acquire timeout: it shares `app`'s Redis and prefix, so it sees what `app` cached.
 pub async fn spawn_replica_without_postgres(app: &TestApp) -> TestApp {
     spawn_replica(app, |s| {
-        s.database.database_url = "postgres://postgres@127.0.0.1:1/none"
+        s.database.url = "postgres://postgres@127.0.0.1:1/none"
             .parse()
             .expect("a URL");
-        s.database.db_acquire_timeout_ms = 300;
+        s.database.acquire_timeout = Duration::from_millis(300);
     })
     .await
 }
@@ -76,7 +76,7 @@ async fn start(settings: ServeSettings) -> TestApp {
     direct.set_path(
         settings
             .database
-            .database_url
+            .url
             .options
             .get_database()
             .unwrap_or("postgres"),
@@ -87,7 +87,7 @@ async fn start(settings: ServeSettings) -> TestApp {
         .expect("a valid URL");
     // The tests' own view of Redis, never through an app's proxy or dead address.
     let redis = redis::Client::open(redis_url()).expect("a valid Redis URL");
-    let prefix = settings.cache.cache_key_prefix.clone();
+    let prefix = settings.cache.key_prefix.clone();
     let application = Application::build(settings.clone())
         .await
         .expect("the application builds");

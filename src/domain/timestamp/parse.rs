@@ -1,9 +1,9 @@
-//! Text to an [`Instant`]: the spellings a client may use, and the reason for any other.
+//! Text to an [`Timestamp`]: the spellings a client may use, and the reason for any other.
 
 use chrono::format::ParseErrorKind;
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
-use super::Instant;
+use super::Timestamp;
 
 /// The forms a client may use, repeated in every rejection so the fix is in the answer.
 pub const ACCEPTED_FORMS: &str = "Accepted forms: RFC 3339 with an offset \
@@ -13,7 +13,7 @@ of hours, hours:minutes or hhmm (2022-09-12 10:00:00+00, 2022-09-12 15:00:00+05,
 
 /// Why a path segment is not an instant. Shown to clients as the problem detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum InstantError {
+pub enum TimestampError {
     #[error("the timestamp has no UTC offset, so it names no single instant. {ACCEPTED_FORMS}")]
     MissingOffset,
     #[error("the timestamp names a date or time that does not exist. {ACCEPTED_FORMS}")]
@@ -39,43 +39,43 @@ const MAX_INPUT_LEN: usize = 64;
 const PG_SPACE: &str = "%Y-%m-%d %H:%M:%S%.f%#z";
 const PG_T: &str = "%Y-%m-%dT%H:%M:%S%.f%#z";
 
-impl Instant {
+impl Timestamp {
     /// A value read from a query string, where `+` stands for a space: an offset written with
     /// a bare `+` arrives with a space in its place, and is refused saying so, rather than as
     /// a form not recognised. (In a path, `+` is itself.)
-    pub fn parse_query_value(raw: &str) -> Result<Self, InstantError> {
+    pub fn parse_query_value(raw: &str) -> Result<Self, TimestampError> {
         Self::parse(raw).map_err(|error| {
             let with_plus = |at: usize| format!("{}+{}", &raw[..at], &raw[at + 1..]);
             if raw
                 .match_indices(' ')
                 .any(|(at, _)| Self::parse(&with_plus(at)).is_ok())
             {
-                InstantError::PlusSentAsSpace
+                TimestampError::PlusSentAsSpace
             } else {
                 error
             }
         })
     }
 
-    pub fn parse(raw: &str) -> Result<Self, InstantError> {
+    pub fn parse(raw: &str) -> Result<Self, TimestampError> {
         if raw.is_empty() || raw.len() > MAX_INPUT_LEN {
-            return Err(InstantError::Unrecognised);
+            return Err(TimestampError::Unrecognised);
         }
         if is_epoch_seconds(raw) {
             // Longer than any i64 (leading zeros included): out of range.
             if raw.trim_start_matches('-').len() > 19 {
-                return Err(InstantError::OutOfRange);
+                return Err(TimestampError::OutOfRange);
             }
             // Any overflow, in the integer or in the conversion, means out of range.
             let micros = raw
                 .parse::<i64>()
                 .ok()
                 .and_then(|secs| secs.checked_mul(1_000_000))
-                .ok_or(InstantError::OutOfRange)?;
-            return Self::from_unix_micros(micros).ok_or(InstantError::OutOfRange);
+                .ok_or(TimestampError::OutOfRange)?;
+            return Self::from_unix_micros(micros).ok_or(TimestampError::OutOfRange);
         }
         if !has_date_time_shape(raw) {
-            return Err(InstantError::Unrecognised);
+            return Err(TimestampError::Unrecognised);
         }
         let parsed = DateTime::parse_from_rfc3339(raw)
             .or_else(|_| DateTime::parse_from_str(raw, PG_SPACE))
@@ -84,10 +84,12 @@ impl Instant {
             // chrono also reads fields shorter than their width (`2022-9-2T1:2:3Z`) and an offset
             // with a dangling colon (`-05:`); the accepted forms have neither.
             Ok(_) if !has_full_width_fields(raw) || !has_documented_tail(raw) => {
-                Err(InstantError::Unrecognised)
+                Err(TimestampError::Unrecognised)
             }
             // `timestamp_micros` folds a leap second (:60) into the next second, as Postgres does.
-            Ok(dt) => Self::from_unix_micros(dt.timestamp_micros()).ok_or(InstantError::OutOfRange),
+            Ok(dt) => {
+                Self::from_unix_micros(dt.timestamp_micros()).ok_or(TimestampError::OutOfRange)
+            }
             Err(_) => Err(diagnose(raw)),
         }
     }
@@ -157,13 +159,13 @@ fn has_date_time_shape(raw: &str) -> bool {
 }
 
 /// Turns a failed parse into the most helpful reason. Only runs on rejected input.
-fn diagnose(raw: &str) -> InstantError {
+fn diagnose(raw: &str) -> TimestampError {
     let naive = NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f"))
         .map(|_| ())
         .or_else(|_| NaiveDate::parse_from_str(raw, "%Y-%m-%d").map(|_| ()));
     if naive.is_ok() {
-        return InstantError::MissingOffset;
+        return TimestampError::MissingOffset;
     }
     let kinds = [
         DateTime::parse_from_rfc3339(raw).err(),
@@ -178,8 +180,8 @@ fn diagnose(raw: &str) -> InstantError {
         )
     });
     if impossible {
-        InstantError::ImpossibleDate
+        TimestampError::ImpossibleDate
     } else {
-        InstantError::Unrecognised
+        TimestampError::Unrecognised
     }
 }

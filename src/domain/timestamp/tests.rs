@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use super::parse::ACCEPTED_FORMS;
 
 fn utc(raw: &str) -> String {
-    Instant::parse(raw)
+    Timestamp::parse(raw)
         .map(|i| i.to_string())
         .unwrap_or_else(|e| format!("error: {e:?}"))
 }
@@ -50,7 +50,7 @@ fn every_accepted_form_gives_the_same_utc_instant() {
 
 #[test]
 fn rejected_input_gets_the_reason_that_helps_most() {
-    use InstantError::*;
+    use TimestampError::*;
     let cases = [
         ("2022-09-12", MissingOffset),
         ("2022-09-12T10:00:00", MissingOffset),
@@ -80,9 +80,9 @@ fn rejected_input_gets_the_reason_that_helps_most() {
         ("2022-09-12T10:00:00\u{a0}Z", Unrecognised),
     ];
     for (raw, expected) in cases {
-        assert_eq!(Instant::parse(raw), Err(expected), "{raw:?}");
+        assert_eq!(Timestamp::parse(raw), Err(expected), "{raw:?}");
     }
-    assert_eq!(Instant::parse(&"1".repeat(65)), Err(Unrecognised));
+    assert_eq!(Timestamp::parse(&"1".repeat(65)), Err(Unrecognised));
 }
 
 #[test]
@@ -94,8 +94,8 @@ fn an_offset_with_a_dangling_colon_is_refused_not_read_as_whole_hours() {
         "2022-09-12T05:00:00.5+05:",
     ] {
         assert_eq!(
-            Instant::parse(raw),
-            Err(InstantError::Unrecognised),
+            Timestamp::parse(raw),
+            Err(TimestampError::Unrecognised),
             "{raw:?}"
         );
     }
@@ -104,10 +104,10 @@ fn an_offset_with_a_dangling_colon_is_refused_not_read_as_whole_hours() {
 #[test]
 fn every_rejection_names_the_accepted_forms() {
     for e in [
-        InstantError::MissingOffset,
-        InstantError::ImpossibleDate,
-        InstantError::OutOfRange,
-        InstantError::Unrecognised,
+        TimestampError::MissingOffset,
+        TimestampError::ImpossibleDate,
+        TimestampError::OutOfRange,
+        TimestampError::Unrecognised,
     ] {
         assert!(e.to_string().ends_with(ACCEPTED_FORMS), "{e}");
     }
@@ -115,11 +115,11 @@ fn every_rejection_names_the_accepted_forms() {
 
 #[test]
 fn serde_round_trips_through_the_rfc3339_spelling() {
-    let instant = Instant::parse("2022-09-12 15:30:00.123+05:30").expect("valid");
+    let instant = Timestamp::parse("2022-09-12 15:30:00.123+05:30").expect("valid");
     let json = serde_json::to_string(&instant).expect("serialises");
     assert_eq!(json, "\"2022-09-12T10:00:00.123Z\"");
     assert_eq!(
-        serde_json::from_str::<Instant>(&json).expect("parses"),
+        serde_json::from_str::<Timestamp>(&json).expect("parses"),
         instant
     );
 }
@@ -134,25 +134,25 @@ fn a_plus_that_arrived_as_a_space_in_a_query_string_is_named() {
         ("2022-09-12T12:00:00 xx", false),
         ("yesterday", false),
     ] {
-        let error = Instant::parse_query_value(raw).expect_err(raw);
+        let error = Timestamp::parse_query_value(raw).expect_err(raw);
         assert_eq!(
-            matches!(error, InstantError::PlusSentAsSpace),
+            matches!(error, TimestampError::PlusSentAsSpace),
             plus_as_space,
             "{raw}: {error}"
         );
     }
     assert_eq!(
-        Instant::parse_query_value("2022-09-12T12:00:00+02:00"),
-        Instant::parse("2022-09-12T10:00:00Z")
+        Timestamp::parse_query_value("2022-09-12T12:00:00+02:00"),
+        Timestamp::parse("2022-09-12T10:00:00Z")
     );
 }
 
 proptest! {
     #[test]
     fn any_string_parses_within_range_or_gives_a_reason(raw in "\\PC{0,80}|[0-9T:+ .Z-]{0,40}") {
-        match Instant::parse(&raw) {
+        match Timestamp::parse(&raw) {
             Ok(instant) => prop_assert!(
-                (Instant::MIN_MICROS..=Instant::MAX_MICROS).contains(&instant.unix_micros())
+                (Timestamp::MIN_MICROS..=Timestamp::MAX_MICROS).contains(&instant.unix_micros())
             ),
             // The 400's detail: a reason and the accepted forms, never empty.
             Err(reason) => prop_assert!(reason.to_string().contains("Accepted forms")),
@@ -161,22 +161,22 @@ proptest! {
 
     #[test]
     fn every_spelling_of_an_instant_round_trips(
-        micros in Instant::MIN_MICROS..=Instant::MAX_MICROS,
+        micros in Timestamp::MIN_MICROS..=Timestamp::MAX_MICROS,
         offset_minutes in -(23 * 60 + 59)..=(23 * 60 + 59),
     ) {
-        let instant = Instant::from_unix_micros(micros).expect("in range");
+        let instant = Timestamp::from_unix_micros(micros).expect("in range");
         let offset = chrono::FixedOffset::east_opt(offset_minutes * 60).expect("valid offset");
         let local = instant.as_datetime().with_timezone(&offset);
         // Offsets can push the local year out of four digits at the very ends of the range.
         prop_assume!((1..=9999).contains(&chrono::Datelike::year(&local)));
         let rfc3339 = local.to_rfc3339_opts(SecondsFormat::Micros, false);
-        prop_assert_eq!(Instant::parse(&rfc3339), Ok(instant));
+        prop_assert_eq!(Timestamp::parse(&rfc3339), Ok(instant));
         let pg = local.format("%Y-%m-%d %H:%M:%S%.6f%z").to_string();
-        prop_assert_eq!(Instant::parse(&pg), Ok(instant));
-        prop_assert_eq!(Instant::parse(&instant.to_string()), Ok(instant));
+        prop_assert_eq!(Timestamp::parse(&pg), Ok(instant));
+        prop_assert_eq!(Timestamp::parse(&instant.to_string()), Ok(instant));
         let whole_seconds = micros.div_euclid(1_000_000);
         prop_assert_eq!(
-            Instant::parse(&whole_seconds.to_string()).map(Instant::unix_micros),
+            Timestamp::parse(&whole_seconds.to_string()).map(Timestamp::unix_micros),
             Ok(whole_seconds * 1_000_000)
         );
     }

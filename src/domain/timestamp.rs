@@ -1,6 +1,6 @@
 mod parse;
 
-pub use parse::InstantError;
+pub use parse::TimestampError;
 
 use std::fmt;
 
@@ -11,9 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// `timestamptz`), between 0001-01-01 and 9999-12-31. Every accepted spelling of one instant
 /// becomes the same value, so it can key the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Instant(DateTime<Utc>);
+pub struct Timestamp(DateTime<Utc>);
 
-impl Instant {
+impl Timestamp {
     /// 0001-01-01T00:00:00Z
     const MIN_MICROS: i64 = -62_135_596_800_000_000;
     /// 9999-12-31T23:59:59.999999Z
@@ -36,23 +36,23 @@ impl Instant {
     }
 }
 
-impl fmt::Display for Instant {
+impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC with `Z`, with as many fraction digits as needed (none, 3 or 6).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
 }
 
-impl Serialize for Instant {
+impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for Instant {
+impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Instant::parse(&raw).map_err(serde::de::Error::custom)
+        Timestamp::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,4 +1,4 @@
-//! What every request handler shares: built by `startup`, read by `routes`.
+//! The context every request handler shares: built by `startup`, read by `routes`.
 
 use std::sync::atomic::AtomicBool;
 
@@ -8,7 +8,7 @@ use crate::error::RetryAfter;
 use crate::service::StateService;
 
 /// What every request handler shares.
-pub struct AppState {
+pub struct AppContext {
     pub service: StateService,
     pub retry_after: RetryAfter,
     /// The `Cache-Control` value of each answer, by how many seconds it may still be reused.
