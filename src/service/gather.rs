@@ -309,3 +309,6 @@ fn batch_span(batch: &[Miss]) -> tracing::Span {
     }
     span
 }
+
+#[cfg(test)]
+mod tests;
