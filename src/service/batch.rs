@@ -90,3 +90,134 @@ impl StateService {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    use actix_web::web::Bytes;
+
+    use crate::cache::local::Source;
+    use crate::cache::{Answer, LocalCache, RedisCache};
+    use crate::config::ServeSettings;
+    use crate::db::Database;
+    use crate::domain::Outcome;
+    use crate::service::Gathering;
+
+    /// A service with the default settings whose lookups never get past memory: its pools would
+    /// connect on first use, which never comes, as it has no permit of `LOOKUP_CONCURRENCY_LIMIT`
+    /// to fetch with.
+    fn memory_only() -> StateService {
+        let settings = ServeSettings::from_args(["vehicle-state"]).expect("the defaults parse");
+        let redis = RedisCache::new(&settings.redis, &settings.cache).expect("a pool, unconnected");
+        StateService::new(
+            Database::new(&settings.database, Duration::from_secs(1), true),
+            Arc::new(redis),
+            LocalCache::new(1 << 20),
+            0,
+            Gathering {
+                max_batch: 1,
+                in_flight: 1,
+            },
+        )
+    }
+
+    fn pair(id: &str, at: &str) -> (VehicleId, crate::domain::Instant) {
+        (
+            VehicleId::parse(id).expect("an id"),
+            crate::domain::Instant::parse(at).expect("an instant"),
+        )
+    }
+
+    /// Puts an answer for `pair` in the service's memory, as a fetch from Redis would have.
+    async fn remember(
+        service: &StateService,
+        (id, at): (VehicleId, crate::domain::Instant),
+        body: &'static str,
+    ) -> Arc<LocalEntry> {
+        let answer = Answer {
+            outcome: Outcome::Found,
+            body: Bytes::from_static(body.as_bytes()),
+            read_at_ms: 0,
+        };
+        let expires_at = std::time::Instant::now() + Duration::from_secs(60);
+        let entry = Arc::new(LocalEntry::new(answer, expires_at, Source::Redis));
+        service
+            .local
+            .insert(service.redis.key(id, at), entry.clone())
+            .await;
+        entry
+    }
+
+    #[tokio::test]
+    async fn each_item_gets_the_answer_to_its_own_pair_in_the_order_asked() {
+        let service = memory_only();
+        let one = pair("1", "2022-09-12T10:00:00Z");
+        let two = pair("2", "2022-09-12T10:00:00Z");
+        // The instant of `one`, spelled another way: the same key.
+        let one_again = pair("1", "2022-09-12T12:00:00+02:00");
+        let first = remember(&service, one, r#"{"state":"sold"}"#).await;
+        let second = remember(&service, two, r#"{"state":"quoted"}"#).await;
+
+        let served = service
+            .vehicle_states(&[two, one, one_again, two, one])
+            .await;
+
+        let entries: Vec<&Arc<LocalEntry>> = served
+            .iter()
+            .map(|s| &s.as_ref().expect("every pair is in memory").entry)
+            .collect();
+        let expected = [&second, &first, &first, &second, &first];
+        assert_eq!(entries.len(), expected.len());
+        for (n, (got, want)) in entries.iter().zip(expected).enumerate() {
+            assert!(
+                Arc::ptr_eq(got, want),
+                "item {n}: {:?}, expected {:?}",
+                got.answer.body,
+                want.answer.body
+            );
+        }
+        assert!(
+            served
+                .iter()
+                .all(|s| s.as_ref().is_ok_and(|s| s.cache == CacheStatus::Hit))
+        );
+    }
+
+    #[tokio::test]
+    async fn pairs_memory_lacks_are_shed_without_a_permit_and_the_others_still_answer() {
+        let service = memory_only();
+        let held = pair("1", "2022-09-12T10:00:00Z");
+        let absent = pair("3", "2022-09-12T10:00:00Z");
+        let absent_later = pair("3", "2022-09-12T10:00:01Z");
+        let entry = remember(&service, held, r#"{"state":"sold"}"#).await;
+
+        let served = service
+            .vehicle_states(&[absent, held, absent_later, absent])
+            .await;
+
+        assert_eq!(served.len(), 4);
+        assert!(
+            served[1]
+                .as_ref()
+                .is_ok_and(|s| Arc::ptr_eq(&s.entry, &entry)),
+            "{:?}",
+            served[1]
+        );
+        for n in [0, 2, 3] {
+            let error = served[n].as_ref().err().map(|e| &**e);
+            assert!(
+                matches!(error, Some(LookupError::Overloaded(0))),
+                "item {n}: {:?}",
+                served[n]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_batch_has_no_answers() {
+        assert!(memory_only().vehicle_states(&[]).await.is_empty());
+    }
+}

@@ -310,3 +310,6 @@ fn batch_span(batch: &[Miss]) -> tracing::Span {
     }
     span
 }
+
+#[cfg(test)]
+mod tests;

@@ -105,3 +105,166 @@ pub(super) fn counted(fetched_here: bool, source: Source) -> (CacheStatus, Looku
         (_, source) => arrived(source),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::{Duration, Instant, SystemTime};
+
+    use actix_web::web::Bytes;
+
+    use crate::cache::local::Source;
+    use crate::cache::{Answer, LocalEntry, unix_ms};
+    use crate::domain::Outcome;
+
+    const SOURCES: [Source; 4] = [
+        Source::Redis,
+        Source::Postgres,
+        Source::PostgresWithoutRedis,
+        Source::Stale,
+    ];
+
+    /// A found answer read from PostgreSQL at `read_at`, held until `expires_at`.
+    fn entry(read_at: SystemTime, expires_at: Instant) -> Arc<LocalEntry> {
+        let answer = Answer {
+            outcome: Outcome::Found,
+            body: Bytes::from_static(br#"{"state":"sold"}"#),
+            read_at_ms: unix_ms(read_at),
+        };
+        Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
+    }
+
+    #[test]
+    fn the_request_that_fetched_an_answer_counts_it_by_where_it_came_from() {
+        for (source, cache, result) in [
+            (Source::Redis, "HIT", "redis_hit"),
+            (Source::Postgres, "MISS", "miss"),
+            (Source::PostgresWithoutRedis, "MISS", "redis_error"),
+            (Source::Stale, "STALE", "stale"),
+        ] {
+            let (status, counted_as) = counted(true, source);
+
+            assert_eq!(
+                (status.as_str(), counted_as.label()),
+                (cache, result),
+                "{source:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_that_waited_on_another_fetch_is_a_coalesced_hit_unless_the_answer_is_stale() {
+        for source in SOURCES {
+            let waited = counted(false, source);
+
+            if source == Source::Stale {
+                assert_eq!(waited, (CacheStatus::Stale, LookupResult::Stale));
+            } else {
+                assert_eq!(
+                    waited,
+                    (CacheStatus::Hit, LookupResult::Coalesced),
+                    "{source:?}"
+                );
+            }
+            assert_ne!(
+                counted(true, source).1,
+                LookupResult::Coalesced,
+                "the request that fetched {source:?} shared nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shed_lookup_counts_as_shed_and_every_database_failure_as_an_error() {
+        let shed = LookupError::Overloaded(8);
+        let down = LookupError::Db(DbError::Down);
+        let defect = LookupError::Db(DbError::Query(sqlx::Error::RowNotFound));
+
+        assert_eq!(shed.counted_as(), LookupResult::Shed);
+        assert_eq!(down.counted_as(), LookupResult::Error);
+        assert_eq!(defect.counted_as(), LookupResult::Error);
+        assert_eq!(LookupError::crashed().counted_as(), LookupResult::Error);
+    }
+
+    #[test]
+    fn a_lookup_whose_task_crashed_may_be_retried() {
+        let crashed = LookupError::crashed();
+
+        assert!(
+            matches!(&*crashed, LookupError::Db(error) if error.is_unavailable()),
+            "{crashed:?} would be a 500, not a 503"
+        );
+    }
+
+    #[test]
+    fn every_cache_status_is_a_distinct_header_value_that_the_api_documents() {
+        let statuses = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale];
+        // The pattern the OpenAPI document gives a batch item's `cache`, which says what
+        // `X-Cache` says for a single lookup.
+        let spec = serde_json::to_value(crate::openapi::spec()).expect("the spec serialises");
+        let pattern =
+            spec["components"]["schemas"]["BatchResult"]["properties"]["cache"]["pattern"]
+                .as_str()
+                .expect("the batch item's cache has a pattern");
+        let documented = regex::Regex::new(pattern).expect("the pattern is a regex");
+
+        for status in statuses {
+            let text = status.as_str();
+            assert!(documented.is_match(text), "{text} against {pattern}");
+            assert!(
+                actix_web::http::header::HeaderValue::from_str(text).is_ok(),
+                "{text}"
+            );
+        }
+        let mut texts: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), statuses.len(), "{texts:?}");
+    }
+
+    #[test]
+    fn an_answer_served_now_is_fresh_for_what_is_left_until_its_deadline() {
+        let ttl_left = Duration::from_secs(30);
+        let before = Instant::now();
+
+        let served = Served::new(
+            entry(SystemTime::now(), before + ttl_left),
+            CacheStatus::Miss,
+        );
+
+        assert!(served.fresh_for <= ttl_left, "{:?}", served.fresh_for);
+        // Less only by the time this test took to get here.
+        assert!(
+            served.fresh_for >= ttl_left.saturating_sub(before.elapsed()),
+            "{:?}",
+            served.fresh_for
+        );
+        assert_eq!(served.cache, CacheStatus::Miss);
+    }
+
+    #[test]
+    fn an_answer_past_its_deadline_is_fresh_for_no_time_at_all() {
+        let deadline = Instant::now()
+            .checked_sub(Duration::from_secs(5))
+            .expect("the clock has run for 5 s");
+
+        let served = Served::new(entry(SystemTime::now(), deadline), CacheStatus::Stale);
+
+        assert_eq!(served.fresh_for, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_age_is_whole_seconds_since_postgresql_was_asked_and_never_negative() {
+        let now = SystemTime::now();
+        let aged = |read_at: SystemTime| {
+            Served::new(entry(read_at, Instant::now()), CacheStatus::Stale).age_secs()
+        };
+
+        // Rounded down, as `Age` is: 90.6 s is 90.
+        assert_eq!(aged(now - Duration::from_millis(90_600)), 90);
+        assert_eq!(aged(now - Duration::from_millis(400)), 0);
+        // Another replica's clock, running ahead of this one's, wrote the answer.
+        assert_eq!(aged(now + Duration::from_secs(3)), 0);
+    }
+}

@@ -13,7 +13,9 @@ use vehicle_state_test_support::process::{
 };
 
 use crate::fixture::{Fixture, STREAM};
-use crate::{log_rows, publish, reference, tables, wait_for_tables};
+use crate::{
+    assert_tables_are_the_reference, log_rows, publish, reference, tables, wait_for_tables,
+};
 
 const SEED: u64 = 5;
 /// Enough events (about 3.7 per vehicle) that ingest, in batches of 25, is still busy when the
@@ -63,15 +65,7 @@ async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
     // (5 s here) and is found duplicate.
     let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
-    assert!(
-        got == expected,
-        "{} of {} changes, {} of {} vehicles\n{}",
-        got.logs.len(),
-        expected.logs.len(),
-        got.vehicles.len(),
-        expected.vehicles.len(),
-        ingest.log_tail()
-    );
+    assert_tables_are_the_reference(&got, &expected, &ingest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,15 +104,7 @@ async fn postgres_stopped_during_ingest_loses_and_doubles_nothing() {
         "/readyz never said 503 while PostgreSQL was down"
     );
     assert!(ready_again, "/readyz not 200 after PostgreSQL came back");
-    assert!(
-        got == expected,
-        "{} of {} changes, {} of {} vehicles\n{}",
-        got.logs.len(),
-        expected.logs.len(),
-        got.vehicles.len(),
-        expected.vehicles.len(),
-        ingest.log_tail()
-    );
+    assert_tables_are_the_reference(&got, &expected, &ingest);
     assert!(
         ingest.log_lines_with("PostgreSQL cannot take the batch") > 0,
         "no batch was retried: {}",

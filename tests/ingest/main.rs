@@ -17,7 +17,7 @@ mod poison;
 
 use std::time::{Duration, Instant};
 
-use vehicle_state_test_support::process::run_binary;
+use vehicle_state_test_support::process::{Replica, run_binary};
 use vehicle_state_test_support::scratch::Scratch;
 
 /// Rows of both tables, sorted: `vehicles` (id, make, model, state) and `"stateLogs"`
@@ -94,6 +94,21 @@ pub async fn wait_for_tables(database_url: &str, expected: &Tables, within: Dura
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Asserts that the database holds the reference tables, saying how many changes and vehicles
+/// it holds instead and what `ingest` logged last.
+#[track_caller]
+pub fn assert_tables_are_the_reference(got: &Tables, expected: &Tables, ingest: &Replica) {
+    assert!(
+        got == expected,
+        "{} of {} changes, {} of {} vehicles\n{}",
+        got.logs.len(),
+        expected.logs.len(),
+        got.vehicles.len(),
+        expected.vehicles.len(),
+        ingest.log_tail()
+    );
 }
 
 /// Rows of `"stateLogs"` now.

@@ -15,7 +15,8 @@ use super::jetstream::{
 use super::progress::Progress;
 use super::{CONSUMER, SEED, STREAM};
 use crate::{
-    log_rows, migrated_database, publish, reference, tables, vehicles_off_their_latest_change,
+    assert_tables_are_the_reference, log_rows, migrated_database, publish, reference, tables,
+    vehicles_off_their_latest_change,
 };
 
 /// About 3.7 events a vehicle (37,000 or so): enough that ingest, in batches of `BATCH`, is a
@@ -149,15 +150,7 @@ pub async fn scenario() {
         to_lag_zero.as_secs_f64(),
         after_restart.as_secs_f64(),
     );
-    assert!(
-        got == expected,
-        "{} of {} changes, {} of {} vehicles\n{}",
-        got.logs.len(),
-        expected.logs.len(),
-        got.vehicles.len(),
-        expected.vehicles.len(),
-        ingest.log_tail()
-    );
+    assert_tables_are_the_reference(&got, &expected, &ingest);
     assert_eq!(
         vehicles_off_their_latest_change(&db.database_url).await,
         Vec::<i32>::new()
