@@ -100,7 +100,7 @@ mod tests {
     use actix_web::web::Bytes;
 
     use crate::cache::local::Source;
-    use crate::cache::{Answer, LocalCache, RedisCache};
+    use crate::cache::{LocalCache, RedisCache, RenderedAnswer};
     use crate::config::ServeSettings;
     use crate::db::Database;
     use crate::domain::Outcome;
@@ -124,20 +124,20 @@ mod tests {
         )
     }
 
-    fn pair(id: &str, at: &str) -> (VehicleId, crate::domain::Instant) {
+    fn pair(id: &str, at: &str) -> (VehicleId, Timestamp) {
         (
             VehicleId::parse(id).expect("an id"),
-            crate::domain::Instant::parse(at).expect("an instant"),
+            Timestamp::parse(at).expect("an instant"),
         )
     }
 
     /// Puts an answer for `pair` in the service's memory, as a fetch from Redis would have.
     async fn remember(
         service: &StateService,
-        (id, at): (VehicleId, crate::domain::Instant),
+        (id, at): (VehicleId, Timestamp),
         body: &'static str,
     ) -> Arc<LocalEntry> {
-        let answer = Answer {
+        let answer = RenderedAnswer {
             outcome: Outcome::Found,
             body: Bytes::from_static(body.as_bytes()),
             read_at_ms: 0,

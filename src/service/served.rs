@@ -115,7 +115,7 @@ mod tests {
     use actix_web::web::Bytes;
 
     use crate::cache::local::Source;
-    use crate::cache::{Answer, LocalEntry, unix_ms};
+    use crate::cache::{LocalEntry, RenderedAnswer, unix_ms};
     use crate::domain::Outcome;
 
     const SOURCES: [Source; 4] = [
@@ -127,7 +127,7 @@ mod tests {
 
     /// A found answer read from PostgreSQL at `read_at`, held until `expires_at`.
     fn entry(read_at: SystemTime, expires_at: Instant) -> Arc<LocalEntry> {
-        let answer = Answer {
+        let answer = RenderedAnswer {
             outcome: Outcome::Found,
             body: Bytes::from_static(br#"{"state":"sold"}"#),
             read_at_ms: unix_ms(read_at),
