@@ -22,6 +22,12 @@ pub async fn publish_across_a_kill() {
     // The stream first (a small publish), so its leader is known before the run that is cut.
     publish(&urls, STREAM, 1, SEED, &["--ingest-stream-replicas", "3"]);
     let (leader, _) = wait_for_leaders_of_stream(&js).await;
+    // How many events the run sends, known before it starts: loading the reference takes
+    // seconds, long enough on a busy machine for the whole publish to finish before the kill.
+    let events = {
+        let expected = crate::reference(PUBLISHED, SEED).await;
+        (expected.vehicles.len() + expected.logs.len()) as u64
+    };
 
     let dir = TempDir::new("publish-r3");
     let log = std::fs::File::create(dir.0.join("publish.log")).expect("publish's log");
@@ -42,10 +48,6 @@ pub async fn publish_across_a_kill() {
         .spawn()
         .expect("publish starts");
     // Mid-run: some events stored, not all.
-    let events = {
-        let expected = crate::reference(PUBLISHED, SEED).await;
-        (expected.vehicles.len() + expected.logs.len()) as u64
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, stored) = stream_state(&js).await;
