@@ -15,7 +15,7 @@ pub struct RenderedAnswer {
     pub read_at_ms: i64,
 }
 
-/// Why bytes from Redis are not an [`RenderedAnswer`].
+/// Why bytes from Redis are not a [`RenderedAnswer`].
 #[derive(Debug, thiserror::Error)]
 #[error("the cached value is not an answer ({0})")]
 pub struct Corrupt(&'static str);

@@ -4,9 +4,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use clap::builder::TypedValueParser as _;
 use sqlx::postgres::PgConnectOptions;
 
+use super::parse::{millis, secs};
 use super::secrets::PemFile;
 
 /// Where and how to reach PostgreSQL.
@@ -31,25 +31,25 @@ pub struct DatabaseSettings {
 
     /// How long a request waits for a PostgreSQL connection (including connecting) before it
     /// is answered 503.
-    #[arg(long = "db-acquire-timeout-ms", global = true, id = "DB_ACQUIRE_TIMEOUT_MS", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "2000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "db-acquire-timeout-ms", global = true, id = "DB_ACQUIRE_TIMEOUT_MS", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "2000", value_parser = millis(1..=600_000))]
     pub acquire_timeout: Duration,
 
     /// Server-side bound on one statement (PostgreSQL's statement_timeout); a lookup past it is
     /// answered 503.
-    #[arg(long = "db-statement-timeout-ms", global = true, id = "DB_STATEMENT_TIMEOUT_MS", env = "DB_STATEMENT_TIMEOUT_MS", default_value = "2000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "db-statement-timeout-ms", global = true, id = "DB_STATEMENT_TIMEOUT_MS", env = "DB_STATEMENT_TIMEOUT_MS", default_value = "2000", value_parser = millis(1..=600_000))]
     pub statement_timeout: Duration,
 
     /// How long a request waits for PostgreSQL's reply to a statement it sent before it gives
     /// the connection up (dropped, not returned to the pool) and is answered 503: a network
     /// that swallows packets (a black hole) sends no reset, and PostgreSQL's own statement
     /// timeout is a reply that never comes then. Keep it above DB_STATEMENT_TIMEOUT_MS.
-    #[arg(long = "db-response-timeout-ms", global = true, id = "DB_RESPONSE_TIMEOUT_MS", env = "DB_RESPONSE_TIMEOUT_MS", default_value = "3000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "db-response-timeout-ms", global = true, id = "DB_RESPONSE_TIMEOUT_MS", env = "DB_RESPONSE_TIMEOUT_MS", default_value = "3000", value_parser = millis(1..=600_000))]
     pub response_timeout: Duration,
 
     /// Seconds a PostgreSQL connection is used before it is closed and replaced, so that a
     /// failover behind a DNS name (Aurora's cluster endpoints, Patroni) is followed without a
     /// restart.
-    #[arg(long = "db-max-lifetime-secs", global = true, id = "DB_MAX_LIFETIME_SECS", env = "DB_MAX_LIFETIME_SECS", default_value = "300", value_parser = clap::value_parser!(u64).range(1..=86_400).map(Duration::from_secs))]
+    #[arg(long = "db-max-lifetime-secs", global = true, id = "DB_MAX_LIFETIME_SECS", env = "DB_MAX_LIFETIME_SECS", default_value = "300", value_parser = secs(1..=86_400))]
     pub max_lifetime: Duration,
 }
 

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::parse::{millis, secs};
 use clap::Args;
-use clap::builder::TypedValueParser as _;
 
 /// An address that may be left empty (`METRICS_BIND_ADDR=` in a compose file means unset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +48,11 @@ pub struct HttpSettings {
     /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 so a
     /// load balancer or orchestrator that polls it (Kubernetes, HAProxy, cloud balancers) stops
     /// sending traffic here first.
-    #[arg(long = "shutdown-drain-secs", id = "SHUTDOWN_DRAIN_SECS", env = "SHUTDOWN_DRAIN_SECS", default_value = "0", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    #[arg(long = "shutdown-drain-secs", id = "SHUTDOWN_DRAIN_SECS", env = "SHUTDOWN_DRAIN_SECS", default_value = "0", value_parser = secs(0..=3600))]
     pub shutdown_drain: Duration,
 
     /// Seconds in-flight requests get to finish after the listener closes.
-    #[arg(long = "shutdown-timeout-secs", id = "SHUTDOWN_TIMEOUT_SECS", env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    #[arg(long = "shutdown-timeout-secs", id = "SHUTDOWN_TIMEOUT_SECS", env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = secs(0..=3600))]
     pub shutdown_timeout: Duration,
 
     /// Seconds sent in `Retry-After` when PostgreSQL cannot answer.
@@ -91,12 +91,12 @@ pub struct HttpSettings {
 
     /// How long a client has to send a request's head (line and headers) from when it connects
     /// or its previous request ends; a slower client gets 408 and is disconnected (slowloris).
-    #[arg(long = "http-client-request-timeout-ms", id = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "http-client-request-timeout-ms", id = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", env = "HTTP_CLIENT_REQUEST_TIMEOUT_MS", default_value = "5000", value_parser = millis(1..=600_000))]
     pub client_request_timeout: Duration,
 
     /// Seconds an idle keep-alive connection is kept open (0 closes after each response). Keep it
     /// above the idle timeout of the load balancer's upstream connections.
-    #[arg(long = "http-keep-alive-secs", id = "HTTP_KEEP_ALIVE_SECS", env = "HTTP_KEEP_ALIVE_SECS", default_value = "5", value_parser = clap::value_parser!(u64).range(0..=3600).map(Duration::from_secs))]
+    #[arg(long = "http-keep-alive-secs", id = "HTTP_KEEP_ALIVE_SECS", env = "HTTP_KEEP_ALIVE_SECS", default_value = "5", value_parser = secs(0..=3600))]
     pub keep_alive: Duration,
 
     /// Most open connections per worker thread; past it, new connections wait in the listen

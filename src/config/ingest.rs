@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use clap::builder::TypedValueParser as _;
 
-use super::parse::{parse_stream_name, parse_subject};
+use super::parse::{millis, parse_stream_name, parse_subject, secs};
 use super::{DatabaseSettings, NatsSettings, StreamSettings, TraceSettings};
 
 /// Everything `ingest` needs.
@@ -42,7 +41,7 @@ pub struct IngestSettings {
 
     /// Seconds JetStream waits for an ack before delivering a message again (to this or another
     /// ingest process); a consumer created here gets it.
-    #[arg(help_heading = "Ingest", long = "ingest-ack-wait-secs", id = "INGEST_ACK_WAIT_SECS", env = "INGEST_ACK_WAIT_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(1..=3600).map(Duration::from_secs))]
+    #[arg(help_heading = "Ingest", long = "ingest-ack-wait-secs", id = "INGEST_ACK_WAIT_SECS", env = "INGEST_ACK_WAIT_SECS", default_value = "30", value_parser = secs(1..=3600))]
     pub ack_wait: Duration,
 
     /// Most messages delivered and not yet acked, across every ingest process (a consumer created
@@ -52,7 +51,7 @@ pub struct IngestSettings {
 
     /// How long a batch PostgreSQL could not take is left before it is delivered again (the NAK's
     /// delay); fetching pauses as long.
-    #[arg(help_heading = "Ingest", long = "ingest-retry-delay-ms", id = "INGEST_RETRY_DELAY_MS", env = "INGEST_RETRY_DELAY_MS", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(help_heading = "Ingest", long = "ingest-retry-delay-ms", id = "INGEST_RETRY_DELAY_MS", env = "INGEST_RETRY_DELAY_MS", default_value = "1000", value_parser = millis(1..=600_000))]
     pub retry_delay: Duration,
 
     /// Address of the ingest process's own /livez, /readyz and /metrics.

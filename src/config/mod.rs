@@ -9,8 +9,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use parse::millis;
 
 mod compression;
 mod cors;
@@ -60,7 +60,7 @@ pub struct ServeSettings {
     /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
     /// from the pool failed too), how often one connection tries it again; meanwhile requests
     /// that need it are answered 503 at once. The first that connects ends the outage.
-    #[arg(long = "db-probe-interval-ms", help_heading = "PostgreSQL", id = "DB_PROBE_INTERVAL_MS", env = "DB_PROBE_INTERVAL_MS", default_value = "50", value_parser = clap::value_parser!(u64).range(1..=60_000).map(Duration::from_millis))]
+    #[arg(long = "db-probe-interval-ms", help_heading = "PostgreSQL", id = "DB_PROBE_INTERVAL_MS", env = "DB_PROBE_INTERVAL_MS", default_value = "50", value_parser = millis(1..=60_000))]
     pub db_probe_interval: Duration,
 
     /// Create the database if absent and apply pending migrations before serving. Safe with

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
-use super::parse::{parse_stream_name, parse_subject};
+use super::parse::{millis, parse_stream_name, parse_subject, secs};
 use super::secrets::{PemFile, redacted};
 
 /// `NATS_URL`: one server or several. The client connects to one of them and, when it loses it,
@@ -92,7 +91,7 @@ pub struct NatsSettings {
     pub client_key: Option<PemFile>,
 
     /// How long one attempt to connect to NATS may take.
-    #[arg(long = "nats-connect-timeout-ms", id = "NATS_CONNECT_TIMEOUT_MS", env = "NATS_CONNECT_TIMEOUT_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "nats-connect-timeout-ms", id = "NATS_CONNECT_TIMEOUT_MS", env = "NATS_CONNECT_TIMEOUT_MS", default_value = "5000", value_parser = millis(1..=600_000))]
     pub connect_timeout: Duration,
 }
 
@@ -124,7 +123,7 @@ pub struct StreamSettings {
 
     /// Seconds JetStream remembers a `Nats-Msg-Id`, dropping a second publish of it (on a
     /// stream created here).
-    #[arg(long = "ingest-duplicate-window-secs", id = "INGEST_DUPLICATE_WINDOW_SECS", env = "INGEST_DUPLICATE_WINDOW_SECS", default_value = "120", value_parser = clap::value_parser!(u64).range(1..=604_800).map(Duration::from_secs))]
+    #[arg(long = "ingest-duplicate-window-secs", id = "INGEST_DUPLICATE_WINDOW_SECS", env = "INGEST_DUPLICATE_WINDOW_SECS", default_value = "120", value_parser = secs(1..=604_800))]
     pub duplicate_window: Duration,
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::builder::TypedValueParser as _;
+use super::parse::millis;
 use clap::{Args, ValueEnum};
 
 /// Where traces go, and which are kept. No endpoint: no exporter, no connection, nothing traced.
@@ -61,7 +61,7 @@ pub struct TraceSettings {
 
     /// Milliseconds one export may take before it is given up and its spans dropped (a collector
     /// that hangs holds up the export thread this long, never a request).
-    #[arg(long = "otel-exporter-otlp-timeout", id = "OTEL_EXPORTER_OTLP_TIMEOUT", env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value = "10000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "otel-exporter-otlp-timeout", id = "OTEL_EXPORTER_OTLP_TIMEOUT", env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value = "10000", value_parser = millis(1..=600_000))]
     pub export_timeout: Duration,
 
     /// Most finished spans waiting to be exported; past it, new spans are dropped and counted
@@ -70,7 +70,7 @@ pub struct TraceSettings {
     pub max_queue_size: usize,
 
     /// Milliseconds between exports of what has queued (sooner when 512 spans are waiting).
-    #[arg(long = "otel-bsp-schedule-delay", id = "OTEL_BSP_SCHEDULE_DELAY", env = "OTEL_BSP_SCHEDULE_DELAY", default_value = "5000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "otel-bsp-schedule-delay", id = "OTEL_BSP_SCHEDULE_DELAY", env = "OTEL_BSP_SCHEDULE_DELAY", default_value = "5000", value_parser = millis(1..=600_000))]
     pub schedule_delay: Duration,
 }
 

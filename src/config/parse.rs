@@ -1,5 +1,26 @@
-//! Checks of the names (streams, subjects, key prefixes) and fractions that settings take: a bad
-//! value is refused at start, naming the setting, rather than later by the server it is sent to.
+//! Checks of the names (streams, subjects, key prefixes), fractions and durations that settings
+//! take: a bad value is refused at start, naming the setting, rather than later by the server it
+//! is sent to.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+
+/// A whole number of milliseconds within `range` (the setting keeps its unit in its name, `_MS`),
+/// read as the `Duration` the program uses; clap's own message names a number out of range.
+pub(super) fn millis(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_millis)
+}
+
+/// As [`millis`], in whole seconds (`_SECS`).
+pub(super) fn secs(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_secs)
+}
 
 pub(super) fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let ok = !raw.is_empty()

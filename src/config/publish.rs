@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use clap::builder::TypedValueParser as _;
 
-use super::parse::parse_fraction;
+use super::parse::{parse_fraction, secs};
 use super::{NatsSettings, StreamSettings, TraceSettings};
 
 /// What `publish synthetic` sends.
@@ -43,6 +42,6 @@ pub struct PublishSettings {
     /// How long an event JetStream has not acknowledged is sent again (under the same
     /// Nats-Msg-Id, so one that did land is not stored twice) before publish gives up: a
     /// clustered stream has no leader for the 4 to 10 s of an election.
-    #[arg(help_heading = "Publish", long = "publish-retry-secs", id = "PUBLISH_RETRY_SECS", env = "PUBLISH_RETRY_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(1..=3600).map(Duration::from_secs))]
+    #[arg(help_heading = "Publish", long = "publish-retry-secs", id = "PUBLISH_RETRY_SECS", env = "PUBLISH_RETRY_SECS", default_value = "30", value_parser = secs(1..=3600))]
     pub retry_for: Duration,
 }

@@ -4,10 +4,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
-use super::parse::parse_key_prefix;
+use super::parse::{millis, parse_key_prefix};
 use super::secrets::{PemFile, Secret, redacted};
 
 /// Where and how to reach Redis. Redis only speeds answers up: every call is bounded by
@@ -58,12 +57,12 @@ pub struct RedisSettings {
     pub pool_max_size: u64,
 
     /// Bound on each Redis call, connecting included; past it the request goes to PostgreSQL.
-    #[arg(long = "redis-timeout-ms", id = "REDIS_TIMEOUT_MS", env = "REDIS_TIMEOUT_MS", default_value = "100", value_parser = clap::value_parser!(u64).range(1..=60_000).map(Duration::from_millis))]
+    #[arg(long = "redis-timeout-ms", id = "REDIS_TIMEOUT_MS", env = "REDIS_TIMEOUT_MS", default_value = "100", value_parser = millis(1..=60_000))]
     pub timeout: Duration,
 
     /// After a Redis call fails, how long Redis is left alone (lookups go straight to PostgreSQL)
     /// before one call tries it again; so a hanging Redis costs at most one timeout per interval.
-    #[arg(long = "redis-retry-interval-ms", id = "REDIS_RETRY_INTERVAL_MS", env = "REDIS_RETRY_INTERVAL_MS", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=600_000).map(Duration::from_millis))]
+    #[arg(long = "redis-retry-interval-ms", id = "REDIS_RETRY_INTERVAL_MS", env = "REDIS_RETRY_INTERVAL_MS", default_value = "1000", value_parser = millis(1..=600_000))]
     pub retry_interval: Duration,
 }
 

@@ -25,13 +25,13 @@ struct RawStateChange {
     event_id: String,
     vehicle_id: serde_json::Number,
     state: String,
-    timestamp: RawInstant,
+    timestamp: RawTimestamp,
 }
 
 /// An instant as a string in any form the API takes, or a JSON integer of Unix seconds.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawInstant {
+enum RawTimestamp {
     Text(String),
     Seconds(i64),
 }
@@ -59,10 +59,10 @@ impl Event {
                     ))
                 })?;
                 let at = match raw.timestamp {
-                    RawInstant::Text(text) => Timestamp::parse(&text).map_err(|e| {
+                    RawTimestamp::Text(text) => Timestamp::parse(&text).map_err(|e| {
                         Rejection::new(format!("timestamp: {:?}: {e}", truncated(&text)))
                     })?,
-                    RawInstant::Seconds(secs) => Timestamp::parse(&secs.to_string())
+                    RawTimestamp::Seconds(secs) => Timestamp::parse(&secs.to_string())
                         .map_err(|e| Rejection::new(format!("timestamp: {secs}: {e}")))?,
                 };
                 Ok(Event::StateChanged(StateChange {

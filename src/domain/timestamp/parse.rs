@@ -1,4 +1,4 @@
-//! Text to an [`Timestamp`]: the spellings a client may use, and the reason for any other.
+//! Text to a [`Timestamp`]: the spellings a client may use, and the reason for any other.
 
 use chrono::format::ParseErrorKind;
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
