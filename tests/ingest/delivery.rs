@@ -7,7 +7,9 @@ use vehicle_state_test_support::process::nats;
 use vehicle_state_test_support::process::{metric, one_at_a_time};
 
 use crate::fixture::Fixture;
-use crate::{reference, vehicles_off_their_latest_change, wait_for_tables};
+use crate::{
+    assert_tables_are_the_reference, reference, vehicles_off_their_latest_change, wait_for_tables,
+};
 
 const SEED: u64 = 11;
 
@@ -29,15 +31,9 @@ async fn in_order_shuffled_and_duplicated_events_give_the_tables_of_seed_synthet
 
         let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(30)).await;
 
-        assert!(
-            got == expected,
-            "{stream}: {} vehicles and {} changes, expected {} and {}\n{}",
-            got.vehicles.len(),
-            got.logs.len(),
-            expected.vehicles.len(),
-            expected.logs.len(),
-            ingest.log_tail()
-        );
+        assert_tables_are_the_reference(&got, &expected, || {
+            format!("stream {stream}\n{}", ingest.log_tail())
+        });
         let applied = metric(
             &ingest,
             r#"vehicle_state_ingest_events_total{type="state_changed",result="applied"}"#,
@@ -89,16 +85,9 @@ async fn two_ingest_processes_share_the_consumer_and_keep_the_invariant() {
     fixture.publish(VEHICLES, SEED, &["--shuffle", "--duplicates", "0.2"]);
     let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
-    assert!(
-        got == expected,
-        "{} vehicles and {} changes, expected {} and {}\n{}\n{}",
-        got.vehicles.len(),
-        got.logs.len(),
-        expected.vehicles.len(),
-        expected.logs.len(),
-        first.log_tail(),
-        second.log_tail()
-    );
+    assert_tables_are_the_reference(&got, &expected, || {
+        format!("{}\n{}", first.log_tail(), second.log_tail())
+    });
     assert_eq!(
         vehicles_off_their_latest_change(fixture.database_url()).await,
         Vec::<i32>::new()

@@ -17,7 +17,7 @@ mod poison;
 
 use std::time::{Duration, Instant};
 
-use vehicle_state_test_support::process::{Replica, run_binary};
+use vehicle_state_test_support::process::run_binary;
 use vehicle_state_test_support::scratch::Scratch;
 
 /// Rows of both tables, sorted: `vehicles` (id, make, model, state) and `"stateLogs"`
@@ -97,9 +97,14 @@ pub async fn wait_for_tables(database_url: &str, expected: &Tables, within: Dura
 }
 
 /// Asserts that the database holds the reference tables, saying how many changes and vehicles
-/// it holds instead and what `ingest` logged last.
+/// it holds instead, then what `context` says (built only on failure: the ingest processes' last
+/// log lines, what the test did).
 #[track_caller]
-pub fn assert_tables_are_the_reference(got: &Tables, expected: &Tables, ingest: &Replica) {
+pub fn assert_tables_are_the_reference(
+    got: &Tables,
+    expected: &Tables,
+    context: impl FnOnce() -> String,
+) {
     assert!(
         got == expected,
         "{} of {} changes, {} of {} vehicles\n{}",
@@ -107,7 +112,7 @@ pub fn assert_tables_are_the_reference(got: &Tables, expected: &Tables, ingest: 
         expected.logs.len(),
         got.vehicles.len(),
         expected.vehicles.len(),
-        ingest.log_tail()
+        context()
     );
 }
 
