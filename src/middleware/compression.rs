@@ -1,6 +1,6 @@
 //! Response compression (RFC 9110 §8.4): gzip, zstd or Brotli, whichever the client's
-//! `Accept-Encoding` prefers (ties go to gzip, then zstd, then Brotli), done by actix-http's own
-//! encoders. Only bodies of at least `COMPRESSION_MIN_BYTES` are compressed: below that the
+//! `Accept-Encoding` prefers (ties go to gzip, then zstd, then Brotli), each body encoded whole by
+//! [`encode`]. Only bodies of at least `COMPRESSION_MIN_BYTES` are compressed: below that the
 //! response passes through untouched, without even reading `Accept-Encoding`, so a single lookup
 //! (about 140 bytes) costs what it cost before.
 //!
@@ -10,7 +10,12 @@
 //! ([`selected`] and [`tag_for`], used by the handler), and the 304 carries that tag: the
 //! handler says how long the 200's body would have been ([`Uncompressed`]). Every response whose
 //! encoding depends on `Accept-Encoding` says so in `Vary`.
+//!
+//! Bodies are encoded whole, on the worker thread, with windows sized to them ([`encode`] says
+//! why and at which levels): memory for encoding is bounded by the number of workers and the
+//! largest body, not by the number of clients.
 
+mod encode;
 mod negotiation;
 
 pub use negotiation::{selected, tag_for};
@@ -19,7 +24,6 @@ use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_http::encoding::Encoder;
 use actix_web::Error;
 use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
@@ -127,24 +131,37 @@ fn encode<B: MessageBody + 'static>(
         return res.map_into_left_body();
     }
     let coding = negotiate(res.request());
-    if coding != ContentEncoding::Identity {
+    if coding == ContentEncoding::Identity || res.status() == StatusCode::NOT_MODIFIED {
+        // Sent as it is (or, for a 304, no body at all), but chosen by Accept-Encoding; a 304
+        // carries the tag of the representation its 200 would have been.
         let headers = res.headers_mut();
-        if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
+        if coding != ContentEncoding::Identity
+            && let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding))
+        {
             headers.insert(header::ETAG, tagged);
         }
-    }
-    if coding == ContentEncoding::Identity || res.status() == StatusCode::NOT_MODIFIED {
-        // Sent as it is (or, for a 304, no body at all), but chosen by Accept-Encoding.
-        super::add_vary(res.headers_mut(), "Accept-Encoding");
+        super::add_vary(headers, "Accept-Encoding");
         return res.map_into_left_body();
     }
     res.map_body(move |head, body| {
-        // Sets `Content-Encoding` and appends its own `Vary` field, which layers further out
-        // would not read (they read the first): merged into one.
-        let encoded = Encoder::response(coding, head, body);
-        super::merge_vary(head.headers_mut());
-        // Boxed: the encoder's state is large, and every layer further out moves the response.
-        EitherBody::right(BoxBody::new(encoded))
+        let headers = head.headers_mut();
+        super::add_vary(headers, "Accept-Encoding");
+        // Every answer of this service is in memory already; a body that is not (none is
+        // known) goes as it is rather than through a streaming encoder.
+        let bytes = match body.try_into_bytes() {
+            Ok(bytes) => bytes,
+            Err(body) => return EitherBody::left(body),
+        };
+        match encode::encode(coding, &bytes) {
+            Some(encoded) => {
+                if let Some(tagged) = headers.get(header::ETAG).and_then(|t| tag_for(t, coding)) {
+                    headers.insert(header::ETAG, tagged);
+                }
+                headers.insert(header::CONTENT_ENCODING, coding.to_header_value());
+                EitherBody::right(BoxBody::new(encoded))
+            }
+            None => EitherBody::right(BoxBody::new(bytes)),
+        }
     })
 }
 

@@ -10,8 +10,9 @@ use actix_web::{HttpMessage, HttpRequest};
 /// q=1). gzip first: on this service's JSON it costs the least CPU and memory. Measured with
 /// `bench/run`'s batch workload (100 answers, about 21 KB, per response, 64 connections):
 /// identity 4,150 requests in 8 s at 54 MB RSS; gzip 3,685 at 52 MB; zstd 3,416 at 72 MB;
-/// Brotli 2,866 at 222 MB (actix-http's Brotli encoder takes a window of 4 MiB per response).
-/// A client that prefers zstd or Brotli says so with `q` and gets it.
+/// Brotli 2,866 at 222 MB (with actix-http's streaming encoder and its 4 MiB window; `encode`
+/// now sizes the window to the body). A client that prefers zstd or Brotli says so with `q` and
+/// gets it.
 const TIE_ORDER: [ContentEncoding; 3] = [
     ContentEncoding::Gzip,
     ContentEncoding::Zstd,
