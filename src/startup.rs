@@ -18,6 +18,7 @@ use crate::config::ServeSettings;
 use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
+use crate::middleware::connection::{self, ConnectionLimits};
 use crate::middleware::{compression, cors, head};
 use crate::service::{Gathering, StateService};
 use crate::telemetry::{self, RequestSpan};
@@ -113,6 +114,10 @@ impl Application {
         // The one threshold the middleware and the handlers' 304s both go by.
         let compress_at = state.compress_at;
         let metrics_apart = metrics_port.is_some();
+        let connection_limits = ConnectionLimits {
+            max_requests: settings.http.max_requests_per_connection,
+            max_response_bytes: settings.http.max_response_bytes_per_connection,
+        };
         let mut server = HttpServer::new(move || {
             let cors = cors::layer(&cors_settings);
             let cors_on = cors.is_some();
@@ -143,7 +148,11 @@ impl Application {
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
                 .wrap(from_fn(telemetry::request_id))
+                // Outermost: a request past a connection's budget is not even logged as one.
+                .wrap(connection_limits)
         })
+        .on_connect(connection::on_connect)
+        .client_disconnect_timeout(settings.http.client_disconnect_timeout)
         // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.
         .disable_signals()
         .shutdown_timeout(settings.http.shutdown_timeout.as_secs())

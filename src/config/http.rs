@@ -99,6 +99,25 @@ pub struct HttpSettings {
     #[arg(long = "http-keep-alive-secs", id = "HTTP_KEEP_ALIVE_SECS", env = "HTTP_KEEP_ALIVE_SECS", default_value = "5", value_parser = secs(0..=3600))]
     pub keep_alive: Duration,
 
+    /// Most requests answered on one connection; the answer to the last says `Connection: close`
+    /// (as nginx's `keepalive_requests`). With HTTP_MAX_RESPONSE_BYTES_PER_CONNECTION, it bounds
+    /// what a client that pipelines requests and never reads the answers can make the replica
+    /// hold: a request sent past the close is not answered, the connection is dropped.
+    #[arg(long = "http-max-requests-per-connection", id = "HTTP_MAX_REQUESTS_PER_CONNECTION", env = "HTTP_MAX_REQUESTS_PER_CONNECTION", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_requests_per_connection: u32,
+
+    /// Most bytes of answers' bodies sent on one connection; the answer that reaches it says
+    /// `Connection: close`. The most one connection can hold for a client that does not read is
+    /// this plus one answer.
+    #[arg(long = "http-max-response-bytes-per-connection", id = "HTTP_MAX_RESPONSE_BYTES_PER_CONNECTION", env = "HTTP_MAX_RESPONSE_BYTES_PER_CONNECTION", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1_073_741_824))]
+    pub max_response_bytes_per_connection: u64,
+
+    /// How long a connection is kept, once its answer says `Connection: close` with the
+    /// request's body unread, for the client to read the answer before the connection is shut
+    /// (a body that does not arrive in time is answered 408, then closed this long after).
+    #[arg(long = "http-client-disconnect-timeout-ms", id = "HTTP_CLIENT_DISCONNECT_TIMEOUT_MS", env = "HTTP_CLIENT_DISCONNECT_TIMEOUT_MS", default_value = "500", value_parser = millis(1..=60_000))]
+    pub client_disconnect_timeout: Duration,
+
     /// Most open connections per worker thread; past it, new connections wait in the listen
     /// backlog until one closes.
     #[arg(long = "http-max-connections", id = "HTTP_MAX_CONNECTIONS", env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -12,6 +12,7 @@
 // Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attacks;
 mod balancer;
 mod dependencies;
 mod overload;
