@@ -196,8 +196,8 @@ fn refusal(refused: &CorsError, req: &actix_web::HttpRequest) -> String {
         req.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
+            .map(|v| crate::telemetry::clip(v).into_owned())
+            .unwrap_or_default()
     };
     match refused {
         CorsError::OriginNotAllowed => format!(

@@ -141,9 +141,31 @@ pub fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl std::fmt:
     Chain(error)
 }
 
+/// Most characters of a value from a request (a header, a path) that is written into a log
+/// line or echoed in a problem: a client must not choose how much the replica writes.
+pub const CLIPPED_CHARS: usize = 200;
+
+/// `text` as it is when short, else its first [`CLIPPED_CHARS`] characters and `…`.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(CLIPPED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_value_is_clipped_and_a_short_one_kept() {
+        assert_eq!(clip("abc"), "abc");
+        let long = "é".repeat(CLIPPED_CHARS + 1);
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), CLIPPED_CHARS + 1);
+        assert!(clipped.ends_with('…'));
+        assert_eq!(clip(&long[..2 * CLIPPED_CHARS]), long[..2 * CLIPPED_CHARS]);
+    }
 
     #[test]
     fn a_cause_already_in_its_parent_message_is_written_once() {

@@ -75,7 +75,8 @@ impl RootSpanBuilder for RequestSpan {
             "request",
             request_id = %id,
             method = %request.method(),
-            path = %request.path(),
+            path = %super::clip(request.path()),
+            client = %Client(request),
         )
     }
 
@@ -107,6 +108,19 @@ impl RootSpanBuilder for RequestSpan {
     }
 }
 
+/// Who sent the request, for the request log: the peer's address (a load balancer's, behind
+/// one), `-` when unknown.
+struct Client<'a>(&'a ServiceRequest);
+
+impl std::fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.peer_addr() {
+            Some(addr) => write!(f, "{}", addr.ip()),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The request span when tracing is on: the same fields for log lines, the caller's
 /// `traceparent` as its parent, its name and kind for the trace (`GET /v1/vehicles/{id}/state`,
 /// server), and the semantic-convention attributes, set on the trace alone so log lines do not
@@ -119,13 +133,14 @@ fn traced_request_span(request: &ServiceRequest, id: &str) -> Span {
         "request",
         request_id = %id,
         method = %method,
-        path = %request.path(),
+        path = %super::clip(request.path()),
+        client = %Client(request),
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
     );
     otel::set_parent(&span, otel::extract(request.headers()));
     span.set_attribute("http.request.method", method.as_str().to_owned());
-    span.set_attribute("url.path", request.path().to_owned());
+    span.set_attribute("url.path", super::clip(request.path()).into_owned());
     span.set_attribute("http.route", route);
     span
 }

@@ -315,6 +315,32 @@ async fn an_origin_not_listed_gets_no_cors_headers_and_its_preflight_a_problem()
 }
 
 #[tokio::test]
+async fn a_huge_origin_is_echoed_clipped_in_the_refusal_not_whole() {
+    // A client chooses what it sends; it must not choose how much the replica writes back (or
+    // into its log): a 100 KB Origin used to come back whole in the 403.
+    let app = with_origins(DASHBOARD).await;
+    let huge = format!("https://{}.example", "a".repeat(100_000));
+
+    let refused = send(
+        &app,
+        Method::OPTIONS,
+        BATCH,
+        &preflight(&huge, "POST", "content-type"),
+    )
+    .await;
+
+    assert_eq!(refused.status, 403);
+    let problem: serde_json::Value = serde_json::from_slice(&refused.body).expect("JSON");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("pages of the origin `https://aaaa"),
+        "{detail}"
+    );
+    assert!(detail.contains("aaa…` may not call this API"), "{detail}");
+    assert!(detail.len() < 400, "clipped: {} bytes", detail.len());
+}
+
+#[tokio::test]
 async fn with_a_list_an_answer_to_a_request_without_origin_still_varies_by_origin() {
     // A shared cache that stored this answer must not hand it to a page of a listed origin,
     // which needs `Access-Control-Allow-Origin`.

@@ -279,6 +279,7 @@ async fn each_request_writes_one_json_log_line_with_its_request_id() {
         assert_eq!(line["message"], "request completed");
         assert_eq!(span["path"], path);
         assert_eq!(span["method"], "GET");
+        assert_eq!(span["client"], "127.0.0.1", "the line names who sent it");
         assert_eq!(line["route"], "/vehicles/{id}/timestamp/{ts}");
         assert_eq!(line["status"], status);
         let latency_ms = line["latency_ms"].as_f64().expect("latency_ms, a number");
