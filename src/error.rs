@@ -50,6 +50,11 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the body did not arrive within {0:?} (HTTP_CLIENT_REQUEST_TIMEOUT_MS)")]
     BodyTimeout(std::time::Duration),
+    /// A body sent chunked (`Transfer-Encoding`): only a body of known length is read.
+    #[error(
+        "send the body with Content-Length: a chunked body (Transfer-Encoding) is not accepted"
+    )]
+    LengthRequired,
     #[error("the database cannot be reached; retry after {retry_after_secs} seconds")]
     DatabaseUnavailable {
         retry_after_secs: u32,
@@ -89,6 +94,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ProblemType::UnsupportedMediaType,
             ApiError::InvalidQuery(_) => ProblemType::InvalidQuery,
             ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
+            ApiError::LengthRequired => ProblemType::LengthRequired,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
@@ -177,6 +183,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -237,6 +244,7 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::InvalidQuery("x".to_owned()),
             ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
+            ApiError::LengthRequired,
             ApiError::CorsRefused("x".to_owned()),
             ApiError::from_lookup(
                 Arc::new(LookupError::Db(DbError::Unavailable(

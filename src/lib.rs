@@ -8,6 +8,7 @@ pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod context;
 pub mod db;
 pub mod domain;

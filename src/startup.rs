@@ -4,21 +4,27 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use std::future::ready;
+
+use actix_http::HttpService;
+use actix_http::error::DispatchError;
+use actix_service::{ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::http::KeepAlive;
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio::net::TcpStream;
 use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
+use crate::connection::{self, ConnectionLimits, Metered};
 use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
-use crate::middleware::connection::{self, ConnectionLimits};
 use crate::middleware::{compression, cors, head};
 use crate::service::{Gathering, StateService};
 use crate::telemetry::{self, RequestSpan};
@@ -118,56 +124,86 @@ impl Application {
             max_requests: settings.http.max_requests_per_connection,
             max_response_bytes: settings.http.max_response_bytes_per_connection,
         };
-        let mut server = HttpServer::new(move || {
-            let cors = cors::layer(&cors_settings);
-            let cors_on = cors.is_some();
-            App::new()
-                .app_data(app_state.clone())
-                .into_utoipa_app()
-                .configure(if metrics_apart {
-                    routes::configure_api
-                } else {
-                    routes::configure
-                })
-                .into_app()
-                .service(
-                    SwaggerUi::new("/swagger-ui/{_:.*}")
-                        .url("/api-docs/openapi.json", spec.clone()),
-                )
-                .service(web::redirect("/swagger-ui", "/swagger-ui/"))
-                .configure(routes::explore::configure)
-                .default_service(web::to(routes::not_found))
-                // Innermost first. Compression sees the answer as the route made it; CORS sits
-                // outside the request log and metrics, so a preflight is answered before
-                // routing and never counted or logged as a request.
-                .wrap(from_fn(head::documentation_as_get))
-                .wrap(compression::Compress {
-                    min_bytes: compress_at,
-                })
-                .wrap(from_fn(crate::metrics::record_request))
-                .wrap(TracingLogger::<RequestSpan>::new())
-                .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
-                .wrap(from_fn(telemetry::request_id))
-                // Outermost: a request past a connection's budget is not even logged as one.
-                .wrap(connection_limits)
-        })
-        .on_connect(connection::on_connect)
-        .client_disconnect_timeout(settings.http.client_disconnect_timeout)
-        // Signals are ours (see `run_until_stopped`): readiness must fail before the listener closes.
-        .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout.as_secs())
-        .client_request_timeout(settings.http.client_request_timeout)
-        .keep_alive(if settings.http.keep_alive.is_zero() {
-            KeepAlive::Disabled
-        } else {
-            KeepAlive::Timeout(settings.http.keep_alive)
-        })
-        .max_connections(usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX));
-        if let Some(workers) = settings.http.workers {
-            server = server.workers(workers.into());
+        let http = settings.http.clone();
+        let mut builder = actix_server::Server::build()
+            // Signals are ours (see `run_until_stopped`): readiness must fail before the
+            // listener closes.
+            .disable_signals()
+            .shutdown_timeout(http.shutdown_timeout.as_secs())
+            .max_concurrent_connections(
+                usize::try_from(http.max_connections).unwrap_or(usize::MAX),
+            );
+        if let Some(workers) = http.workers {
+            builder = builder.workers(workers.into());
         }
-        let server = server
-            .listen(port.listen()?)
+        let draining = builder.graceful_shutdown_signal();
+        // What actix-web's `HttpServer` builds, but over the connection's own stream
+        // (`connection::Metered`), which bounds what a client can make the replica hold.
+        let server = builder
+            .listen("vehicle-state", port.listen()?, move || {
+                let cors = cors::layer(&cors_settings);
+                let cors_on = cors.is_some();
+                let app = App::new()
+                    .app_data(app_state.clone())
+                    .into_utoipa_app()
+                    .configure(if metrics_apart {
+                        routes::configure_api
+                    } else {
+                        routes::configure
+                    })
+                    .into_app()
+                    .service(
+                        SwaggerUi::new("/swagger-ui/{_:.*}")
+                            .url("/api-docs/openapi.json", spec.clone()),
+                    )
+                    .service(web::redirect("/swagger-ui", "/swagger-ui/"))
+                    .configure(routes::explore::configure)
+                    .default_service(web::to(routes::not_found))
+                    // Innermost first. Compression sees the answer as the route made it; CORS
+                    // sits outside the request log and metrics, so a preflight is answered
+                    // before routing and never counted or logged as a request.
+                    .wrap(from_fn(head::documentation_as_get))
+                    .wrap(compression::Compress {
+                        min_bytes: compress_at,
+                    })
+                    .wrap(from_fn(crate::metrics::record_request))
+                    .wrap(TracingLogger::<RequestSpan>::new())
+                    .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
+                    .wrap(from_fn(telemetry::request_id))
+                    // Outermost: it sees every request start and end on its connection.
+                    .wrap(connection_limits);
+                let draining = draining.clone();
+                let service = HttpService::build()
+                    .keep_alive(if http.keep_alive.is_zero() {
+                        KeepAlive::Disabled
+                    } else {
+                        KeepAlive::Timeout(http.keep_alive)
+                    })
+                    .client_request_timeout(http.client_request_timeout)
+                    .client_disconnect_timeout(http.client_disconnect_timeout)
+                    .local_addr(local)
+                    .graceful_shutdown_signal(move || {
+                        let draining = draining.clone();
+                        async move { draining.notified().await }
+                    })
+                    .on_connect_ext(connection::on_connect::<TcpStream>)
+                    // No route builds URLs or reads `ConnectionInfo`'s fallback host, the only
+                    // users of the app's host and address.
+                    .h1(map_config(app, |_| AppConfig::default()));
+                let send_timeout = http.send_timeout;
+                fn_service(move |io: TcpStream| {
+                    let peer = io.peer_addr().ok();
+                    // As actix-web's server: answers are small, sent at once.
+                    if let Err(error) = io.set_nodelay(true) {
+                        tracing::debug!(error = %error, "cannot set TCP_NODELAY");
+                    }
+                    ready(Ok::<_, DispatchError>((
+                        Metered::new(io, send_timeout),
+                        peer,
+                    )))
+                })
+                .and_then(service)
+            })
             .context("cannot start the HTTP server")?
             .run();
         tracing::info!(address = %local, "listening");

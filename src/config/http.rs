@@ -100,9 +100,7 @@ pub struct HttpSettings {
     pub keep_alive: Duration,
 
     /// Most requests answered on one connection; the answer to the last says `Connection: close`
-    /// (as nginx's `keepalive_requests`). With HTTP_MAX_RESPONSE_BYTES_PER_CONNECTION, it bounds
-    /// what a client that pipelines requests and never reads the answers can make the replica
-    /// hold: a request sent past the close is not answered, the connection is dropped.
+    /// (as nginx's `keepalive_requests`), and nothing more is read from the connection.
     #[arg(long = "http-max-requests-per-connection", id = "HTTP_MAX_REQUESTS_PER_CONNECTION", env = "HTTP_MAX_REQUESTS_PER_CONNECTION", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_requests_per_connection: u32,
 
@@ -114,9 +112,15 @@ pub struct HttpSettings {
 
     /// How long a connection is kept, once its answer says `Connection: close` with the
     /// request's body unread, for the client to read the answer before the connection is shut
-    /// (a body that does not arrive in time is answered 408, then closed this long after).
+    /// (a body that does not arrive within HTTP_CLIENT_REQUEST_TIMEOUT_MS is answered 408, then
+    /// closed this long after).
     #[arg(long = "http-client-disconnect-timeout-ms", id = "HTTP_CLIENT_DISCONNECT_TIMEOUT_MS", env = "HTTP_CLIENT_DISCONNECT_TIMEOUT_MS", default_value = "500", value_parser = millis(1..=60_000))]
     pub client_disconnect_timeout: Duration,
+
+    /// How long a write to a client may make no progress (the client reads nothing, its
+    /// socket is full) before the connection is dropped, as nginx's `send_timeout`.
+    #[arg(long = "http-send-timeout-ms", id = "HTTP_SEND_TIMEOUT_MS", env = "HTTP_SEND_TIMEOUT_MS", default_value = "10000", value_parser = millis(1..=600_000))]
+    pub send_timeout: Duration,
 
     /// Most open connections per worker thread; past it, new connections wait in the listen
     /// backlog until one closes.

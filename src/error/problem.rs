@@ -55,6 +55,8 @@ pub enum ProblemType {
     InvalidQuery,
     #[serde(rename = "/problems/request-timeout")]
     RequestTimeout,
+    #[serde(rename = "/problems/length-required")]
+    LengthRequired,
     #[serde(rename = "/problems/cors-refused")]
     CorsRefused,
 }
@@ -78,6 +80,7 @@ impl ProblemType {
             ProblemType::UnsupportedMediaType => "Unsupported media type",
             ProblemType::InvalidQuery => "Invalid query",
             ProblemType::RequestTimeout => "Request timeout",
+            ProblemType::LengthRequired => "Length required",
             ProblemType::CorsRefused => "Cross-origin request refused",
         }
     }

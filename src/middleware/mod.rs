@@ -1,10 +1,8 @@
 //! How an answer travels, configured once and wrapped around the `App` in `startup`: which
-//! browser pages may read it (CORS), how its body is encoded (compression), and what one
-//! connection may cost (connection). Routes say what
+//! browser pages may read it (CORS) and how its body is encoded (compression). Routes say what
 //! they answer; nothing here knows what that is.
 
 pub mod compression;
-pub mod connection;
 pub mod cors;
 pub mod head;
 

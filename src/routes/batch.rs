@@ -74,6 +74,7 @@ pub struct BatchResult {
         (status = 400, description = "The body is not JSON of this shape (`/problems/invalid-body`; `detail` names the field), or holds no lookups or more than `BATCH_MAX_LOOKUPS` (`/problems/invalid-batch-size`).", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
+        (status = 411, description = "The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -185,6 +186,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
             408,
             vec![ApiError::BodyTimeout(std::time::Duration::from_secs(5))],
         ),
+        (PATH, 411, vec![ApiError::LengthRequired]),
         (PATH, 413, vec![ApiError::BodyTooLarge { max: 64 * 1024 }]),
         (PATH, 415, vec![ApiError::UnsupportedMediaType]),
     ]

@@ -251,3 +251,90 @@ async fn oversized_and_malformed_requests_get_a_4xx_or_a_closed_connection_never
         assert_still_serving(&app).await;
     }
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_each_answered_in_order_one_at_a_time() {
+    let app = spawn_app().await;
+    // Ten requests in one write, the last closing the connection: the replica reads one head at
+    // a time, but a client that pipelines still gets every answer, in order.
+    let mut requests = Vec::new();
+    for id in 1..=9 {
+        requests.extend_from_slice(
+            format!(
+                "GET /vehicles/{id}/timestamp/2022-09-12T10:00:00Z HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    requests.extend_from_slice(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+
+    stream.write_all(&requests).await.expect("write");
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+        .await
+        .expect("the connection is closed after the last answer")
+        .expect("read");
+
+    let text = String::from_utf8_lossy(&received);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    // Vehicles 1 to 3 exist in the sample data, 4 to 9 do not; then /livez.
+    assert_eq!(
+        statuses,
+        [
+            "200", "200", "200", "404", "404", "404", "404", "404", "404", "200"
+        ],
+        "{text}"
+    );
+    let answers: Vec<usize> = (1..=9)
+        .map(|id| {
+            text.find(&format!("{{\"vehicle\":{{\"id\":{id},"))
+                .or_else(|| text.find(&format!("no vehicle has id {id}\"")))
+                .expect("each vehicle's answer")
+        })
+        .collect();
+    assert!(
+        answers.windows(2).all(|w| w[0] < w[1]),
+        "in order: {answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_refused_with_411_unread_and_its_connection_closed() {
+    let app = spawn_app().await;
+    let request =
+        b"POST /vehicles/states HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        Transfer-Encoding: chunked\r\n\r\n10\r\n{\"lookups\":[{\"id\r\n";
+
+    let reply = raw_exchange(&app, request, Duration::from_secs(5)).await;
+
+    assert_eq!(reply.status, Some(411), "{reply:?}");
+    assert!(reply.closed, "the connection is closed: {reply:?}");
+    assert!(reply.took < Duration::from_secs(2), "{reply:?}");
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a problem");
+    assert_eq!(problem["type"], "/problems/length-required");
+    assert_eq!(problem["status"], 411);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("send the body with Content-Length"),
+        "{problem}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_still_serving(&app).await;
+}

@@ -164,17 +164,189 @@ async fn two_hundred_connections_asking_brotli_batches_keep_memory_bounded_and_l
     .await;
 }
 
-/// Writes `head` and a first chunk on a new connection, then a chunk every 100 ms and never
-/// the last; returns the status line the replica answered with (if any) and how long after
-/// the head the replica closed the connection (None: still open after `within`).
-async fn endless_chunked_body(
+/// One GET, as a client pipelines it.
+const GET: &[u8] = b"GET /vehicles/2/timestamp/2022-09-12T10:00:00Z HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// Writes `requests` on `stream` again and again until `until`, never reading; a write that
+/// cannot go through within 200 ms (the replica stopped reading) is given up and tried again.
+/// Returns whether the replica dropped the connection meanwhile.
+async fn pipeline_without_reading(stream: &mut TcpStream, requests: &[u8], until: Instant) -> bool {
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(200), stream.write_all(requests)).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => return true,
+        }
+    }
+    false
+}
+
+/// Whether the replica has closed `stream`: what it sent is read, then the end (or a reset)
+/// must come within 1 s; a connection it still holds would go on answering instead.
+async fn closed_by_the_replica(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_connections_pipelining_without_reading_keep_memory_bounded_and_are_not_held() {
+    let _serial = one_at_a_time().await;
+    bounded(async {
+        let scratch = sample_database();
+        let dir = TempDir::new("pipelining");
+        let mut replica = replica(&dir, &scratch).await;
+        replica.start().await;
+        let rss_before = replica.rss_kib();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = watch_rss(replica.pid(), stop.clone());
+        let address = format!("127.0.0.1:{}", replica.port);
+
+        // 100 connections writing GETs back to back for 6 s and never reading, then silent
+        // (still never reading) for the keep-alive (5 s) and send (10 s) timeouts and 1 s more:
+        // by then the replica must have let each one go.
+        let requests: Vec<u8> = GET.repeat(64);
+        let pipelining_ends = Instant::now() + Duration::from_millis(6_500);
+        let attackers: Vec<_> = (0..100)
+            .map(|_| {
+                let (address, requests) = (address.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let mut stream = TcpStream::connect(&address).await.expect("connect");
+                    let dropped =
+                        pipeline_without_reading(&mut stream, &requests, pipelining_ends).await;
+                    (stream, dropped)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let normal = normal_client(replica.url(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stop.store(true, Ordering::Relaxed);
+        let latencies = normal.await.expect("normal client");
+        let peak = peak.await.expect("watcher");
+        let mut streams = Vec::new();
+        for attacker in attackers {
+            streams.push(attacker.await.expect("attacker"));
+        }
+        let rss_after = replica.rss_kib();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let mut let_go = 0;
+        for (stream, dropped) in &mut streams {
+            if *dropped || closed_by_the_replica(stream).await {
+                let_go += 1;
+            }
+        }
+
+        let p99 = p99(latencies);
+        eprintln!(
+            "pipelining: RSS {rss_before} KiB before, peak {peak} KiB, {rss_after} KiB after; a normal lookup's p99 {}; {let_go} of 100 connections let go 11 s after their clients fell silent",
+            figure(p99)
+        );
+        assert!(
+            peak < RSS_BOUND_KIB,
+            "RSS stays under {RSS_BOUND_KIB} KiB: peak {peak} KiB"
+        );
+        assert!(
+            p99 < Duration::from_secs(1),
+            "a normal lookup is still answered promptly: p99 {p99:?}"
+        );
+        assert_eq!(
+            let_go, 100,
+            "no connection is held past the keep-alive and send timeouts"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_ask_for_large_answers_and_never_read_are_dropped_at_the_send_timeout() {
+    let _serial = one_at_a_time().await;
+    bounded(async {
+        let scratch = sample_database();
+        let dir = TempDir::new("slow-readers");
+        let mut replica = replica(&dir, &scratch).await;
+        let send_timeout = Duration::from_secs(2);
+        // No byte budget per connection: it would close these connections before their writes
+        // stall, and the send timeout is what is tried here.
+        replica
+            .set("HTTP_SEND_TIMEOUT_MS", "2000")
+            .set("HTTP_MAX_RESPONSE_BYTES_PER_CONNECTION", "1073741824");
+        replica.start().await;
+        let rss_before = replica.rss_kib();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = watch_rss(replica.pid(), stop.clone());
+        let address = format!("127.0.0.1:{}", replica.port);
+
+        // 20 connections each asking for Swagger UI's script (about 1.4 MB, uncompressed) over
+        // and over, never reading: the answers fill the sockets, and the replica's writes stall.
+        let asset = b"GET /swagger-ui/swagger-ui-bundle.js HTTP/1.1\r\nhost: x\r\n\r\n".repeat(8);
+        let started = Instant::now();
+        let attackers: Vec<_> = (0..20)
+            .map(|_| {
+                let (address, asset) = (address.clone(), asset.clone());
+                tokio::spawn(async move {
+                    // A small receive window, as a client that reads nothing soon has.
+                    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+                    let mut stream = socket
+                        .connect(address.parse().expect("an address"))
+                        .await
+                        .expect("connect");
+                    let until = Instant::now() + Duration::from_secs(8);
+                    let dropped = pipeline_without_reading(&mut stream, &asset, until).await;
+                    (dropped, started.elapsed())
+                })
+            })
+            .collect();
+        let normal = normal_client(replica.url(), stop.clone());
+        let mut dropped = Vec::new();
+        for attacker in attackers {
+            dropped.push(attacker.await.expect("attacker"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let latencies = normal.await.expect("normal client");
+        let peak = peak.await.expect("watcher");
+
+        let p99 = p99(latencies);
+        let count = dropped.iter().filter(|(d, _)| *d).count();
+        let latest = dropped.iter().map(|(_, at)| *at).max().unwrap_or_default();
+        eprintln!(
+            "slow readers: {count} of 20 connections dropped, the last {} after the attack began (send timeout {}); RSS {rss_before} KiB before, peak {peak} KiB; a normal lookup's p99 {}",
+            figure(latest),
+            figure(send_timeout),
+            figure(p99)
+        );
+        assert_eq!(count, 20, "every connection that reads nothing is dropped");
+        assert!(
+            latest >= send_timeout && latest <= send_timeout + Duration::from_secs(2),
+            "dropped at the send timeout, not before or long after: {latest:?}"
+        );
+        assert!(
+            peak < RSS_BOUND_KIB,
+            "RSS stays under {RSS_BOUND_KIB} KiB: peak {peak} KiB"
+        );
+        // No bound on the normal lookup's latency here: a debug build reads Swagger UI's files
+        // from the disk on every request (rust-embed), about 50 ms of a worker's time each.
+    })
+    .await;
+}
+
+/// Sends `head` (and `first` bytes of its body) on a new connection, then a byte every 100 ms
+/// and never the whole body; returns the status line the replica answered with (if any) and how
+/// long after the head the replica closed the connection (None: still open after `within`).
+async fn unfinished_body(
     address: &str,
     head: &str,
+    first: &[u8],
     within: Duration,
 ) -> (Option<String>, Option<Duration>) {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(b"1\r\n{\r\n").await.expect("first chunk");
+    stream.write_all(first).await.expect("first bytes");
     let started = Instant::now();
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
@@ -189,7 +361,7 @@ async fn endless_chunked_body(
             },
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 // A write error is the replica closing: the next read says so.
-                let _ = stream.write_all(b"1\r\n \r\n").await;
+                let _ = stream.write_all(b" ").await;
             }
         }
     }
@@ -207,8 +379,8 @@ async fn bodies_that_never_end_are_answered_and_their_connections_closed_within_
         let scratch = sample_database();
         let dir = TempDir::new("bodies");
         let mut replica = replica(&dir, &scratch).await;
-        // A body timeout of 2 s, and 30 connections per worker: the 50 endless bodies below would
-        // hold every connection if they were never closed.
+        // A body timeout of 2 s, and 30 connections per worker: the 50 unfinished bodies below
+        // would hold every connection if they were never closed.
         replica
             .set("HTTP_CLIENT_REQUEST_TIMEOUT_MS", "2000")
             .set("HTTP_MAX_CONNECTIONS", "30");
@@ -216,21 +388,28 @@ async fn bodies_that_never_end_are_answered_and_their_connections_closed_within_
         let address = format!("127.0.0.1:{}", replica.port);
         let body_timeout = Duration::from_secs(2);
         let bound = body_timeout + Duration::from_secs(1);
+        let within = Duration::from_secs(10);
 
-        // A batch whose chunked body never ends, 50 times at once: a 408 each, then closed.
-        let batch = "POST /vehicles/states HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        // A batch that announces 60,000 bytes and trickles them, 50 times at once: a 408 each at
+        // the body timeout, then closed.
+        let batch = "POST /vehicles/states HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n";
         let batches: Vec<_> = (0..50)
             .map(|_| {
                 let address = address.clone();
-                tokio::spawn(async move {
-                    endless_chunked_body(&address, batch, Duration::from_secs(10)).await
-                })
+                tokio::spawn(async move { unfinished_body(&address, batch, b"{", within).await })
             })
             .collect();
-        // A GET with a chunked body that never ends: answered at once, then closed, not drained.
+        // A chunked batch whose body never ends: refused at once, unread, and closed.
+        let chunked = "POST /vehicles/states HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (chunked_status, chunked_closed) =
+            unfinished_body(&address, chunked, b"1\r\n{\r\n", within).await;
+        // A GET with a chunked body: the same.
         let get = "GET /vehicles/2/timestamp/2022-09-12T10:00:00Z HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
-        let (get_status, get_closed) =
-            endless_chunked_body(&address, get, Duration::from_secs(10)).await;
+        let (get_status, get_closed) = unfinished_body(&address, get, b"1\r\n{\r\n", within).await;
+        // A GET that announces a body it never sends: answered without it, then closed.
+        let get_with_length = "GET /vehicles/2/timestamp/2022-09-12T10:00:00Z HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n";
+        let (length_status, length_closed) =
+            unfinished_body(&address, get_with_length, b"", within).await;
         let mut batch_results = Vec::new();
         for batch in batches {
             batch_results.push(batch.await.expect("batch task"));
@@ -246,11 +425,14 @@ async fn bodies_that_never_end_are_answered_and_their_connections_closed_within_
             .map(|r| r.status().as_u16());
 
         let slowest = batch_results.iter().filter_map(|(_, c)| *c).max();
+        let shown = |d: Option<Duration>| d.map(figure).unwrap_or_else(|| "never".into());
         eprintln!(
-            "endless bodies: 50 batches closed at most {} after their head (bound {}); the GET closed after {}",
-            slowest.map(figure).unwrap_or_else(|| "never".into()),
+            "unfinished bodies: 50 batches closed at most {} after their head (bound {}); chunked batch {}, chunked GET {}, GET with an unsent body {}",
+            shown(slowest),
             figure(bound),
-            get_closed.map(figure).unwrap_or_else(|| "never".into()),
+            shown(chunked_closed),
+            shown(get_closed),
+            shown(length_closed),
         );
         for (status, closed) in &batch_results {
             assert_eq!(
@@ -264,12 +446,18 @@ async fn bodies_that_never_end_are_answered_and_their_connections_closed_within_
                 "closed within the body timeout + 1 s ({bound:?}): {closed:?}"
             );
         }
-        assert_eq!(get_status.as_deref(), Some("HTTP/1.1 200 OK"));
-        let get_closed = get_closed.expect("the GET's connection is closed");
-        assert!(
-            get_closed <= Duration::from_secs(1),
-            "an unread body's connection is closed once answered: {get_closed:?}"
-        );
+        for (what, status, closed, expected) in [
+            ("chunked batch", chunked_status, chunked_closed, "HTTP/1.1 411 Length Required"),
+            ("chunked GET", get_status, get_closed, "HTTP/1.1 411 Length Required"),
+            ("GET with an unsent body", length_status, length_closed, "HTTP/1.1 200 OK"),
+        ] {
+            assert_eq!(status.as_deref(), Some(expected), "{what}");
+            let closed = closed.unwrap_or_else(|| panic!("{what}: the connection is closed"));
+            assert!(
+                closed <= Duration::from_secs(1),
+                "{what}: an unread body's connection is closed once answered: {closed:?}"
+            );
+        }
         assert_eq!(after.ok(), Some(200), "other clients are served");
     })
     .await;

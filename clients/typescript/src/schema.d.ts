@@ -247,7 +247,7 @@ export interface components {
          * @description Every problem `type` this service sends. Relative URIs, resolved against the service.
          * @enum {string}
          */
-        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/cors-refused";
+        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/cors-refused";
         /** @description Readiness of this replica to take traffic. */
         Readiness: {
             /** @description PostgreSQL is required: without it, uncached lookups fail. */
@@ -469,6 +469,15 @@ export interface operations {
             };
             /** @description The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`). */
             408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed. */
+            411: {
                 headers: {
                     [name: string]: unknown;
                 };
