@@ -25,7 +25,7 @@ use crate::connection::{self, ConnectionLimits, Metered};
 use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
-use crate::middleware::{compression, cors, head};
+use crate::middleware::{compression, cors, head, pages};
 use crate::service::{Gathering, StateService};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
@@ -163,6 +163,7 @@ impl Application {
                     // sits outside the request log and metrics, so a preflight is answered
                     // before routing and never counted or logged as a request.
                     .wrap(from_fn(head::documentation_as_get))
+                    .wrap(pages::PageHeaders)
                     .wrap(compression::Compress {
                         min_bytes: compress_at,
                     })

@@ -1,10 +1,12 @@
 //! How an answer travels, configured once and wrapped around the `App` in `startup`: which
-//! browser pages may read it (CORS) and how its body is encoded (compression). Routes say what
+//! browser pages may read it (CORS), how its body is encoded (compression), and what a browser
+//! is told about the pages (pages). Routes say what
 //! they answer; nothing here knows what that is.
 
 pub mod compression;
 pub mod cors;
 pub mod head;
+pub mod pages;
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 

@@ -612,6 +612,8 @@ async fn the_explore_page_is_served_from_the_binary_and_uses_only_the_public_api
     let app = spawn_app().await;
 
     let page = send(&app, Method::GET, "/explore/", &[]).await;
+    let script = send(&app, Method::GET, "/explore/explore.js", &[]).await;
+    let style = send(&app, Method::GET, "/explore/explore.css", &[]).await;
     let bare = send(&app, Method::GET, "/explore", &[]).await;
     let compressed = send(
         &app,
@@ -624,25 +626,84 @@ async fn the_explore_page_is_served_from_the_binary_and_uses_only_the_public_api
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
     let html = page.decoded();
+    // Its script and style are files of the binary's own, named relatively; nothing else is
+    // loaded, from a CDN or anywhere.
     assert!(
-        html.contains("fetch(`/vehicles/${encodeURIComponent(id)}/history?"),
+        html.contains(r#"<script src="explore.js"></script>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<link rel="stylesheet" href="explore.css">"#),
+        "{html}"
+    );
+    assert_eq!(html.matches("<script").count(), 1, "no inline script");
+    assert_eq!(html.matches("<link").count(), 1);
+    assert!(!html.contains("<style"), "no inline style");
+    assert_eq!(script.status, 200);
+    assert_eq!(
+        script.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(style.status, 200);
+    assert_eq!(style.header("content-type"), "text/css; charset=utf-8");
+    let js = script.decoded();
+    assert!(
+        js.contains("fetch(`/vehicles/${encodeURIComponent(id)}/history?"),
         "the timeline"
     );
     assert!(
-        html.contains("fetch(`/vehicles/${encodeURIComponent(id)}/timestamp/"),
+        js.contains("fetch(`/vehicles/${encodeURIComponent(id)}/timestamp/"),
         "the lookup"
     );
-    // Nothing from a CDN or another host: no external script or style, and every call relative.
-    assert!(
-        !html.contains("<script src") && !html.contains("<link"),
-        "nothing loaded from elsewhere"
-    );
     assert_eq!(
-        html.matches("fetch(").count(),
-        html.matches("fetch(`/vehicles/").count()
+        js.matches("fetch(").count(),
+        js.matches("fetch(`/vehicles/").count(),
+        "every call is to the public API, relative"
     );
     assert_eq!(bare.status, 307);
     assert_eq!(bare.header("location"), "/explore/");
     assert_eq!(compressed.header("content-encoding"), "gzip");
     assert_eq!(compressed.decoded(), html);
+}
+
+#[tokio::test]
+async fn the_pages_forbid_other_origins_scripts_framing_and_sniffing_and_the_api_s_answers_are_as_before()
+ {
+    let app = spawn_app().await;
+
+    let explore = send(&app, Method::GET, "/explore/", &[]).await;
+    let swagger = send(&app, Method::GET, "/swagger-ui/", &[]).await;
+    let script = send(&app, Method::GET, "/explore/explore.js", &[]).await;
+    let lookup = send(&app, Method::GET, LOOKUP, &[]).await;
+
+    for (page, policy) in [
+        (
+            &explore,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'",
+        ),
+        (
+            &swagger,
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'",
+        ),
+    ] {
+        assert_eq!(page.status, 200);
+        let csp = page.header("content-security-policy");
+        assert!(csp.starts_with(policy), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe-eval"), "{csp}");
+        assert_eq!(page.header("x-content-type-options"), "nosniff");
+        assert_eq!(page.header("x-frame-options"), "DENY");
+        assert_eq!(page.header("referrer-policy"), "no-referrer");
+    }
+    assert_eq!(script.header("x-content-type-options"), "nosniff");
+    assert_eq!(script.header("content-security-policy"), "");
+    assert_eq!(lookup.status, 200);
+    for name in [
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+    ] {
+        assert_eq!(lookup.header(name), "", "{name} on a JSON answer");
+    }
 }

@@ -1,0 +1,142 @@
+"use strict";
+// Plain fetch calls against the public API, as any front end would make them; nothing else.
+const COLOURS = { quoted: "#f0ad4e", selling: "#3b7dd8", sold: "#3c9d5d" };
+const WIDTH = 900, LEFT = 10, RIGHT = 890, BAND_TOP = 20, BAND_HEIGHT = 50;
+const $ = (id) => document.getElementById(id);
+const SVG_NS = "http://www.w3.org/2000/svg";
+let shown = null; // { id, start, end } of the timeline on screen
+
+async function problemText(response) {
+  try {
+    const problem = await response.json();
+    return problem.detail || problem.title || response.statusText;
+  } catch {
+    return response.status + " " + response.statusText;
+  }
+}
+
+// Every page of the vehicle's history (a page holds up to 1000 changes).
+async function history(id) {
+  let changes = [], after = null, vehicle = null;
+  for (let page = 0; page < 20; page++) {
+    const query = new URLSearchParams({ limit: "1000" });
+    if (after) query.set("after", after);
+    const response = await fetch(`/vehicles/${encodeURIComponent(id)}/history?${query}`);
+    if (!response.ok) throw new Error(await problemText(response));
+    const body = await response.json();
+    vehicle = body.vehicle;
+    changes = changes.concat(body.changes);
+    if (!body.next) break;
+    after = body.next;
+  }
+  return { vehicle, changes };
+}
+
+function svgElement(name, attributes, text) {
+  const element = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function draw(id, vehicle, changes) {
+  const svg = $("timeline");
+  svg.replaceChildren();
+  $("vehicle").textContent = `Vehicle ${vehicle.id}: ${vehicle.make} ${vehicle.model}, ${changes.length} state change${changes.length === 1 ? "" : "s"}`;
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const state of new Set(changes.map((c) => c.state))) {
+    const item = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = COLOURS[state] || "#999";
+    item.append(swatch, state);
+    legend.append(item);
+  }
+  if (changes.length === 0) {
+    svg.append(svgElement("text", { x: LEFT, y: 60 }, "No state recorded yet."));
+    shown = null;
+    return;
+  }
+  const first = Date.parse(changes[0].at);
+  const last = Date.parse(changes[changes.length - 1].at);
+  // The current state has no end: it is drawn a fifth of the span (at least an hour) past its start.
+  const end = last + Math.max((last - first) / 5, 3600 * 1000);
+  const x = (t) => LEFT + ((t - first) / (end - first)) * (RIGHT - LEFT);
+  changes.forEach((change, i) => {
+    const from = Date.parse(change.at);
+    const until = change.until ? Date.parse(change.until) : end;
+    const band = svgElement("rect", {
+      x: x(from), y: BAND_TOP, width: Math.max(x(until) - x(from), 1), height: BAND_HEIGHT,
+      fill: COLOURS[change.state] || "#999", "data-state": change.state, "data-at": change.at,
+    });
+    band.append(svgElement("title", {}, `${change.state} from ${change.at} until ${change.until || "now"}`));
+    svg.append(band);
+    if (x(until) - x(from) > 40) {
+      svg.append(svgElement("text", { x: x(from) + 4, y: BAND_TOP + 30, fill: "#fff", "font-weight": "600" }, change.state));
+    }
+    // The instant of each change under the band, staggered so neighbours stay readable.
+    svg.append(svgElement("line", { x1: x(from), x2: x(from), y1: BAND_TOP, y2: BAND_TOP + BAND_HEIGHT + 8 + (i % 2) * 14, stroke: "#333" }));
+    svg.append(svgElement("text", { x: x(from) + 2, y: BAND_TOP + BAND_HEIGHT + 18 + (i % 2) * 14 }, change.at));
+  });
+  shown = { id, start: first, end, x };
+}
+
+async function lookup(id, instant) {
+  const answer = $("answer");
+  answer.className = "";
+  answer.textContent = "…";
+  const response = await fetch(`/vehicles/${encodeURIComponent(id)}/timestamp/${encodeURIComponent(instant)}`);
+  const cache = response.headers.get("X-Cache") || "-";
+  if (response.ok) {
+    const body = await response.json();
+    answer.dataset.state = body.state;
+    answer.textContent = `At ${body.timestamp} vehicle ${body.vehicle.id} was ${body.state} (since ${body.stateSince}). X-Cache: ${cache}`;
+  } else {
+    answer.className = "error";
+    answer.dataset.state = "";
+    answer.textContent = `${response.status}: ${await problemText(response)} (X-Cache: ${cache})`;
+  }
+  answer.dataset.cache = cache;
+  const marker = $("marker");
+  if (marker) marker.remove();
+  if (shown && shown.id === id) {
+    const t = Date.parse(instant);
+    if (!Number.isNaN(t) && t >= shown.start && t <= shown.end) {
+      $("timeline").append(svgElement("line", { id: "marker", x1: shown.x(t), x2: shown.x(t), y1: 8, y2: BAND_TOP + BAND_HEIGHT + 6, stroke: "#c0392b", "stroke-width": 2 }));
+    }
+  }
+}
+
+$("pick").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = $("id").value.trim();
+  try {
+    const { vehicle, changes } = await history(id);
+    draw(id, vehicle, changes);
+    $("answer").textContent = "";
+  } catch (error) {
+    $("timeline").replaceChildren();
+    $("vehicle").textContent = "";
+    $("legend").replaceChildren();
+    shown = null;
+    $("answer").className = "error";
+    $("answer").textContent = error.message;
+  }
+});
+
+$("timeline").addEventListener("click", (event) => {
+  if (!shown) return;
+  const box = event.currentTarget.getBoundingClientRect();
+  const fraction = (((event.clientX - box.left) / box.width) * WIDTH - LEFT) / (RIGHT - LEFT);
+  const t = shown.start + Math.min(Math.max(fraction, 0), 1) * (shown.end - shown.start);
+  // Whole seconds, as a person would type it.
+  const instant = new Date(Math.round(t / 1000) * 1000).toISOString().replace(".000Z", "Z");
+  $("instant").value = instant;
+  lookup(shown.id, instant);
+});
+
+$("ask").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const instant = $("instant").value.trim();
+  if (instant) lookup($("id").value.trim(), instant);
+});
