@@ -33,9 +33,12 @@ pub fn rank(state: &str) -> i32 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor(pub Position);
 
-/// Why a cursor is not one this service wrote.
+/// Why `after` is not a cursor: not in the form `next` is written in. A well-formed one is taken
+/// as the position it names, whoever wrote it: it holds nothing secret (docs/api.md).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`after` is not a cursor this service gave: pass the `next` of the previous page as it is")]
+#[error(
+    "`after` is not a cursor in the form this service writes: pass the `next` of the previous page as it is"
+)]
 pub struct CursorError;
 
 impl Cursor {
