@@ -1,6 +1,6 @@
 //! Response compression (RFC 9110 §8.4): gzip, zstd or Brotli, whichever the client's
 //! `Accept-Encoding` prefers (ties go to gzip, then zstd, then Brotli), each body encoded whole by
-//! [`encode`]. Only bodies of at least `COMPRESSION_MIN_BYTES` are compressed: below that the
+//! `encode`. Only bodies of at least `COMPRESSION_MIN_BYTES` are compressed: below that the
 //! response passes through untouched, without even reading `Accept-Encoding`, so a single lookup
 //! (about 140 bytes) costs what it cost before.
 //!
@@ -11,7 +11,7 @@
 //! handler says how long the 200's body would have been ([`Uncompressed`]). Every response whose
 //! encoding depends on `Accept-Encoding` says so in `Vary`.
 //!
-//! Bodies are encoded whole, on the worker thread, with windows sized to them ([`encode`] says
+//! Bodies are encoded whole, on the worker thread, with windows sized to them (`encode.rs` says
 //! why and at which levels): memory for encoding is bounded by the number of workers and the
 //! largest body, not by the number of clients.
 

@@ -47,8 +47,13 @@ use crate::error::{ApiError, Problem};
             ("X-Cache" = String, description = "`HIT`, `MISS` or `STALE`."),
             ("Cache-Control" = String, description = "As for 200."),
         )),
-        (status = 400, description = "The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not a cursor of this service, or a parameter is given twice (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not in the form of a `next`, or a parameter is given twice (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle (`/problems/vehicle-not-found`). Cached like a 200.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
+            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
+        )),
         (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`).", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
@@ -101,6 +106,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     vec![
         (PATH, 400, invalid),
         (PATH, 404, not_found),
+        (PATH, 429, vec![super::rate_limited()]),
         (PATH, 503, super::unavailable()),
     ]
 }

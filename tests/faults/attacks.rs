@@ -314,16 +314,20 @@ async fn clients_that_ask_for_large_answers_and_never_read_are_dropped_at_the_se
         let p99 = p99(latencies);
         let count = dropped.iter().filter(|(d, _)| *d).count();
         let latest = dropped.iter().map(|(_, at)| *at).max().unwrap_or_default();
+        let earliest = dropped.iter().map(|(_, at)| *at).min().unwrap_or_default();
         eprintln!(
-            "slow readers: {count} of 20 connections dropped, the last {} after the attack began (send timeout {}); RSS {rss_before} KiB before, peak {peak} KiB; a normal lookup's p99 {}",
+            "slow readers: {count} of 20 connections dropped, the first {} and the last {} after the attack began (send timeout {}); RSS {rss_before} KiB before, peak {peak} KiB; a normal lookup's p99 {}",
+            figure(earliest),
             figure(latest),
             figure(send_timeout),
             figure(p99)
         );
+        // Within the 8 s the clients keep at it (a connection still held then counts as not
+        // dropped above), and none before its writes have stalled for the send timeout.
         assert_eq!(count, 20, "every connection that reads nothing is dropped");
         assert!(
-            latest >= send_timeout && latest <= send_timeout + Duration::from_secs(2),
-            "dropped at the send timeout, not before or long after: {latest:?}"
+            earliest >= send_timeout,
+            "not dropped before the send timeout: {earliest:?}"
         );
         assert!(
             peak < RSS_BOUND_KIB,
