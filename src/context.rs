@@ -20,6 +20,9 @@ pub struct AppContext {
     /// `COMPRESSION_MIN_BYTES`, `None` with `COMPRESSION=false`: which representation a
     /// conditional request's `If-None-Match` is compared with.
     pub compress_at: Option<u64>,
+    /// The clients' quotas, `None` without `RATE_LIMIT_RPS`: charged once per request by
+    /// `middleware::quota`, and by a batch for its other lookups.
+    pub quota: Option<std::sync::Arc<crate::quota::Quota>>,
 }
 
 /// The bounds of one `POST /vehicles/states`.

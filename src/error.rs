@@ -50,6 +50,15 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the body did not arrive within {0:?} (HTTP_CLIENT_REQUEST_TIMEOUT_MS)")]
     BodyTimeout(std::time::Duration),
+    /// The client's quota (`RATE_LIMIT_RPS`) is spent for now.
+    #[error(
+        "this client has used its quota ({rps} requests a second, bursts of {burst}; a batch counts one per lookup); retry after {retry_after_secs} seconds"
+    )]
+    RateLimited {
+        rps: f64,
+        burst: u32,
+        retry_after_secs: u32,
+    },
     /// A body sent chunked (`Transfer-Encoding`): only a body of known length is read.
     #[error(
         "send the body with Content-Length: a chunked body (Transfer-Encoding) is not accepted"
@@ -95,6 +104,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => ProblemType::InvalidQuery,
             ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
             ApiError::LengthRequired => ProblemType::LengthRequired,
+            ApiError::RateLimited { .. } => ProblemType::RateLimited,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
@@ -157,6 +167,9 @@ impl ApiError {
         }
         | ApiError::Overloaded {
             retry_after_secs, ..
+        }
+        | ApiError::RateLimited {
+            retry_after_secs, ..
         } = self
         {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
@@ -184,6 +197,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -245,6 +259,11 @@ mod tests {
             ApiError::InvalidQuery("x".to_owned()),
             ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
             ApiError::LengthRequired,
+            ApiError::RateLimited {
+                rps: 1.0,
+                burst: 1,
+                retry_after_secs: 1,
+            },
             ApiError::CorsRefused("x".to_owned()),
             ApiError::from_lookup(
                 Arc::new(LookupError::Db(DbError::Unavailable(

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod publish;
+pub mod quota;
 pub mod routes;
 pub mod service;
 pub mod startup;

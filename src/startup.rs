@@ -25,7 +25,8 @@ use crate::connection::{self, ConnectionLimits, Metered};
 use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
-use crate::middleware::{compression, cors, head, pages};
+use crate::middleware::{compression, cors, head, pages, quota::Quotas};
+use crate::quota::Quota;
 use crate::service::{Gathering, StateService};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
@@ -79,6 +80,13 @@ impl Application {
                 );
             }
         }
+        let quota = settings.quota.rate().map(|rate| {
+            std::sync::Arc::new(Quota::new(
+                rate,
+                redis.clone(),
+                settings.quota.trusted_proxies.clone(),
+            ))
+        });
         let state = web::Data::new(AppContext {
             service: StateService::new(
                 db::Database::new(&settings.database, settings.db_probe_interval, reachable),
@@ -108,6 +116,7 @@ impl Application {
                 read_timeout: settings.http.client_request_timeout,
             },
             compress_at: settings.compression.threshold(),
+            quota: quota.clone(),
         });
 
         // Built once here, not per worker.
@@ -167,6 +176,8 @@ impl Application {
                     .wrap(compression::Compress {
                         min_bytes: compress_at,
                     })
+                    // Inside the metrics and the request log, so a 429 is counted and logged.
+                    .wrap(Condition::new(quota.is_some(), Quotas(quota.clone())))
                     .wrap(from_fn(crate::metrics::record_request))
                     .wrap(TracingLogger::<RequestSpan>::new())
                     .wrap(Condition::new(cors_on, cors.unwrap_or_default()))

@@ -15,7 +15,7 @@ pub mod topology;
 
 pub use self::error::CacheError;
 pub use self::local::{LocalCache, LocalEntry};
-pub use self::redis::{Cached, RedisCache};
+pub use self::redis::{Cached, Granted, RedisCache};
 pub use entry::{Corrupt, RenderedAnswer};
 pub use key::CacheKey;
 

@@ -25,6 +25,46 @@ pub enum Cached {
     Absent,
 }
 
+/// What a client's bucket gave ([`RedisCache::take_tokens`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// Tokens taken: 0 when fewer than the cost were there (refused).
+    pub taken: u32,
+    /// Tokens still in the bucket.
+    pub left: u64,
+    /// Until the bucket is full again.
+    pub full_in: Duration,
+    /// When refused, until the cost's tokens are there.
+    pub retry_in: Duration,
+}
+
+/// The generic cell rate algorithm over one key: the client's theoretical arrival time (TAT),
+/// in microseconds of Redis's clock. `available` tokens are those the bucket holds now; a
+/// request that finds fewer than its cost is refused and changes nothing. The key expires once
+/// the bucket is full again, so idle clients cost Redis nothing.
+static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local available = math.floor((now + tolerance - tat) / interval)
+if available < cost then
+  return {0, available, tat - now, tat + cost * interval - tolerance - now}
+end
+local take = math.min(available, want)
+local new_tat = tat + take * interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return {take, available - take, new_tat - now, 0}
+",
+    )
+});
+
 pub struct RedisCache {
     connections: Connections,
     prefix: String,
@@ -266,6 +306,46 @@ impl RedisCache {
             .increment(1);
         let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
         (!matches!(error, CacheError::CoolingDown(_))).then_some(errors)
+    }
+
+    /// Takes `cost` tokens, and up to `want` in all, from `client`'s bucket of the fleet's
+    /// quota (a GCRA: one token every `interval`, at most `burst` at once), by Redis's clock so
+    /// that every replica keeps the same time. One script, one round trip, one key.
+    pub async fn take_tokens(
+        &self,
+        client: &str,
+        interval: Duration,
+        burst: u32,
+        cost: u32,
+        want: u32,
+    ) -> Result<Granted, CacheError> {
+        let key = format!("{}:quota:v1:{client}", self.prefix);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let reply: (u64, u64, u64, u64) = self
+            .connections
+            .bounded(|mut conn| {
+                let key = &key;
+                async move {
+                    Ok(GCRA
+                        .key(key)
+                        .arg(interval_us)
+                        .arg(burst)
+                        .arg(cost)
+                        .arg(want.max(cost))
+                        .invoke_async(&mut conn)
+                        .await?)
+                }
+            })
+            .await?;
+        let (taken, left, full_in_us, retry_in_us) = reply;
+        Ok(Granted {
+            taken: u32::try_from(taken).unwrap_or(u32::MAX),
+            left,
+            full_in: Duration::from_micros(full_in_us),
+            retry_in: Duration::from_micros(retry_in_us),
+        })
     }
 
     /// This replica's Redis connections, in use or idle, as scraped.

@@ -22,6 +22,7 @@ mod nats;
 mod otel;
 mod parse;
 mod publish;
+mod quota;
 mod redis;
 mod secrets;
 mod seed;
@@ -35,6 +36,7 @@ pub use logging::LogFormat;
 pub use nats::{NatsSettings, NatsUrls, StreamSettings, StreamStorage};
 pub use otel::{Endpoint, OtlpHeaders, Protocol, ResourceAttributes, SamplerKind, TraceSettings};
 pub use publish::PublishSettings;
+pub use quota::{QuotaSettings, Rate, TrustedProxies};
 pub use redis::{CacheSettings, RedisMode, RedisSettings, RedisUrls};
 pub use secrets::{PemFile, Secret};
 pub use seed::{Dataset, SeedData, SyntheticSettings};
@@ -54,6 +56,8 @@ pub struct ServeSettings {
     pub cors: CorsSettings,
     #[command(flatten)]
     pub compression: CompressionSettings,
+    #[command(flatten)]
+    pub quota: QuotaSettings,
     #[command(flatten)]
     pub traces: TraceSettings,
 

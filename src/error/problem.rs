@@ -57,6 +57,8 @@ pub enum ProblemType {
     RequestTimeout,
     #[serde(rename = "/problems/length-required")]
     LengthRequired,
+    #[serde(rename = "/problems/rate-limited")]
+    RateLimited,
     #[serde(rename = "/problems/cors-refused")]
     CorsRefused,
 }
@@ -81,6 +83,7 @@ impl ProblemType {
             ProblemType::InvalidQuery => "Invalid query",
             ProblemType::RequestTimeout => "Request timeout",
             ProblemType::LengthRequired => "Length required",
+            ProblemType::RateLimited => "Too many requests",
             ProblemType::CorsRefused => "Cross-origin request refused",
         }
     }

@@ -37,3 +37,7 @@ impl RequestSeries {
         write(&SERIES).insert((route, status), series);
     }
 }
+
+/// Quota decisions, by outcome (`allowed`, `limited`) and by what decided (`redis`, `lease`,
+/// `local` while Redis fails); only while quotas are on.
+pub const QUOTA_DECISIONS: &str = "vehicle_state_quota_decisions_total";

@@ -28,7 +28,7 @@ pub use cache::{
     LOOKUPS, LookupResult, REDIS_BATCH_SIZE, REDIS_ERRORS, REDIS_OPERATIONS, RedisNodesGauge,
 };
 pub use db::{DB_BATCH_SIZE, DB_ERRORS};
-pub use http::{HTTP_DURATION, HTTP_REQUESTS};
+pub use http::{HTTP_DURATION, HTTP_REQUESTS, QUOTA_DECISIONS};
 pub use ingest::{
     ConsumerGauge, INGEST_BATCH_SIZE, INGEST_COMMIT, INGEST_EVENTS, IngestResult,
     record_ingest_batch,
@@ -115,6 +115,10 @@ fn describe() {
     );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     metrics::describe_counter!(
+        QUOTA_DECISIONS,
+        "Quota decisions by outcome (allowed, limited) and by what decided (redis, lease, local while Redis fails); only while quotas are on."
+    );
+    metrics::describe_counter!(
         TRACE_SPANS_DROPPED,
         "Spans never exported, by reason (queue_full, export_failed); only while tracing is on."
     );
@@ -133,7 +137,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         REDIS_ERRORS,
-        "Redis calls that failed, by operation (get, set, ping, topology) and kind (timeout, unreachable, read_only, reply, corrupt, skipped)."
+        "Redis calls that failed, by operation (get, set, ping, topology, quota) and kind (timeout, unreachable, read_only, reply, corrupt, skipped)."
     );
     metrics::describe_counter!(
         DB_ERRORS,

@@ -7,6 +7,7 @@ pub mod compression;
 pub mod cors;
 pub mod head;
 pub mod pages;
+pub mod quota;
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 

@@ -8,12 +8,14 @@ pub use body::{BatchRequest, parse_body};
 use std::io::Write;
 
 use actix_web::http::header::{self, CacheControl, CacheDirective, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, ResponseError, route, web};
 use utoipa::ToSchema;
 
 use crate::context::AppContext;
 use crate::domain::{Outcome, StateAnswer, Timestamp, VehicleId};
 use crate::error::{ApiError, Problem};
+use crate::middleware::quota::{Charged, LastVerdict, refusal};
+use crate::quota::Verdict;
 use crate::service::CacheStatus;
 use body::{is_json, parse, read_body};
 
@@ -75,6 +77,11 @@ pub struct BatchResult {
         (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
         (status = 411, description = "The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
+            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
+        )),
         (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -107,6 +114,17 @@ async fn answer(
     .map_err(|_| ApiError::BodyTimeout(limits.read_timeout))??;
     let parsed = parse_body(&raw, state.batch.max_lookups)?;
     let count = parsed.len();
+    // The request took one token at the door; a batch counts one per lookup.
+    let charged = charge_the_rest(req, state, count).await;
+    if let Some(verdict) = charged.filter(|v| !v.allowed) {
+        let mut refused = state
+            .quota
+            .as_deref()
+            .map(|quota| refusal(quota, &verdict))
+            .unwrap_or_else(|| HttpResponse::TooManyRequests().finish());
+        refused.extensions_mut().insert(LastVerdict(verdict));
+        return Ok(refused);
+    }
     let pairs: Vec<(VehicleId, Timestamp)> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().copied())
@@ -162,13 +180,29 @@ async fn answer(
         // Once per batch, however many items it failed.
         tracing::error!(%error, "batch items failed");
     }
-    Ok(HttpResponse::Ok()
+    let mut res = HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         ))
         .insert_header(CacheControl(vec![CacheDirective::NoStore]))
-        .body(out))
+        .body(out);
+    if let Some(verdict) = charged {
+        res.extensions_mut().insert(LastVerdict(verdict));
+    }
+    Ok(res)
+}
+
+/// Takes the tokens of a batch's lookups beyond the first from its client's budget, when
+/// quotas are on; the verdict, for the answer's `RateLimit` field.
+async fn charge_the_rest(req: &HttpRequest, state: &AppContext, count: usize) -> Option<Verdict> {
+    let quota = state.quota.as_deref()?;
+    let client = req.extensions().get::<Charged>()?.0.clone();
+    let rest = u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX);
+    if rest == 0 {
+        return None;
+    }
+    Some(quota.take(&client, rest).await)
 }
 
 /// The problems of `POST /vehicles/states`, by status (for the OpenAPI document).
@@ -189,6 +223,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
         (PATH, 411, vec![ApiError::LengthRequired]),
         (PATH, 413, vec![ApiError::BodyTooLarge { max: 64 * 1024 }]),
         (PATH, 415, vec![ApiError::UnsupportedMediaType]),
+        (PATH, 429, vec![super::rate_limited()]),
     ]
 }
 

@@ -68,6 +68,15 @@ pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 }
 
 /// The 503s a lookup can answer, with the default `Retry-After`s.
+/// The 429 of a client over its quota, for the OpenAPI document's examples.
+fn rate_limited() -> ApiError {
+    ApiError::RateLimited {
+        rps: 20.0,
+        burst: 40,
+        retry_after_secs: 1,
+    }
+}
+
 fn unavailable() -> Vec<ApiError> {
     use std::sync::Arc;
 

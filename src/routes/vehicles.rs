@@ -44,6 +44,11 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
             ("Cache-Control" = String, description = "`public, max-age=N`, as for 200."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
+        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
+            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
+        )),
         (status = 503, description = "The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`); retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
@@ -102,6 +107,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     vec![
         (PATH, 400, invalid),
         (PATH, 404, not_found),
+        (PATH, 429, vec![super::rate_limited()]),
         (PATH, 503, super::unavailable()),
     ]
 }

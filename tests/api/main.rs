@@ -19,3 +19,4 @@ mod lookup;
 mod openapi;
 mod outages;
 mod process;
+mod quotas;

@@ -247,7 +247,7 @@ export interface components {
          * @description Every problem `type` this service sends. Relative URIs, resolved against the service.
          * @enum {string}
          */
-        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/cors-refused";
+        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/cors-refused";
         /** @description Readiness of this replica to take traffic. */
         Readiness: {
             /** @description PostgreSQL is required: without it, uncached lookups fail. */
@@ -503,6 +503,21 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     vehicle_history: {
@@ -599,7 +614,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not a cursor of this service, or a parameter is given twice (`/problems/invalid-query`). */
+            /** @description The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not in the form of a `next`, or a parameter is given twice (`/problems/invalid-query`). */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -611,6 +626,21 @@ export interface operations {
             /** @description No such vehicle (`/problems/vehicle-not-found`). Cached like a 200. */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -701,6 +731,21 @@ export interface operations {
                     "Cache-Control"?: string;
                     /** @description `HIT`, `MISS` or `STALE`. */
                     "X-Cache"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

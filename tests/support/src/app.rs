@@ -145,6 +145,20 @@ impl TestApp {
             .await
     }
 
+    /// `POST path` with a body and these headers.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<String>,
+    ) -> Reply {
+        let request = self
+            .client
+            .post(format!("{}{}", self.address, path))
+            .body(body.into());
+        self.send(request, headers, path).await
+    }
+
     /// `POST /vehicles/states` with these lookups, as JSON.
     pub async fn batch(&self, lookups: serde_json::Value) -> Reply {
         let body = serde_json::json!({ "lookups": lookups }).to_string();

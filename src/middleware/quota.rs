@@ -1,0 +1,154 @@
+//! Quotas at the door: each request takes one token of its client's budget ([`Quota`]) before
+//! anything else is done for it; a batch takes one more per further lookup in its handler. Over
+//! budget: a 429 problem with `Retry-After`. Every answer says where the client stands, in the
+//! IETF's `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
+//! Health routes and `/metrics` are not counted: probes and scrapers must never be turned away.
+
+use std::future::{Ready, ready};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::{Error, HttpMessage as _, ResponseError as _};
+use futures_util::future::LocalBoxFuture;
+
+use crate::error::ApiError;
+use crate::quota::{ClientId, Quota, Verdict};
+
+/// The middleware; `None` (with `Condition` off) when quotas are off.
+#[derive(Clone, Default)]
+pub struct Quotas(pub Option<Arc<Quota>>);
+
+/// Put in a request's extensions once it is charged: who it counts against, for a handler that
+/// charges more (a batch).
+#[derive(Debug, Clone)]
+pub struct Charged(pub ClientId);
+
+/// Put in a response's extensions by a handler that charged more: what the client was told
+/// last, for the `RateLimit` field.
+#[derive(Debug, Clone, Copy)]
+pub struct LastVerdict(pub Verdict);
+
+impl<S, B> Transform<S, ServiceRequest> for Quotas
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = QuotaService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(match &self.0 {
+            Some(quota) => Ok(QuotaService {
+                service: Rc::new(service),
+                quota: quota.clone(),
+            }),
+            None => Err(()),
+        })
+    }
+}
+
+pub struct QuotaService<S> {
+    service: Rc<S>,
+    quota: Arc<Quota>,
+}
+
+impl<S, B> Service<ServiceRequest> for QuotaService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = self.service.clone();
+        let quota = self.quota.clone();
+        Box::pin(async move {
+            let client = match ClientId::of(&req, quota.trusted()) {
+                Some(client) if !exempt(req.path()) => client,
+                _ => return Ok(service.call(req).await?.map_into_left_body()),
+            };
+            let verdict = quota.take(&client, 1).await;
+            if !verdict.allowed {
+                let mut res = refusal(&quota, &verdict);
+                add_fields(res.headers_mut(), &quota, &verdict);
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            req.extensions_mut().insert(Charged(client));
+            let mut res = service.call(req).await?;
+            let verdict = res
+                .response()
+                .extensions()
+                .get::<LastVerdict>()
+                .map_or(verdict, |last| last.0);
+            add_fields(res.headers_mut(), &quota, &verdict);
+            Ok(res.map_into_left_body())
+        })
+    }
+}
+
+/// Routes that are never counted.
+fn exempt(path: &str) -> bool {
+    matches!(path, "/livez" | "/readyz" | "/metrics")
+}
+
+/// The 429 of a request over its client's budget.
+pub fn refusal(quota: &Quota, verdict: &Verdict) -> actix_web::HttpResponse {
+    let rate = quota.rate();
+    ApiError::RateLimited {
+        rps: rate.per_second,
+        burst: rate.burst,
+        retry_after_secs: whole_secs(verdict.retry_after).max(1),
+    }
+    .error_response()
+}
+
+/// `RateLimit-Policy` and `RateLimit`: the bucket's size over its window, and what is left of
+/// it with the seconds until it is full again.
+pub fn add_fields(headers: &mut HeaderMap, quota: &Quota, verdict: &Verdict) {
+    headers.insert(
+        HeaderName::from_static("ratelimit-policy"),
+        quota.policy().clone(),
+    );
+    let mut field = String::with_capacity(40);
+    field.push_str("\"default\";r=");
+    field.push_str(itoa::Buffer::new().format(verdict.remaining));
+    field.push_str(";t=");
+    field.push_str(itoa::Buffer::new().format(whole_secs(verdict.reset)));
+    if let Ok(value) = HeaderValue::from_str(&field) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+}
+
+/// Seconds, rounded up: a client told to wait never comes back too early.
+fn whole_secs(duration: std::time::Duration) -> u32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_rounded_up_and_health_is_never_counted() {
+        use std::time::Duration;
+        assert_eq!(whole_secs(Duration::ZERO), 0);
+        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(whole_secs(Duration::from_millis(1001)), 2);
+        for path in ["/livez", "/readyz", "/metrics"] {
+            assert!(exempt(path));
+        }
+        assert!(!exempt("/vehicles/1/timestamp/now"));
+    }
+}
