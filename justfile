@@ -52,6 +52,10 @@ openapi:
 bench *ENV:
     env {{ENV}} bench/run
 
+# Hostile clients and quotas against release replicas (prints figures).
+attacks:
+    bench/attacks
+
 # The 15-minute soak: three replicas, ingest, restarts of Redis and PostgreSQL.
 soak:
     bench/soak

@@ -37,23 +37,27 @@ pub struct BatchLimits {
 
 /// `Cache-Control: public, max-age=N` (with `stale-if-error=S` when `STALE_IF_ERROR_SECS` is not
 /// 0) for every N an answer can have left, rendered once at start rather than per response.
+/// `private` instead of `public` when requests need credentials: a shared cache must not hand
+/// an answer given to one caller to anyone who asks (RFC 9111 §3.5).
 pub struct CacheControlValues {
     /// Index N: the value for `max-age=N`, for N from 0 to the TTL (at most [`Self::MAX_TABLE`]).
     table: Vec<HeaderValue>,
     stale_if_error_secs: u32,
+    private: bool,
 }
 
 impl CacheControlValues {
     /// TTLs above this many seconds render the rare longer `max-age` per response instead.
     pub const MAX_TABLE: u32 = 3600;
 
-    pub fn new(ttl_secs: u32, stale_if_error_secs: u32) -> Self {
+    pub fn new(ttl_secs: u32, stale_if_error_secs: u32, private: bool) -> Self {
         let table = (0..=ttl_secs.min(Self::MAX_TABLE))
-            .map(|max_age| Self::render(max_age, stale_if_error_secs))
+            .map(|max_age| Self::render(max_age, stale_if_error_secs, private))
             .collect();
         Self {
             table,
             stale_if_error_secs,
+            private,
         }
     }
 
@@ -65,15 +69,16 @@ impl CacheControlValues {
             .cloned()
             .unwrap_or_else(|| {
                 let max_age = u32::try_from(max_age).unwrap_or(u32::MAX);
-                Self::render(max_age, self.stale_if_error_secs)
+                Self::render(max_age, self.stale_if_error_secs, self.private)
             })
     }
 
-    fn render(max_age: u32, stale_if_error_secs: u32) -> HeaderValue {
+    fn render(max_age: u32, stale_if_error_secs: u32, private: bool) -> HeaderValue {
+        let scope = if private { "private" } else { "public" };
         let text = if stale_if_error_secs > 0 {
-            format!("public, max-age={max_age}, stale-if-error={stale_if_error_secs}")
+            format!("{scope}, max-age={max_age}, stale-if-error={stale_if_error_secs}")
         } else {
-            format!("public, max-age={max_age}")
+            format!("{scope}, max-age={max_age}")
         };
         // Digits, letters, commas, spaces and `=` only: always a valid header value.
         HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("no-cache"))
@@ -86,11 +91,15 @@ mod tests {
 
     #[test]
     fn cache_control_is_rendered_for_every_max_age_and_beyond_the_table() {
-        let plain = CacheControlValues::new(60, 0);
+        let plain = CacheControlValues::new(60, 0, false);
         assert_eq!(plain.get(0), "public, max-age=0");
         assert_eq!(plain.get(60), "public, max-age=60");
         assert_eq!(plain.get(61), "public, max-age=61");
-        let with_stale = CacheControlValues::new(7200, 30);
+        assert_eq!(
+            CacheControlValues::new(60, 0, true).get(59),
+            "private, max-age=59"
+        );
+        let with_stale = CacheControlValues::new(7200, 30, false);
         assert_eq!(with_stale.get(59), "public, max-age=59, stale-if-error=30");
         assert_eq!(
             with_stale.get(7200),

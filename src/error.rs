@@ -50,6 +50,13 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the body did not arrive within {0:?} (HTTP_CLIENT_REQUEST_TIMEOUT_MS)")]
     BodyTimeout(std::time::Duration),
+    /// No credential, or one this replica does not know (`presented`).
+    #[error("{}", if *presented {
+        "the credential is not one this service knows: send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+    } else {
+        "this service needs a credential: send an API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+    })]
+    Unauthorized { presented: bool },
     /// The client's quota (`RATE_LIMIT_RPS`) is spent for now.
     #[error(
         "this client has used its quota ({rps} requests a second, bursts of {burst}; a batch counts one per lookup); retry after {retry_after_secs} seconds"
@@ -105,6 +112,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
             ApiError::LengthRequired => ProblemType::LengthRequired,
             ApiError::RateLimited { .. } => ProblemType::RateLimited,
+            ApiError::Unauthorized { .. } => ProblemType::Unauthorized,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
@@ -175,6 +183,17 @@ impl ApiError {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         }
+        if let ApiError::Unauthorized { presented } = self {
+            builder.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(if *presented {
+                    r#"Bearer realm="vehicle-state", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="vehicle-state""#
+                }),
+            ));
+            builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        }
         if let ApiError::MethodNotAllowed(allow) = self {
             builder.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
         }
@@ -198,6 +217,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -259,6 +279,7 @@ mod tests {
             ApiError::InvalidQuery("x".to_owned()),
             ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
             ApiError::LengthRequired,
+            ApiError::Unauthorized { presented: true },
             ApiError::RateLimited {
                 rps: 1.0,
                 burst: 1,

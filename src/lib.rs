@@ -4,6 +4,7 @@
 //! place that decides HIT or MISS) → `db` (SQL) and `cache` (Redis). `domain` holds the types every
 //! layer shares.
 
+pub mod auth;
 pub mod broker;
 pub mod cache;
 pub mod cli;

@@ -32,7 +32,40 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     // The version is the crate's, so a release and its document agree.
     spec.info.version = env!("CARGO_PKG_VERSION").to_owned();
     add_problem_examples(&mut spec);
+    add_security(&mut spec);
     spec
+}
+
+/// The credentials of `AUTH_API_KEYS_FILE`, so Swagger UI's "Authorize" can send one. Optional
+/// in the document (`{}` first): a replica without keys needs none, and says so by serving.
+fn add_security(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = spec.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API key as `Authorization: Bearer KEY`, when the replica reads keys (`AUTH_API_KEYS_FILE`).",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "apiKey",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "X-API-Key",
+            "An API key as `X-API-Key: KEY`, when the replica reads keys (`AUTH_API_KEYS_FILE`).",
+        ))),
+    );
+    spec.security = Some(vec![
+        SecurityRequirement::default(),
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("apiKey", Vec::<String>::new()),
+    ]);
 }
 
 /// Each problem response gets the problems of its own status as examples, named by their

@@ -19,12 +19,14 @@ use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::connection::{self, ConnectionLimits, Metered};
 use crate::context::{AppContext, BatchLimits, CacheControlValues};
 use crate::error::RetryAfter;
 use crate::listener::Reserved;
+use crate::middleware::auth::Authenticate;
 use crate::middleware::{compression, cors, head, pages, quota::Quotas};
 use crate::quota::Quota;
 use crate::service::{Gathering, StateService};
@@ -38,12 +40,30 @@ pub struct Application {
     metrics: Option<(u16, Server)>,
     state: web::Data<AppContext>,
     drain: Duration,
+    /// Reads AUTH_API_KEYS_FILE again when it changes; stopped with the server.
+    _keys_watch: Option<AbortOnDrop>,
 }
 
 impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
         // Settings that cannot work fail before anything is touched.
         let redis = std::sync::Arc::new(RedisCache::new(&settings.redis, &settings.cache)?);
+        // Credentials are such settings too: a key file that cannot be read stops the start,
+        // naming the line.
+        let keys = settings
+            .auth
+            .api_keys_file
+            .as_deref()
+            .map(ApiKeys::load)
+            .transpose()?
+            .map(std::sync::Arc::new);
+        if let (Some(keys), Some(path)) = (&keys, &settings.auth.api_keys_file) {
+            tracing::info!(file = %path.display(), keys = keys.len(), "API keys read: requests need one");
+        }
+        let keys_watch = keys
+            .as_ref()
+            .map(|keys| AbortOnDrop(keys.clone().watch(settings.auth.api_keys_check_interval)));
+        let auth = keys.map(|keys| std::sync::Arc::new(Authenticator::new(keys)));
         // A port that is taken is such a setting too: found before the database is created or
         // migrated. Bound, not listened on, so connections are refused until the server runs.
         let port = Reserved::bind(settings.http.bind_addr, "BIND_ADDR")?;
@@ -107,6 +127,7 @@ impl Application {
             cache_control: CacheControlValues::new(
                 settings.cache.ttl_secs,
                 settings.cache.stale_if_error_secs,
+                settings.auth.on(),
             ),
             shutting_down: AtomicBool::new(false),
             batch: BatchLimits {
@@ -178,6 +199,8 @@ impl Application {
                     })
                     // Inside the metrics and the request log, so a 429 is counted and logged.
                     .wrap(Condition::new(quota.is_some(), Quotas(quota.clone())))
+                    // Outside the quotas, which count an authenticated caller by its name.
+                    .wrap(Condition::new(auth.is_some(), Authenticate(auth.clone())))
                     .wrap(from_fn(crate::metrics::record_request))
                     .wrap(TracingLogger::<RequestSpan>::new())
                     .wrap(Condition::new(cors_on, cors.unwrap_or_default()))
@@ -234,6 +257,7 @@ impl Application {
             metrics,
             state,
             drain: settings.http.shutdown_drain,
+            _keys_watch: keys_watch,
         })
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use parse::millis;
 
+mod auth;
 mod compression;
 mod cors;
 mod database;
@@ -27,6 +28,7 @@ mod redis;
 mod secrets;
 mod seed;
 
+pub use auth::AuthSettings;
 pub use compression::CompressionSettings;
 pub use cors::{CorsOrigins, CorsSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};
@@ -56,6 +58,8 @@ pub struct ServeSettings {
     pub cors: CorsSettings,
     #[command(flatten)]
     pub compression: CompressionSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
     #[command(flatten)]
     pub quota: QuotaSettings,
     #[command(flatten)]

@@ -59,6 +59,8 @@ pub enum ProblemType {
     LengthRequired,
     #[serde(rename = "/problems/rate-limited")]
     RateLimited,
+    #[serde(rename = "/problems/unauthorized")]
+    Unauthorized,
     #[serde(rename = "/problems/cors-refused")]
     CorsRefused,
 }
@@ -84,6 +86,7 @@ impl ProblemType {
             ProblemType::RequestTimeout => "Request timeout",
             ProblemType::LengthRequired => "Length required",
             ProblemType::RateLimited => "Too many requests",
+            ProblemType::Unauthorized => "Unauthorized",
             ProblemType::CorsRefused => "Cross-origin request refused",
         }
     }

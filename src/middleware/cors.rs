@@ -3,7 +3,8 @@
 //!
 //! Preflights are answered here, before routing: they never reach a handler, a lookup or the
 //! request log and metrics. Pages of the listed origins may use GET, HEAD and POST, send
-//! [`ALLOWED_HEADERS`] and read [`EXPOSED_HEADERS`]; no credentials (the API has none). With a
+//! [`ALLOWED_HEADERS`] and read [`EXPOSED_HEADERS`]; no cookies (`Access-Control-Allow-Credentials` is never sent: API keys and tokens travel in
+//! `Authorization` or `X-API-Key`, which pages may send). With a
 //! list, every answer depends on `Origin` and says `Vary: Origin`, answers to requests without
 //! one included, so a shared cache never hands one origin's headers to another; with `*` every
 //! answer, to a request with an `Origin` or without, says `Access-Control-Allow-Origin: *`, so it
@@ -30,8 +31,10 @@ pub const ALLOWED_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::POS
 /// Request headers a cross-origin page may send beyond the CORS-safelisted ones: the batch's
 /// `Content-Type: application/json`, a conditional GET's `If-None-Match`, and the ids that tie
 /// a request to its logs and traces.
-pub const ALLOWED_HEADERS: [HeaderName; 5] = [
+pub const ALLOWED_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
     header::IF_NONE_MATCH,
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("traceparent"),
@@ -40,12 +43,15 @@ pub const ALLOWED_HEADERS: [HeaderName; 5] = [
 
 /// Response headers a cross-origin page may read beyond the safelisted ones (`Cache-Control`
 /// and `Content-Type` are).
-pub const EXPOSED_HEADERS: [HeaderName; 5] = [
+pub const EXPOSED_HEADERS: [HeaderName; 8] = [
     HeaderName::from_static("x-cache"),
     header::ETAG,
     header::AGE,
     header::RETRY_AFTER,
     HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("ratelimit"),
+    HeaderName::from_static("ratelimit-policy"),
+    header::WWW_AUTHENTICATE,
 ];
 
 /// The CORS layer for these settings; `None` when `CORS_ALLOWED_ORIGINS` is unset or empty (no

@@ -3,6 +3,7 @@
 //! is told about the pages (pages). Routes say what
 //! they answer; nothing here knows what that is.
 
+pub mod auth;
 pub mod compression;
 pub mod cors;
 pub mod head;

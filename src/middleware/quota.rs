@@ -14,6 +14,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage as _, ResponseError as _};
 use futures_util::future::LocalBoxFuture;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::quota::{ClientId, Quota, Verdict};
 
@@ -73,7 +74,12 @@ where
         let service = self.service.clone();
         let quota = self.quota.clone();
         Box::pin(async move {
-            let client = match ClientId::of(&req, quota.trusted()) {
+            // An authenticated caller counts by its name, wherever it calls from.
+            let caller = req
+                .extensions()
+                .get::<Caller>()
+                .map(|caller| ClientId::Key(caller.name.clone()));
+            let client = match caller.or_else(|| ClientId::of(&req, quota.trusted())) {
                 Some(client) if !exempt(req.path()) => client,
                 _ => return Ok(service.call(req).await?.map_into_left_body()),
             };

@@ -77,6 +77,9 @@ pub struct BatchResult {
         (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
         (status = 411, description = "The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", body = Problem, content_type = "application/problem+json", headers(
+            ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
+        )),
         (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
             ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
@@ -223,6 +226,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
         (PATH, 411, vec![ApiError::LengthRequired]),
         (PATH, 413, vec![ApiError::BodyTooLarge { max: 64 * 1024 }]),
         (PATH, 415, vec![ApiError::UnsupportedMediaType]),
+        (PATH, 401, vec![ApiError::Unauthorized { presented: false }]),
         (PATH, 429, vec![super::rate_limited()]),
     ]
 }

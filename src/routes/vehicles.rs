@@ -44,6 +44,9 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
             ("Cache-Control" = String, description = "`public, max-age=N`, as for 200."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
+        (status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", body = Problem, content_type = "application/problem+json", headers(
+            ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
+        )),
         (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
             ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
@@ -107,6 +110,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     vec![
         (PATH, 400, invalid),
         (PATH, 404, not_found),
+        (PATH, 401, vec![ApiError::Unauthorized { presented: false }]),
         (PATH, 429, vec![super::rate_limited()]),
         (PATH, 503, super::unavailable()),
     ]

@@ -77,6 +77,7 @@ impl RootSpanBuilder for RequestSpan {
             method = %request.method(),
             path = %super::clip(request.path()),
             client = %Client(request),
+            caller = tracing::field::Empty,
         )
     }
 
@@ -135,6 +136,7 @@ fn traced_request_span(request: &ServiceRequest, id: &str) -> Span {
         method = %method,
         path = %super::clip(request.path()),
         client = %Client(request),
+        caller = tracing::field::Empty,
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
     );

@@ -4,6 +4,7 @@
 // Test code: a failed assumption is a failed test (Cargo.toml denies these outside tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
 mod batch;
 mod browsers;
 mod cache;

@@ -535,3 +535,72 @@ async fn when_redis_returns_the_log_says_so_once() {
     assert!(again.is_empty(), "said once: {again:?}");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_the_request_log_names_the_caller_and_never_the_key() {
+    use sha2::Digest;
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("vs-keys-log-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let keys = dir.join("api-keys");
+    let key = "s3cret-dashboard-key";
+    let digest: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(&keys, format!("dashboard {digest}\n")).expect("write the keys");
+    let binary = start_binary(
+        &app,
+        &[("AUTH_API_KEYS_FILE", keys.to_str().expect("a path"))],
+    );
+    let client = client_builder().build().expect("a client");
+
+    let served = client
+        .get(format!(
+            "{}/vehicles/3/timestamp/1662976800",
+            binary.address
+        ))
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-request-id", "req-with-key")
+        .send()
+        .await
+        .expect("GET");
+    let refused = client
+        .get(format!(
+            "{}/vehicles/3/timestamp/1662976800",
+            binary.address
+        ))
+        .header("x-api-key", "wrong-key")
+        .header("x-request-id", "req-bad-credential")
+        .send()
+        .await
+        .expect("GET");
+    sigterm(&binary.child);
+    let Binary { child, log, .. } = binary;
+    let status = exit_status(child, Duration::from_secs(10)).await;
+    let events: Vec<serde_json::Value> = log.try_iter().collect();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(status.success());
+    assert_eq!(served.status(), 200);
+    assert_eq!(refused.status(), 401);
+    let line = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["message"] == "request completed" && e["span"]["request_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id}'s line in {events:?}"))
+    };
+    assert_eq!(line("req-with-key")["span"]["caller"], "dashboard");
+    assert_eq!(line("req-bad-credential")["status"], 401);
+    assert!(line("req-bad-credential")["span"].get("caller").is_none());
+    let text = events
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !text.contains(key) && !text.contains("wrong-key"),
+        "a key was logged: {text}"
+    );
+}

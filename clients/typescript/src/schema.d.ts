@@ -247,7 +247,7 @@ export interface components {
          * @description Every problem `type` this service sends. Relative URIs, resolved against the service.
          * @enum {string}
          */
-        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/cors-refused";
+        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/unauthorized" | "/problems/cors-refused";
         /** @description Readiness of this replica to take traffic. */
         Readiness: {
             /** @description PostgreSQL is required: without it, uncached lookups fail. */
@@ -467,6 +467,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`). */
             408: {
                 headers: {
@@ -623,6 +634,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such vehicle (`/problems/vehicle-not-found`). Cached like a 200. */
             404: {
                 headers: {
@@ -716,6 +738,17 @@ export interface operations {
             /** @description The id or the timestamp is not valid (`type` `/problems/invalid-vehicle-id` or `/problems/invalid-timestamp`); `detail` says why and lists the accepted forms. */
             400: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
