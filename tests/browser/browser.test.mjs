@@ -10,8 +10,8 @@
 // /usr/bin/chromium), and `npm ci` here. Run: `npm test`.
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, existsSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, existsSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -57,7 +57,19 @@ function pageServer(title) {
   });
 }
 
-function startServer(allowedOrigins) {
+/** Every Content-Security-Policy violation a page reports, to assert there are none. */
+function policyViolations(page) {
+  const seen = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) seen.push(message.text());
+  });
+  page.on("pageerror", (error) => {
+    if (/Content Security Policy/i.test(String(error))) seen.push(String(error));
+  });
+  return seen;
+}
+
+function startServer(allowedOrigins, extraEnv = {}) {
   const url = new URL(postgres);
   url.pathname = `/${database}`;
   const child = spawn(BINARY, ["serve", "--seed", "sample"], {
@@ -71,6 +83,7 @@ function startServer(allowedOrigins) {
       LOG_FORMAT: "json",
       CORS_ALLOWED_ORIGINS: allowedOrigins,
       COMPRESSION_MIN_BYTES,
+      ...extraEnv,
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -216,6 +229,7 @@ test("a page of an origin not listed can read nothing", async () => {
 
 test("the explore page draws the timeline and looks up an instant picked on it", async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
+  const violations = policyViolations(page);
   await page.goto(`${api}/explore/`);
 
   await page.fill("#id", "3");
@@ -246,6 +260,8 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   await page.click("#show");
   await page.waitForSelector("#answer.error");
   assert.match(await page.textContent("#answer"), /no vehicle has id 999/);
+  // Its script and style are its own files: the strict policy lets them, and blocks nothing.
+  assert.deepEqual(violations, []);
   await page.close();
 });
 
@@ -275,6 +291,7 @@ async function tryOut(page, operation, values) {
 
 test("in Swagger UI an instant is sent as typed, and a bad one meets the service's own 400", async () => {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const violations = policyViolations(page);
   await page.goto(`${api}/swagger-ui/`);
   await page.waitForSelector("#operations-vehicles-vehicle_state_at");
 
@@ -284,6 +301,8 @@ test("in Swagger UI an instant is sent as typed, and a bad one meets the service
   const offset = await tryOut(page, "vehicle_state_at", { id: "3", ts: "2022-09-12T12:00:00+02:00" });
   const window = await tryOut(page, "vehicle_history", { id: "3", from: "2022-09-12T12:00:00+02:00", to: "2022-09-12T14:00:00+02:00" });
   await page.close();
+
+  assert.deepEqual(violations, [], "Swagger UI runs under its Content-Security-Policy");
 
   assert.equal(bare.status, "400", bare.body);
   assert.match(bare.body, /\/problems\/invalid-timestamp/);
@@ -295,6 +314,41 @@ test("in Swagger UI an instant is sent as typed, and a bad one meets the service
   assert.equal(window.status, "200", window.body);
   assert.match(window.url, /from=2022-09-12T12%3A00%3A00%2B02%3A00/);
   assert.match(window.body, /"state":"selling"/);
+});
+
+test("with API keys on, Swagger UI's Authorize sends the key and the service answers", async () => {
+  const dir = path.join(tmpdir(), `vs-browser-keys-${suffix}`);
+  mkdirSync(dir, { recursive: true });
+  const keys = path.join(dir, "api-keys");
+  const key = randomBytes(16).toString("hex");
+  const digest = createHash("sha256").update(key).digest("hex");
+  writeFileSync(keys, `# the browser test's key\nswagger ${digest}\n`);
+  const keyed = await startServer("", { AUTH_API_KEYS_FILE: keys, CACHE_KEY_PREFIX: `vs-browser-keys-${suffix}` });
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  try {
+    await page.goto(`${keyed.base}/swagger-ui/`);
+    await page.waitForSelector("#operations-vehicles-vehicle_state_at");
+    const base = api;
+    api = keyed.base;
+    const without = await tryOut(page, "vehicle_state_at", { id: "3", ts: "2022-09-12T10:00:00Z" });
+
+    await page.locator("button.authorize").first().click();
+    const scheme = page.locator(".auth-container").filter({ hasText: "X-API-Key" });
+    await scheme.locator("input").fill(key);
+    await scheme.locator("button.authorize").click();
+    await page.locator(".btn-done, .close-modal").first().click();
+    const withKey = await tryOut(page, "vehicle_state_at", { id: "3", ts: "2022-09-12T10:00:00Z" });
+    api = base;
+
+    assert.equal(without.status, "401", without.body);
+    assert.match(without.body, /\/problems\/unauthorized/);
+    assert.equal(withKey.status, "200", withKey.body);
+    assert.match(withKey.body, /"state":"selling"/);
+  } finally {
+    await page.close();
+    keyed.child.kill("SIGTERM");
+    await keyed.exited;
+  }
 });
 
 test("the typed client's example calls every endpoint", () => {
