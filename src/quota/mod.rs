@@ -9,8 +9,12 @@
 //!   the burst); the replica spends those on the client's next requests for up to
 //!   [`LEASE_TTL`], then forgets them. Tokens are taken from the fleet's bucket before they are
 //!   spent, so replicas together never let through more than the budget and the burst; a lease
-//!   forgotten unspent only makes a client wait a little sooner. At 20 requests a second a lease
-//!   is one token: every request asks Redis.
+//!   forgotten unspent only makes a client wait a little sooner. Requests that miss together
+//!   add what they took to one lease (at most a burst), so none of it is lost. At 20 requests a
+//!   second a lease is one token: every request asks Redis while the client is within its
+//!   budget. Once Redis refuses a client, the replica refuses it alone until the moment Redis
+//!   named (no token can come back sooner), so a client hammering past its budget costs Redis
+//!   one call per `Retry-After`, not one per request.
 //! - **When Redis fails** (an error, a timeout, or the breaker leaving it alone), each replica
 //!   decides alone, with the same rate and burst in its own memory: a client then gets at most
 //!   the budget per replica. Letting everything through would hand an outage of a cache to an
@@ -50,6 +54,7 @@ pub struct Quota {
     local: moka::sync::Cache<ClientId, Arc<Mutex<Instant>>>,
     /// `RateLimit-Policy`, rendered once.
     policy: HeaderValue,
+    counters: Counters,
 }
 
 /// What a request was told.
@@ -71,6 +76,52 @@ struct Lease {
     left: u64,
     full_in: Duration,
     granted: Instant,
+    /// Redis's last refusal: of this cost, until then, with what it said.
+    refused: Option<(u32, Instant, Verdict)>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            tokens: 0,
+            left: 0,
+            full_in: Duration::ZERO,
+            // Already past its time to live: an empty lease.
+            granted: Instant::now() - LEASE_TTL,
+            refused: None,
+        }
+    }
+}
+
+/// A lock never held across a panic that leaves a lease half-changed: a poisoned one is used.
+fn lock(lease: &Mutex<Lease>) -> std::sync::MutexGuard<'_, Lease> {
+    lease
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The decision counters, looked up once rather than per request.
+struct Counters {
+    allowed_by_redis: metrics::Counter,
+    limited_by_redis: metrics::Counter,
+    allowed_by_lease: metrics::Counter,
+    limited_by_lease: metrics::Counter,
+    allowed_locally: metrics::Counter,
+    limited_locally: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let counter = |outcome: &'static str, by: &'static str| metrics::counter!(crate::metrics::QUOTA_DECISIONS, "outcome" => outcome, "by" => by);
+        Self {
+            allowed_by_redis: counter("allowed", "redis"),
+            limited_by_redis: counter("limited", "redis"),
+            allowed_by_lease: counter("allowed", "lease"),
+            limited_by_lease: counter("limited", "lease"),
+            allowed_locally: counter("allowed", "local"),
+            limited_locally: counter("limited", "local"),
+        }
+    }
 }
 
 impl Quota {
@@ -100,6 +151,7 @@ impl Quota {
             // Digits, letters and punctuation of a structured field: always a valid value.
             policy: HeaderValue::from_str(&policy)
                 .unwrap_or(HeaderValue::from_static("\"default\"")),
+            counters: Counters::new(),
         }
     }
 
@@ -119,7 +171,10 @@ impl Quota {
 
     /// Takes `cost` tokens from `client`'s budget, or says when they will be there.
     pub async fn take(&self, client: &ClientId, cost: u32) -> Verdict {
-        if let Some(verdict) = self.spend_lease(client, cost) {
+        let lease = self
+            .leases
+            .get_with_by_ref(client, || Arc::new(Mutex::new(Lease::default())));
+        if let Some(verdict) = self.spend_lease(&lease, cost) {
             return verdict;
         }
         let granted = self
@@ -134,31 +189,37 @@ impl Quota {
             .await;
         match granted {
             Ok(granted) if granted.taken == 0 => {
-                metrics::counter!(crate::metrics::QUOTA_DECISIONS, "outcome" => "limited", "by" => "redis").increment(1);
-                Verdict {
+                self.counters.limited_by_redis.increment(1);
+                let verdict = Verdict {
                     allowed: false,
                     remaining: granted.left,
                     reset: granted.full_in,
                     retry_after: granted.retry_in,
-                }
+                };
+                // Nothing can be there for `cost` before `retry_in`: until then this replica
+                // refuses such requests itself, without asking Redis again.
+                let mut held = lock(&lease);
+                held.refused = Some((cost, Instant::now() + granted.retry_in, verdict));
+                verdict
             }
             Ok(granted) => {
-                metrics::counter!(crate::metrics::QUOTA_DECISIONS, "outcome" => "allowed", "by" => "redis").increment(1);
+                self.counters.allowed_by_redis.increment(1);
                 let spare = granted.taken.saturating_sub(cost);
+                let mut held = lock(&lease);
+                held.refused = None;
                 if spare > 0 {
-                    self.leases.insert(
-                        client.clone(),
-                        Arc::new(Mutex::new(Lease {
-                            tokens: spare,
-                            left: granted.left,
-                            full_in: granted.full_in,
-                            granted: Instant::now(),
-                        })),
-                    );
+                    // Added to what the lease holds rather than in its place, so that requests
+                    // that went to Redis together lose none of what they took; at most a burst.
+                    let fresh = held.granted.elapsed() < LEASE_TTL;
+                    let kept = if fresh { held.tokens } else { 0 };
+                    held.tokens = kept.saturating_add(spare).min(self.rate.burst);
+                    held.left = granted.left;
+                    held.full_in = granted.full_in;
+                    held.granted = Instant::now();
                 }
                 Verdict {
                     allowed: true,
-                    remaining: granted.left + u64::from(spare),
+                    remaining: granted.left + u64::from(held.tokens),
                     reset: granted.full_in,
                     retry_after: Duration::ZERO,
                 }
@@ -176,17 +237,26 @@ impl Quota {
         }
     }
 
-    /// Spends `cost` of a lease this replica holds for `client`, if it has that many.
-    fn spend_lease(&self, client: &ClientId, cost: u32) -> Option<Verdict> {
-        let lease = self.leases.get(client)?;
-        let mut lease = lease.lock().ok()?;
+    /// Spends `cost` of what this replica holds for the client, or refuses as Redis last did;
+    /// `None` when Redis must be asked.
+    fn spend_lease(&self, lease: &Mutex<Lease>, cost: u32) -> Option<Verdict> {
+        let mut lease = lock(lease);
+        if let Some((refused_cost, until, verdict)) = lease.refused {
+            let now = Instant::now();
+            if now < until && cost >= refused_cost {
+                self.counters.limited_by_lease.increment(1);
+                return Some(Verdict {
+                    retry_after: until - now,
+                    ..verdict
+                });
+            }
+        }
         let age = lease.granted.elapsed();
         if lease.tokens < cost || age >= LEASE_TTL {
             return None;
         }
         lease.tokens -= cost;
-        metrics::counter!(crate::metrics::QUOTA_DECISIONS, "outcome" => "allowed", "by" => "lease")
-            .increment(1);
+        self.counters.allowed_by_lease.increment(1);
         Some(Verdict {
             allowed: true,
             remaining: lease.left + u64::from(lease.tokens),
@@ -206,13 +276,11 @@ impl Quota {
             Err(poisoned) => poisoned.into_inner(),
         };
         let verdict = gcra(&mut tat, now, self.interval, self.rate.burst, cost);
-        let outcome = if verdict.allowed {
-            "allowed"
+        if verdict.allowed {
+            self.counters.allowed_locally.increment(1);
         } else {
-            "limited"
-        };
-        metrics::counter!(crate::metrics::QUOTA_DECISIONS, "outcome" => outcome, "by" => "local")
-            .increment(1);
+            self.counters.limited_locally.increment(1);
+        }
         verdict
     }
 }
