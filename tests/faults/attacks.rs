@@ -207,7 +207,7 @@ async fn a_hundred_connections_pipelining_without_reading_keep_memory_bounded_an
         let address = format!("127.0.0.1:{}", replica.port);
 
         // 100 connections writing GETs back to back for 6 s and never reading, then silent
-        // (still never reading) for the keep-alive (5 s) and send (10 s) timeouts and 1 s more:
+        // (still never reading) for the keep-alive (5 s) and send (10 s) timeouts and 2 s more:
         // by then the replica must have let each one go.
         let requests: Vec<u8> = GET.repeat(64);
         let pipelining_ends = Instant::now() + Duration::from_millis(6_500);
@@ -233,7 +233,7 @@ async fn a_hundred_connections_pipelining_without_reading_keep_memory_bounded_an
             streams.push(attacker.await.expect("attacker"));
         }
         let rss_after = replica.rss_kib();
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let mut let_go = 0;
         for (stream, dropped) in &mut streams {
             if *dropped || closed_by_the_replica(stream).await {
@@ -243,7 +243,7 @@ async fn a_hundred_connections_pipelining_without_reading_keep_memory_bounded_an
 
         let p99 = p99(latencies);
         eprintln!(
-            "pipelining: RSS {rss_before} KiB before, peak {peak} KiB, {rss_after} KiB after; a normal lookup's p99 {}; {let_go} of 100 connections let go 11 s after their clients fell silent",
+            "pipelining: RSS {rss_before} KiB before, peak {peak} KiB, {rss_after} KiB after; a normal lookup's p99 {}; {let_go} of 100 connections let go 12 s after their clients fell silent",
             figure(p99)
         );
         assert!(
