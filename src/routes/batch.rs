@@ -77,14 +77,7 @@ pub struct BatchResult {
         (status = 413, description = "The body is larger than `BATCH_MAX_BODY_BYTES` (`/problems/body-too-large`).", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
         (status = 411, description = "The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", body = Problem, content_type = "application/problem+json", headers(
-            ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
-        )),
-        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
-            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
-            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
-        )),
+        super::Refusals,
         (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
     ),
 )]

@@ -49,14 +49,7 @@ use crate::error::{ApiError, Problem};
         )),
         (status = 400, description = "The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not in the form of a `next`, or a parameter is given twice (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle (`/problems/vehicle-not-found`). Cached like a 200.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", body = Problem, content_type = "application/problem+json", headers(
-            ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
-        )),
-        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
-            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
-            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
-        )),
+        super::Refusals,
         (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`).", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),

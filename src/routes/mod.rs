@@ -68,6 +68,22 @@ pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 }
 
 /// The 503s a lookup can answer, with the default `Retry-After`s.
+/// The answers of the middleware in front of every API route (API keys, quotas), documented
+/// once and listed in each route's `responses(...)`; the middleware render them from `ApiError`.
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    #[response(status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", content_type = "application/problem+json", headers(
+        ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
+    ))]
+    Unauthorized(crate::error::Problem),
+    #[response(status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", content_type = "application/problem+json", headers(
+        ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+        ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
+        ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
+    ))]
+    RateLimited(crate::error::Problem),
+}
+
 /// The 429 of a client over its quota, for the OpenAPI document's examples.
 fn rate_limited() -> ApiError {
     ApiError::RateLimited {

@@ -44,14 +44,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
             ("Cache-Control" = String, description = "`public, max-age=N`, as for 200."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
-        (status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", body = Problem, content_type = "application/problem+json", headers(
-            ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
-        )),
-        (status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
-            ("RateLimit-Policy" = String, description = "The client's budget: `\"default\";q=BURST;w=SECONDS`."),
-            ("RateLimit" = String, description = "What is left of it: `\"default\";r=REMAINING;t=SECONDS` until it is full again."),
-        )),
+        super::Refusals,
         (status = 503, description = "The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`); retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
