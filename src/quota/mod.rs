@@ -86,8 +86,8 @@ impl Default for Lease {
             tokens: 0,
             left: 0,
             full_in: Duration::ZERO,
-            // Already past its time to live: an empty lease.
-            granted: Instant::now() - LEASE_TTL,
+            // No tokens: empty whatever its age (`Instant - LEASE_TTL` could underflow).
+            granted: Instant::now(),
             refused: None,
         }
     }
@@ -199,7 +199,11 @@ impl Quota {
                 // Nothing can be there for `cost` before `retry_in`: until then this replica
                 // refuses such requests itself, without asking Redis again.
                 let mut held = lock(&lease);
-                held.refused = Some((cost, Instant::now() + granted.retry_in, verdict));
+                // A moment past what `Instant` can hold (only a corrupt key could name one) is
+                // not remembered: Redis is asked again.
+                held.refused = Instant::now()
+                    .checked_add(granted.retry_in)
+                    .map(|until| (cost, until, verdict));
                 verdict
             }
             Ok(granted) => {
