@@ -74,14 +74,16 @@ where
         let service = self.service.clone();
         let quota = self.quota.clone();
         Box::pin(async move {
+            if exempt(req.path()) {
+                return Ok(service.call(req).await?.map_into_left_body());
+            }
             // An authenticated caller counts by its name, wherever it calls from.
             let caller = req
                 .extensions()
                 .get::<Caller>()
                 .map(|caller| ClientId::Key(caller.name.clone()));
-            let client = match caller.or_else(|| ClientId::of(&req, quota.trusted())) {
-                Some(client) if !exempt(req.path()) => client,
-                _ => return Ok(service.call(req).await?.map_into_left_body()),
+            let Some(client) = caller.or_else(|| ClientId::of(&req, quota.trusted())) else {
+                return Ok(service.call(req).await?.map_into_left_body());
             };
             let verdict = quota.take(&client, 1).await;
             if !verdict.allowed {
@@ -125,12 +127,17 @@ pub fn add_fields(headers: &mut HeaderMap, quota: &Quota, verdict: &Verdict) {
         HeaderName::from_static("ratelimit-policy"),
         quota.policy().clone(),
     );
-    let mut field = String::with_capacity(40);
-    field.push_str("\"default\";r=");
-    field.push_str(itoa::Buffer::new().format(verdict.remaining));
-    field.push_str(";t=");
-    field.push_str(itoa::Buffer::new().format(whole_secs(verdict.reset)));
-    if let Ok(value) = HeaderValue::from_str(&field) {
+    // Written once into the buffer the header keeps (no copy into a second one).
+    let mut field = Vec::with_capacity(40);
+    field.extend_from_slice(b"\"default\";r=");
+    field.extend_from_slice(itoa::Buffer::new().format(verdict.remaining).as_bytes());
+    field.extend_from_slice(b";t=");
+    field.extend_from_slice(
+        itoa::Buffer::new()
+            .format(whole_secs(verdict.reset))
+            .as_bytes(),
+    );
+    if let Ok(value) = HeaderValue::from_maybe_shared(actix_web::web::Bytes::from(field)) {
         headers.insert(HeaderName::from_static("ratelimit"), value);
     }
 }
