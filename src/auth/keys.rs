@@ -34,7 +34,7 @@ impl ApiKeys {
             entries: RwLock::new(Arc::new(Vec::new())),
             seen: RwLock::new(None),
         };
-        keys.read()?;
+        keys.read(stamp(path))?;
         Ok(keys)
     }
 
@@ -68,7 +68,7 @@ impl ApiKeys {
         if !force && stamp.is_some() && stamp == read_lock(&self.seen) {
             return;
         }
-        match self.read() {
+        match self.read(stamp) {
             Ok(count) => tracing::info!(file = %self.path.display(), keys = count, "API keys read"),
             Err(error) => tracing::error!(
                 file = %self.path.display(),
@@ -78,8 +78,8 @@ impl ApiKeys {
         }
     }
 
-    fn read(&self) -> anyhow::Result<usize> {
-        let stamp = stamp(&self.path);
+    /// Reads the file, whose modification time and size were `stamp` just before.
+    fn read(&self, stamp: Option<(SystemTime, u64)>) -> anyhow::Result<usize> {
         let text = std::fs::read_to_string(&self.path).map_err(|error| {
             anyhow::anyhow!(
                 "cannot read {} (AUTH_API_KEYS_FILE): {error}",

@@ -56,7 +56,7 @@ enum Phase {
     Head(Scan),
     /// A head was passed: nothing more until the dispatcher starts its request.
     Passed,
-    /// The request's body: this many bytes still pass.
+    /// The request's body: this many bytes (never 0: then it is `Answering`) still pass.
     Body(u64),
     /// The request is being answered: nothing passes until it is.
     Answering,
@@ -113,7 +113,7 @@ impl Gate {
     fn shut(&self) -> bool {
         matches!(
             self.phase.get(),
-            Phase::Passed | Phase::Answering | Phase::Closing | Phase::Body(0)
+            Phase::Passed | Phase::Answering | Phase::Closing
         )
     }
 
