@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use vehicle_state_test_support::load::figure;
 use vehicle_state_test_support::process::{
-    Replica, TempDir, bounded, client, one_at_a_time, sample_database,
+    Replica, TempDir, bounded, client, one_at_a_time, rss_kib_of, sample_database,
 };
 use vehicle_state_test_support::servers::redis_url;
 
@@ -31,13 +31,7 @@ fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut peak = 0;
         while !stop.load(Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(rss);
+            peak = peak.max(rss_kib_of(pid).unwrap_or(0));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         peak

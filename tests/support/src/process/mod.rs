@@ -13,7 +13,7 @@ pub mod redis;
 pub use nginx::Nginx;
 pub use place::Place;
 pub use postgres::PgServer;
-pub use replica::{Replica, metric};
+pub use replica::{Replica, metric, rss_kib_of};
 
 use std::fs;
 use std::net::TcpListener;

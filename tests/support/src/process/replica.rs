@@ -164,12 +164,7 @@ impl Replica {
 
     /// Resident memory of the process, in KiB (Linux).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS for {}", self.pid()))
+        rss_kib_of(self.pid()).unwrap_or_else(|| panic!("no VmRSS for {}", self.pid()))
     }
 
     /// Everything it has logged so far.
@@ -191,6 +186,15 @@ impl Drop for Replica {
             let _ = child.wait();
         }
     }
+}
+
+/// Resident memory of process `pid`, in KiB (Linux); None once it has exited.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The value of the series `name` (with its labels, as exposed) on a process's `/metrics`; None
