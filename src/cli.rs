@@ -143,6 +143,15 @@ fn one_line(error: &clap::Error) -> String {
     {
         line = line.replace(&format!("'{arg}'"), &names);
     }
+    // Settings another one needs (AUTH_JWKS_URL needs AUTH_ISSUER): clap lists them on the
+    // lines below; named on this one.
+    if let Some(ContextValue::Strings(missing)) = error.get(ContextKind::InvalidArg) {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|arg| both_names(arg).unwrap_or_else(|| arg.clone()))
+            .collect();
+        line = format!("{} {}", line.trim_end(), names.join(", "));
+    }
     if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
         line = format!("{line}: expected one of {}", valid.join(", "));
     }

@@ -14,6 +14,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
+use crate::auth::{Refusal, TokenRefusal};
 use crate::db::DbError;
 use crate::domain::{Timestamp, TimestampError, VehicleId, VehicleIdError};
 use crate::service::LookupError;
@@ -50,13 +51,14 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the body did not arrive within {0:?} (HTTP_CLIENT_REQUEST_TIMEOUT_MS)")]
     BodyTimeout(std::time::Duration),
-    /// No credential, or one this replica does not know (`presented`).
-    #[error("{}", if *presented {
-        "the credential is not one this service knows: send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
-    } else {
-        "this service needs a credential: send an API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
-    })]
-    Unauthorized { presented: bool },
+    /// No credential, or one this replica does not accept.
+    #[error("{}", unauthorized_detail(*.0))]
+    Unauthorized(Refusal),
+    /// Tokens cannot be checked yet: the identity provider's keys have not been fetched.
+    #[error(
+        "the identity provider's keys could not be fetched, so access tokens cannot be checked; retry after {retry_after_secs} seconds"
+    )]
+    KeysUnavailable { retry_after_secs: u32 },
     /// The client's quota (`RATE_LIMIT_RPS`) is spent for now.
     #[error(
         "this client has used its quota ({rps} requests a second, bursts of {burst}; a batch counts one per lookup); retry after {retry_after_secs} seconds"
@@ -112,7 +114,8 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ProblemType::RequestTimeout,
             ApiError::LengthRequired => ProblemType::LengthRequired,
             ApiError::RateLimited { .. } => ProblemType::RateLimited,
-            ApiError::Unauthorized { .. } => ProblemType::Unauthorized,
+            ApiError::Unauthorized(_) => ProblemType::Unauthorized,
+            ApiError::KeysUnavailable { .. } => ProblemType::KeysUnavailable,
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
@@ -151,10 +154,11 @@ impl ApiError {
     /// the client's; not a shed request, expected under overload and already in its request log
     /// line (with the 503): logging each again would add load exactly when there is too much;
     /// and not one answered at once while PostgreSQL is known down, whose outage was logged once
-    /// when it was found (see `db::Database`) and is counted as `down`.
+    /// when it was found (see `db::Database`) and is counted as `down`; nor one refused while
+    /// the identity provider's keys cannot be fetched, which each failed fetch logs.
     pub fn is_logged(&self) -> bool {
         match self {
-            ApiError::Overloaded { .. } => false,
+            ApiError::Overloaded { .. } | ApiError::KeysUnavailable { .. } => false,
             ApiError::DatabaseUnavailable { source, .. } => {
                 !matches!(**source, LookupError::Db(DbError::Down))
             }
@@ -178,20 +182,14 @@ impl ApiError {
         }
         | ApiError::RateLimited {
             retry_after_secs, ..
-        } = self
+        }
+        | ApiError::KeysUnavailable { retry_after_secs } = self
         {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         }
-        if let ApiError::Unauthorized { presented } = self {
-            builder.insert_header((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(if *presented {
-                    r#"Bearer realm="vehicle-state", error="invalid_token""#
-                } else {
-                    r#"Bearer realm="vehicle-state""#
-                }),
-            ));
+        if let ApiError::Unauthorized(refusal) = self {
+            builder.insert_header((header::WWW_AUTHENTICATE, www_authenticate(*refusal)));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         }
         if let ApiError::MethodNotAllowed(allow) = self {
@@ -200,6 +198,35 @@ impl ApiError {
         // A Problem of plain strings and integers always serialises.
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         (builder, body)
+    }
+}
+
+fn unauthorized_detail(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Missing => {
+            "this service needs a credential: send an API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`, or an access token as `Authorization: Bearer TOKEN`"
+        }
+        Refusal::Unknown => {
+            "the credential is not one this service knows: send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`, or a valid access token"
+        }
+        Refusal::Token(why) => why.describe(),
+    }
+}
+
+/// RFC 6750's challenge: `error="invalid_token"` once a credential was sent, and for a token
+/// what was wrong with it.
+fn www_authenticate(refusal: Refusal) -> HeaderValue {
+    const REALM: &str = r#"Bearer realm="vehicle-state""#;
+    match refusal {
+        Refusal::Missing => HeaderValue::from_static(REALM),
+        Refusal::Unknown | Refusal::Token(TokenRefusal::KeysUnavailable) => {
+            HeaderValue::from_static(r#"Bearer realm="vehicle-state", error="invalid_token""#)
+        }
+        Refusal::Token(why) => HeaderValue::from_str(&format!(
+            r#"{REALM}, error="invalid_token", error_description="{}""#,
+            why.describe()
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static(REALM)),
     }
 }
 
@@ -217,15 +244,15 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::VehicleNotFound(_) | ApiError::NoStateYet(..) | ApiError::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::CorsRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::DatabaseUnavailable { .. } | ApiError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::DatabaseUnavailable { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -279,7 +306,10 @@ mod tests {
             ApiError::InvalidQuery("x".to_owned()),
             ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
             ApiError::LengthRequired,
-            ApiError::Unauthorized { presented: true },
+            ApiError::Unauthorized(Refusal::Unknown),
+            ApiError::KeysUnavailable {
+                retry_after_secs: 1,
+            },
             ApiError::RateLimited {
                 rps: 1.0,
                 burst: 1,

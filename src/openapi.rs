@@ -49,7 +49,7 @@ fn add_security(spec: &mut utoipa::openapi::OpenApi) {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
-                    "An API key as `Authorization: Bearer KEY`, when the replica reads keys (`AUTH_API_KEYS_FILE`).",
+                    "An API key as `Authorization: Bearer KEY`, when the replica reads keys (`AUTH_API_KEYS_FILE`), or an OpenID Connect access token (a JWT from the provider named by `AUTH_JWKS_URL`, for `AUTH_AUDIENCE`) as `Authorization: Bearer TOKEN`.",
                 ))
                 .build(),
         ),

@@ -19,7 +19,7 @@ use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{ApiKeys, Authenticator};
+use crate::auth::{ApiKeys, Authenticator, TokenVerifier};
 use crate::cache::{LocalCache, RedisCache};
 use crate::config::ServeSettings;
 use crate::connection::{self, ConnectionLimits, Metered};
@@ -42,6 +42,8 @@ pub struct Application {
     drain: Duration,
     /// Reads AUTH_API_KEYS_FILE again when it changes; stopped with the server.
     _keys_watch: Option<AbortOnDrop>,
+    /// Fetches the identity provider's keys (AUTH_JWKS_URL); stopped with the server.
+    _tokens_watch: Option<AbortOnDrop>,
 }
 
 impl Application {
@@ -63,7 +65,18 @@ impl Application {
         let keys_watch = keys
             .as_ref()
             .map(|keys| AbortOnDrop(keys.clone().watch(settings.auth.api_keys_check_interval)));
-        let auth = keys.map(|keys| std::sync::Arc::new(Authenticator::new(keys)));
+        // The identity provider's keys are fetched in the background, at once and then every
+        // AUTH_JWKS_REFRESH_SECS: a provider that cannot be reached at start does not stop the
+        // replica (API keys still work; tokens get a 503 until a fetch succeeds).
+        let tokens = TokenVerifier::new(&settings.auth.tokens)?.map(std::sync::Arc::new);
+        if let Some(url) = &settings.auth.tokens.jwks_url {
+            tracing::info!(jwks_url = %url, "access tokens accepted: their keys are fetched from the identity provider");
+        }
+        let tokens_watch = tokens
+            .as_ref()
+            .map(|tokens| AbortOnDrop(tokens.clone().watch()));
+        let auth = (keys.is_some() || tokens.is_some())
+            .then(|| std::sync::Arc::new(Authenticator::new(keys, tokens)));
         // A port that is taken is such a setting too: found before the database is created or
         // migrated. Bound, not listened on, so connections are refused until the server runs.
         let port = Reserved::bind(settings.http.bind_addr, "BIND_ADDR")?;
@@ -258,6 +271,7 @@ impl Application {
             state,
             drain: settings.http.shutdown_drain,
             _keys_watch: keys_watch,
+            _tokens_watch: tokens_watch,
         })
     }
 

@@ -1,20 +1,34 @@
-//! Who may read (`AUTH_API_KEYS_FILE`): what a request must carry, and whose it is.
+//! Who may read (`AUTH_API_KEYS_FILE`, `AUTH_JWKS_URL`): what a request must carry, and whose
+//! it is.
 //!
 //! A credential is sent as `Authorization: Bearer …` or `X-API-Key: …`. The caller's name (the
-//! key's, never the key) goes into the request log and the traces, and is the client a quota
-//! counts against.
+//! key's, or the token's `sub`; never the credential) goes into the request log and the traces,
+//! and is the client a quota counts against.
 
+mod crypto;
 mod keys;
+mod tokens;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
 
 pub use keys::ApiKeys;
+pub use tokens::{TokenRefusal, TokenVerifier};
 
-/// The credentials this replica accepts.
+/// The credentials this replica accepts: API keys, tokens, or both.
 pub struct Authenticator {
-    keys: Arc<ApiKeys>,
+    keys: Option<Arc<ApiKeys>>,
+    tokens: Option<Arc<TokenVerifier>>,
+}
+
+/// What [`Authenticator::authenticate`] knows at once, or the wait for the provider's keys that
+/// a token naming a new one needs first (the rare path, so boxed).
+pub enum Verdict {
+    Now(Result<Caller, Refusal>),
+    AfterFetch(Pin<Box<dyn Future<Output = Result<Caller, Refusal>>>>),
 }
 
 /// Who a request is: put in its extensions once authenticated.
@@ -28,23 +42,56 @@ pub struct Caller {
 pub enum Refusal {
     /// No credential at all.
     Missing,
-    /// A credential this replica does not know.
+    /// An API key this replica does not know (or, with tokens off, any credential).
     Unknown,
+    /// A bearer token that fails a check.
+    Token(TokenRefusal),
 }
 
 impl Authenticator {
-    pub fn new(keys: Arc<ApiKeys>) -> Self {
-        Self { keys }
+    pub fn new(keys: Option<Arc<ApiKeys>>, tokens: Option<Arc<TokenVerifier>>) -> Self {
+        Self { keys, tokens }
     }
 
-    /// The caller whose credential `headers` carry.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
-        let presented = credential(headers).ok_or(Refusal::Missing)?;
-        self.keys
-            .name_of(presented)
-            .map(|name| Caller { name })
-            .ok_or(Refusal::Unknown)
+    /// The caller whose credential `headers` carry. An API key is looked up first; a
+    /// credential that is not one, and has a JWT's shape, is checked as a token.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Verdict {
+        let Some(presented) = credential(headers) else {
+            return Verdict::Now(Err(Refusal::Missing));
+        };
+        if let Some(name) = self.keys.as_ref().and_then(|keys| keys.name_of(presented)) {
+            return Verdict::Now(Ok(Caller { name }));
+        }
+        let token = match (&self.tokens, std::str::from_utf8(presented)) {
+            (Some(tokens), Ok(token)) if is_jwt_shaped(token) => (tokens, token),
+            _ => return Verdict::Now(Err(Refusal::Unknown)),
+        };
+        let (tokens, token) = token;
+        match tokens.verify(token) {
+            Err(TokenRefusal::UnknownKey | TokenRefusal::KeysUnavailable)
+                if tokens.may_refetch() =>
+            {
+                let tokens = tokens.clone();
+                let token = token.to_owned();
+                Verdict::AfterFetch(Box::pin(async move {
+                    tokens.refetch().await;
+                    tokens
+                        .verify(&token)
+                        .map(|name| Caller { name })
+                        .map_err(Refusal::Token)
+                }))
+            }
+            checked => Verdict::Now(checked.map(|name| Caller { name }).map_err(Refusal::Token)),
+        }
     }
+}
+
+/// Three base64url parts: a JWS in compact form.
+fn is_jwt_shaped(credential: &str) -> bool {
+    credential.split('.').count() == 3
+        && credential
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The credential of a request: `Authorization: Bearer X` (the scheme in any case), else

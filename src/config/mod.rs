@@ -28,7 +28,7 @@ mod redis;
 mod secrets;
 mod seed;
 
-pub use auth::AuthSettings;
+pub use auth::{AuthSettings, TokenSettings};
 pub use compression::CompressionSettings;
 pub use cors::{CorsOrigins, CorsSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};

@@ -63,6 +63,8 @@ pub enum ProblemType {
     Unauthorized,
     #[serde(rename = "/problems/cors-refused")]
     CorsRefused,
+    #[serde(rename = "/problems/keys-unavailable")]
+    KeysUnavailable,
 }
 
 impl ProblemType {
@@ -88,6 +90,7 @@ impl ProblemType {
             ProblemType::RateLimited => "Too many requests",
             ProblemType::Unauthorized => "Unauthorized",
             ProblemType::CorsRefused => "Cross-origin request refused",
+            ProblemType::KeysUnavailable => "Identity provider's keys unavailable",
         }
     }
 }

@@ -41,3 +41,7 @@ impl RequestSeries {
 /// Quota decisions, by outcome (`allowed`, `limited`) and by what decided (`redis`, `lease`,
 /// `local` while Redis fails); only while quotas are on.
 pub const QUOTA_DECISIONS: &str = "vehicle_state_quota_decisions_total";
+/// Fetches of the identity provider's key set (`AUTH_JWKS_URL`), by outcome (ok, failed).
+pub const AUTH_JWKS_FETCHES: &str = "vehicle_state_auth_jwks_fetches_total";
+/// Signing keys held from the identity provider's key set.
+pub const AUTH_JWKS_KEYS: &str = "vehicle_state_auth_jwks_keys";

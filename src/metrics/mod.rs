@@ -28,7 +28,7 @@ pub use cache::{
     LOOKUPS, LookupResult, REDIS_BATCH_SIZE, REDIS_ERRORS, REDIS_OPERATIONS, RedisNodesGauge,
 };
 pub use db::{DB_BATCH_SIZE, DB_ERRORS};
-pub use http::{HTTP_DURATION, HTTP_REQUESTS, QUOTA_DECISIONS};
+pub use http::{AUTH_JWKS_FETCHES, AUTH_JWKS_KEYS, HTTP_DURATION, HTTP_REQUESTS, QUOTA_DECISIONS};
 pub use ingest::{
     ConsumerGauge, INGEST_BATCH_SIZE, INGEST_COMMIT, INGEST_EVENTS, IngestResult,
     record_ingest_batch,
@@ -117,6 +117,14 @@ fn describe() {
     metrics::describe_counter!(
         QUOTA_DECISIONS,
         "Quota decisions by outcome (allowed, limited) and by what decided (redis, lease, local while Redis fails); only while quotas are on."
+    );
+    metrics::describe_counter!(
+        AUTH_JWKS_FETCHES,
+        "Fetches of the identity provider's key set by outcome (ok, failed); only while access tokens are on."
+    );
+    metrics::describe_gauge!(
+        AUTH_JWKS_KEYS,
+        "Signing keys held from the identity provider's key set; only while access tokens are on."
     );
     metrics::describe_counter!(
         TRACE_SPANS_DROPPED,

@@ -1,11 +1,14 @@
-//! Credentials at the door (`AUTH_API_KEYS_FILE`): a request without a known one is a 401
-//! problem with `WWW-Authenticate`, before it is counted against a quota or served. The health
+//! Credentials at the door (`AUTH_API_KEYS_FILE`, `AUTH_JWKS_URL`): a request without a known
+//! API key or a valid token is a 401 problem with `WWW-Authenticate`, before it is counted
+//! against a quota or served. The health
 //! routes, the documentation (Swagger UI, the OpenAPI document, the explore page) and CORS
 //! preflights (answered further out) need none. The caller's name goes into the request's
-//! extensions (for quotas) and its log line and trace (`caller`); the key never does.
+//! extensions (for quotas) and its log line and trace (`caller`); the credential never does. A
+//! token naming a key the replica has not fetched waits for one fetch of the provider's keys.
 
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +16,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{Error, HttpMessage as _, ResponseError as _};
 
-use crate::auth::{Authenticator, Refusal};
+use crate::auth::{Authenticator, Caller, Refusal, TokenRefusal, Verdict};
 use crate::error::ApiError;
 
 /// The middleware; `None` (with `Condition` off) when no credential is needed.
@@ -34,7 +37,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(match &self.0 {
             Some(auth) => Ok(AuthService {
-                service,
+                service: Rc::new(service),
                 auth: auth.clone(),
             }),
             None => Err(()),
@@ -43,7 +46,7 @@ where
 }
 
 pub struct AuthService<S> {
-    service: S,
+    service: Rc<S>,
     auth: Arc<Authenticator>,
 }
 
@@ -54,7 +57,7 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = Authenticated<S::Future>;
+    type Future = Authenticated<S>;
 
     actix_web::dev::forward_ready!(service);
 
@@ -65,24 +68,49 @@ where
             };
         }
         match self.auth.authenticate(req.headers()) {
-            Ok(caller) => {
-                tracing::Span::current().record("caller", &*caller.name);
-                req.extensions_mut().insert(caller);
-                Authenticated::Served {
-                    response: self.service.call(req),
-                }
+            Verdict::Now(checked) => settle(&self.service, req, checked),
+            Verdict::AfterFetch(check) => Authenticated::Checking {
+                check,
+                pending: Some((self.service.clone(), req)),
+            },
+        }
+    }
+}
+
+/// Serves `req` as its caller, or refuses it.
+fn settle<S, B>(
+    service: &Rc<S>,
+    req: ServiceRequest,
+    checked: Result<Caller, Refusal>,
+) -> Authenticated<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+{
+    match checked {
+        Ok(caller) => {
+            tracing::Span::current().record("caller", &*caller.name);
+            req.extensions_mut().insert(caller);
+            Authenticated::Served {
+                response: service.call(req),
             }
-            Err(refusal) => {
-                let problem = ApiError::Unauthorized {
-                    presented: refusal == Refusal::Unknown,
-                };
-                Authenticated::Refused {
-                    response: Some(req.into_response(problem.error_response())),
-                }
+        }
+        Err(refusal) => {
+            let problem = match refusal {
+                Refusal::Token(TokenRefusal::KeysUnavailable) => ApiError::KeysUnavailable {
+                    retry_after_secs: KEYS_RETRY_AFTER_SECS,
+                },
+                refusal => ApiError::Unauthorized(refusal),
+            };
+            Authenticated::Refused {
+                response: Some(req.into_response(problem.error_response())),
             }
         }
     }
 }
+
+/// `Retry-After` while the identity provider's keys cannot be fetched: about when the next
+/// fetch is tried (AUTH_JWKS_MIN_REFETCH_SECS, 10 by default).
+const KEYS_RETRY_AFTER_SECS: u32 = 10;
 
 /// Routes served without a credential.
 fn open(path: &str) -> bool {
@@ -92,32 +120,55 @@ fn open(path: &str) -> bool {
         || path.starts_with("/explore/")
 }
 
+type Check = Pin<Box<dyn Future<Output = Result<Caller, Refusal>>>>;
+
 pin_project_lite::pin_project! {
     #[project = AuthenticatedProj]
-    pub enum Authenticated<F> {
-        Served { #[pin] response: F },
+    pub enum Authenticated<S>
+    where
+        S: Service<ServiceRequest>,
+    {
+        Served { #[pin] response: S::Future },
         Refused { response: Option<ServiceResponse> },
+        // A token waiting for the provider's keys; then served or refused.
+        Checking { check: Check, pending: Option<(Rc<S>, ServiceRequest)> },
     }
 }
 
-impl<F, B> Future for Authenticated<F>
+impl<S, B> Future for Authenticated<S>
 where
-    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
     B: MessageBody + 'static,
 {
     type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            AuthenticatedProj::Served { response } => response
-                .poll(cx)
-                .map(|res| res.map(ServiceResponse::map_into_left_body)),
-            AuthenticatedProj::Refused { response } => Poll::Ready(match response.take() {
-                Some(res) => Ok(res.map_into_right_body()),
-                None => Err(actix_web::error::ErrorInternalServerError(
-                    "a refusal was taken twice",
-                )),
-            }),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                AuthenticatedProj::Served { response } => {
+                    return response
+                        .poll(cx)
+                        .map(|res| res.map(ServiceResponse::map_into_left_body));
+                }
+                AuthenticatedProj::Refused { response } => {
+                    return Poll::Ready(match response.take() {
+                        Some(res) => Ok(res.map_into_right_body()),
+                        None => Err(actix_web::error::ErrorInternalServerError(
+                            "a refusal was taken twice",
+                        )),
+                    });
+                }
+                AuthenticatedProj::Checking { check, pending } => {
+                    let checked = std::task::ready!(check.as_mut().poll(cx));
+                    let Some((service, req)) = pending.take() else {
+                        return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
+                            "a request was authenticated twice",
+                        )));
+                    };
+                    let next = settle(&service, req, checked);
+                    self.set(next);
+                }
+            }
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct BatchResult {
         (status = 408, description = "The body did not arrive within `HTTP_CLIENT_REQUEST_TIMEOUT_MS` (`/problems/request-timeout`).", body = Problem, content_type = "application/problem+json"),
         (status = 411, description = "The body was sent chunked (`Transfer-Encoding`); send it with `Content-Length` (`/problems/length-required`). The connection is closed.", body = Problem, content_type = "application/problem+json"),
         super::Refusals,
+        (status = 503, description = "With access tokens on (`AUTH_JWKS_URL`): the identity provider's keys have not been fetched yet, so the token cannot be checked (`/problems/keys-unavailable`); retry after `Retry-After` seconds. (A lookup the database cannot answer is a 503 item of a 200.)", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+        )),
         (status = 415, description = "The body is not `application/json` (`/problems/unsupported-media-type`).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -219,8 +222,19 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
         (PATH, 411, vec![ApiError::LengthRequired]),
         (PATH, 413, vec![ApiError::BodyTooLarge { max: 64 * 1024 }]),
         (PATH, 415, vec![ApiError::UnsupportedMediaType]),
-        (PATH, 401, vec![ApiError::Unauthorized { presented: false }]),
+        (
+            PATH,
+            401,
+            vec![ApiError::Unauthorized(crate::auth::Refusal::Missing)],
+        ),
         (PATH, 429, vec![super::rate_limited()]),
+        (
+            PATH,
+            503,
+            vec![ApiError::KeysUnavailable {
+                retry_after_secs: 10,
+            }],
+        ),
     ]
 }
 

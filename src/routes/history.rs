@@ -50,7 +50,7 @@ use crate::error::{ApiError, Problem};
         (status = 400, description = "The id is not valid (`/problems/invalid-vehicle-id`), `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names the parameter), or `from` is after `to`, `limit` is not 1 to 1000, `after` is not in the form of a `next`, or a parameter is given twice (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle (`/problems/vehicle-not-found`). Cached like a 200.", body = Problem, content_type = "application/problem+json"),
         super::Refusals,
-        (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`).", body = Problem, content_type = "application/problem+json", headers(
+        (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`).", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
     ),
@@ -102,7 +102,11 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     vec![
         (PATH, 400, invalid),
         (PATH, 404, not_found),
-        (PATH, 401, vec![ApiError::Unauthorized { presented: false }]),
+        (
+            PATH,
+            401,
+            vec![ApiError::Unauthorized(crate::auth::Refusal::Missing)],
+        ),
         (PATH, 429, vec![super::rate_limited()]),
         (PATH, 503, super::unavailable()),
     ]

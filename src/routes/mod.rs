@@ -68,12 +68,12 @@ pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 }
 
 /// The 503s a lookup can answer, with the default `Retry-After`s.
-/// The answers of the middleware in front of every API route (API keys, quotas), documented
+/// The answers of the middleware in front of every API route (API keys and tokens, quotas), documented
 /// once and listed in each route's `responses(...)`; the middleware render them from `ApiError`.
 #[derive(utoipa::IntoResponses)]
 pub enum Refusals {
-    #[response(status = 401, description = "With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", content_type = "application/problem+json", headers(
-        ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent."),
+    #[response(status = 401, description = "With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`.", content_type = "application/problem+json", headers(
+        ("WWW-Authenticate" = String, description = "`Bearer realm=\"vehicle-state\"`, with `error=\"invalid_token\"` when a credential was sent (and, for a token, `error_description`)."),
     ))]
     Unauthorized(crate::error::Problem),
     #[response(status = 429, description = "With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`.", content_type = "application/problem+json", headers(
@@ -105,5 +105,8 @@ fn unavailable() -> Vec<ApiError> {
     vec![
         ApiError::from_lookup(Arc::new(LookupError::Db(DbError::Down)), &retry_after),
         ApiError::from_lookup(Arc::new(LookupError::Overloaded(256)), &retry_after),
+        ApiError::KeysUnavailable {
+            retry_after_secs: 10,
+        },
     ]
 }

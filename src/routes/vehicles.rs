@@ -45,7 +45,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
         )),
         super::Refusals,
-        (status = 503, description = "The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`); retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
+        (status = 503, description = "The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`); retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
     ),
@@ -103,7 +103,11 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     vec![
         (PATH, 400, invalid),
         (PATH, 404, not_found),
-        (PATH, 401, vec![ApiError::Unauthorized { presented: false }]),
+        (
+            PATH,
+            401,
+            vec![ApiError::Unauthorized(crate::auth::Refusal::Missing)],
+        ),
         (PATH, 429, vec![super::rate_limited()]),
         (PATH, 503, super::unavailable()),
     ]

@@ -62,6 +62,9 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
         ("CORS_MAX_AGE_SECS", "a day"),
         ("COMPRESSION", "maybe"),
         ("COMPRESSION_MIN_BYTES", "-1"),
+        ("AUTH_JWKS_URL", "file:///etc/jwks.json"),
+        ("AUTH_JWT_ALGORITHMS", "RS256,none"),
+        ("AUTH_JWT_ALGORITHMS", "HS256"),
     ] {
         let output = vehicle_state(&["serve"], &[(name, value)]);
 
@@ -79,6 +82,19 @@ fn a_malformed_setting_stops_the_server_with_one_line_naming_it() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // A setting that needs others names them.
+    let output = vehicle_state(
+        &["serve"],
+        &[
+            ("AUTH_JWKS_URL", "https://idp.example.com/jwks"),
+            ("AUTH_ISSUER", "https://idp.example.com/"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "error: the following required arguments were not provided: AUTH_AUDIENCE / --auth-audience"
+    );
     // Given as a flag: the flag first, then its variable.
     let output = vehicle_state(&["serve", "--cache-ttl-secs", "0"], &[]);
     assert_eq!(

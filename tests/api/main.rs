@@ -21,3 +21,4 @@ mod openapi;
 mod outages;
 mod process;
 mod quotas;
+mod tokens;

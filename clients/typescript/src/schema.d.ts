@@ -247,7 +247,7 @@ export interface components {
          * @description Every problem `type` this service sends. Relative URIs, resolved against the service.
          * @enum {string}
          */
-        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/unauthorized" | "/problems/cors-refused";
+        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/unauthorized" | "/problems/cors-refused" | "/problems/keys-unavailable";
         /** @description Readiness of this replica to take traffic. */
         Readiness: {
             /** @description PostgreSQL is required: without it, uncached lookups fail. */
@@ -467,10 +467,10 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
             401: {
                 headers: {
-                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -521,6 +521,17 @@ export interface operations {
                     RateLimit?: string;
                     /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
                     "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With access tokens on (`AUTH_JWKS_URL`): the identity provider's keys have not been fetched yet, so the token cannot be checked (`/problems/keys-unavailable`); retry after `Retry-After` seconds. (A lookup the database cannot answer is a 503 item of a 200.) */
+            503: {
+                headers: {
                     /** @description Seconds to wait before retrying. */
                     "Retry-After"?: number;
                     [name: string]: unknown;
@@ -634,10 +645,10 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
             401: {
                 headers: {
-                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -669,7 +680,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`). */
+            /** @description The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`). */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */
@@ -744,10 +755,10 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description With API keys on (`AUTH_API_KEYS_FILE`): no credential, or one the service does not know (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
             401: {
                 headers: {
-                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent. */
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -785,7 +796,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`); retry after `Retry-After` seconds. */
+            /** @description The database cannot be reached and the answer is not cached (`type` `/problems/database-unavailable`), or the replica is at `LOOKUP_CONCURRENCY_LIMIT` and shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`); retry after `Retry-After` seconds. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */

@@ -7,14 +7,16 @@
 //!   [`settings`], [`http`] to drive it.
 //! - [`process`]: real processes (the service's binary as replicas and ingest, nginx, private
 //!   PostgreSQL, Redis and NATS servers), stopped when dropped.
-//! - [`chaos`], [`netns`], [`load`], [`pki`]: faults on a connection and on a network link,
-//!   closed-loop load and what it measured, and test certificates.
+//! - [`chaos`], [`netns`], [`load`], [`pki`], [`oidc`]: faults on a connection and on a network
+//!   link, closed-loop load and what it measured, test certificates, and an identity provider's
+//!   keys, key set and tokens.
 
 pub mod app;
 pub mod chaos;
 pub mod http;
 pub mod load;
 pub mod netns;
+pub mod oidc;
 pub mod pki;
 pub mod process;
 pub mod scratch;
