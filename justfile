@@ -46,7 +46,7 @@ fuzz SECONDS="60":
 # Regenerate openapi.yaml and the typed client's types after an API change.
 openapi:
     cargo run --quiet -- openapi > openapi.yaml
-    cd clients/typescript && npm ci --no-audit --no-fund && npm run generate
+    cd clients/typescript && npm ci --ignore-scripts --no-audit --no-fund && npm run generate
 
 # The benchmark (release build; prints figures, writes bench/results.json).
 bench *ENV:
