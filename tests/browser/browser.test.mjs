@@ -231,6 +231,9 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
   const violations = policyViolations(page);
   await page.goto(`${api}/explore/`);
+  // It opens on the timeline of the vehicle filled in (3), with no click.
+  await page.waitForSelector("rect[data-state]");
+  const opened = await page.textContent("#vehicle");
 
   await page.fill("#id", "3");
   await page.click("#show");
@@ -250,6 +253,7 @@ test("the explore page draws the timeline and looks up an instant picked on it",
     ["selling", "2022-09-11T23:21:38Z"],
     ["sold", "2022-09-12T12:41:41Z"],
   ]);
+  assert.match(opened, /Vehicle 3: VW GOLF, 3 state changes/);
   assert.match(vehicle, /Vehicle 3: VW GOLF, 3 state changes/);
   assert.ok(instant > "2022-09-11T23:21:38Z" && instant < "2022-09-12T12:41:41Z", instant);
   assert.equal(picked.state, "selling", picked.text);

@@ -140,3 +140,6 @@ $("ask").addEventListener("submit", (event) => {
   const instant = $("instant").value.trim();
   if (instant) lookup($("id").value.trim(), instant);
 });
+
+// The vehicle filled in is drawn at once, so the page opens on a timeline to click.
+$("pick").requestSubmit();
