@@ -4,8 +4,9 @@
 Each attack is what a client sent when the service was tried as an attacker would (issue 32's
 table), for a few seconds, while a well-behaved client asks one lookup after another; printed:
 the replica's peak resident memory and that client's p99. Then the quotas: one client over its
-budget beside another, two replicas sharing one budget, and hot requests a second with quotas
-on against off. Loopback only; every loop is bounded in time.
+budget beside another, two replicas sharing one budget, and hot requests a second with quotas,
+API keys and access tokens on against off. ATTACKS_PARTS (attacks,quotas,hot) picks the parts.
+Loopback only; every loop is bounded in time.
 """
 
 import asyncio
@@ -270,6 +271,59 @@ async def quotas():
         )
 
 
+class TokenProvider:
+    """An identity provider for the token runs: an RSA key made by openssl, its key set served
+    over HTTP on loopback, and RS256 tokens signed with it (openssl's PKCS#1 v1.5 signature is
+    the JWS one)."""
+
+    def __init__(self):
+        import base64
+        import http.server
+        import tempfile
+        import threading
+
+        self.dir = tempfile.mkdtemp(prefix="bench-idp-")
+        self.key = os.path.join(self.dir, "key.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", self.key], check=True, capture_output=True)
+        modulus = subprocess.run(["openssl", "rsa", "-in", self.key, "-noout", "-modulus"], check=True, capture_output=True, text=True).stdout
+        n = bytes.fromhex(modulus.strip().split("=", 1)[1])
+        self.b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": self.b64(n), "e": self.b64(b"\x01\x00\x01")}]}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(jwks)))
+                self.end_headers()
+                self.wfile.write(jwks)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.env = {
+            "AUTH_JWKS_URL": f"http://127.0.0.1:{self.server.server_address[1]}/jwks",
+            "AUTH_ISSUER": "https://idp.bench.invalid/",
+            "AUTH_AUDIENCE": "vehicle-state",
+        }
+
+    def token(self, sub="bench"):
+        header = self.b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+        now = int(time.time())
+        claims = self.b64(json.dumps({"iss": self.env["AUTH_ISSUER"], "aud": "vehicle-state", "sub": sub, "iat": now, "exp": now + 3600}).encode())
+        signing_input = f"{header}.{claims}".encode()
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key], input=signing_input, check=True, capture_output=True).stdout
+        return f"{header}.{claims}.{self.b64(signature)}"
+
+    def close(self):
+        import shutil
+
+        self.server.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def wrk_hot(port, seconds=8, headers=()):
     """Hot lookups (one pair, memory hits) with wrk, 64 connections: requests a second."""
     extra = [arg for header in headers for arg in ("-H", header)]
@@ -286,17 +340,22 @@ def wrk_hot(port, seconds=8, headers=()):
 
 
 async def main():
+    parts = os.environ.get("ATTACKS_PARTS", "attacks,quotas,hot").split(",")
     print(f"one replica, 2 workers, {SECONDS:.0f} s an attack ({BIN})")
-    await run_attack("200 connections posting 100-lookup batches, br", brotli_batches, {})
-    await run_attack("100 connections pipelining GETs, never reading", pipelining, {})
-    closed = []
-    await run_attack(
-        "50 bodies that never end, HTTP_MAX_CONNECTIONS=25 a worker",
-        lambda port, stop: endless_bodies(port, stop, closed),
-        {"HTTP_MAX_CONNECTIONS": 25},
-        lambda: f"; connections closed {min(closed, default=0):.2f} to {max(closed, default=0):.2f} s after the head (body timeout 5 s)",
-    )
-    await quotas()
+    if "attacks" in parts:
+        await run_attack("200 connections posting 100-lookup batches, br", brotli_batches, {})
+        await run_attack("100 connections pipelining GETs, never reading", pipelining, {})
+        closed = []
+        await run_attack(
+            "50 bodies that never end, HTTP_MAX_CONNECTIONS=25 a worker",
+            lambda port, stop: endless_bodies(port, stop, closed),
+            {"HTTP_MAX_CONNECTIONS": 25},
+            lambda: f"; connections closed {min(closed, default=0):.2f} to {max(closed, default=0):.2f} s after the head (body timeout 5 s)",
+        )
+    if "quotas" in parts:
+        await quotas()
+    if "hot" not in parts:
+        return
     import hashlib
     import tempfile
 
@@ -304,21 +363,52 @@ async def main():
     keys = tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False)
     keys.write(f"bench {hashlib.sha256(key.encode()).hexdigest()}\n")
     keys.close()
+    idp = TokenProvider()
+    bearer = f"Authorization: Bearer {idp.token()}"
     quota = {"RATE_LIMIT_RPS": 1000000, "RATE_LIMIT_BURST": 1000000}
+    # A token is a 600-byte header where a key is 40 bytes: the token runs are compared with
+    # "both off" sent the same header (ignored), so the ratio is the replica's work, not the
+    # bytes wrk writes and the kernel copies on these same two cores.
     runs = (
-        ("both off", {}, ()),
-        ("quotas on (a budget no one reaches)", quota, ()),
-        ("API keys and quotas on", {**quota, "AUTH_API_KEYS_FILE": keys.name}, (f"X-API-Key: {key}",)),
+        ("both off", {}, (), None),
+        ("quotas on (a budget no one reaches)", quota, (), "both off"),
+        ("API keys and quotas on", {**quota, "AUTH_API_KEYS_FILE": keys.name}, (f"X-API-Key: {key}",), "both off"),
+        ("both off, a token's Authorization header sent (ignored)", {}, (bearer,), None),
+        ("RS256 access tokens and quotas on", {**quota, **idp.env}, (bearer,), "both off, a token's Authorization header sent (ignored)"),
+        ("RS256 access tokens, each checked (AUTH_TOKEN_CACHE_SIZE=0), quotas on", {**quota, **idp.env, "AUTH_TOKEN_CACHE_SIZE": 0}, (bearer,), "both off, a token's Authorization header sent (ignored)"),
     )
-    for label, env, headers in runs:
-        with Replica(**env) as replica:
-            wrk_hot(replica.port, 2, headers)
-            rate = wrk_hot(replica.port, 8, headers)
-            if not env:
-                off = rate
-                print(f"hot lookups, 64 connections, {label}: {rate:,.0f} req/s")
-            else:
-                print(f"hot lookups, 64 connections, {label}: {rate:,.0f} req/s ({rate / off:.2f}x both off)")
+    # wrk shares the two cores with the replica, so one 8-second run varies by +-15 %: the runs
+    # are interleaved ATTACKS_HOT_ROUNDS times (3) and each label's median printed.
+    # The replica's own CPU time per request varies less: printed beside, with its ratio.
+    rounds = int(os.environ.get("ATTACKS_HOT_ROUNDS", "3"))
+    samples = {label: [] for label, *_ in runs}
+    cpu = {label: [] for label, *_ in runs}
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    for _ in range(rounds):
+        for label, env, headers, _against in runs:
+            with Replica(**env) as replica:
+                wrk_hot(replica.port, 2, headers)
+                before = cpu_seconds(replica.proc.pid)
+                rate = wrk_hot(replica.port, 8, headers)
+                samples[label].append(rate)
+                cpu[label].append((cpu_seconds(replica.proc.pid) - before) / (rate * 8) * 1e6)
+    median = lambda values: sorted(values)[len(values) // 2]
+    rates = {label: median(values) for label, values in samples.items()}
+    costs = {label: median(values) for label, values in cpu.items()}
+    for label, _env, _headers, against in runs:
+        rate, cost = rates[label], costs[label]
+        spread = f"{min(samples[label]):,.0f} to {max(samples[label]):,.0f}"
+        line = f"hot lookups, 64 connections, {label}: {rate:,.0f} req/s (median of {rounds}: {spread}), {cost:.1f} µs CPU a request"
+        if against is not None:
+            line += f"; {rate / rates[against]:.2f}x the req/s and {cost / costs[against]:.2f}x the CPU of {against}"
+        print(line)
+    idp.close()
     os.unlink(keys.name)
 
 

@@ -68,8 +68,10 @@ impl Authenticator {
         };
         let (tokens, token) = token;
         match tokens.verify(token) {
-            Err(TokenRefusal::UnknownKey | TokenRefusal::KeysUnavailable)
-                if tokens.may_refetch() =>
+            // A key the set lacks, when a fetch may be made for it; or no set yet, when a fetch
+            // may be under way (the one at start): wait for it rather than refuse at once.
+            Err(refusal @ (TokenRefusal::UnknownKey | TokenRefusal::KeysUnavailable))
+                if refusal == TokenRefusal::KeysUnavailable || tokens.may_refetch() =>
             {
                 let tokens = tokens.clone();
                 let token = token.to_owned();
