@@ -8,17 +8,20 @@ import tempfile
 from datetime import datetime, timezone
 
 raw, out_json, out_svg, duration, connections, work, out_explain = sys.argv[1:8]
-WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "preflight"]
+WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "poll", "sweep", "preflight"]
 NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (random)",
          "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)",
          "batch": "batch (100 cold pairs)", "db_batch": "db, 100 pairs/statement",
+         "poll": "poll 2,000, client clock", "sweep": "sweep 200 lives",
          "preflight": "CORS preflight (OPTIONS)"}
 
 rows = [json.loads(line) for line in open(raw) if line.strip()]
 sizes = list(dict.fromkeys(r["size"] for r in rows))
 # Row counts and on-disk sizes of each data set: not a workload.
 tables = {r["size"]: r["result"] for r in rows if r["workload"] == "tables"}
-rows = [r for r in rows if r["workload"] != "tables"]
+# The sweep's vehicles and the state segments their lives hold.
+segments = {r["size"]: r["result"] for r in rows if r["workload"] == "sweep_segments"}
+rows = [r for r in rows if r["workload"] not in ("tables", "sweep_segments")]
 by = {(r["size"], r["workload"]): r["result"] for r in rows}
 for result in by.values():
     result.setdefault("rps", result["requests"] / result["seconds"] if result.get("seconds") else 0)
@@ -28,6 +31,10 @@ for result in by.values():
     lookups = result.get("requests", 0) * result.get("lookups_per_request", 1)
     if "db_statements" in result and lookups:
         result["statements_per_100"] = round(100 * result["db_statements"] / lookups, 1)
+    # The share of lookups answered from PostgreSQL (issue 33: at most 5 % polling the client's
+    # clock).
+    if "db_lookups" in result and lookups:
+        result["db_share"] = round(result["db_lookups"] / lookups, 4)
 
 ratios = {}
 for size in sizes:
@@ -39,7 +46,15 @@ for size in sizes:
         # Target (issue 10): batch lookups/s at least 5x the cold single lookup's.
         "batch_lookups_over_cold": round(look("batch") / look("cold"), 2) if look("cold") else None,
         "batch_lookups_over_db": round(look("batch") / look("db"), 2) if look("db") else None,
+        # Targets (issue 33): polling the client's clock and sweeping lives at least 0.8x hot.
+        "poll_over_hot": round(get("poll") / get("hot"), 3) if get("hot") and get("poll") else None,
+        "sweep_over_hot": round(get("sweep") / get("hot"), 3) if get("hot") and get("sweep") else None,
     }
+    sweep = by.get((size, "sweep"))
+    if sweep and segments.get(size, {}).get("segments"):
+        # Target (issue 33): at most 2 PostgreSQL reads per state segment swept.
+        ratios[size]["sweep_db_reads_per_segment"] = round(sweep.get("db_lookups", 0) / segments[size]["segments"], 1)
+        ratios[size]["sweep_segments"] = segments[size]["segments"]
 
 for result in by.values():
     # Requests per second of the service's own CPU time (user + system): what one core serves.
@@ -47,7 +62,7 @@ for result in by.values():
         result["service_cores"] = round(result["service_cpu_s"] / result["seconds"], 2)
         result["rps_per_core"] = round(result["rps"] / result["service_cores"])
 
-print(f"\n{'size':>9} {'workload':<24} {'req/s':>9} {'lookups/s':>10} {'stmt/100':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
+print(f"\n{'size':>9} {'workload':<24} {'req/s':>9} {'lookups/s':>10} {'stmt/100':>8} {'to db':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-200/404':>11} {'RSS MB':>7} {'cores':>6} {'req/s/core':>10}")
 for size in sizes:
     for w in WORKLOADS:
         r = by.get((size, w))
@@ -55,19 +70,23 @@ for size in sizes:
             continue
         rss = r.get("rss_mb", "")
         cores, per_core = r.get("service_cores", ""), r.get("rps_per_core", "")
-        print(f"{size:>9} {NAMES[w]:<24} {r['rps']:>9.0f} {r['lookups_per_s']:>10.0f} {r.get('statements_per_100', ''):>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+        share = f"{100 * r['db_share']:.1f}%" if "db_share" in r else ""
+        print(f"{size:>9} {NAMES[w]:<24} {r['rps']:>9.0f} {r['lookups_per_s']:>10.0f} {r.get('statements_per_100', ''):>8} {share:>7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['errors']:>7} {r['unexpected_status']:>11} {rss:>7} {cores:>6} {per_core:>10}")
     print(f"{size:>9} ratios: hot/ceiling {ratios[size]['hot_over_ceiling']}, "
           f"cold/db ceiling {ratios[size]['cold_over_db']}, "
           f"batch/cold lookups {ratios[size]['batch_lookups_over_cold']}, "
-          f"batch/db lookups {ratios[size]['batch_lookups_over_db']}")
+          f"batch/db lookups {ratios[size]['batch_lookups_over_db']}, "
+          f"poll/hot {ratios[size]['poll_over_hot']}, sweep/hot {ratios[size]['sweep_over_hot']}, "
+          f"sweep db reads/segment {ratios[size].get('sweep_db_reads_per_segment')} "
+          f"({ratios[size].get('sweep_segments')} segments)")
 
 # Where each lookup's CPU went, in µs of core time per lookup: the service (user, system),
 # PostgreSQL, Redis, and the rest of the machine (wrk, and the kernel on its behalf).
 print(f"\n{'size':>9} {'workload':<24} {'µs CPU per lookup:':>18} {'service user':>12} {'system':>7} "
       f"{'postgres':>8} {'redis':>6} {'rest':>6} {'total':>6}")
 for size in sizes:
-    for w in ["livez", "hot", "cold", "mixed", "batch"]:
+    for w in ["livez", "hot", "cold", "mixed", "batch", "poll", "sweep"]:
         r = by.get((size, w))
         if not r or "cpu_s" not in r or not r.get("requests"):
             continue

@@ -1,5 +1,8 @@
 -- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed, batch,
--- preflight); VEHICLES is the data set's size. ORIGIN and ACCEPT_ENCODING, when set, go on every
+-- preflight, poll, sweep); VEHICLES is the data set's size. poll is a front end polling the
+-- current state of POLL_VEHICLES (2,000) vehicles, sending its own clock to the millisecond as
+-- `new Date().toISOString()` does; sweep is a timeline slider: instants scattered over the lives
+-- of the vehicles LIVES names (a file of `id first_change last_change` lines, Unix seconds). ORIGIN and ACCEPT_ENCODING, when set, go on every
 -- request as a browser's would (`Origin`, `Accept-Encoding`); preflight sends the CORS preflight
 -- of the batch POST (OPTIONS with Origin and Access-Control-Request-*) and expects 200. batch POSTs BATCH_SIZE (100) random pairs per request to
 -- /vehicles/states, nearly all misses. Counts answers other than 200 and 404 (404 is a valid answer: no such
@@ -11,6 +14,7 @@ local vehicles = tonumber(os.getenv("VEHICLES") or "3")
 local first_ts, last_ts = 1546300800, 1767225600
 local hot_keys = 1000
 local batch_size = tonumber(os.getenv("BATCH_SIZE") or "100")
+local poll_vehicles = tonumber(os.getenv("POLL_VEHICLES") or "2000")
 
 local threads = {}
 -- Headers every request carries (ORIGIN, ACCEPT_ENCODING): a browser's, when set.
@@ -39,6 +43,13 @@ end
 function init(args)
   math.randomseed(id * 7919 + os.time())
   unexpected = 0
+  if workload == "sweep" then
+    lives = {}
+    for line in io.lines(os.getenv("LIVES")) do
+      local vehicle, first, last = line:match("(%d+) (%-?%d+) (%-?%d+)")
+      if vehicle then lives[#lives + 1] = { tonumber(vehicle), tonumber(first), tonumber(last) } end
+    end
+  end
   -- Zipf over vehicles (s = 1.1) by inverse transform on a precomputed CDF of the first ranks,
   -- a long uniform tail beyond them.
   if workload == "mixed" then
@@ -69,6 +80,29 @@ function hot_path(k)
   return path_for(vehicle, ts)
 end
 
+-- The client's clock now, to the millisecond, as `new Date().toISOString()` writes it (wrk's
+-- Lua is LuaJIT: its FFI reads the real-time clock).
+local ffi = require("ffi")
+ffi.cdef[[
+  typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+  int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local now_ts = ffi.new("bench_timespec")
+local function client_clock()
+  ffi.C.clock_gettime(0, now_ts)
+  local seconds = tonumber(now_ts.tv_sec)
+  return os.date("!%Y-%m-%dT%H:%M:%S", seconds) .. string.format(".%03dZ", math.floor(tonumber(now_ts.tv_nsec) / 1e6))
+end
+
+-- An instant in a vehicle's life: from a tenth of its span before its first change to a tenth
+-- after its last, to the second, as a slider dragged across its timeline gives.
+local function sweep_path()
+  local life = lives[math.random(1, #lives)]
+  local span = math.max(life[3] - life[2], 1)
+  local margin = math.floor(span / 10)
+  return path_for(life[1], math.random(life[2] - margin, life[3] + margin))
+end
+
 local function batch_body()
   local items = {}
   for i = 1, batch_size do
@@ -89,6 +123,10 @@ function request()
     path = hot_path(math.random(0, hot_keys - 1))
   elseif workload == "cold" then
     path = path_for(math.random(1, vehicles), math.random(first_ts, last_ts))
+  elseif workload == "poll" then
+    path = path_for(math.random(1, math.min(poll_vehicles, vehicles)), client_clock())
+  elseif workload == "sweep" then
+    path = sweep_path()
   elseif math.random() < 0.2 then
     -- The long tail: a fifth of requests ask about any vehicle at any instant.
     path = path_for(math.random(1, vehicles), math.random(first_ts, last_ts))
