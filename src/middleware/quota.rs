@@ -4,9 +4,11 @@
 //! IETF's `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
 //! Health routes and `/metrics` are not counted: probes and scrapers must never be turned away.
 
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
@@ -66,41 +68,140 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = Counted<S::Future, B>;
 
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = self.service.clone();
-        let quota = self.quota.clone();
-        Box::pin(async move {
-            if exempt(req.path()) {
-                return Ok(service.call(req).await?.map_into_left_body());
-            }
-            // An authenticated caller counts by its name, wherever it calls from.
-            let caller = req
-                .extensions()
-                .get::<Caller>()
-                .map(|caller| ClientId::Key(caller.name.clone()));
-            let Some(client) = caller.or_else(|| ClientId::of(&req, quota.trusted())) else {
-                return Ok(service.call(req).await?.map_into_left_body());
+        if exempt(req.path()) {
+            return Counted::Uncounted {
+                response: self.service.call(req),
             };
-            let verdict = quota.take(&client, 1).await;
-            if !verdict.allowed {
-                let mut res = refusal(&quota, &verdict);
-                add_fields(res.headers_mut(), &quota, &verdict);
-                return Ok(req.into_response(res).map_into_right_body());
+        }
+        // An authenticated caller counts by its name, wherever it calls from.
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .map(|caller| ClientId::Key(caller.name.clone()));
+        let Some(client) = caller.or_else(|| ClientId::of(&req, self.quota.trusted())) else {
+            return Counted::Uncounted {
+                response: self.service.call(req),
+            };
+        };
+        // Almost always decided here, from this replica's lease, with no future boxed; Redis
+        // is asked (boxed) about once per lease.
+        match self.quota.take_held(&client, 1) {
+            Ok(verdict) => admit(&self.service, &self.quota, req, client, verdict),
+            Err(lease) => {
+                let service = self.service.clone();
+                let quota = self.quota.clone();
+                Counted::Asking {
+                    asking: Box::pin(async move {
+                        let verdict = quota.take_from_redis(&client, 1, &lease).await;
+                        match admit(&service, &quota, req, client, verdict) {
+                            Counted::Refused { response } => response.ok_or_else(|| {
+                                actix_web::error::ErrorInternalServerError(
+                                    "a refusal was taken twice",
+                                )
+                            }),
+                            Counted::Served {
+                                response,
+                                quota,
+                                verdict,
+                            } => Ok(served(response.await?, &quota, verdict)),
+                            Counted::Uncounted { response } => {
+                                Ok(response.await?.map_into_left_body())
+                            }
+                            Counted::Asking { asking } => asking.await,
+                        }
+                    }),
+                }
             }
-            req.extensions_mut().insert(Charged(client));
-            let mut res = service.call(req).await?;
-            let verdict = res
-                .response()
-                .extensions()
-                .get::<LastVerdict>()
-                .map_or(verdict, |last| last.0);
-            add_fields(res.headers_mut(), &quota, &verdict);
-            Ok(res.map_into_left_body())
-        })
+        }
+    }
+}
+
+/// Serves `req` if `verdict` allows it, else refuses it with a 429.
+fn admit<S, B>(
+    service: &Rc<S>,
+    quota: &Arc<Quota>,
+    req: ServiceRequest,
+    client: ClientId,
+    verdict: Verdict,
+) -> Counted<S::Future, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    if !verdict.allowed {
+        let mut res = refusal(quota, &verdict);
+        add_fields(res.headers_mut(), quota, &verdict);
+        return Counted::Refused {
+            response: Some(req.into_response(res).map_into_right_body()),
+        };
+    }
+    req.extensions_mut().insert(Charged(client));
+    Counted::Served {
+        response: service.call(req),
+        quota: quota.clone(),
+        verdict,
+    }
+}
+
+/// The answer of a counted request, with the `RateLimit` fields of what the client was told
+/// last (a batch's handler charges more, and says so in the response's extensions).
+fn served<B: MessageBody + 'static>(
+    mut res: ServiceResponse<B>,
+    quota: &Quota,
+    verdict: Verdict,
+) -> ServiceResponse<EitherBody<B>> {
+    let verdict = res
+        .response()
+        .extensions()
+        .get::<LastVerdict>()
+        .map_or(verdict, |last| last.0);
+    add_fields(res.headers_mut(), quota, &verdict);
+    res.map_into_left_body()
+}
+
+type Asking<B> = LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, Error>>;
+
+pin_project_lite::pin_project! {
+    #[project = CountedProj]
+    pub enum Counted<F, B> {
+        // A health route or /metrics, or a request whose client cannot be told.
+        Uncounted { #[pin] response: F },
+        Served { #[pin] response: F, quota: Arc<Quota>, verdict: Verdict },
+        Refused { response: Option<ServiceResponse<EitherBody<B>>> },
+        // Redis asked first (the rare path, boxed).
+        Asking { asking: Asking<B> },
+    }
+}
+
+impl<F, B> Future for Counted<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody + 'static,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CountedProj::Uncounted { response } => response
+                .poll(cx)
+                .map(|res| res.map(ServiceResponse::map_into_left_body)),
+            CountedProj::Served {
+                response,
+                quota,
+                verdict,
+            } => response
+                .poll(cx)
+                .map(|res| res.map(|res| served(res, quota, *verdict))),
+            CountedProj::Refused { response } => Poll::Ready(response.take().ok_or_else(|| {
+                actix_web::error::ErrorInternalServerError("a refusal was taken twice")
+            })),
+            CountedProj::Asking { asking } => asking.as_mut().poll(cx),
+        }
     }
 }
 

@@ -69,8 +69,9 @@ pub struct Verdict {
     pub retry_after: Duration,
 }
 
+/// What this replica holds of one client's budget: tokens taken from Redis and not yet spent.
 #[derive(Debug)]
-struct Lease {
+pub struct Lease {
     tokens: u32,
     /// What the fleet's bucket held after the lease was taken.
     left: u64,
@@ -171,12 +172,32 @@ impl Quota {
 
     /// Takes `cost` tokens from `client`'s budget, or says when they will be there.
     pub async fn take(&self, client: &ClientId, cost: u32) -> Verdict {
+        match self.take_held(client, cost) {
+            Ok(verdict) => verdict,
+            Err(lease) => self.take_from_redis(client, cost, &lease).await,
+        }
+    }
+
+    /// What this replica can decide alone, at once (almost every request): `cost` spent from
+    /// the client's lease, or a refusal Redis gave and that still holds. Otherwise the lease,
+    /// for [`Quota::take_from_redis`].
+    pub fn take_held(&self, client: &ClientId, cost: u32) -> Result<Verdict, Arc<Mutex<Lease>>> {
         let lease = self
             .leases
             .get_with_by_ref(client, || Arc::new(Mutex::new(Lease::default())));
-        if let Some(verdict) = self.spend_lease(&lease, cost) {
-            return verdict;
+        match self.spend_lease(&lease, cost) {
+            Some(verdict) => Ok(verdict),
+            None => Err(lease),
         }
+    }
+
+    /// Asks Redis for `cost` tokens and a new lease (or, while Redis fails, decides locally).
+    pub async fn take_from_redis(
+        &self,
+        client: &ClientId,
+        cost: u32,
+        lease: &Mutex<Lease>,
+    ) -> Verdict {
         let granted = self
             .redis
             .take_tokens(
@@ -198,7 +219,7 @@ impl Quota {
                 };
                 // Nothing can be there for `cost` before `retry_in`: until then this replica
                 // refuses such requests itself, without asking Redis again.
-                let mut held = lock(&lease);
+                let mut held = lock(lease);
                 // A moment past what `Instant` can hold (only a corrupt key could name one) is
                 // not remembered: Redis is asked again.
                 held.refused = Instant::now()
@@ -209,7 +230,7 @@ impl Quota {
             Ok(granted) => {
                 self.counters.allowed_by_redis.increment(1);
                 let spare = granted.taken.saturating_sub(cost);
-                let mut held = lock(&lease);
+                let mut held = lock(lease);
                 held.refused = None;
                 if spare > 0 {
                     // Added to what the lease holds rather than in its place, so that requests
