@@ -2,7 +2,7 @@ use crate::domain::history::HistoryQuery;
 use crate::domain::{Timestamp, VehicleId};
 
 /// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
-/// spelling of one instant shares an entry. `v2` names the value format: a change to what is
+/// spelling of one instant shares an entry. `v3` names the value format: a change to what is
 /// stored bumps it, and replicas of two versions then never read each other's values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
@@ -10,7 +10,7 @@ pub struct CacheKey(String);
 impl CacheKey {
     pub fn new(prefix: &str, id: VehicleId, at: Timestamp) -> Self {
         // Built by hand, not with `format!`: this runs on every lookup, hits included.
-        const MIDDLE: &str = ":v2:state:";
+        const MIDDLE: &str = ":v3:state:";
         let mut id_digits = itoa::Buffer::new();
         let mut micros_digits = itoa::Buffer::new();
         let (id, micros) = (
@@ -62,9 +62,9 @@ mod tests {
     fn a_key_names_prefix_version_vehicle_and_microseconds() {
         assert_eq!(
             key("3", "2022-09-12T10:00:00.000001Z").as_str(),
-            "vs:v2:state:3:1662976800000001"
+            "vs:v3:state:3:1662976800000001"
         );
-        assert_eq!(key("1", "-1").as_str(), "vs:v2:state:1:-1000000");
+        assert_eq!(key("1", "-1").as_str(), "vs:v3:state:1:-1000000");
     }
 
     #[test]

@@ -18,12 +18,15 @@ macro_rules! latest_first {
 
 /// One pair's lookup: no row means no such vehicle; a row with a NULL state means the vehicle had
 /// no state yet. The vehicle comes by primary key; the state row by one probe of
-/// `stateLogs_vehicleId_timestamp_idx`, never by reading the history. The service sends
+/// `stateLogs_vehicleId_timestamp_idx`, never by reading the history, and the time of the next
+/// change after the instant (NULL: none yet) by a second probe of the same index: until then
+/// the answer holds. The service sends
 /// [`LOOKUP_MANY_SQL`] (this, for many pairs at once); this one-pair form is what `bench/run`
 /// gives pgbench as the database's ceiling.
 pub const LOOKUP_SQL: &str = concat!(
     r#"
-SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8
+SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8,
+    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8
 FROM vehicles v
 LEFT JOIN LATERAL (
     SELECT l.state, l."timestamp"
@@ -34,16 +37,24 @@ LEFT JOIN LATERAL (
     r#"
     LIMIT 1
 ) s ON true
+LEFT JOIN LATERAL (
+    SELECT n."timestamp"
+    FROM "stateLogs" n
+    WHERE n."vehicleId" = v.id AND n."timestamp" > $2
+    ORDER BY n."timestamp"
+    LIMIT 1
+) u ON true
 WHERE v.id = $1
 "#
 );
 
 /// Many (vehicle, instant) pairs in one statement: each pair, in order, joined to its vehicle by
-/// primary key and laterally to the same index probe as [`LOOKUP_SQL`]. A NULL make means no such
-/// vehicle; a NULL state, no state yet.
+/// primary key and laterally to the same two index probes as [`LOOKUP_SQL`]. A NULL make means
+/// no such vehicle; a NULL state, no state yet; a NULL next change, none after the instant.
 pub const LOOKUP_MANY_SQL: &str = concat!(
     r#"
-SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8
+SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8,
+    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8
 FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY AS q(id, at, n)
 LEFT JOIN vehicles v ON v.id = q.id
 LEFT JOIN LATERAL (
@@ -55,6 +66,13 @@ LEFT JOIN LATERAL (
     r#"
     LIMIT 1
 ) s ON true
+LEFT JOIN LATERAL (
+    SELECT n."timestamp"
+    FROM "stateLogs" n
+    WHERE n."vehicleId" = v.id AND n."timestamp" > q.at
+    ORDER BY n."timestamp"
+    LIMIT 1
+) u ON true
 ORDER BY q.n
 "#
 );
@@ -62,7 +80,13 @@ ORDER BY q.n
 /// The state's time comes as microseconds since the Unix epoch, not as a `timestamptz`: decoding
 /// an `infinity` or a year past chrono's range would overflow in the driver; as an integer, it
 /// fails the statement (or is refused below) instead, and only its lookup fails.
-type ManyRow = (Option<String>, Option<String>, Option<String>, Option<i64>);
+type ManyRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]).
 pub async fn lookup_many(
@@ -87,9 +111,9 @@ pub async fn lookup_many(
     pairs
         .iter()
         .zip(rows)
-        .map(|(&(id, at), (make, model, state, since))| {
+        .map(|(&(id, at), (make, model, state, since, until))| {
             let vehicle = make.zip(model);
-            outcome(id, at, vehicle, state, since)
+            outcome(id, at, vehicle, state, since, until)
         })
         .collect()
 }
@@ -100,16 +124,20 @@ fn outcome(
     vehicle: Option<(String, String)>,
     state: Option<String>,
     since: Option<i64>,
+    until: Option<i64>,
 ) -> Result<Lookup, DbError> {
+    let instant = |micros: i64| {
+        Timestamp::from_unix_micros(micros).ok_or_else(|| {
+            DbError::Query(sqlx::Error::Decode(
+                format!("vehicle {id}: a state change at {micros} µs, outside 0001 to 9999").into(),
+            ))
+        })
+    };
     Ok(match (vehicle, state, since) {
         (None, _, _) => Lookup::UnknownVehicle,
         (Some((make, model)), Some(state), Some(micros)) => {
-            let since = Timestamp::from_unix_micros(micros).ok_or_else(|| {
-                DbError::Query(sqlx::Error::Decode(
-                    format!("vehicle {id}: a state change at {micros} µs, outside 0001 to 9999")
-                        .into(),
-                ))
-            })?;
+            let since = instant(micros)?;
+            let until = until.map(instant).transpose()?;
             Lookup::Found(StateAnswer {
                 vehicle: Vehicle {
                     id: id.get(),
@@ -118,6 +146,7 @@ fn outcome(
                 },
                 state,
                 state_since: since.as_datetime(),
+                until: until.map(Timestamp::as_datetime),
                 timestamp: at,
             })
         }

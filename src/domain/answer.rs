@@ -28,6 +28,12 @@ pub struct StateAnswer {
     #[schema(value_type = String, format = DateTime, example = "2022-09-11T23:21:38Z")]
     #[serde(with = "rfc3339_utc")]
     pub state_since: DateTime<Utc>,
+    /// Until when this answer holds: the time of the vehicle's next state change after
+    /// `timestamp` (exclusive; RFC 3339, UTC), or null while `state` is current. Every instant
+    /// from `stateSince` up to `until` has this same answer.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2022-09-12T12:41:41Z")]
+    #[serde(with = "rfc3339_utc_option")]
+    pub until: Option<DateTime<Utc>>,
     /// The instant asked for, normalised to UTC and truncated to microseconds (RFC 3339).
     #[schema(value_type = String, format = DateTime, example = "2022-09-12T10:00:00Z")]
     pub timestamp: Timestamp,
@@ -85,6 +91,29 @@ mod rfc3339_utc {
     }
 }
 
+/// As [`rfc3339_utc`], for an instant that may be absent (`null`).
+mod rfc3339_utc_option {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339_utc::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let raw = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        raw.map(|raw| {
+            DateTime::parse_from_rfc3339(&raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,15 +128,26 @@ mod tests {
             },
             state: "selling".into(),
             state_since: "2022-09-11T23:21:38Z".parse().expect("valid"),
+            until: Some("2022-09-12T12:41:41Z".parse().expect("valid")),
             timestamp: Timestamp::parse("2022-09-12 10:00:00+00").expect("valid"),
         };
         let json = serde_json::to_string(&answer).expect("serialises");
         assert_eq!(
             json,
-            r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#
+            r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","until":"2022-09-12T12:41:41Z","timestamp":"2022-09-12T10:00:00Z"}"#
         );
         let back: StateAnswer = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, answer);
+        let current = StateAnswer {
+            until: None,
+            ..answer
+        };
+        let json = serde_json::to_string(&current).expect("serialises");
+        assert!(json.contains(r#""until":null,"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<StateAnswer>(&json).expect("parses"),
+            current
+        );
     }
 
     #[test]

@@ -68,8 +68,8 @@ pub struct BatchResult {
     responses(
         (status = 200, description = "One result per lookup, in order. `Cache-Control: no-store`: the results are the lookups' own, each with its own freshness.", body = BatchResponse, example = json!({
             "results": [
-                {"status": 200, "cache": "HIT", "answer": {"vehicle": {"id": 3, "make": "VW", "model": "GOLF"}, "state": "selling", "stateSince": "2022-09-11T23:21:38Z", "timestamp": "2022-09-12T10:00:00Z"}},
-                {"status": 200, "cache": "MISS", "answer": {"vehicle": {"id": 2, "make": "AUDI", "model": "A4"}, "state": "selling", "stateSince": "2022-09-11T17:03:17Z", "timestamp": "2022-09-12T10:00:00Z"}},
+                {"status": 200, "cache": "HIT", "answer": {"vehicle": {"id": 3, "make": "VW", "model": "GOLF"}, "state": "selling", "stateSince": "2022-09-11T23:21:38Z", "until": "2022-09-12T12:41:41Z", "timestamp": "2022-09-12T10:00:00Z"}},
+                {"status": 200, "cache": "MISS", "answer": {"vehicle": {"id": 2, "make": "AUDI", "model": "A4"}, "state": "selling", "stateSince": "2022-09-11T17:03:17Z", "until": null, "timestamp": "2022-09-12T10:00:00Z"}},
                 {"status": 404, "cache": "MISS", "problem": {"type": "/problems/vehicle-not-found", "title": "Vehicle not found", "status": 404, "detail": "no vehicle has id 999"}}
             ]
         })),

@@ -4,7 +4,7 @@ use vehicle_state_test_support::app::{
     spawn_app, spawn_app_with, spawn_replica, spawn_replica_without_postgres,
 };
 
-const README_ANSWER: &str = r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#;
+const README_ANSWER: &str = r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","until":"2022-09-12T12:41:41Z","timestamp":"2022-09-12T10:00:00Z"}"#;
 
 #[tokio::test]
 async fn a_repeated_lookup_is_served_from_the_cache() {
@@ -73,7 +73,7 @@ async fn an_equivalent_spelling_of_the_instant_shares_the_cache_entry() {
     assert_eq!(third.body, README_ANSWER);
     assert_eq!(
         app.cache_keys().await,
-        [format!("{}:v2:state:3:1662976800000000", app.prefix)]
+        [format!("{}:v3:state:3:1662976800000000", app.prefix)]
     );
 }
 
@@ -114,7 +114,7 @@ async fn a_cached_answer_is_kept_for_the_ttl_and_then_read_again() {
     app.add_state_log(3, "quoted", "2025-01-01 00:00:00+00")
         .await;
     let mut conn = app.redis_conn().await;
-    let key = format!("{}:v2:state:3:1893456000000000", app.prefix);
+    let key = format!("{}:v3:state:3:1893456000000000", app.prefix);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
@@ -154,7 +154,7 @@ async fn one_replica_serves_what_another_cached() {
 #[tokio::test]
 async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
     let app = spawn_app().await;
-    let key = format!("{}:v2:state:3:1662976800000000", app.prefix);
+    let key = format!("{}:v3:state:3:1662976800000000", app.prefix);
     let mut conn = app.redis_conn().await;
     redis::cmd("SET")
         .arg(&key)
@@ -289,7 +289,7 @@ async fn a_cached_entry_with_an_absurd_read_time_is_refetched_not_a_crash() {
         // An "unknown vehicle" answer, in the stored format, read at an impossible time.
         let mut value = vec![b'U'];
         value.extend_from_slice(&read_at.to_be_bytes());
-        let key = format!("{}:v2:state:3:{}", app.prefix, ts * 1_000_000);
+        let key = format!("{}:v3:state:3:{}", app.prefix, ts * 1_000_000);
         redis::cmd("SET")
             .arg(&key)
             .arg(value)

@@ -11,7 +11,7 @@ async fn vehicle_3_was_selling_at_ten_on_the_twelfth() {
     assert_eq!(reply.header("content-type"), "application/json");
     assert_eq!(
         reply.body,
-        r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","timestamp":"2022-09-12T10:00:00Z"}"#
+        r#"{"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","until":"2022-09-12T12:41:41Z","timestamp":"2022-09-12T10:00:00Z"}"#
     );
     assert_eq!(reply.header("x-cache"), "MISS");
     assert_max_age_is_the_full_ttl(&reply);

@@ -14,6 +14,7 @@ mod errors;
 mod gathering;
 mod health;
 mod history;
+mod intervals;
 mod layout;
 mod limits;
 mod lookup;

@@ -83,7 +83,7 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
         let ts = 1_662_976_900 + second;
         let reply = app.state_at("2", &ts.to_string()).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let key = format!("{}:v2:state:2:{}", app.prefix, ts * 1_000_000);
+        let key = format!("{}:v3:state:2:{}", app.prefix, ts * 1_000_000);
         written = app.cache_keys().await.contains(&key);
         if written || Instant::now() > deadline {
             break;
@@ -115,7 +115,7 @@ async fn a_redis_connection_closed_while_idle_is_replaced_within_the_next_call()
 
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
-        keys.contains(&format!("{}:v2:state:2:1662976800000000", app.prefix)),
+        keys.contains(&format!("{}:v3:state:2:1662976800000000", app.prefix)),
         "written back to Redis, on a new connection: {keys:?}"
     );
 }

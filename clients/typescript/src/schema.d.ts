@@ -281,6 +281,14 @@ export interface components {
              * @example 2022-09-12T10:00:00Z
              */
             timestamp: string;
+            /**
+             * Format: date-time
+             * @description Until when this answer holds: the time of the vehicle's next state change after
+             *     `timestamp` (exclusive; RFC 3339, UTC), or null while `state` is current. Every instant
+             *     from `stateSince` up to `until` has this same answer.
+             * @example 2022-09-12T12:41:41Z
+             */
+            until?: string | null;
             vehicle: components["schemas"]["Vehicle"];
         };
         /** @description The vehicle as recorded in `vehicles`. */
@@ -419,6 +427,7 @@ export interface operations {
                      *             "state": "selling",
                      *             "stateSince": "2022-09-11T23:21:38Z",
                      *             "timestamp": "2022-09-12T10:00:00Z",
+                     *             "until": "2022-09-12T12:41:41Z",
                      *             "vehicle": {
                      *               "id": 3,
                      *               "make": "VW",
@@ -433,6 +442,7 @@ export interface operations {
                      *             "state": "selling",
                      *             "stateSince": "2022-09-11T17:03:17Z",
                      *             "timestamp": "2022-09-12T10:00:00Z",
+                     *             "until": null,
                      *             "vehicle": {
                      *               "id": 2,
                      *               "make": "AUDI",

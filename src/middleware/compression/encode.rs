@@ -110,7 +110,7 @@ mod tests {
     use super::*;
 
     fn sample(len: usize) -> Vec<u8> {
-        let answer = br#"{"vehicle":{"id":2,"make":"AUDI","model":"A4"},"state":"selling","stateSince":"2022-09-11T17:03:17Z","timestamp":"2022-09-12T10:00:00Z"}"#;
+        let answer = br#"{"vehicle":{"id":2,"make":"AUDI","model":"A4"},"state":"selling","stateSince":"2022-09-11T17:03:17Z","until":null,"timestamp":"2022-09-12T10:00:00Z"}"#;
         answer.iter().copied().cycle().take(len).collect()
     }
 

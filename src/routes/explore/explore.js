@@ -90,7 +90,7 @@ async function lookup(id, instant) {
   if (response.ok) {
     const body = await response.json();
     answer.dataset.state = body.state;
-    answer.textContent = `At ${body.timestamp} vehicle ${body.vehicle.id} was ${body.state} (since ${body.stateSince}). X-Cache: ${cache}`;
+    answer.textContent = `At ${body.timestamp} vehicle ${body.vehicle.id} was ${body.state} (since ${body.stateSince}, ${body.until ? `until ${body.until}` : "still now"}). X-Cache: ${cache}`;
   } else {
     answer.className = "error";
     answer.dataset.state = "";
