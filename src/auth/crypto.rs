@@ -68,10 +68,11 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
         return Err(ErrorKind::InvalidKeyFormat.into());
     }
     let check = match (rsa, ecdsa, key.kind()) {
+        // ring refuses a modulus with a leading zero byte, which some providers publish.
         (Some(params), _, DecodingKeyKind::RsaModulusExponent { n, e }) => Check::RsaComponents {
             params,
-            n: n.clone(),
-            e: e.clone(),
+            n: without_leading_zeros(n),
+            e: without_leading_zeros(e),
         },
         (Some(params), _, DecodingKeyKind::SecretOrDer(der)) => Check::Der {
             algorithm: params,
@@ -87,6 +88,11 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
         algorithm: *algorithm,
         check,
     }))
+}
+
+fn without_leading_zeros(bytes: &[u8]) -> Vec<u8> {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    bytes[start..].to_vec()
 }
 
 enum Check {
@@ -142,6 +148,13 @@ mod tests {
     fn b64(bytes: &[u8]) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn leading_zero_bytes_are_taken_off_a_modulus() {
+        assert_eq!(without_leading_zeros(&[0, 0, 1, 0]), [1, 0]);
+        assert_eq!(without_leading_zeros(&[1, 2]), [1, 2]);
+        assert!(without_leading_zeros(&[0, 0]).is_empty());
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
+    /// Named by an access token's `sub` rather than an API key's name: the two are counted
+    /// apart, so a token's subject cannot share an API key's quota by taking its name.
+    pub by_token: bool,
 }
 
 /// Why a request is refused.
@@ -53,6 +56,13 @@ impl Authenticator {
         Self { keys, tokens }
     }
 
+    /// `Retry-After` for a token refused while the provider's keys cannot be had.
+    pub fn keys_retry_after_secs(&self) -> u32 {
+        self.tokens
+            .as_ref()
+            .map_or(1, |tokens| tokens.retry_after_secs())
+    }
+
     /// The caller whose credential `headers` carry. An API key is looked up first; a
     /// credential that is not one, and has a JWT's shape, is checked as a token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Verdict {
@@ -60,7 +70,10 @@ impl Authenticator {
             return Verdict::Now(Err(Refusal::Missing));
         };
         if let Some(name) = self.keys.as_ref().and_then(|keys| keys.name_of(presented)) {
-            return Verdict::Now(Ok(Caller { name }));
+            return Verdict::Now(Ok(Caller {
+                name,
+                by_token: false,
+            }));
         }
         let token = match (&self.tokens, std::str::from_utf8(presented)) {
             (Some(tokens), Ok(token)) if is_jwt_shaped(token) => (tokens, token),
@@ -76,14 +89,24 @@ impl Authenticator {
                 let tokens = tokens.clone();
                 let token = token.to_owned();
                 Verdict::AfterFetch(Box::pin(async move {
-                    tokens.refetch().await;
+                    tokens.clone().refetch().await;
                     tokens
                         .verify(&token)
-                        .map(|name| Caller { name })
+                        .map(|name| Caller {
+                            name,
+                            by_token: true,
+                        })
                         .map_err(Refusal::Token)
                 }))
             }
-            checked => Verdict::Now(checked.map(|name| Caller { name }).map_err(Refusal::Token)),
+            checked => Verdict::Now(
+                checked
+                    .map(|name| Caller {
+                        name,
+                        by_token: true,
+                    })
+                    .map_err(Refusal::Token),
+            ),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! secret.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -105,13 +106,19 @@ pub struct TokenVerifier {
     refresh: Duration,
     min_refetch: Duration,
     keys: RwLock<KeySet>,
+    /// Which key set is held: the SHA-256 of the document it was read from, and a number that
+    /// grows each time that changes. A token is remembered with the number it was checked
+    /// under, and is checked again under another.
+    held: Mutex<Option<[u8; 32]>>,
+    generation: AtomicU64,
     /// When the last fetch started, whatever its outcome.
     last_fetch: Mutex<Option<Instant>>,
     /// Held while a fetch runs, so requests waiting for a key share one.
     fetching: tokio::sync::Mutex<()>,
     /// Tokens that passed, by their SHA-256: a client sends the same token for its whole life,
     /// and a signature check (tens of µs) costs more than the lookup it guards. Emptied when
-    /// the key set changes, so a key the provider withdraws stops passing at once.
+    /// the key set changes (and an entry of an earlier set is never used), so a key the provider
+    /// withdraws stops passing at once.
     passed: Option<moka::sync::Cache<[u8; 32], Passed>>,
     clock_skew: u64,
 }
@@ -122,6 +129,8 @@ struct Passed {
     caller: Arc<str>,
     /// Its `exp` plus the clock skew, in seconds since the epoch.
     until: u64,
+    /// The key set it was checked under.
+    generation: u64,
 }
 
 impl TokenVerifier {
@@ -131,8 +140,16 @@ impl TokenVerifier {
             return Ok(None);
         };
         anyhow::ensure!(
-            !settings.audience.is_empty(),
-            "AUTH_AUDIENCE names no audience"
+            !settings.audience.is_empty() && settings.audience.iter().all(|a| !a.trim().is_empty()),
+            "AUTH_AUDIENCE names no audience, or an empty one"
+        );
+        // A fetch for an unknown key must be over before the next may start, or requests could
+        // queue behind fetches one after another.
+        anyhow::ensure!(
+            settings.jwks_min_refetch > settings.jwks_timeout,
+            "AUTH_JWKS_MIN_REFETCH_SECS ({:?}) must be longer than AUTH_JWKS_TIMEOUT_MS ({:?})",
+            settings.jwks_min_refetch,
+            settings.jwks_timeout
         );
         super::crypto::install();
         let validations = settings
@@ -151,7 +168,8 @@ impl TokenVerifier {
         let client = reqwest::Client::builder()
             .timeout(settings.jwks_timeout)
             .connect_timeout(settings.jwks_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // No redirects: one from https to http would let the path swap the keys.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Some(Self {
             url: url.clone(),
@@ -160,6 +178,8 @@ impl TokenVerifier {
             refresh: settings.jwks_refresh,
             min_refetch: settings.jwks_min_refetch,
             keys: RwLock::new(None),
+            held: Mutex::new(None),
+            generation: AtomicU64::new(0),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             passed: (settings.token_cache_size > 0).then(|| {
@@ -180,7 +200,11 @@ impl TokenVerifier {
         };
         use sha2::Digest as _;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some(known) = passed.get(&digest) {
+        // Read before the check: a set fetched meanwhile makes what is remembered here stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(known) = passed.get(&digest)
+            && known.generation == generation
+        {
             return if jsonwebtoken::get_current_timestamp() <= known.until {
                 Ok(known.caller)
             } else {
@@ -194,6 +218,7 @@ impl TokenVerifier {
             Passed {
                 caller: caller.clone(),
                 until: exp.saturating_add(self.clock_skew),
+                generation,
             },
         );
         Ok(caller)
@@ -226,11 +251,16 @@ impl TokenVerifier {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
             .map_err(|e| refusal(e.kind()))?;
-        let sub = data.claims.sub.ok_or(TokenRefusal::MissingClaim)?;
-        let caller = match sub.char_indices().nth(MAX_SUBJECT_CHARS) {
-            Some((end, _)) => Arc::from(&sub[..end]),
-            None => Arc::from(sub),
-        };
+        // An empty `sub` names no one; a longer one than is kept would be cut into another's.
+        let sub = data
+            .claims
+            .sub
+            .filter(|sub| !sub.is_empty())
+            .ok_or(TokenRefusal::MissingClaim)?;
+        if sub.chars().nth(MAX_SUBJECT_CHARS).is_some() {
+            return Err(TokenRefusal::Malformed);
+        }
+        let caller = Arc::from(sub);
         let exp = data.claims.exp.ok_or(TokenRefusal::MissingClaim)?;
         Ok((caller, exp))
     }
@@ -246,12 +276,23 @@ impl TokenVerifier {
     }
 
     /// Fetches the key set again unless another request has just done so (then the keys it
-    /// fetched are what a second look sees).
-    pub async fn refetch(&self) {
-        let _one_at_a_time = self.fetching.lock().await;
-        if self.may_refetch() {
-            let _ = self.fetch().await;
-        }
+    /// fetched are what a second look sees). The fetch is a task of its own: a client that
+    /// hangs up does not cancel it halfway, which would leave the next one rate-limited.
+    pub async fn refetch(self: Arc<Self>) {
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = self.fetching.lock().await;
+            if self.may_refetch() {
+                let _ = self.fetch().await;
+            }
+        });
+        // A task that panicked changed nothing: the keys held are looked at again either way.
+        let _ = fetch.await;
+    }
+
+    /// The `Retry-After` of a token refused while no key set has been fetched: when the next
+    /// fetch may be made.
+    pub fn retry_after_secs(&self) -> u32 {
+        u32::try_from(self.min_refetch.as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Fetches the key set at once, then every `AUTH_JWKS_REFRESH_SECS` (every
@@ -275,18 +316,28 @@ impl TokenVerifier {
             .last_fetch
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
-        match self.download().await.and_then(|body| parse_key_set(&body)) {
-            Ok(keys) => {
+        let read = self.download().await.and_then(|body| {
+            use sha2::Digest as _;
+            let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
+            parse_key_set(&body).map(|keys| (keys, digest))
+        });
+        match read {
+            Ok((keys, digest)) => {
                 let ids: Vec<&str> = keys.iter().filter_map(|k| k.id.as_deref()).collect();
                 let count = keys.len();
                 let mut held = self
                     .keys
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let changed = held.as_ref().is_none_or(|old| {
-                    old.len() != count || old.iter().zip(&keys).any(|(a, b)| a.id != b.id)
-                });
-                if changed {
+                let mut held_digest = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Any change to the document (a key's material under the same kid included)
+                // is a new set: tokens remembered under the old one are checked again.
+                if *held_digest != Some(digest) {
+                    *held_digest = Some(digest);
+                    self.generation.fetch_add(1, Ordering::AcqRel);
                     if let Some(passed) = &self.passed {
                         passed.invalidate_all();
                     }
@@ -388,9 +439,22 @@ fn parse_key_set(body: &[u8]) -> anyhow::Result<Vec<Key>> {
         !keys.is_empty(),
         "the key set holds no signing key this service can use (RSA, or EC on P-256 or P-384)"
     );
-    // Two keys under one id would make which one checks a token depend on their order.
-    let mut ids = HashSet::new();
-    keys.retain(|k| k.id.as_ref().is_none_or(|id| ids.insert(id.clone())));
+    // Two keys under one id would make which one checks a token depend on their order: neither
+    // is used.
+    let mut seen = HashSet::new();
+    let twice: HashSet<String> = keys
+        .iter()
+        .filter_map(|k| k.id.clone())
+        .filter(|id| !seen.insert(id.clone()))
+        .collect();
+    if !twice.is_empty() {
+        tracing::warn!(kids = ?twice, "the key set names these kids twice: their keys are not used");
+        keys.retain(|k| k.id.as_ref().is_none_or(|id| !twice.contains(id)));
+    }
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "the key set holds no signing key this service can use"
+    );
     Ok(keys)
 }
 
@@ -452,6 +516,21 @@ mod tests {
         let ids: Vec<_> = keys.iter().map(|k| k.id.as_deref()).collect();
         assert_eq!(ids, [Some("sig")]);
         assert_eq!(keys[0].algorithms, [Algorithm::ES256]);
+    }
+
+    #[test]
+    fn two_keys_under_one_kid_are_neither_used() {
+        let body = br#"{"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "twice",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "EC", "crv": "P-256", "kid": "twice",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "EC", "crv": "P-256", "kid": "once",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]}"#;
+        let keys = parse_key_set(body).unwrap();
+        let ids: Vec<_> = keys.iter().map(|k| k.id.as_deref()).collect();
+        assert_eq!(ids, [Some("once")]);
     }
 
     #[test]

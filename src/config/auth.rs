@@ -80,7 +80,7 @@ pub struct TokenSettings {
 
     /// The least time between two fetches of the key set made for a token whose `kid` is not in
     /// it (or after a fetch failed), so tokens naming made-up keys cannot make the replica hammer
-    /// the provider.
+    /// the provider. Longer than AUTH_JWKS_TIMEOUT_MS.
     #[arg(long = "auth-jwks-min-refetch-secs", id = "AUTH_JWKS_MIN_REFETCH_SECS", env = "AUTH_JWKS_MIN_REFETCH_SECS", default_value = "10", value_parser = secs(1..=3600))]
     pub jwks_min_refetch: Duration,
 

@@ -20,7 +20,8 @@ macro_rules! latest_first {
 /// no state yet. The vehicle comes by primary key; the state row by one probe of
 /// `stateLogs_vehicleId_timestamp_idx`, never by reading the history, and the time of the next
 /// change after the instant (NULL: none yet) by a second probe of the same index: until then
-/// the answer holds. The service sends
+/// the answer holds. A change past the last instant that can be asked (9999, or `infinity`)
+/// is never an answer, so it is no `until` either. The service sends
 /// [`LOOKUP_MANY_SQL`] (this, for many pairs at once); this one-pair form is what `bench/run`
 /// gives pgbench as the database's ceiling.
 pub const LOOKUP_SQL: &str = concat!(
@@ -40,7 +41,7 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT n."timestamp"
     FROM "stateLogs" n
-    WHERE n."vehicleId" = v.id AND n."timestamp" > $2
+    WHERE n."vehicleId" = v.id AND n."timestamp" > $2 AND n."timestamp" <= '9999-12-31 23:59:59.999999+00' 
     ORDER BY n."timestamp"
     LIMIT 1
 ) u ON true
@@ -69,7 +70,7 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT n."timestamp"
     FROM "stateLogs" n
-    WHERE n."vehicleId" = v.id AND n."timestamp" > q.at
+    WHERE n."vehicleId" = v.id AND n."timestamp" > q.at AND n."timestamp" <= '9999-12-31 23:59:59.999999+00' 
     ORDER BY n."timestamp"
     LIMIT 1
 ) u ON true

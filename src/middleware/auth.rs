@@ -68,10 +68,10 @@ where
             };
         }
         match self.auth.authenticate(req.headers()) {
-            Verdict::Now(checked) => settle(&self.service, req, checked),
+            Verdict::Now(checked) => settle(&self.service, &self.auth, req, checked),
             Verdict::AfterFetch(check) => Authenticated::Checking {
                 check,
-                pending: Some((self.service.clone(), req)),
+                pending: Some((self.service.clone(), self.auth.clone(), req)),
             },
         }
     }
@@ -80,6 +80,7 @@ where
 /// Serves `req` as its caller, or refuses it.
 fn settle<S, B>(
     service: &Rc<S>,
+    auth: &Authenticator,
     req: ServiceRequest,
     checked: Result<Caller, Refusal>,
 ) -> Authenticated<S>
@@ -97,7 +98,7 @@ where
         Err(refusal) => {
             let problem = match refusal {
                 Refusal::Token(TokenRefusal::KeysUnavailable) => ApiError::KeysUnavailable {
-                    retry_after_secs: KEYS_RETRY_AFTER_SECS,
+                    retry_after_secs: auth.keys_retry_after_secs(),
                 },
                 refusal => ApiError::Unauthorized(refusal),
             };
@@ -107,10 +108,6 @@ where
         }
     }
 }
-
-/// `Retry-After` while the identity provider's keys cannot be fetched: about when the next
-/// fetch is tried (AUTH_JWKS_MIN_REFETCH_SECS, 10 by default).
-const KEYS_RETRY_AFTER_SECS: u32 = 10;
 
 /// Routes served without a credential.
 fn open(path: &str) -> bool {
@@ -131,7 +128,7 @@ pin_project_lite::pin_project! {
         Served { #[pin] response: S::Future },
         Refused { response: Option<ServiceResponse> },
         // A token waiting for the provider's keys; then served or refused.
-        Checking { check: Check, pending: Option<(Rc<S>, ServiceRequest)> },
+        Checking { check: Check, pending: Option<(Rc<S>, Arc<Authenticator>, ServiceRequest)> },
     }
 }
 
@@ -160,12 +157,12 @@ where
                 }
                 AuthenticatedProj::Checking { check, pending } => {
                     let checked = std::task::ready!(check.as_mut().poll(cx));
-                    let Some((service, req)) = pending.take() else {
+                    let Some((service, auth, req)) = pending.take() else {
                         return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
                             "a request was authenticated twice",
                         )));
                     };
-                    let next = settle(&service, req, checked);
+                    let next = settle(&service, &auth, req, checked);
                     self.set(next);
                 }
             }

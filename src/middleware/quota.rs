@@ -79,10 +79,13 @@ where
             };
         }
         // An authenticated caller counts by its name, wherever it calls from.
-        let caller = req
-            .extensions()
-            .get::<Caller>()
-            .map(|caller| ClientId::Key(caller.name.clone()));
+        let caller = req.extensions().get::<Caller>().map(|caller| {
+            if caller.by_token {
+                ClientId::Subject(caller.name.clone())
+            } else {
+                ClientId::Key(caller.name.clone())
+            }
+        });
         let Some(client) = caller.or_else(|| ClientId::of(&req, self.quota.trusted())) else {
             return Counted::Uncounted {
                 response: self.service.call(req),

@@ -8,11 +8,12 @@ use actix_web::dev::ServiceRequest;
 
 use crate::config::TrustedProxies;
 
-/// A client of the quota: an address, or (with API keys) the key's name.
+/// A client of the quota: an address, an API key's name, or an access token's subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientId {
     Address(IpAddr),
     Key(Arc<str>),
+    Subject(Arc<str>),
 }
 
 impl fmt::Display for ClientId {
@@ -20,6 +21,7 @@ impl fmt::Display for ClientId {
         match self {
             ClientId::Address(addr) => write!(f, "ip:{addr}"),
             ClientId::Key(name) => write!(f, "key:{name}"),
+            ClientId::Subject(sub) => write!(f, "sub:{sub}"),
         }
     }
 }

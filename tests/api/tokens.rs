@@ -19,6 +19,8 @@ fn with_provider(idp: &JwksServer) -> impl FnOnce(&mut ServeSettings) + use<> {
         s.auth.tokens.issuer = Some(ISSUER.to_owned());
         s.auth.tokens.audience = vec!["another-service".to_owned(), AUDIENCE.to_owned()];
         s.auth.tokens.jwks_min_refetch = Duration::from_secs(1);
+        // Shorter than the least time between fetches, as the replica requires.
+        s.auth.tokens.jwks_timeout = Duration::from_millis(500);
     }
 }
 
@@ -86,6 +88,8 @@ async fn a_token_that_fails_any_check_is_a_401_that_says_which() {
     not_yet["nbf"] = json!(now() + 600);
     let mut no_sub = claims("x", 3600);
     no_sub.as_object_mut().unwrap().remove("sub");
+    let mut empty_sub = claims("x", 3600);
+    empty_sub["sub"] = json!("");
     let mut no_exp = claims("x", 3600);
     no_exp.as_object_mut().unwrap().remove("exp");
     let unsigned = format!(
@@ -121,6 +125,11 @@ async fn a_token_that_fails_any_check_is_a_401_that_says_which() {
         (
             "no sub",
             ec.sign(&ec.header(), &no_sub),
+            "lacks a required claim",
+        ),
+        (
+            "an empty sub",
+            ec.sign(&ec.header(), &empty_sub),
             "lacks a required claim",
         ),
         (
