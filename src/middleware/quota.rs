@@ -101,22 +101,7 @@ where
                 Counted::Asking {
                     asking: Box::pin(async move {
                         let verdict = quota.take_from_redis(&client, 1, &lease).await;
-                        match admit(&service, &quota, req, client, verdict) {
-                            Counted::Refused { response } => response.ok_or_else(|| {
-                                actix_web::error::ErrorInternalServerError(
-                                    "a refusal was taken twice",
-                                )
-                            }),
-                            Counted::Served {
-                                response,
-                                quota,
-                                verdict,
-                            } => Ok(served(response.await?, &quota, verdict)),
-                            Counted::Uncounted { response } => {
-                                Ok(response.await?.map_into_left_body())
-                            }
-                            Counted::Asking { asking } => asking.await,
-                        }
+                        admit(&service, &quota, req, client, verdict).await
                     }),
                 }
             }
