@@ -28,8 +28,11 @@ pub struct Authenticator {
 /// a token naming a new one needs first (the rare path, so boxed).
 pub enum Verdict {
     Now(Result<Caller, Refusal>),
-    AfterFetch(Pin<Box<dyn Future<Output = Result<Caller, Refusal>>>>),
+    AfterFetch(PendingCheck),
 }
+
+/// A token's check waiting for a fetch of the provider's keys.
+pub type PendingCheck = Pin<Box<dyn Future<Output = Result<Caller, Refusal>>>>;
 
 /// Who a request is: put in its extensions once authenticated.
 #[derive(Debug, Clone)]
@@ -75,40 +78,41 @@ impl Authenticator {
                 by_token: false,
             }));
         }
-        let token = match (&self.tokens, std::str::from_utf8(presented)) {
+        let (tokens, token) = match (&self.tokens, std::str::from_utf8(presented)) {
             (Some(tokens), Ok(token)) if is_jwt_shaped(token) => (tokens, token),
             _ => return Verdict::Now(Err(Refusal::Unknown)),
         };
-        let (tokens, token) = token;
         match tokens.verify(token) {
             // A key the set lacks, when a fetch may be made for it; or no set yet, when a fetch
             // may be under way (the one at start): wait for it rather than refuse at once.
-            Err(refusal @ (TokenRefusal::UnknownKey | TokenRefusal::KeysUnavailable))
-                if refusal == TokenRefusal::KeysUnavailable || tokens.may_refetch() =>
-            {
-                let tokens = tokens.clone();
-                let token = token.to_owned();
-                Verdict::AfterFetch(Box::pin(async move {
-                    tokens.clone().refetch().await;
-                    tokens
-                        .verify(&token)
-                        .map(|name| Caller {
-                            name,
-                            by_token: true,
-                        })
-                        .map_err(Refusal::Token)
-                }))
+            Err(TokenRefusal::KeysUnavailable) => Verdict::AfterFetch(after_fetch(tokens, token)),
+            Err(TokenRefusal::UnknownKey) if tokens.may_refetch() => {
+                Verdict::AfterFetch(after_fetch(tokens, token))
             }
-            checked => Verdict::Now(
-                checked
-                    .map(|name| Caller {
-                        name,
-                        by_token: true,
-                    })
-                    .map_err(Refusal::Token),
-            ),
+            checked => Verdict::Now(token_caller(checked)),
         }
     }
+}
+
+/// The caller a token's check names, or why it is refused.
+fn token_caller(checked: Result<Arc<str>, TokenRefusal>) -> Result<Caller, Refusal> {
+    checked
+        .map(|name| Caller {
+            name,
+            by_token: true,
+        })
+        .map_err(Refusal::Token)
+}
+
+/// `token` checked again once the provider's keys have been fetched (or another request's
+/// fetch has ended).
+fn after_fetch(tokens: &Arc<TokenVerifier>, token: &str) -> PendingCheck {
+    let tokens = tokens.clone();
+    let token = token.to_owned();
+    Box::pin(async move {
+        tokens.clone().refetch().await;
+        token_caller(tokens.verify(&token))
+    })
 }
 
 /// Three base64url parts: a JWS in compact form.

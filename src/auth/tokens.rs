@@ -85,8 +85,9 @@ struct Key {
     key: DecodingKey,
 }
 
-/// The keys in force; `None` until a fetch has succeeded.
-type KeySet = Option<Arc<Vec<Key>>>;
+/// The keys in force, with the SHA-256 of the document they were read from; `None` until a
+/// fetch has succeeded.
+type KeySet = Option<(Arc<Vec<Key>>, [u8; 32])>;
 
 /// What a token's claims must hold beyond what the validation checks itself.
 #[derive(Deserialize)]
@@ -106,10 +107,8 @@ pub struct TokenVerifier {
     refresh: Duration,
     min_refetch: Duration,
     keys: RwLock<KeySet>,
-    /// Which key set is held: the SHA-256 of the document it was read from, and a number that
-    /// grows each time that changes. A token is remembered with the number it was checked
-    /// under, and is checked again under another.
-    held: Mutex<Option<[u8; 32]>>,
+    /// Grows each time the key set's document changes. A token is remembered with the number
+    /// it was checked under, and is checked again under another.
     generation: AtomicU64,
     /// When the last fetch started, whatever its outcome.
     last_fetch: Mutex<Option<Instant>>,
@@ -178,7 +177,6 @@ impl TokenVerifier {
             refresh: settings.jwks_refresh,
             min_refetch: settings.jwks_min_refetch,
             keys: RwLock::new(None),
-            held: Mutex::new(None),
             generation: AtomicU64::new(0),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
@@ -224,6 +222,15 @@ impl TokenVerifier {
         Ok(caller)
     }
 
+    /// The keys in force, if a fetch has succeeded.
+    fn held_keys(&self) -> Option<Arc<Vec<Key>>> {
+        let held = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.as_ref().map(|(keys, _)| keys.clone())
+    }
+
     /// Every check of `token`: its caller and `exp`.
     fn check(&self, token: &str) -> Result<(Arc<str>, u64), TokenRefusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| unreadable_header(token))?;
@@ -233,12 +240,7 @@ impl TokenVerifier {
             .find(|(algorithm, _)| *algorithm == header.alg)
             .map(|(_, validation)| validation)
             .ok_or(TokenRefusal::Algorithm)?;
-        let keys = self
-            .keys
-            .read()
-            .map(|keys| keys.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
-            .ok_or(TokenRefusal::KeysUnavailable)?;
+        let keys = self.held_keys().ok_or(TokenRefusal::KeysUnavailable)?;
         let key = match &header.kid {
             Some(kid) => keys.iter().find(|k| k.id.as_deref() == Some(kid.as_str())),
             // Without a `kid`, only a set of one key says which key is meant.
@@ -329,32 +331,26 @@ impl TokenVerifier {
                     .keys
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut held_digest = self
-                    .held
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 // Any change to the document (a key's material under the same kid included)
                 // is a new set: tokens remembered under the old one are checked again.
-                if *held_digest != Some(digest) {
-                    *held_digest = Some(digest);
+                if held
+                    .as_ref()
+                    .is_none_or(|(_, held_digest)| *held_digest != digest)
+                {
                     self.generation.fetch_add(1, Ordering::AcqRel);
                     if let Some(passed) = &self.passed {
                         passed.invalidate_all();
                     }
                     tracing::info!(url = %self.url, keys = count, kids = ?ids, "identity provider's keys fetched");
                 }
-                *held = Some(Arc::new(keys));
+                *held = Some((Arc::new(keys), digest));
                 metrics::counter!(crate::metrics::AUTH_JWKS_FETCHES, "outcome" => "ok")
                     .increment(1);
                 metrics::gauge!(crate::metrics::AUTH_JWKS_KEYS).set(count as f64);
                 true
             }
             Err(error) => {
-                let holding = self
-                    .keys
-                    .read()
-                    .map(|keys| keys.as_ref().map_or(0, |k| k.len()))
-                    .unwrap_or(0);
+                let holding = self.held_keys().map_or(0, |keys| keys.len());
                 tracing::warn!(url = %self.url, error = format!("{error:#}"), keys_held = holding, "the identity provider's keys could not be fetched; the keys held are kept");
                 metrics::counter!(crate::metrics::AUTH_JWKS_FETCHES, "outcome" => "failed")
                     .increment(1);

@@ -16,7 +16,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{Error, HttpMessage as _, ResponseError as _};
 
-use crate::auth::{Authenticator, Caller, Refusal, TokenRefusal, Verdict};
+use crate::auth::{Authenticator, Caller, PendingCheck, Refusal, TokenRefusal, Verdict};
 use crate::error::ApiError;
 
 /// The middleware; `None` (with `Condition` off) when no credential is needed.
@@ -117,8 +117,6 @@ fn open(path: &str) -> bool {
         || path.starts_with("/explore/")
 }
 
-type Check = Pin<Box<dyn Future<Output = Result<Caller, Refusal>>>>;
-
 pin_project_lite::pin_project! {
     #[project = AuthenticatedProj]
     pub enum Authenticated<S>
@@ -128,7 +126,7 @@ pin_project_lite::pin_project! {
         Served { #[pin] response: S::Future },
         Refused { response: Option<ServiceResponse> },
         // A token waiting for the provider's keys; then served or refused.
-        Checking { check: Check, pending: Option<(Rc<S>, Arc<Authenticator>, ServiceRequest)> },
+        Checking { check: PendingCheck, pending: Option<(Rc<S>, Arc<Authenticator>, ServiceRequest)> },
     }
 }
 
