@@ -5,15 +5,31 @@ use actix_web::web::Bytes;
 
 use crate::domain::Outcome;
 
-/// One lookup's answer as it is served: the outcome and, for a found vehicle, the ready response
-/// body, so a hit does no JSON work. `read_at_ms` is when PostgreSQL was asked (Unix ms): the age
-/// of the answer, whichever replica or tier holds it.
+/// An answer as it is cached: the outcome and, for a found vehicle, the ready response body, so a
+/// hit does no JSON work; `read_at_ms` is when PostgreSQL was asked (Unix ms): the age of the
+/// answer, whichever replica or tier holds it.
+///
+/// A lookup's answer holds for every instant from `start_us` (inclusive) to `end_us`
+/// (exclusive), in microseconds since the Unix epoch: the segment of the vehicle's history it
+/// was read in ([`OPEN_START`] and [`OPEN_END`] for no bound). Its body is then the answer
+/// without the instant asked (`timestamp`), which [`RenderedAnswer::body_at`] adds per request.
+/// A timeline page's answer covers everything, and its body is served as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedAnswer {
     pub outcome: Outcome,
     pub body: Bytes,
     pub read_at_ms: i64,
+    pub start_us: i64,
+    pub end_us: i64,
 }
+
+/// The start of a segment with none: it reaches back to the first instant there is.
+pub const OPEN_START: i64 = i64::MIN;
+/// The end of a segment with none: it holds until further notice (no change after it yet).
+pub const OPEN_END: i64 = i64::MAX;
+
+/// The bytes before the body: tag, read time, start and end.
+const HEADER: usize = 1 + 8 + 8 + 8;
 
 /// Why bytes from Redis are not a [`RenderedAnswer`].
 #[derive(Debug, thiserror::Error)]
@@ -21,21 +37,47 @@ pub struct RenderedAnswer {
 pub struct Corrupt(&'static str);
 
 impl RenderedAnswer {
-    /// `[outcome tag][read time, 8 bytes big-endian][body]`.
+    /// Whether the answer holds at `at_us` (microseconds since the Unix epoch).
+    pub fn covers(&self, at_us: i64) -> bool {
+        self.start_us <= at_us && at_us < self.end_us
+    }
+
+    /// The response body for the instant `at`: the cached object with `"timestamp"` added as
+    /// its last member (a timeline page's body, or a 404's empty one, as it is).
+    pub fn body_at(&self, at: Option<crate::domain::Timestamp>) -> Bytes {
+        let Some(at) = at.filter(|_| self.outcome == Outcome::Found) else {
+            return self.body.clone();
+        };
+        let mut out = Vec::with_capacity(self.body.len() + 48);
+        self.write_at(&mut out, at);
+        Bytes::from(out)
+    }
+
+    /// [`RenderedAnswer::body_at`] for a found answer, written onto `out` (a batch's body).
+    pub fn write_at(&self, out: &mut Vec<u8>, at: crate::domain::Timestamp) {
+        use std::io::Write as _;
+        // A found body is an object (checked when decoded): all but its closing brace, then the
+        // instant, then the brace.
+        let open = self.body.len().saturating_sub(1);
+        out.extend_from_slice(&self.body[..open]);
+        let _infallible = write!(out, ",\"timestamp\":\"{at}\"}}");
+    }
+
+    /// `[outcome tag][read time][start][end][body]`, the three numbers 8 bytes big-endian.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.body.len());
+        let mut out = Vec::with_capacity(HEADER + self.body.len());
         out.push(match self.outcome {
             Outcome::Found => b'F',
             Outcome::UnknownVehicle => b'U',
             Outcome::NoStateYet => b'N',
         });
         out.extend_from_slice(&self.read_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.start_us.to_be_bytes());
+        out.extend_from_slice(&self.end_us.to_be_bytes());
         out.extend_from_slice(&self.body);
         out
     }
 
-    /// The inverse of [`RenderedAnswer::encode`]. Checks the shape cheaply (tag, length, a JSON object for
-    /// a found vehicle) so that garbage is refused without parsing JSON on every hit.
     /// A strong entity tag for a found answer: FNV-1a (64 bits) of its body, the same on every
     /// replica and across builds. `None` for the 404 outcomes, whose bodies are made per request.
     pub fn etag(&self) -> Option<HeaderValue> {
@@ -48,12 +90,26 @@ impl RenderedAnswer {
         HeaderValue::from_str(&format!("\"{hash:016x}\"")).ok()
     }
 
+    /// The inverse of [`RenderedAnswer::encode`]. Checks the shape cheaply (tag, length, a
+    /// segment that is not empty, a JSON object for a found vehicle) so that garbage is refused
+    /// without parsing JSON on every hit.
     pub fn decode(raw: Bytes) -> Result<Self, Corrupt> {
-        let (Some(&tag), Some(time)) = (raw.first(), raw.get(1..9)) else {
-            return Err(Corrupt("too short"));
+        let number = |at: usize| -> Result<i64, Corrupt> {
+            raw.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .ok_or(Corrupt("too short"))
         };
-        let read_at_ms = i64::from_be_bytes(time.try_into().map_err(|_| Corrupt("too short"))?);
-        let body = raw.slice(9..);
+        let (tag, read_at_ms, start_us, end_us) = (
+            raw.first().copied().ok_or(Corrupt("too short"))?,
+            number(1)?,
+            number(9)?,
+            number(17)?,
+        );
+        if start_us >= end_us {
+            return Err(Corrupt("an empty segment"));
+        }
+        let body = raw.slice(HEADER..);
         let outcome = match tag {
             b'F' if body.first() == Some(&b'{') && body.last() == Some(&b'}') => Outcome::Found,
             b'U' if body.is_empty() => Outcome::UnknownVehicle,
@@ -65,6 +121,8 @@ impl RenderedAnswer {
             outcome,
             body,
             read_at_ms,
+            start_us,
+            end_us,
         })
     }
 }
@@ -84,6 +142,8 @@ mod tests {
                 outcome,
                 body: Bytes::from_static(body),
                 read_at_ms: 1_662_976_800_123,
+                start_us: 1_662_000_000_000_000,
+                end_us: OPEN_END,
             };
 
             let decoded = RenderedAnswer::decode(Bytes::from(answer.encode()));
@@ -98,6 +158,8 @@ mod tests {
             outcome,
             body: Bytes::from_static(body),
             read_at_ms: 1,
+            start_us: OPEN_START,
+            end_us: OPEN_END,
         };
         let sold = answer(Outcome::Found, br#"{"state":"sold"}"#).etag();
         let selling = answer(Outcome::Found, br#"{"state":"selling"}"#).etag();
@@ -119,9 +181,71 @@ mod tests {
     }
 
     #[test]
+    fn a_found_body_gets_the_instant_asked_as_its_last_member() {
+        let answer = RenderedAnswer {
+            outcome: Outcome::Found,
+            body: Bytes::from_static(br#"{"state":"sold","until":null}"#),
+            read_at_ms: 1,
+            start_us: 0,
+            end_us: OPEN_END,
+        };
+        let at = crate::domain::Timestamp::parse("2022-09-12T10:00:00.5Z").ok();
+
+        let body = answer.body_at(at);
+
+        assert_eq!(
+            &body[..],
+            br#"{"state":"sold","until":null,"timestamp":"2022-09-12T10:00:00.500Z"}"#
+        );
+        assert_eq!(answer.body_at(None), answer.body);
+        assert!(answer.covers(0) && answer.covers(i64::MAX - 1) && !answer.covers(-1));
+    }
+
+    #[test]
+    fn a_segment_body_and_the_instant_make_the_answer_as_it_serialises() {
+        for until in [None, Some("2022-09-12T12:41:41.5Z".parse().expect("valid"))] {
+            let answer = crate::domain::StateAnswer {
+                vehicle: crate::domain::Vehicle {
+                    id: 3,
+                    make: "VW \"Golf\"".into(),
+                    model: "GOLF".into(),
+                },
+                state: "selling".into(),
+                state_since: "2022-09-11T23:21:38.000001Z".parse().expect("valid"),
+                until,
+                timestamp: crate::domain::Timestamp::parse("2022-09-12 10:00:00.25+00")
+                    .expect("valid"),
+            };
+            let segment = crate::domain::Lookup::Found(answer.clone()).render();
+            let cached = RenderedAnswer {
+                outcome: segment.outcome,
+                body: segment.body.into(),
+                read_at_ms: 0,
+                start_us: segment.start_us.unwrap_or(i64::MIN),
+                end_us: segment.end_us.unwrap_or(i64::MAX),
+            };
+
+            let body = cached.body_at(Some(answer.timestamp));
+
+            assert_eq!(
+                body,
+                serde_json::to_vec(&answer).expect("serialises"),
+                "{until:?}"
+            );
+            assert_eq!(cached.start_us, answer.state_since.timestamp_micros());
+        }
+    }
+
+    #[test]
     fn garbage_is_refused() {
         let mut found = vec![b'F'];
-        found.extend_from_slice(&0i64.to_be_bytes());
+        for n in [0i64, 0, 1] {
+            found.extend_from_slice(&n.to_be_bytes());
+        }
+        let mut empty = vec![b'U'];
+        for n in [0i64, 5, 5] {
+            empty.extend_from_slice(&n.to_be_bytes());
+        }
         for raw in [
             &b""[..],
             b"F",
@@ -130,6 +254,8 @@ mod tests {
             b"X\0\0\0\0\0\0\0\0",
             b"U\0\0\0\0\0\0\0\0{}",
             &found,
+            &found[..20],
+            &empty,
             &[&found[..], b"{unterminated"].concat(),
         ] {
             assert!(

@@ -1,29 +1,24 @@
 use crate::domain::history::HistoryQuery;
 use crate::domain::{Timestamp, VehicleId};
 
-/// The Redis key of one lookup. Built from the parsed id and the normalised instant, so every
-/// spelling of one instant shares an entry. `v3` names the value format: a change to what is
-/// stored bumps it, and replicas of two versions then never read each other's values.
+/// Where a vehicle's answers are cached: its known segments, each answering every instant
+/// inside it (in Redis a sorted set scored by segment start; in memory a sorted list), or one
+/// timeline page. `v4` names the value format: a change to what is stored bumps it, and replicas
+/// of two versions then never read each other's values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
 
 impl CacheKey {
-    pub fn new(prefix: &str, id: VehicleId, at: Timestamp) -> Self {
+    /// The key of vehicle `id`'s segments, whatever the instant asked.
+    pub fn new(prefix: &str, id: VehicleId) -> Self {
         // Built by hand, not with `format!`: this runs on every lookup, hits included.
-        const MIDDLE: &str = ":v3:state:";
+        const MIDDLE: &str = ":v4:segments:";
         let mut id_digits = itoa::Buffer::new();
-        let mut micros_digits = itoa::Buffer::new();
-        let (id, micros) = (
-            id_digits.format(id.get()),
-            micros_digits.format(at.unix_micros()),
-        );
-        let mut key =
-            String::with_capacity(prefix.len() + MIDDLE.len() + id.len() + 1 + micros.len());
+        let id = id_digits.format(id.get());
+        let mut key = String::with_capacity(prefix.len() + MIDDLE.len() + id.len());
         key.push_str(prefix);
         key.push_str(MIDDLE);
         key.push_str(id);
-        key.push(':');
-        key.push_str(micros);
         Self(key)
     }
 
@@ -32,7 +27,7 @@ impl CacheKey {
         let micros =
             |at: Option<Timestamp>| at.map_or("-".to_owned(), |at| at.unix_micros().to_string());
         Self(format!(
-            "{prefix}:v1:history:{}:{}:{}:{}:{}",
+            "{prefix}:v2:history:{}:{}:{}:{}:{}",
             query.id.get(),
             micros(query.from),
             micros(query.to),
@@ -50,44 +45,29 @@ impl CacheKey {
 mod tests {
     use super::*;
 
-    fn key(id: &str, ts: &str) -> CacheKey {
-        CacheKey::new(
-            "vs",
-            VehicleId::parse(id).expect("id"),
-            Timestamp::parse(ts).expect("instant"),
-        )
+    fn key(id: &str) -> CacheKey {
+        CacheKey::new("vs", VehicleId::parse(id).expect("id"))
     }
 
     #[test]
-    fn a_key_names_prefix_version_vehicle_and_microseconds() {
+    fn a_key_names_prefix_version_and_vehicle() {
+        assert_eq!(key("3").as_str(), "vs:v4:segments:3");
+        assert_eq!(key("2147483647").as_str(), "vs:v4:segments:2147483647");
+        assert_ne!(key("3"), key("2"));
+    }
+
+    #[test]
+    fn a_timeline_page_has_a_key_of_its_own() {
+        let query = HistoryQuery {
+            id: VehicleId::parse("3").expect("id"),
+            from: Timestamp::parse("1662976800").ok(),
+            to: None,
+            limit: 10,
+            after: None,
+        };
         assert_eq!(
-            key("3", "2022-09-12T10:00:00.000001Z").as_str(),
-            "vs:v3:state:3:1662976800000001"
-        );
-        assert_eq!(key("1", "-1").as_str(), "vs:v3:state:1:-1000000");
-    }
-
-    #[test]
-    fn every_spelling_of_one_instant_is_one_key() {
-        let expected = key("3", "2022-09-12T10:00:00Z");
-        for ts in [
-            "2022-09-12 15:00:00+05",
-            "2022-09-12 15:30:00+0530",
-            "2022-09-12T12:00:00+02:00",
-            "2022-09-12T10:00:00.0000001Z",
-            "1662976800",
-        ] {
-            assert_eq!(key("3", ts), expected, "{ts}");
-        }
-    }
-
-    #[test]
-    fn different_vehicles_or_instants_are_different_keys() {
-        assert_ne!(key("3", "1662976800"), key("2", "1662976800"));
-        assert_ne!(key("3", "1662976800"), key("3", "1662976801"));
-        assert_ne!(
-            key("3", "2022-09-12T10:00:00Z"),
-            key("3", "2022-09-12T10:00:00.000001Z")
+            CacheKey::history("vs", &query).as_str(),
+            "vs:v2:history:3:1662976800000000:-:10:-"
         );
     }
 }

@@ -40,49 +40,84 @@ pub struct LocalEntry {
     pub source: Source,
     /// The strong `ETag` of a found answer's body, computed once here, not per request.
     pub etag: Option<HeaderValue>,
+    /// The same tag, weak (`W/`): for an answer at `now`, whose body moves with the clock.
+    pub weak_etag: Option<HeaderValue>,
 }
 
 impl LocalEntry {
     pub fn new(answer: RenderedAnswer, expires_at: Instant, source: Source) -> Self {
         let etag = answer.etag();
+        let weak_etag = etag
+            .as_ref()
+            .and_then(|etag| HeaderValue::from_bytes(&[&b"W/"[..], etag.as_bytes()].concat()).ok());
         Self {
             answer,
             expires_at,
             source,
             etag,
+            weak_etag,
         }
     }
 }
 
-/// Bounded by weight (bytes of key and body plus estimated bookkeeping), so
+/// What memory holds under one key: the entries known for it, sorted by segment start and never
+/// overlapping, so the one that covers an instant is found by binary search.
+#[derive(Debug)]
+pub struct Held {
+    entries: Vec<Arc<LocalEntry>>,
+    /// The latest of the entries' deadlines: when the whole key goes.
+    expires_at: Instant,
+}
+
+impl Held {
+    /// The entry covering `at_us`, if one is held and not past its own deadline.
+    fn covering(&self, at_us: i64, now: Instant) -> Option<&Arc<LocalEntry>> {
+        let after = self
+            .entries
+            .partition_point(|entry| entry.answer.start_us <= at_us);
+        let entry = self.entries.get(after.checked_sub(1)?)?;
+        (entry.answer.covers(at_us) && entry.expires_at > now).then_some(entry)
+    }
+
+    fn weight(&self, key: &CacheKey) -> u32 {
+        let bytes: usize = self
+            .entries
+            .iter()
+            .map(|entry| entry.answer.body.len() + ENTRY_OVERHEAD)
+            .sum();
+        u32::try_from(key.as_str().len() + bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Bounded by weight (bytes of key and bodies plus estimated bookkeeping per entry), so
 /// `LOCAL_CACHE_MAX_BYTES` caps, approximately, the memory it can take whatever the mix of answers.
 #[derive(Clone)]
 pub struct LocalCache {
-    cache: Cache<CacheKey, Arc<LocalEntry>>,
+    cache: Cache<CacheKey, Arc<Held>>,
 }
 
-/// Each entry lives exactly as long as its own `expires_at`.
+/// Each key lives as long as the latest deadline of its entries (each entry's own is checked
+/// when it is read).
 struct UntilExpiry;
 
-impl Expiry<CacheKey, Arc<LocalEntry>> for UntilExpiry {
+impl Expiry<CacheKey, Arc<Held>> for UntilExpiry {
     fn expire_after_create(
         &self,
         _: &CacheKey,
-        entry: &Arc<LocalEntry>,
+        held: &Arc<Held>,
         created: Instant,
     ) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(created))
+        Some(held.expires_at.saturating_duration_since(created))
     }
 
-    /// An entry replaced (by a batch that fetched the key again) lives by its own deadline.
     fn expire_after_update(
         &self,
         _: &CacheKey,
-        entry: &Arc<LocalEntry>,
+        held: &Arc<Held>,
         updated: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(updated))
+        Some(held.expires_at.saturating_duration_since(updated))
     }
 }
 
@@ -95,22 +130,116 @@ impl LocalCache {
     pub fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &CacheKey, entry: &Arc<LocalEntry>| {
-                u32::try_from(key.as_str().len() + entry.answer.body.len() + ENTRY_OVERHEAD)
-                    .unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &CacheKey, held: &Arc<Held>| held.weight(key))
             .expire_after(UntilExpiry)
             .build();
         Self { cache }
     }
 
-    /// Keeps an entry, until its own deadline.
+    /// Keeps an entry under `key`, until its own deadline, beside the others held there: those
+    /// past their deadline, and any whose segment overlaps the new one's (read before a change
+    /// that split or ended it), are let go. Two inserts under one key at the same moment may
+    /// keep only one of the two entries: the other is fetched again when next asked.
     pub async fn insert(&self, key: CacheKey, entry: Arc<LocalEntry>) {
-        self.cache.insert(key, entry).await;
+        let now = Instant::now();
+        let (start, end) = (entry.answer.start_us, entry.answer.end_us);
+        let mut entries: Vec<Arc<LocalEntry>> = match self.cache.get(&key).await {
+            Some(held) => held
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.expires_at > now && (e.answer.end_us <= start || e.answer.start_us >= end)
+                })
+                .cloned()
+                .collect(),
+            None => Vec::with_capacity(1),
+        };
+        let at = entries.partition_point(|e| e.answer.start_us < start);
+        entries.insert(at, entry);
+        let expires_at = entries.iter().map(|e| e.expires_at).max().unwrap_or(now);
+        self.cache
+            .insert(
+                key,
+                Arc::new(Held {
+                    entries,
+                    expires_at,
+                }),
+            )
+            .await;
     }
 
-    /// The entry for `key`, if held and not expired.
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<LocalEntry>> {
-        self.cache.get(key).await
+    /// The entry under `key` that covers `at_us`, if held and not expired.
+    pub async fn get(&self, key: &CacheKey, at_us: i64) -> Option<Arc<LocalEntry>> {
+        let held = self.cache.get(key).await?;
+        held.covering(at_us, Instant::now()).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use actix_web::web::Bytes;
+
+    use crate::cache::RenderedAnswer;
+    use crate::domain::Outcome;
+
+    fn entry(start_us: i64, end_us: i64, expires_at: Instant) -> Arc<LocalEntry> {
+        let answer = RenderedAnswer {
+            outcome: Outcome::Found,
+            body: Bytes::from(format!("{{\"start\":{start_us}}}")),
+            read_at_ms: 0,
+            start_us,
+            end_us,
+        };
+        Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
+    }
+
+    fn key() -> CacheKey {
+        CacheKey::new("t", crate::domain::VehicleId::parse("3").expect("id"))
+    }
+
+    #[tokio::test]
+    async fn every_instant_inside_a_held_segment_is_answered_by_it() {
+        let cache = LocalCache::new(1 << 20);
+        let later = Instant::now() + Duration::from_secs(60);
+        cache.insert(key(), entry(100, 200, later)).await;
+        cache.insert(key(), entry(300, i64::MAX, later)).await;
+        cache.insert(key(), entry(i64::MIN, 100, later)).await;
+
+        for (at, start) in [
+            (i64::MIN, Some(i64::MIN)),
+            (99, Some(i64::MIN)),
+            (100, Some(100)),
+            (199, Some(100)),
+            (200, None),
+            (299, None),
+            (300, Some(300)),
+            (i64::MAX - 1, Some(300)),
+        ] {
+            let got = cache.get(&key(), at).await;
+            assert_eq!(got.map(|e| e.answer.start_us), start, "at {at}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_segment_read_later_replaces_those_it_overlaps_and_expired_ones_go() {
+        let cache = LocalCache::new(1 << 20);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        // Current since 100, as read before a change at 150 arrived late.
+        cache.insert(key(), entry(100, i64::MAX, later)).await;
+        cache.insert(key(), entry(150, i64::MAX, later)).await;
+        assert_eq!(
+            cache.get(&key(), 120).await.map(|e| e.answer.start_us),
+            None
+        );
+        assert_eq!(
+            cache.get(&key(), 170).await.map(|e| e.answer.start_us),
+            Some(150)
+        );
+
+        cache.insert(key(), entry(0, 50, now)).await;
+        assert!(cache.get(&key(), 10).await.is_none(), "past its deadline");
     }
 }

@@ -1,5 +1,6 @@
 //! The two cache tiers, no SQL: this replica's memory (`local`), then Redis, shared by every
-//! replica (`redis`). Both hold the same [`RenderedAnswer`] bytes under the same [`CacheKey`].
+//! replica (`redis`). Both hold the same [`RenderedAnswer`] bytes under the same [`CacheKey`]:
+//! for a lookup, the vehicle's known segments, each answering every instant inside it.
 //!
 //! Staleness: an answer carries the time it was read from PostgreSQL, and no tier serves it once
 //! `CACHE_TTL_SECS` have passed since then, whichever replica wrote it and whichever serves it.
@@ -16,7 +17,7 @@ pub mod topology;
 pub use self::error::CacheError;
 pub use self::local::{LocalCache, LocalEntry};
 pub use self::redis::{Cached, Granted, RedisCache};
-pub use entry::{Corrupt, RenderedAnswer};
+pub use entry::{Corrupt, OPEN_END, OPEN_START, RenderedAnswer};
 pub use key::CacheKey;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

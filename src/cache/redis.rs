@@ -93,90 +93,124 @@ impl RedisCache {
         self.ttl
     }
 
-    pub fn key(&self, id: crate::domain::VehicleId, at: crate::domain::Timestamp) -> CacheKey {
-        CacheKey::new(&self.prefix, id, at)
+    /// The key of vehicle `id`'s segments.
+    pub fn key(&self, id: crate::domain::VehicleId) -> CacheKey {
+        CacheKey::new(&self.prefix, id)
     }
 
     pub fn history_key(&self, query: &crate::domain::history::HistoryQuery) -> CacheKey {
         CacheKey::history(&self.prefix, query)
     }
 
-    /// The cached answer and how much longer it may be served, read in one pipeline (GET and
-    /// PTTL); `Stale` past this replica's TTL but within its stale-if-error window.
+    /// A timeline page's cached answer and how much longer it may be served, read in one
+    /// pipeline (GET and PTTL); `Stale` past this replica's TTL but within its stale-if-error
+    /// window.
     pub async fn get(&self, key: &CacheKey) -> Result<Cached, CacheError> {
-        match self.get_many(&[key]).await?.pop() {
-            Some(cached) => Ok(cached?),
-            // One reply per key: none is a miss.
-            None => Ok(Cached::Absent),
-        }
-    }
-
-    /// [`RedisCache::get`] for many keys in one round trip: one pipeline of GET and PTTL per
-    /// key (in a cluster, one such pipeline per key, all sent at once, since keys live on
-    /// different nodes). A value that is not an answer spoils only its own key.
-    pub async fn get_many(
-        &self,
-        keys: &[&CacheKey],
-    ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,
             "redis read",
             otel.kind = "client",
             db.system = "redis",
             db.operation.name = "GET",
-            db.operation.batch.size = keys.len(),
         );
-        otel::traced(span, self.read_many(keys)).await
+        let (value, pttl): (Option<Vec<u8>>, i64) = otel::traced(
+            span,
+            self.connections.bounded(|mut conn| async move {
+                Ok(redis::pipe()
+                    .get(key.as_str())
+                    .pttl(key.as_str())
+                    .query_async(&mut conn)
+                    .await?)
+            }),
+        )
+        .await?;
+        let Some(value) = value else {
+            return Ok(Cached::Absent);
+        };
+        // PTTL is negative when the key vanished between the two commands (-2) or has no
+        // expiry (-1, which this service never writes): serve it, but let nobody keep it.
+        let pttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+        Ok(self.interpret(Bytes::from(value), None, pttl)?)
+    }
+
+    /// For each `(key, instant)`, the segment Redis holds under the vehicle's key that covers
+    /// the instant, in one round trip: one `ZRANGE key at -inf BYSCORE REV LIMIT 0 1` per pair
+    /// (the segment that starts latest at or before the instant), pipelined (in a cluster, one
+    /// command per pair, all sent at once, since keys live on different nodes). Scores are
+    /// doubles, exact for instants up to the year 2255; the member's own start and end, in
+    /// whole microseconds, decide whether it covers the instant, so a rounded score can only
+    /// make a miss, never a wrong answer. A value that is not an answer spoils only its pair.
+    pub async fn get_many(
+        &self,
+        asks: &[(&CacheKey, i64)],
+    ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "redis read",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "ZRANGE",
+            db.operation.batch.size = asks.len(),
+        );
+        otel::traced(span, self.read_many(asks)).await
     }
 
     async fn read_many(
         &self,
-        keys: &[&CacheKey],
+        asks: &[(&CacheKey, i64)],
     ) -> Result<Vec<Result<Cached, Corrupt>>, CacheError> {
-        let replies: Vec<(Option<Vec<u8>>, i64)> = self
+        let zrange = |key: &CacheKey, at_us: i64| {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(key.as_str())
+                .arg(at_us)
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1);
+            cmd
+        };
+        let replies: Vec<Vec<Vec<u8>>> = self
             .connections
             .bounded(|mut conn| async move {
                 if self.mode() == RedisMode::Cluster {
-                    let each = keys.iter().map(|key| {
+                    let each = asks.iter().map(|&(key, at_us)| {
                         let mut conn = conn.clone();
-                        async move {
-                            redis::pipe()
-                                .get(key.as_str())
-                                .pttl(key.as_str())
-                                .query_async::<(Option<Vec<u8>>, i64)>(&mut conn)
-                                .await
-                        }
+                        let cmd = zrange(key, at_us);
+                        async move { cmd.query_async::<Vec<Vec<u8>>>(&mut conn).await }
                     });
                     return Ok(futures_util::future::try_join_all(each).await?);
                 }
                 let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.get(key.as_str()).pttl(key.as_str());
+                for &(key, at_us) in asks {
+                    pipe.add_command(zrange(key, at_us));
                 }
-                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                let mut replies = Vec::with_capacity(keys.len());
-                let mut values = flat.into_iter();
-                while let (Some(value), Some(pttl)) = (values.next(), values.next()) {
-                    replies.push((
-                        redis::from_redis_value(value).map_err(redis::RedisError::from)?,
-                        redis::from_redis_value(pttl).map_err(redis::RedisError::from)?,
-                    ));
-                }
-                Ok(replies)
+                Ok(pipe.query_async(&mut conn).await?)
             })
             .await?;
-        Ok(replies
-            .into_iter()
-            .map(|(value, pttl)| self.interpret(value, pttl))
+        Ok(asks
+            .iter()
+            .zip(replies)
+            .map(|(&(_, at_us), members)| match members.into_iter().next() {
+                Some(member) => self.interpret(Bytes::from(member), Some(at_us), self.ttl),
+                None => Ok(Cached::Absent),
+            })
             .collect())
     }
 
-    /// What a GET and a PTTL reply mean now.
-    fn interpret(&self, value: Option<Vec<u8>>, pttl: i64) -> Result<Cached, Corrupt> {
-        let Some(value) = value else {
+    /// What a cached value means now, for the instant `at_us` (a lookup's; `None` for a
+    /// timeline page), with Redis keeping it for at most `kept` more.
+    fn interpret(
+        &self,
+        value: Bytes,
+        at_us: Option<i64>,
+        kept: Duration,
+    ) -> Result<Cached, Corrupt> {
+        let answer = RenderedAnswer::decode(value)?;
+        if at_us.is_some_and(|at_us| !answer.covers(at_us)) {
             return Ok(Cached::Absent);
-        };
-        let answer = RenderedAnswer::decode(Bytes::from(value))?;
+        }
         let now = SystemTime::now();
         let Some(left) = time_left(answer.read_at_ms, self.ttl, now) else {
             // Stale only if past the TTL, not if its read time is implausibly far ahead.
@@ -189,10 +223,7 @@ impl RedisCache {
                 Cached::Absent
             });
         };
-        // PTTL is negative when the key vanished between the two commands (-2) or has no expiry
-        // (-1, which this service never writes): serve it, but let nobody keep it.
-        let remaining = Duration::from_millis(u64::try_from(pttl).unwrap_or(0)).min(left);
-        Ok(Cached::Fresh(answer, remaining))
+        Ok(Cached::Fresh(answer, kept.min(left)))
     }
 
     /// How long an answer read at `read_at_ms` is kept in Redis: what is left of its TTL and
@@ -202,14 +233,42 @@ impl RedisCache {
         Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
-    /// Stores an answer for what is left of its TTL and stale-if-error window (counted from when
-    /// it was read).
+    /// Stores a timeline page's answer for what is left of its TTL and stale-if-error window
+    /// (counted from when it was read).
     pub async fn put(&self, key: &CacheKey, answer: &RenderedAnswer) -> Result<(), CacheError> {
-        self.put_many(&[(key, answer)]).await
+        let Some(keep_ms) = self.keep_ms(answer) else {
+            return Ok(());
+        };
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "redis write-back",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "SET",
+        );
+        let value = &answer.encode();
+        otel::traced(
+            span,
+            self.connections.bounded(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(key.as_str())
+                    .arg(value)
+                    .arg("PX")
+                    .arg(keep_ms)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok(())
+            }),
+        )
+        .await
     }
 
-    /// [`RedisCache::put`] for many answers in one round trip (one pipeline of SETs; in a
-    /// cluster, one SET per key, all sent at once).
+    /// Stores segments, each under its vehicle's key, in one round trip: per segment, the
+    /// members that start inside it are removed (the same segment read before, segments a
+    /// change has since merged or cut short, or a value that is not an answer), it is added,
+    /// scored by its start, and the key is kept for the TTL and stale-if-error window from this
+    /// read (each member's own read time says when it stops being served). In a cluster, one
+    /// such pipeline per segment, all at once.
     pub async fn put_many(
         &self,
         entries: &[(&CacheKey, &RenderedAnswer)],
@@ -219,47 +278,77 @@ impl RedisCache {
             "redis write-back",
             otel.kind = "client",
             db.system = "redis",
-            db.operation.name = "SET",
+            db.operation.name = "ZADD",
             db.operation.batch.size = entries.len(),
         );
         otel::traced(span, self.write_many(entries)).await
     }
 
     async fn write_many(&self, entries: &[(&CacheKey, &RenderedAnswer)]) -> Result<(), CacheError> {
-        let sets: Vec<(&CacheKey, Vec<u8>, u64)> = entries
+        let adds: Vec<Add<'_>> = entries
             .iter()
-            .filter_map(|(key, answer)| Some((*key, answer.encode(), self.keep_ms(answer)?)))
+            .filter_map(|(key, answer)| {
+                let start = if answer.start_us == super::entry::OPEN_START {
+                    "-inf".to_owned()
+                } else {
+                    answer.start_us.to_string()
+                };
+                let end = if answer.end_us == super::entry::OPEN_END {
+                    "+inf".to_owned()
+                } else {
+                    format!("({}", answer.end_us)
+                };
+                Some(Add {
+                    key,
+                    start,
+                    end,
+                    member: answer.encode(),
+                    keep_ms: self.keep_ms(answer)?,
+                })
+            })
             .collect();
-        if sets.is_empty() {
+        if adds.is_empty() {
             return Ok(());
         }
-        let sets = &sets;
+        let write = |pipe: &mut redis::Pipeline, add: &Add<'_>| {
+            let Add {
+                key,
+                start,
+                end,
+                member,
+                keep_ms,
+            } = add;
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(key.as_str())
+                .arg(start)
+                .arg(end)
+                .ignore()
+                .cmd("ZADD")
+                .arg(key.as_str())
+                .arg(start)
+                .arg(member)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(key.as_str())
+                .arg(keep_ms)
+                .ignore();
+        };
+        let adds = &adds;
         self.connections
             .bounded(|mut conn| async move {
-                if self.mode() == RedisMode::Cluster && sets.len() > 1 {
-                    let each = sets.iter().map(|(key, value, ttl_ms)| {
+                if self.mode() == RedisMode::Cluster && adds.len() > 1 {
+                    let each = adds.iter().map(|add| {
                         let mut conn = conn.clone();
-                        async move {
-                            redis::cmd("SET")
-                                .arg(key.as_str())
-                                .arg(value)
-                                .arg("PX")
-                                .arg(ttl_ms)
-                                .query_async::<()>(&mut conn)
-                                .await
-                        }
+                        let mut pipe = redis::pipe();
+                        write(&mut pipe, add);
+                        async move { pipe.query_async::<()>(&mut conn).await }
                     });
                     futures_util::future::try_join_all(each).await?;
                     return Ok(());
                 }
                 let mut pipe = redis::pipe();
-                for (key, value, ttl_ms) in sets {
-                    pipe.cmd("SET")
-                        .arg(key.as_str())
-                        .arg(value)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .ignore();
+                for add in adds {
+                    write(&mut pipe, add);
                 }
                 pipe.query_async::<()>(&mut conn).await?;
                 Ok(())
@@ -352,6 +441,17 @@ impl RedisCache {
     pub fn pool_gauge(&self) -> crate::metrics::PoolGauge {
         self.connections.pool_gauge()
     }
+}
+
+/// One segment's write-back: its vehicle's key, the score range it replaces (its start,
+/// inclusive, to its end, exclusive, as Redis spells them), its member and how long the key is
+/// kept.
+struct Add<'a> {
+    key: &'a CacheKey,
+    start: String,
+    end: String,
+    member: Vec<u8>,
+    keep_ms: u64,
 }
 
 /// One PING on `conn`: for `/readyz` and the start-up check.

@@ -151,6 +151,8 @@ fn outcome(
                 timestamp: at,
             })
         }
-        (Some(_), _, _) => Lookup::NoStateYet,
+        (Some(_), _, _) => Lookup::NoStateYet {
+            until: until.map(instant).transpose()?.map(Timestamp::as_datetime),
+        },
     })
 }

@@ -46,8 +46,12 @@ pub struct StateAnswer {
 pub enum Lookup {
     Found(StateAnswer),
     UnknownVehicle,
-    /// The vehicle exists, but its first state change is after the instant asked for.
-    NoStateYet,
+    /// The vehicle exists, but its first state change is after the instant asked for: `until`
+    /// that change (null: it has none).
+    NoStateYet {
+        #[serde(with = "rfc3339_utc_option")]
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// Which of the three outcomes a lookup had, without the data.
@@ -58,18 +62,62 @@ pub enum Outcome {
     NoStateYet,
 }
 
+/// What a lookup's answer is for every instant of its segment: the answer without the instant
+/// asked, and the segment, in microseconds since the Unix epoch (`None`: unbounded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub outcome: Outcome,
+    /// For `Found`, the answer as JSON without `timestamp` (added per request, as its last
+    /// member); empty for the others, whose bodies are problems made per request.
+    pub body: Vec<u8>,
+    pub start_us: Option<i64>,
+    pub end_us: Option<i64>,
+}
+
+/// [`StateAnswer`] as it is for every instant of its segment: the same members in the same
+/// order and spelling, without `timestamp`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Held<'a> {
+    vehicle: &'a Vehicle,
+    state: &'a str,
+    #[serde(with = "rfc3339_utc")]
+    state_since: &'a DateTime<Utc>,
+    #[serde(with = "rfc3339_utc_option")]
+    until: &'a Option<DateTime<Utc>>,
+}
+
 impl Lookup {
-    /// The outcome, and for `Found` the response body (the answer as JSON), rendered once so that
-    /// every later hit serves these bytes as they are.
-    pub fn render(&self) -> (Outcome, Vec<u8>) {
+    /// The segment this answer holds for, with its body rendered once, so that every later hit
+    /// serves these bytes (and the instant it asked).
+    pub fn render(&self) -> Segment {
+        let micros = |t: &DateTime<Utc>| t.timestamp_micros();
         match self {
-            // A struct of strings, integers and timestamps always serialises.
-            Lookup::Found(answer) => (
-                Outcome::Found,
-                serde_json::to_vec(answer).unwrap_or_default(),
-            ),
-            Lookup::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
-            Lookup::NoStateYet => (Outcome::NoStateYet, Vec::new()),
+            Lookup::Found(answer) => Segment {
+                outcome: Outcome::Found,
+                // A struct of strings, integers and timestamps always serialises.
+                body: serde_json::to_vec(&Held {
+                    vehicle: &answer.vehicle,
+                    state: &answer.state,
+                    state_since: &answer.state_since,
+                    until: &answer.until,
+                })
+                .unwrap_or_default(),
+                start_us: Some(micros(&answer.state_since)),
+                end_us: answer.until.as_ref().map(micros),
+            },
+            Lookup::UnknownVehicle => Segment {
+                outcome: Outcome::UnknownVehicle,
+                body: Vec::new(),
+                start_us: None,
+                end_us: None,
+            },
+            Lookup::NoStateYet { until } => Segment {
+                outcome: Outcome::NoStateYet,
+                body: Vec::new(),
+                start_us: None,
+                end_us: until.as_ref().map(micros),
+            },
         }
     }
 }
@@ -79,6 +127,7 @@ mod rfc3339_utc {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
+    #[allow(clippy::trivially_copy_pass_by_ref)]
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
@@ -152,7 +201,13 @@ mod tests {
 
     #[test]
     fn every_outcome_round_trips_through_json() {
-        for lookup in [Lookup::UnknownVehicle, Lookup::NoStateYet] {
+        for lookup in [
+            Lookup::UnknownVehicle,
+            Lookup::NoStateYet { until: None },
+            Lookup::NoStateYet {
+                until: Some("2022-09-12T12:41:41Z".parse().expect("valid")),
+            },
+        ] {
             let json = serde_json::to_vec(&lookup).expect("serialises");
             assert_eq!(
                 serde_json::from_slice::<Lookup>(&json).expect("parses"),

@@ -6,6 +6,6 @@ pub mod history;
 mod timestamp;
 mod vehicle_id;
 
-pub use answer::{Lookup, Outcome, StateAnswer, Vehicle};
+pub use answer::{Lookup, Outcome, Segment, StateAnswer, Vehicle};
 pub use timestamp::{Timestamp, TimestampError};
 pub use vehicle_id::{VehicleId, VehicleIdError};

@@ -27,6 +27,20 @@ impl Timestamp {
         DateTime::from_timestamp_micros(micros).map(Self)
     }
 
+    /// The server's clock, truncated to whole microseconds.
+    pub fn now() -> Self {
+        Self(DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default())
+    }
+
+    /// A lookup's instant: the word `now` is the server's clock (and says so, `true`); any
+    /// other text is parsed as [`Timestamp::parse`] does.
+    pub fn parse_or_now(raw: &str) -> Result<(Self, bool), TimestampError> {
+        if raw == "now" {
+            return Ok((Self::now(), true));
+        }
+        Self::parse(raw).map(|at| (at, false))
+    }
+
     pub fn unix_micros(self) -> i64 {
         self.0.timestamp_micros()
     }

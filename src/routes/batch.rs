@@ -151,13 +151,11 @@ async fn answer(
             Ok((id, at, answer)) => {
                 let cache = answer.cache;
                 match answer.entry.answer.outcome {
-                    Outcome::Found => write_item(
-                        &mut out,
-                        200,
-                        Some(cache),
-                        b"answer",
-                        &answer.entry.answer.body,
-                    ),
+                    Outcome::Found => {
+                        write_head(&mut out, 200, Some(cache), b"answer");
+                        answer.entry.answer.write_at(&mut out, at);
+                        out.push(b'}');
+                    }
                     Outcome::UnknownVehicle => {
                         write_problem(&mut out, &ApiError::VehicleNotFound(id), Some(cache))
                     }
@@ -245,6 +243,13 @@ fn write_item(
     field: &[u8],
     body: &[u8],
 ) {
+    write_head(out, status, cache, field);
+    out.extend_from_slice(body);
+    out.push(b'}');
+}
+
+/// An item up to its `field`'s value: `{"status":…,"cache":…,"field":`.
+fn write_head(out: &mut Vec<u8>, status: u16, cache: Option<CacheStatus>, field: &[u8]) {
     // Writing to a Vec cannot fail.
     let _infallible = write!(out, "{{\"status\":{status},");
     if let Some(cache) = cache {
@@ -253,8 +258,6 @@ fn write_item(
     out.push(b'"');
     out.extend_from_slice(field);
     out.extend_from_slice(b"\":");
-    out.extend_from_slice(body);
-    out.push(b'}');
 }
 
 fn write_problem(out: &mut Vec<u8>, error: &ApiError, cache: Option<CacheStatus>) {

@@ -36,6 +36,7 @@ pub fn not_modified(
 }
 
 fn names(if_none_match: &str, etag: &str) -> bool {
+    let etag = etag.strip_prefix("W/").unwrap_or(etag);
     if_none_match
         .split(',')
         .map(str::trim)

@@ -79,7 +79,7 @@ async fn answer(
         .history(query)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(req, &served, state, |_| {
+    Ok(respond(req, &served, state, None, |_| {
         ApiError::VehicleNotFound(id)
     }))
 }

@@ -70,16 +70,22 @@ async fn answer(
     state: &AppContext,
 ) -> Result<HttpResponse, ApiError> {
     let id = VehicleId::parse(raw_id).map_err(ApiError::InvalidVehicleId)?;
-    let at = Timestamp::parse(raw_ts).map_err(ApiError::InvalidTimestamp)?;
+    let (at, now) = Timestamp::parse_or_now(raw_ts).map_err(ApiError::InvalidTimestamp)?;
     let served = state
         .service
         .vehicle_state(id, at)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    Ok(respond(req, &served, state, |outcome| match outcome {
-        Outcome::NoStateYet => ApiError::NoStateYet(id, at),
-        Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
-    }))
+    Ok(respond(
+        req,
+        &served,
+        state,
+        Some((at, now)),
+        |outcome| match outcome {
+            Outcome::NoStateYet => ApiError::NoStateYet(id, at),
+            Outcome::Found | Outcome::UnknownVehicle => ApiError::VehicleNotFound(id),
+        },
+    ))
 }
 
 /// The problems of `GET /vehicles/{id}/timestamp/{ts}`, by status (for the OpenAPI document).
@@ -115,27 +121,38 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 
 const PATH: &str = "/vehicles/{id}/timestamp/{ts}";
 
-/// A cached answer as a response: the body as cached for a found one (with its `ETag`, or 304
-/// when `If-None-Match` names it), `problem`'s for the others; the cache headers either way.
+/// A cached answer as a response: the body as cached for a found one, with the instant asked
+/// (`at`, for a lookup; `true` when it was `now`) added, and its `ETag` (or 304 when
+/// `If-None-Match` names it), `problem`'s for the others; the cache headers either way.
+///
+/// A lookup's tag names the answer, not the instant: the cached segment's body. For a path
+/// with an instant, that and the path make the body, so the tag is strong; for `now`, whose
+/// `timestamp` moves with the clock, it is weak (the same answer while the state holds), so a
+/// client polling `now` with `If-None-Match` gets 304 until the vehicle changes.
 pub(super) fn respond(
     req: &HttpRequest,
     served: &Served,
     state: &AppContext,
+    at: Option<(Timestamp, bool)>,
     problem: impl FnOnce(Outcome) -> ApiError,
 ) -> HttpResponse {
     let answer = &served.entry.answer;
     let cache_control = &state.cache_control;
-    if let Some(etag) = &served.entry.etag
+    let body = answer.body_at(at.map(|(at, _)| at));
+    let etag = if at.is_some_and(|(_, now)| now) {
+        &served.entry.weak_etag
+    } else {
+        &served.entry.etag
+    };
+    if let Some(etag) = etag
         && not_modified(req, etag, || {
-            compression::selected(req, answer.body.len(), state.compress_at)
+            compression::selected(req, body.len(), state.compress_at)
         })
     {
         let mut builder = HttpResponse::NotModified();
         builder.insert_header((header::ETAG, etag.clone()));
         // So compression gives the 304 the tag its 200 would have had.
-        builder
-            .extensions_mut()
-            .insert(Uncompressed(answer.body.len()));
+        builder.extensions_mut().insert(Uncompressed(body.len()));
         cache_headers(&mut builder, served, cache_control);
         return builder.finish();
     }
@@ -146,11 +163,11 @@ pub(super) fn respond(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ));
-            if let Some(etag) = &served.entry.etag {
+            if let Some(etag) = etag {
                 builder.insert_header((header::ETAG, etag.clone()));
             }
-            // The bytes as cached: a hit does no JSON work.
-            (builder, answer.body.clone())
+            // The bytes as cached and the instant: a hit does no JSON work.
+            (builder, body)
         }
         outcome @ (Outcome::UnknownVehicle | Outcome::NoStateYet) => {
             let (builder, body) = problem(outcome).response_builder();

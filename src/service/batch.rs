@@ -24,15 +24,14 @@ impl StateService {
         &self,
         pairs: &[(VehicleId, Timestamp)],
     ) -> Vec<Result<Served, Arc<LookupError>>> {
-        // Distinct keys, in the order first asked; each item points at its key.
-        let mut index: HashMap<CacheKey, usize> = HashMap::with_capacity(pairs.len());
+        // Distinct pairs, in the order first asked; each item points at its pair.
+        let mut index: HashMap<(VehicleId, Timestamp), usize> = HashMap::with_capacity(pairs.len());
         let mut distinct: Vec<(CacheKey, VehicleId, Timestamp)> = Vec::with_capacity(pairs.len());
         let slots: Vec<usize> = pairs
             .iter()
             .map(|&(id, at)| {
-                let key = self.redis.key(id, at);
-                *index.entry(key.clone()).or_insert_with(|| {
-                    distinct.push((key, id, at));
+                *index.entry((id, at)).or_insert_with(|| {
+                    distinct.push((self.redis.key(id), id, at));
                     distinct.len() - 1
                 })
             })
@@ -40,8 +39,8 @@ impl StateService {
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; distinct.len()];
         let mut missing = Vec::new();
-        for (n, (key, _, _)) in distinct.iter().enumerate() {
-            match self.local.get(key).await {
+        for (n, (key, _, at)) in distinct.iter().enumerate() {
+            match self.local.get(key, at.unix_micros()).await {
                 Some(entry) => {
                     LookupResult::MemoryHit.count();
                     outcomes[n] = Some(Ok((entry, CacheStatus::Hit)));
@@ -141,12 +140,15 @@ mod tests {
             outcome: Outcome::Found,
             body: Bytes::from_static(body.as_bytes()),
             read_at_ms: 0,
+            // The segment [at, at + 1 µs): only this instant.
+            start_us: at.unix_micros(),
+            end_us: at.unix_micros() + 1,
         };
         let expires_at = std::time::Instant::now() + Duration::from_secs(60);
         let entry = Arc::new(LocalEntry::new(answer, expires_at, Source::Redis));
         service
             .local
-            .insert(service.redis.key(id, at), entry.clone())
+            .insert(service.redis.key(id), entry.clone())
             .await;
         entry
     }

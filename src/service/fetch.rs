@@ -1,5 +1,5 @@
-//! Many lookups past memory in the fewest round trips: one Redis pipeline for all the keys, one
-//! SQL statement for all that Redis lacks, one pipeline to write those back. Shared by the batch
+//! Many lookups past memory in the fewest round trips: one Redis pipeline for all the pairs, one
+//! SQL statement for all that Redis lacks, one pipeline to write the segments read back. Shared by the batch
 //! endpoint and by the gathering of concurrent single misses.
 
 use std::sync::Arc;
@@ -9,7 +9,10 @@ use actix_web::web::Bytes;
 
 use super::LookupError;
 use crate::cache::local::Source;
-use crate::cache::{CacheError, CacheKey, Cached, LocalEntry, RedisCache, RenderedAnswer, unix_ms};
+use crate::cache::{
+    CacheError, CacheKey, Cached, LocalEntry, OPEN_END, OPEN_START, RedisCache, RenderedAnswer,
+    unix_ms,
+};
 use crate::db::{Database, DbError};
 use crate::domain::{Lookup, Timestamp, VehicleId};
 
@@ -41,11 +44,15 @@ pub async fn fetch_many_unless(
     // Taken before asking, so memory never keeps an answer longer than Redis does.
     let asked = Instant::now();
     let keys: Vec<&CacheKey> = pairs.iter().map(|(key, _, _)| key).collect();
+    let asks: Vec<(&CacheKey, i64)> = pairs
+        .iter()
+        .map(|(key, _, at)| (key, at.unix_micros()))
+        .collect();
     metrics::histogram!(crate::metrics::REDIS_BATCH_SIZE).record(keys.len() as f64);
     let mut fetched: Vec<Option<Fetched>> = vec![None; pairs.len()];
     let mut stale: Vec<Option<RenderedAnswer>> = vec![None; pairs.len()];
     let mut redis_failed = false;
-    match redis.get_many(&keys).await {
+    match redis.get_many(&asks).await {
         Ok(cached) => {
             for (m, reply) in cached.into_iter().enumerate() {
                 match reply {
@@ -117,11 +124,13 @@ pub async fn fetch_many_unless(
         let written: Vec<(usize, RenderedAnswer)> = answered
             .into_iter()
             .map(|(m, lookup)| {
-                let (outcome, body) = lookup.render();
+                let segment = lookup.render();
                 let answer = RenderedAnswer {
-                    outcome,
-                    body: Bytes::from(body),
+                    outcome: segment.outcome,
+                    body: Bytes::from(segment.body),
                     read_at_ms: read_at,
+                    start_us: segment.start_us.unwrap_or(OPEN_START),
+                    end_us: segment.end_us.unwrap_or(OPEN_END),
                 };
                 (m, answer)
             })

@@ -94,15 +94,10 @@ pub async fn followed<T: Clone>(mut landing: watch::Receiver<Option<T>>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Timestamp, VehicleId};
+    use crate::domain::VehicleId;
 
     fn key(n: i32) -> CacheKey {
-        let id = VehicleId::parse(&n.to_string()).expect("an id");
-        CacheKey::new(
-            "test",
-            id,
-            Timestamp::parse("2022-09-12T10:00:00Z").expect("an instant"),
-        )
+        CacheKey::new("test", VehicleId::parse(&n.to_string()).expect("an id"))
     }
 
     /// Two requests for key 1: the first leads, the second follows.

@@ -21,7 +21,10 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::cache::local::Source;
-use crate::cache::{CacheKey, Cached, LocalCache, LocalEntry, RedisCache, RenderedAnswer, unix_ms};
+use crate::cache::{
+    CacheKey, Cached, LocalCache, LocalEntry, OPEN_END, OPEN_START, RedisCache, RenderedAnswer,
+    unix_ms,
+};
 use crate::db::{Database, DbError};
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Outcome, Timestamp, VehicleId};
@@ -91,8 +94,8 @@ impl StateService {
         id: VehicleId,
         at: Timestamp,
     ) -> Result<Served, Arc<LookupError>> {
-        let key = self.redis.key(id, at);
-        self.cached(key, move |service, miss_key| {
+        let key = self.redis.key(id);
+        self.cached(key, at.unix_micros(), move |service, miss_key| {
             let (db, redis, gatherer) = (
                 service.db.clone(),
                 service.redis.clone(),
@@ -126,15 +129,20 @@ impl StateService {
                 HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
             })
         };
-        self.cached(key, move |service, key| {
+        // A page's answer covers every instant: any will do.
+        self.cached(key, 0, move |service, key| {
             let fetch = fetch(service.db.clone(), service.redis.clone(), key, load);
             async move { fetch.await.map_err(Arc::new) }
         })
         .await
     }
 
-    /// The answer under `key`: memory, then the future `miss` makes (Redis, then PostgreSQL,
-    /// written back to Redis), once per key however many ask at the same moment.
+    /// The answer under `key` that covers the instant `at_us`: memory, then the future `miss`
+    /// makes (Redis, then PostgreSQL, written back to Redis), once per key however many ask at
+    /// the same moment. A request that waited on another's fetch and finds its instant outside
+    /// what that fetch brought (another segment of the same vehicle) looks in memory again and
+    /// then joins, or leads, the key's next fetch: the misses of one vehicle take turns, so a
+    /// segment is read once however many instants inside it are asked at once.
     ///
     /// What a fetch brings is kept in memory on second sight ([`Source::kept_in_memory`]): keys
     /// asked once (most misses) cost no insert into memory and evict nothing from it; a key
@@ -143,12 +151,17 @@ impl StateService {
     /// `miss` is called only on a miss, and its future is boxed then: a memory hit neither
     /// clones what a fetch needs nor carries the fetch's (large) state in its own future, which
     /// actix moves several times per request.
-    async fn cached<M, F>(&self, key: CacheKey, miss: M) -> Result<Served, Arc<LookupError>>
+    async fn cached<M, F>(
+        &self,
+        key: CacheKey,
+        at_us: i64,
+        miss: M,
+    ) -> Result<Served, Arc<LookupError>>
     where
         M: FnOnce(&Self, CacheKey) -> F,
         F: Future<Output = fetch::Fetched> + Send + 'static,
     {
-        if let Some(entry) = self.local.get(&key).await {
+        if let Some(entry) = self.local.get(&key, at_us).await {
             LookupResult::MemoryHit.count();
             return Ok(Served::new(entry, CacheStatus::Hit));
         }
@@ -160,19 +173,36 @@ impl StateService {
         let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
         let (entry, fetched_here) = tokio::spawn(
             async move {
-                let landing = match flights.join(&key) {
-                    Joined::Lead(landing) => landing,
-                    Joined::Follow(landing) => {
-                        return flight::followed(landing)
-                            .await
-                            .unwrap_or_else(|| Err(LookupError::crashed()))
-                            .map(|entry| (entry, false));
+                let mut turns = 0;
+                let landing = loop {
+                    match flights.join(&key) {
+                        Joined::Lead(landing) => break Some(landing),
+                        Joined::Follow(landing) => {
+                            let entry = flight::followed(landing)
+                                .await
+                                .unwrap_or_else(|| Err(LookupError::crashed()))?;
+                            if entry.answer.covers(at_us) {
+                                return Ok((entry, false));
+                            }
+                        }
+                    }
+                    // Another segment of this vehicle came: it may have been kept in memory,
+                    // beside others fetched meanwhile.
+                    if let Some(entry) = local.get(&key, at_us).await {
+                        return Ok((entry, false));
+                    }
+                    turns += 1;
+                    if turns == MAX_TURNS {
+                        // So many instants of one vehicle at once: fetch this one alone.
+                        break None;
                     }
                 };
                 // A fetch that landed between this request's miss and its flight kept its
                 // answer in memory.
-                if let Some(entry) = local.get(&key).await {
-                    landing.land(Ok(entry.clone()));
+                if let Some(entry) = local.get(&key, at_us).await {
+                    if let Some(landing) = landing {
+                        landing.land(Ok(entry.clone()));
+                    }
                     return Ok((entry, false));
                 }
                 let fetched = match limit.try_acquire_owned() {
@@ -184,7 +214,9 @@ impl StateService {
                 {
                     local.insert(key, entry.clone()).await;
                 }
-                landing.land(fetched.clone());
+                if let Some(landing) = landing {
+                    landing.land(fetched.clone());
+                }
                 fetched.map(|entry| (entry, true))
             }
             // The fetch's spans belong to the request that started it.
@@ -201,6 +233,10 @@ impl StateService {
         Ok(Served::new(entry, cache))
     }
 }
+
+/// How many fetches of one vehicle a miss waits for, each bringing another segment than its
+/// own, before it fetches on its own.
+const MAX_TURNS: u32 = 8;
 
 /// One key past memory: Redis, then `load` from PostgreSQL, written back (the timeline's path;
 /// lookups go through [`fetch::fetch_many`], gathered).
@@ -268,6 +304,8 @@ where
         outcome,
         body: Bytes::from(body),
         read_at_ms: unix_ms(read_at),
+        start_us: OPEN_START,
+        end_us: OPEN_END,
     };
     if let Err(error) = redis.put(&key, &answer).await {
         // In no cache but memory, which then keeps it at once.

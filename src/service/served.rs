@@ -131,6 +131,8 @@ mod tests {
             outcome: Outcome::Found,
             body: Bytes::from_static(br#"{"state":"sold"}"#),
             read_at_ms: unix_ms(read_at),
+            start_us: crate::cache::OPEN_START,
+            end_us: crate::cache::OPEN_END,
         };
         Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
     }

@@ -73,7 +73,7 @@ async fn an_equivalent_spelling_of_the_instant_shares_the_cache_entry() {
     assert_eq!(third.body, README_ANSWER);
     assert_eq!(
         app.cache_keys().await,
-        [format!("{}:v3:state:3:1662976800000000", app.prefix)]
+        [format!("{}:v4:segments:3", app.prefix)]
     );
 }
 
@@ -114,7 +114,7 @@ async fn a_cached_answer_is_kept_for_the_ttl_and_then_read_again() {
     app.add_state_log(3, "quoted", "2025-01-01 00:00:00+00")
         .await;
     let mut conn = app.redis_conn().await;
-    let key = format!("{}:v3:state:3:1893456000000000", app.prefix);
+    let key = format!("{}:v4:segments:3", app.prefix);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
@@ -154,16 +154,20 @@ async fn one_replica_serves_what_another_cached() {
 #[tokio::test]
 async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
     let app = spawn_app().await;
-    let key = format!("{}:v3:state:3:1662976800000000", app.prefix);
+    let key = format!("{}:v4:segments:3", app.prefix);
     let mut conn = app.redis_conn().await;
-    redis::cmd("SET")
+    // A member where the answer at the instant asked would be, that is not an answer.
+    redis::pipe()
+        .cmd("ZADD")
         .arg(&key)
+        .arg(1_662_976_800_000_000_i64)
         .arg(b"\xff\x00not json")
-        .arg("EX")
+        .cmd("EXPIRE")
+        .arg(&key)
         .arg(60)
         .query_async::<()>(&mut conn)
         .await
-        .expect("SET");
+        .expect("ZADD");
 
     let first = app.state_at("3", "2022-09-12T10:00:00Z").await;
     let second = app.state_at("3", "2022-09-12T10:00:00Z").await;
@@ -180,16 +184,19 @@ async fn when_redis_is_down_answers_come_from_postgres() {
     // Port 1 on loopback: nothing listens, so every connection is refused.
     let app = spawn_app_with(|s| s.redis.url = "redis://127.0.0.1:1".parse().expect("a URL")).await;
 
-    for ts in ["1662976800", "1662976801", "1662976802"] {
-        let reply = app.state_at("3", ts).await;
+    for id in ["3", "2", "1"] {
+        let reply = app.state_at(id, "1662976800").await;
 
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.json()["state"], "selling");
         assert_eq!(reply.header("x-cache"), "MISS");
     }
-    // This replica's memory still serves what it read.
+    // This replica's memory still serves what it read, at any instant of its segment.
+    for ts in ["1662976800", "1662976801", "2022-09-12T12:00:00Z"] {
+        let repeat = app.state_at("3", ts).await;
+        assert_eq!(repeat.header("x-cache"), "HIT", "{ts}");
+        assert_eq!(repeat.json()["state"], "selling");
+    }
     let repeat = app.state_at("3", "1662976800").await;
-    assert_eq!(repeat.header("x-cache"), "HIT");
     assert_eq!(repeat.body, README_ANSWER);
 }
 
@@ -212,13 +219,12 @@ async fn when_redis_hangs_answers_come_from_postgres_within_the_redis_timeout() 
     })
     .await;
 
-    for ts in ["1662976800", "1662976801", "1662976802"] {
+    for id in ["3", "2", "1"] {
         let started = Instant::now();
-        let reply = app.state_at("3", ts).await;
+        let reply = app.state_at(id, "1662976800").await;
         let took = started.elapsed();
 
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.json()["state"], "selling");
         assert_eq!(reply.header("x-cache"), "MISS");
         // One bounded read and one bounded write, plus the lookup itself.
         assert!(took < Duration::from_millis(1500), "took {took:?}");
@@ -286,18 +292,28 @@ async fn a_cached_entry_with_an_absurd_read_time_is_refetched_not_a_crash() {
     let app = spawn_app().await;
     let mut conn = app.redis_conn().await;
     for (ts, read_at) in [(1_662_976_800_i64, i64::MIN), (1_662_976_801, i64::MAX)] {
-        // An "unknown vehicle" answer, in the stored format, read at an impossible time.
+        // An "unknown vehicle" answer for every instant, in the stored format, read at an
+        // impossible time.
         let mut value = vec![b'U'];
-        value.extend_from_slice(&read_at.to_be_bytes());
-        let key = format!("{}:v3:state:3:{}", app.prefix, ts * 1_000_000);
-        redis::cmd("SET")
+        for n in [read_at, i64::MIN, i64::MAX] {
+            value.extend_from_slice(&n.to_be_bytes());
+        }
+        let key = format!("{}:v4:segments:3", app.prefix);
+        redis::pipe()
+            .cmd("DEL")
             .arg(&key)
+            .cmd("ZADD")
+            .arg(&key)
+            .arg("-inf")
             .arg(value)
-            .arg("EX")
+            .cmd("EXPIRE")
+            .arg(&key)
             .arg(60)
             .query_async::<()>(&mut conn)
             .await
-            .expect("SET");
+            .expect("ZADD");
+        // (What the first round read from PostgreSQL went to Redis, and memory kept none of it
+        // on first sight.)
 
         let reply = app.state_at("3", &ts.to_string()).await;
 

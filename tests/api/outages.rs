@@ -64,9 +64,9 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
     );
 
     proxy.cut();
-    // Instants not asked before, so neither tier holds them.
+    // Segments not asked before, so neither tier holds them.
     let during = [
-        app.state_at("3", "2022-09-12T10:00:01Z").await,
+        app.state_at("3", "2022-09-11T10:00:00Z").await,
         app.state_at("2", "2022-09-12T10:00:00Z").await,
         app.state_at("1", "2022-09-12T10:00:00Z").await,
     ];
@@ -75,15 +75,16 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
         "nothing new reached Redis while it was away"
     );
     proxy.restore();
-    // A new instant each time (memory would answer a repeat): once Redis is back, the answer
-    // is written to it again, without a restart.
+    // A new vehicle each time (memory would answer any instant of one it holds): once Redis is
+    // back, the answer (here, that there is no such vehicle) is written to it again, without a
+    // restart.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut written = false;
-    for second in 0_i64.. {
-        let ts = 1_662_976_900 + second;
-        let reply = app.state_at("2", &ts.to_string()).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let key = format!("{}:v3:state:2:{}", app.prefix, ts * 1_000_000);
+    for n in 0_i64.. {
+        let id = 100_000 + n;
+        let reply = app.state_at(&id.to_string(), "1662976900").await;
+        assert_eq!(reply.status, 404, "{}", reply.body);
+        let key = format!("{}:v4:segments:{id}", app.prefix);
         written = app.cache_keys().await.contains(&key);
         if written || Instant::now() > deadline {
             break;
@@ -95,7 +96,7 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.header("x-cache"), "MISS");
     }
-    assert_eq!(during[0].json()["state"], "selling");
+    assert_eq!(during[0].json()["state"], "quoted");
     assert!(written, "caching in Redis resumed by itself");
 }
 
@@ -115,7 +116,7 @@ async fn a_redis_connection_closed_while_idle_is_replaced_within_the_next_call()
 
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
-        keys.contains(&format!("{}:v3:state:2:1662976800000000", app.prefix)),
+        keys.contains(&format!("{}:v4:segments:2", app.prefix)),
         "written back to Redis, on a new connection: {keys:?}"
     );
 }
@@ -257,7 +258,8 @@ async fn under_steady_misses_answers_return_as_soon_as_postgres_does() {
             let mut every = tokio::time::interval(Duration::from_millis(1));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut requests = Vec::new();
-            // A new instant every time: each request is a miss in both tiers.
+            // A new vehicle every time (none of them exists): each request is a miss in both
+            // tiers, as a new segment is.
             for n in 0_i64.. {
                 every.tick().await;
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -266,7 +268,7 @@ async fn under_steady_misses_answers_return_as_soon_as_postgres_does() {
                 let app = app.clone();
                 requests.push(tokio::spawn(async move {
                     let sent = Instant::now();
-                    let reply = app.state_at("2", &(1_662_976_900 + n).to_string()).await;
+                    let reply = app.state_at(&(1_000 + n).to_string(), "1662976900").await;
                     let unavailable = reply.status == 503
                         && reply.json()["type"] == "/problems/database-unavailable";
                     (sent, reply.status, unavailable)
@@ -307,7 +309,7 @@ async fn under_steady_misses_answers_return_as_soon_as_postgres_does() {
     let before = |sent: &Instant| *sent < back;
     let after = |sent: &Instant| *sent > settled;
     let unavailable = |_: u16, unavailable: bool| unavailable;
-    let answered = |status: u16, _: bool| status == 200;
+    let answered = |status: u16, _: bool| status == 404;
     let any = |_: u16, _: bool| true;
     eprintln!(
         "steady misses through a PostgreSQL cut: before it was back, {} of {} answered 'database unavailable'; from 200 ms after, {} of {} (and {} answered)",
@@ -438,14 +440,15 @@ async fn connections_older_than_db_max_lifetime_secs_are_replaced_so_a_dns_failo
         .expect("pg_stat_activity");
         pids.into_iter().map(|(pid,)| pid).collect::<Vec<_>>()
     };
+    // Three vehicles: three misses.
     app.state_at("3", "2022-09-12T10:00:01Z").await;
     let first = backends().await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The next lookup finds its connection past its lifetime: it is closed when given back,
     // and the lookup after that opens a new one.
-    let reply = app.state_at("3", "2022-09-12T10:00:02Z").await;
-    let next = app.state_at("3", "2022-09-12T10:00:03Z").await;
+    let reply = app.state_at("2", "2022-09-12T10:00:02Z").await;
+    let next = app.state_at("1", "2022-09-12T10:00:03Z").await;
     let later = backends().await;
 
     assert_eq!(reply.status, 200, "{}", reply.body);

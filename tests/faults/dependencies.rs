@@ -292,13 +292,20 @@ async fn when_postgres_stops_under_load_cached_answers_continue_and_the_service_
 
 /// Makes every lookup of vehicle 2 sleep in PostgreSQL (a view over the real table that calls
 /// pg_sleep for its rows), as a lock or a bad plan would; the others stay fast.
-async fn make_vehicle_2_slow(database_url: &str) {
+/// Every vehicle but 1 and 3 answers slowly: 2, and vehicles 10 to 21 added here (one state
+/// change each), so that a test can ask for more distinct slow answers than the pool has
+/// connections.
+async fn make_vehicles_slow(database_url: &str) {
     execute(
         database_url,
         &[
+            r#"INSERT INTO vehicles (id, make, model, state)
+               SELECT n, 'SLOW', 'S' || n, 'quoted' FROM generate_series(10, 21) n"#,
+            r#"INSERT INTO "stateLogs" ("vehicleId", state, "timestamp")
+               SELECT n, 'quoted', TIMESTAMPTZ '2022-09-01 00:00:00+00' FROM generate_series(10, 21) n"#,
             r#"ALTER TABLE "stateLogs" RENAME TO "stateLogs_data""#,
             r#"CREATE VIEW "stateLogs" AS SELECT * FROM "stateLogs_data"
-               WHERE "vehicleId" <> 2 OR pg_sleep(30) IS NOT NULL"#,
+               WHERE "vehicleId" IN (1, 3) OR pg_sleep(30) IS NOT NULL"#,
         ],
     )
     .await;
@@ -309,7 +316,7 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
     let _serial = one_at_a_time().await;
     bounded(async {
         let scratch = sample_database();
-        make_vehicle_2_slow(&scratch.database_url).await;
+        make_vehicles_slow(&scratch.database_url).await;
         let dir = TempDir::new("pg-slow");
         let mut replica =
             Replica::new(&dir.0, &scratch.database_url, &redis_url(), &scratch.prefix);
@@ -319,13 +326,13 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
             .set("DB_POOL_MAX_SIZE", "4");
         replica.start().await;
         let client = client();
-        let slow_burst = |instants: Vec<u64>| {
-            instants
+        let slow_burst = |vehicles: Vec<u64>| {
+            vehicles
                 .into_iter()
-                .map(|ts| {
+                .map(|id| {
                     let (client, url) = (
                         client.clone(),
-                        format!("{}/vehicles/2/timestamp/{ts}", replica.url()),
+                        format!("{}/vehicles/{id}/timestamp/1662976800", replica.url()),
                     );
                     tokio::spawn(async move {
                         let started = Instant::now();
@@ -363,7 +370,7 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
             .await
             .expect("pg_stat_activity")
         };
-        let same = slow_burst(vec![1_662_976_800; 100]);
+        let same = slow_burst(vec![2; 100]);
         let mut most_at_once = 0;
         while !same.iter().all(|r| r.is_finished()) {
             most_at_once = most_at_once.max(sleeping().await);
@@ -376,7 +383,7 @@ async fn a_slow_lookup_is_cut_at_the_statement_timeout_and_does_not_exhaust_the_
         let report = fast.stop().await;
         // Then more distinct slow answers than the pool has connections: these do take the whole
         // pool, and each is still answered within the acquire and statement timeouts.
-        let distinct = slow_burst((0..12).map(|i| 1_662_976_900 + i).collect());
+        let distinct = slow_burst((10..22).collect());
         let mut distinct_results = Vec::new();
         for request in distinct {
             distinct_results.push(request.await.expect("task"));

@@ -54,12 +54,12 @@ async fn at_many_times_capacity_excess_lookups_are_shed_and_latency_and_memory_s
             "{}",
             report.summary("128 clients on a replica limited to 16 lookups")
         );
-        let served = |s: &load::Sample| s.outcome == Ok(200);
+        let served = |s: &load::Sample| matches!(s.outcome, Ok(200 | 404));
         let shed = |s: &load::Sample| s.outcome == Ok(503);
         eprintln!(
             "served: {} (p50 {}, p99 {}); shed: {} (p99 {}); \
          RSS {} KiB before, {} KiB under load",
-            report.count(200),
+            report.count(200) + report.count(404),
             load::figure(report.latency(0.5, served)),
             load::figure(report.latency(0.99, served)),
             report.count(503),
@@ -67,7 +67,10 @@ async fn at_many_times_capacity_excess_lookups_are_shed_and_latency_and_memory_s
             rss_before,
             rss_under_load
         );
-        assert!(report.count(200) > 50, "lookups were still served");
+        assert!(
+            report.count(200) + report.count(404) > 50,
+            "lookups were still served"
+        );
         assert!(report.count(503) > 0, "the excess was shed");
         for s in report.samples.iter().filter(|s| !served(s)) {
             assert_eq!(s.outcome, Ok(503), "only shed, never failed: {s:?}");

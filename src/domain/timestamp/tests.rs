@@ -181,3 +181,24 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn now_is_the_servers_clock_in_whole_microseconds_and_other_words_are_refused() {
+    let before = chrono::Utc::now().timestamp_micros();
+    let (now, asked_now) = Timestamp::parse_or_now("now").expect("now is an instant");
+    let after = chrono::Utc::now().timestamp_micros();
+
+    assert!(asked_now);
+    assert!((before..=after).contains(&now.unix_micros()), "{now}");
+    assert_eq!(
+        Timestamp::parse_or_now("2022-09-12T10:00:00Z"),
+        Timestamp::parse("2022-09-12T10:00:00Z").map(|at| (at, false))
+    );
+    for word in ["NOW", "Now", "now ", "today", "latest", ""] {
+        assert_eq!(
+            Timestamp::parse_or_now(word),
+            Err(TimestampError::Unrecognised),
+            "{word:?}"
+        );
+    }
+}

@@ -26,8 +26,8 @@ pub struct BatchLookup {
     /// The vehicle's id (1 to 2147483647; another integer is a 400 item).
     #[schema(example = 3)]
     pub id: i64,
-    /// The instant, in any form the path's `ts` accepts (a string the lookup cannot read is a
-    /// 400 item).
+    /// The instant, in any form the path's `ts` accepts, `now` included (a string the lookup
+    /// cannot read is a 400 item).
     #[schema(example = "2022-09-12T10:00:00Z")]
     pub timestamp: String,
 }
@@ -86,7 +86,8 @@ pub fn parse_body(raw: &[u8], max: usize) -> Result<Vec<Item>, ApiError> {
         .iter()
         .map(|lookup| {
             let id = VehicleId::from_i64(lookup.id).map_err(ApiError::InvalidVehicleId)?;
-            let at = Timestamp::parse(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
+            let (at, _) =
+                Timestamp::parse_or_now(&lookup.timestamp).map_err(ApiError::InvalidTimestamp)?;
             Ok((id, at))
         })
         .collect())
