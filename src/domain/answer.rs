@@ -31,7 +31,7 @@ pub struct StateAnswer {
     /// Until when this answer holds: the time of the vehicle's next state change after
     /// `timestamp` (exclusive; RFC 3339, UTC), or null while `state` is current. Every instant
     /// from `stateSince` up to `until` has this same answer.
-    #[schema(value_type = Option<String>, format = DateTime, example = "2022-09-12T12:41:41Z")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true, example = "2022-09-12T12:41:41Z")]
     #[serde(with = "rfc3339_utc_option")]
     pub until: Option<DateTime<Utc>>,
     /// The instant asked for, normalised to UTC and truncated to microseconds (RFC 3339).

@@ -12,11 +12,13 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Which state a vehicle was in at an instant.
 ///
-/// The answer is the latest state change of the vehicle at or before `ts` (inclusive). State
-/// changes with equal timestamps are ordered by lifecycle (`quoted` < `selling` < `sold`), then by
-/// state text. Answers, the two 404s included, are cached for up to `CACHE_TTL_SECS` (60 by
-/// default): `X-Cache` says whether this one came from the cache, and `Cache-Control: max-age`
-/// how many more seconds it may be reused.
+/// The answer is the latest state change of the vehicle at or before `ts` (inclusive); `ts` may
+/// be `now`, the server's clock. State changes with equal timestamps are ordered by lifecycle
+/// (`quoted` < `selling` < `sold`), then by state text. An answer holds from `stateSince` until
+/// `until`, and is cached for that whole interval: every instant inside it is answered from the
+/// cache. Answers, the two 404s included, are cached for up to `CACHE_TTL_SECS` (60 by default)
+/// after they were read: `X-Cache` says whether this one came from the cache, and
+/// `Cache-Control: max-age` how many more seconds it may be reused.
 #[utoipa::path(
     get,
     path = "/vehicles/{id}/timestamp/{ts}",
@@ -24,14 +26,14 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     params(
         ("id" = i32, Path, description = "The vehicle's id: a decimal integer from 1 to 2147483647, no sign or leading zeros.", minimum = 1, maximum = 2147483647, example = 3),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of an answer the client holds: 304 if it is still the answer."),
-        ("ts" = String, Path, max_length = 64, description = "The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), or integer Unix epoch seconds (`1662976800`). Normalised to UTC and truncated to microseconds. Type it here as it is: Swagger UI encodes it. In a URL of your own, write a space as `%20`; a `+` in the path is taken as it is.", example = "2022-09-12T10:00:00Z"),
+        ("ts" = String, Path, max_length = 64, description = "The instant (at most 64 characters). RFC 3339 with an offset (`2022-09-12T10:00:00Z`, `2022-09-12T12:00:00.25+02:00`), PostgreSQL style with a space and an offset of hours, hours:minutes or hhmm (`2022-09-12 10:00:00+00`, `2022-09-12 15:30:00+05:30`), integer Unix epoch seconds (`1662976800`), or `now` for the server's clock. Normalised to UTC and truncated to microseconds. Type it here as it is: Swagger UI encodes it. In a URL of your own, write a space as `%20`; a `+` in the path is taken as it is.", example = "2022-09-12T10:00:00Z"),
     ),
     responses(
         (status = 200, description = "The vehicle and its state at `ts`.", body = StateAnswer, headers(
             ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database, `STALE` when older than the TTL and served because the database cannot answer (only with `STALE_IF_ERROR_SECS` set)."),
             ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861)."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
-            ("ETag" = String, description = "A strong entity tag of this answer. Send it back in `If-None-Match` to get 304 while the answer is unchanged."),
+            ("ETag" = String, description = "The entity tag of this answer: it names the answer, not the instant, so it is the same for every instant the answer holds for. Strong for an instant, weak (`W/\"…\"`) for `now`, whose `timestamp` moves with the clock. Send it back in `If-None-Match` to get 304 while the answer is unchanged (a client polling `now` gets 304 until the vehicle's state changes)."),
         )),
         (status = 304, description = "Not modified: `If-None-Match` named this answer's `ETag`. No body; `ETag`, `Cache-Control` and `X-Cache` as for 200.", headers(
             ("ETag" = String, description = "The answer's entity tag."),

@@ -240,10 +240,23 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   await page.waitForSelector("rect[data-state]");
   const bands = await page.$$eval("rect[data-state]", (rects) => rects.map((r) => [r.dataset.state, r.dataset.at]));
   const selling = page.locator('rect[data-state="selling"]');
-  await selling.click();
+  const answered = () => page.$eval("#answer", (a) => ({ state: a.dataset.state, cache: a.dataset.cache, text: a.textContent }));
+  const box = await selling.boundingBox();
+  await selling.click({ position: { x: 3, y: box.height / 2 } });
   await page.waitForFunction(() => document.querySelector("#answer")?.dataset.state);
-  const picked = await page.$eval("#answer", (a) => ({ state: a.dataset.state, cache: a.dataset.cache, text: a.textContent }));
+  const picked = await answered();
   const instant = await page.inputValue("#instant");
+  // Another instant inside the same band: the answer holds for the whole band, so it is cached.
+  await page.evaluate(() => { document.querySelector("#answer").dataset.state = ""; });
+  await selling.click({ position: { x: box.width - 3, y: box.height / 2 } });
+  await page.waitForFunction(() => document.querySelector("#answer")?.dataset.state);
+  const again = await answered();
+  const later = await page.inputValue("#instant");
+  // Now, by the server's clock.
+  await page.evaluate(() => { document.querySelector("#answer").dataset.state = ""; });
+  await page.click("#now");
+  await page.waitForFunction(() => document.querySelector("#answer")?.dataset.state);
+  const now = await answered();
   const vehicle = await page.textContent("#vehicle");
   mkdirSync(path.join(ROOT, "target"), { recursive: true });
   await page.screenshot({ path: path.join(ROOT, "target/explore.png"), fullPage: true });
@@ -258,6 +271,11 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   assert.ok(instant > "2022-09-11T23:21:38Z" && instant < "2022-09-12T12:41:41Z", instant);
   assert.equal(picked.state, "selling", picked.text);
   assert.match(picked.cache, /^(MISS|HIT)$/);
+  assert.ok(later > instant && later < "2022-09-12T12:41:41Z", later);
+  assert.equal(again.state, "selling", again.text);
+  assert.equal(again.cache, "HIT", `a second click inside the band: ${again.text}`);
+  assert.equal(now.state, "sold", now.text);
+  assert.match(now.text, /still now/);
 
   // An unknown vehicle says so, in the service's own words.
   await page.fill("#id", "999");

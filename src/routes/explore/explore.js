@@ -141,5 +141,11 @@ $("ask").addEventListener("submit", (event) => {
   if (instant) lookup($("id").value.trim(), instant);
 });
 
+// The state now, by the server's clock: no clock of the browser's is needed.
+$("now").addEventListener("click", () => {
+  $("instant").value = "now";
+  lookup($("id").value.trim(), "now");
+});
+
 // The vehicle filled in is drawn at once, so the page opens on a timeline to click.
 $("pick").requestSubmit();
