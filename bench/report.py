@@ -8,11 +8,12 @@ import tempfile
 from datetime import datetime, timezone
 
 raw, out_json, out_svg, duration, connections, work, out_explain = sys.argv[1:8]
-WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "poll", "sweep", "preflight"]
+WORKLOADS = ["livez", "hot", "cold", "db", "mixed", "batch", "db_batch", "poll", "now", "sweep", "preflight"]
 NAMES = {"livez": "ceiling (/livez)", "hot": "hot (1,000 keys)", "cold": "cold (random)",
          "db": "db ceiling (pgbench)", "mixed": "mixed (Zipf)",
          "batch": "batch (100 cold pairs)", "db_batch": "db, 100 pairs/statement",
-         "poll": "poll 2,000, client clock", "sweep": "sweep 200 lives",
+         "poll": "poll 2,000, client clock", "now": "poll 2,000, now",
+         "sweep": "sweep 200 lives",
          "preflight": "CORS preflight (OPTIONS)"}
 
 rows = [json.loads(line) for line in open(raw) if line.strip()]
@@ -48,6 +49,7 @@ for size in sizes:
         "batch_lookups_over_db": round(look("batch") / look("db"), 2) if look("db") else None,
         # Targets (issue 33): polling the client's clock and sweeping lives at least 0.8x hot.
         "poll_over_hot": round(get("poll") / get("hot"), 3) if get("hot") and get("poll") else None,
+        "now_over_hot": round(get("now") / get("hot"), 3) if get("hot") and get("now") else None,
         "sweep_over_hot": round(get("sweep") / get("hot"), 3) if get("hot") and get("sweep") else None,
     }
     sweep = by.get((size, "sweep"))
@@ -77,7 +79,8 @@ for size in sizes:
           f"cold/db ceiling {ratios[size]['cold_over_db']}, "
           f"batch/cold lookups {ratios[size]['batch_lookups_over_cold']}, "
           f"batch/db lookups {ratios[size]['batch_lookups_over_db']}, "
-          f"poll/hot {ratios[size]['poll_over_hot']}, sweep/hot {ratios[size]['sweep_over_hot']}, "
+          f"poll/hot {ratios[size]['poll_over_hot']}, now/hot {ratios[size]['now_over_hot']}, "
+          f"sweep/hot {ratios[size]['sweep_over_hot']}, "
           f"sweep db reads/segment {ratios[size].get('sweep_db_reads_per_segment')} "
           f"({ratios[size].get('sweep_segments')} segments)")
 
@@ -86,7 +89,7 @@ for size in sizes:
 print(f"\n{'size':>9} {'workload':<24} {'µs CPU per lookup:':>18} {'service user':>12} {'system':>7} "
       f"{'postgres':>8} {'redis':>6} {'rest':>6} {'total':>6}")
 for size in sizes:
-    for w in ["livez", "hot", "cold", "mixed", "batch", "poll", "sweep"]:
+    for w in ["livez", "hot", "cold", "mixed", "batch", "poll", "now", "sweep"]:
         r = by.get((size, w))
         if not r or "cpu_s" not in r or not r.get("requests"):
             continue

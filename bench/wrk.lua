@@ -1,7 +1,7 @@
 -- One wrk script for every workload, chosen by WORKLOAD (livez, hot, cold, mixed, batch,
--- preflight, poll, sweep); VEHICLES is the data set's size. poll is a front end polling the
+-- preflight, poll, now, sweep); VEHICLES is the data set's size. poll is a front end polling the
 -- current state of POLL_VEHICLES (2,000) vehicles, sending its own clock to the millisecond as
--- `new Date().toISOString()` does; sweep is a timeline slider: instants scattered over the lives
+-- `new Date().toISOString()` does; now polls the same vehicles at `now`; sweep is a timeline slider: instants scattered over the lives
 -- of the vehicles LIVES names (a file of `id first_change last_change` lines, Unix seconds). ORIGIN and ACCEPT_ENCODING, when set, go on every
 -- request as a browser's would (`Origin`, `Accept-Encoding`); preflight sends the CORS preflight
 -- of the batch POST (OPTIONS with Origin and Access-Control-Request-*) and expects 200. batch POSTs BATCH_SIZE (100) random pairs per request to
@@ -125,6 +125,8 @@ function request()
     path = path_for(math.random(1, vehicles), math.random(first_ts, last_ts))
   elseif workload == "poll" then
     path = path_for(math.random(1, math.min(poll_vehicles, vehicles)), client_clock())
+  elseif workload == "now" then
+    path = "/vehicles/" .. math.random(1, math.min(poll_vehicles, vehicles)) .. "/timestamp/now"
   elseif workload == "sweep" then
     path = sweep_path()
   elseif math.random() < 0.2 then

@@ -17,6 +17,16 @@ console.log(
   `lookup: vehicle ${lookup.data.vehicle.id} was ${lookup.data.state} since ${lookup.data.stateSince} (X-Cache: ${lookup.response.headers.get("X-Cache")})`,
 );
 
+// Its state now, by the server's clock; polled again with the tag it came with, a 304 while the
+// state holds (openapi-fetch gives no data then: the answer held is still the answer).
+const now = await api.GET("/vehicles/{id}/timestamp/{ts}", { params: { path: { id: 3, ts: "now" } } });
+if (!now.data) fail("now", now.error, now.response.status);
+const tag = now.response.headers.get("ETag") ?? "";
+const polled = await api.GET("/vehicles/{id}/timestamp/{ts}", {
+  params: { path: { id: 3, ts: "now" }, header: { "If-None-Match": tag } },
+});
+console.log(`now: ${now.data.state} until ${now.data.until ?? "further notice"}; polled again: ${polled.response.status}`);
+
 // Several lookups in one request: each result is an answer or a problem, in order.
 const batch = await api.POST("/vehicles/states", {
   body: {

@@ -55,12 +55,13 @@ impl RenderedAnswer {
 
     /// [`RenderedAnswer::body_at`] for a found answer, written onto `out` (a batch's body).
     pub fn write_at(&self, out: &mut Vec<u8>, at: crate::domain::Timestamp) {
-        use std::io::Write as _;
         // A found body is an object (checked when decoded): all but its closing brace, then the
         // instant, then the brace.
         let open = self.body.len().saturating_sub(1);
         out.extend_from_slice(&self.body[..open]);
-        let _infallible = write!(out, ",\"timestamp\":\"{at}\"}}");
+        out.extend_from_slice(b",\"timestamp\":\"");
+        at.write_rfc3339(out);
+        out.extend_from_slice(b"\"}");
     }
 
     /// `[outcome tag][read time][start][end][body]`, the three numbers 8 bytes big-endian.

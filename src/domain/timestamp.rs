@@ -50,6 +50,51 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// What `Display` writes (RFC 3339 in UTC with `Z`, no, 3 or 6 fraction digits), appended
+    /// to `out` without a `String` or the formatting machinery: a cached answer's body gets its
+    /// instant this way on every hit.
+    pub fn write_rfc3339(self, out: &mut Vec<u8>) {
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        // Within 0001 to 9999 (the type's range), a year is four digits.
+        let year = u32::try_from(t.year()).unwrap_or(0);
+        let mut text = [0u8; 27];
+        let mut at = 0;
+        let mut put = |n: u32, width: usize, after: Option<u8>| {
+            let mut n = n;
+            for i in (0..width).rev() {
+                // A digit: n % 10 < 10.
+                text[at + i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+                n /= 10;
+            }
+            at += width;
+            if let Some(separator) = after {
+                text[at] = separator;
+                at += 1;
+            }
+        };
+        put(year, 4, Some(b'-'));
+        put(t.month(), 2, Some(b'-'));
+        put(t.day(), 2, Some(b'T'));
+        put(t.hour(), 2, Some(b':'));
+        put(t.minute(), 2, Some(b':'));
+        let micros = t.timestamp_subsec_micros();
+        match micros {
+            0 => put(t.second(), 2, Some(b'Z')),
+            _ if micros % 1000 == 0 => {
+                put(t.second(), 2, Some(b'.'));
+                put(micros / 1000, 3, Some(b'Z'));
+            }
+            _ => {
+                put(t.second(), 2, Some(b'.'));
+                put(micros, 6, Some(b'Z'));
+            }
+        }
+        out.extend_from_slice(&text[..at]);
+    }
+}
+
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC with `Z`, with as many fraction digits as needed (none, 3 or 6).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

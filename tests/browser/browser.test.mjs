@@ -380,6 +380,7 @@ test("the typed client's example calls every endpoint", () => {
   const output = execFileSync("node", [example, api], { encoding: "utf8" });
 
   assert.match(output, /^lookup: vehicle 3 was selling since 2022-09-11T23:21:38Z \(X-Cache: (MISS|HIT)\)$/m);
+  assert.match(output, /^now: sold until further notice; polled again: 304$/m);
   assert.match(output, /^batch: 200 quoted$/m);
   assert.match(output, /^batch: 404 \/problems\/vehicle-not-found$/m);
   assert.match(output, /^history: quoted from 2022-09-11T09:11:45Z until 2022-09-11T23:21:38Z$/m);

@@ -202,3 +202,19 @@ fn now_is_the_servers_clock_in_whole_microseconds_and_other_words_are_refused() 
         );
     }
 }
+
+proptest! {
+    #[test]
+    fn the_fast_writer_writes_what_display_does(micros in -62_135_596_800_000_000_i64..=253_402_300_799_999_999, round in 0usize..3) {
+        // Whole seconds and whole milliseconds too, which have shorter fractions.
+        let micros = match round {
+            0 => micros - micros.rem_euclid(1_000_000),
+            1 => micros - micros.rem_euclid(1_000),
+            _ => micros,
+        };
+        let at = Timestamp::from_unix_micros(micros).expect("in range");
+        let mut written = Vec::new();
+        at.write_rfc3339(&mut written);
+        prop_assert_eq!(String::from_utf8(written).expect("ASCII"), at.to_string());
+    }
+}
