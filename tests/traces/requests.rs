@@ -49,7 +49,7 @@ async fn a_lookup_continues_the_callers_trace_with_its_redis_and_postgresql_span
                 server_span(spans, &trace).is_some()
                     && spans.iter().any(|s| {
                         s.trace_id() == trace
-                            && s.attr("db.operation.name").as_deref() == Some("SET")
+                            && s.attr("db.operation.name").as_deref() == Some("ZADD")
                     })
             })
             .await;
