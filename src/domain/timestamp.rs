@@ -82,7 +82,7 @@ impl Timestamp {
         let micros = t.timestamp_subsec_micros();
         match micros {
             0 => put(t.second(), 2, Some(b'Z')),
-            _ if micros % 1000 == 0 => {
+            _ if micros.is_multiple_of(1000) => {
                 put(t.second(), 2, Some(b'.'));
                 put(micros / 1000, 3, Some(b'Z'));
             }
