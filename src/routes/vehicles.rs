@@ -31,7 +31,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     responses(
         (status = 200, description = "The vehicle and its state at `ts`.", body = StateAnswer, headers(
             ("X-Cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the database, `STALE` when older than the TTL and served because the database cannot answer (only with `STALE_IF_ERROR_SECS` set)."),
-            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861)."),
+            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer); `no-cache` for `now`, whose answer a cache must revalidate each time (with `If-None-Match`). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861)."),
             ("Age" = u64, description = "On a `STALE` answer only: seconds since it was read from the database."),
             ("ETag" = String, description = "The entity tag of this answer: it names the answer, not the instant, so it is the same for every instant the answer holds for. Strong for an instant, weak (`W/\"…\"`) for `now`, whose `timestamp` moves with the clock. Send it back in `If-None-Match` to get 304 while the answer is unchanged (a client polling `now` gets 304 until the vehicle's state changes)."),
         )),
@@ -141,7 +141,8 @@ pub(super) fn respond(
     let answer = &served.entry.answer;
     let cache_control = &state.cache_control;
     let body = answer.body_at(at.map(|(at, _)| at));
-    let etag = if at.is_some_and(|(_, now)| now) {
+    let now = at.is_some_and(|(_, now)| now);
+    let etag = if now {
         &served.entry.weak_etag
     } else {
         &served.entry.etag
@@ -155,7 +156,7 @@ pub(super) fn respond(
         builder.insert_header((header::ETAG, etag.clone()));
         // So compression gives the 304 the tag its 200 would have had.
         builder.extensions_mut().insert(Uncompressed(body.len()));
-        cache_headers(&mut builder, served, cache_control);
+        cache_headers(&mut builder, served, cache_control, now);
         return builder.finish();
     }
     let (mut builder, body) = match answer.outcome {
@@ -176,21 +177,29 @@ pub(super) fn respond(
             (builder, body.into())
         }
     };
-    cache_headers(&mut builder, served, cache_control);
+    cache_headers(&mut builder, served, cache_control, now);
     builder.body(body)
 }
 
 /// `X-Cache`; `Cache-Control` with what is left of the TTL (and, when the service keeps stale
 /// answers, the same `stale-if-error` window for caches downstream); `Age` on a stale answer.
+/// An answer at `now` is `no-cache` instead: what `now` names moves with the clock, and the
+/// answer may end (`until`) before its TTL does, so a browser or CDN must ask again each time,
+/// with the weak tag, and gets a 304 while the answer holds.
 fn cache_headers(
     builder: &mut HttpResponseBuilder,
     served: &Served,
     cache_control: &CacheControlValues,
+    now: bool,
 ) {
     builder.insert_header((X_CACHE, HeaderValue::from_static(served.cache.as_str())));
     builder.insert_header((
         header::CACHE_CONTROL,
-        cache_control.get(served.fresh_for.as_secs()),
+        if now {
+            HeaderValue::from_static("no-cache")
+        } else {
+            cache_control.get(served.fresh_for.as_secs())
+        },
     ));
     if served.cache == CacheStatus::Stale {
         builder.insert_header((header::AGE, served.age_secs()));

@@ -178,11 +178,18 @@ impl StateService {
                     match flights.join(&key) {
                         Joined::Lead(landing) => break Some(landing),
                         Joined::Follow(landing) => {
-                            let entry = flight::followed(landing)
+                            match flight::followed(landing)
                                 .await
-                                .unwrap_or_else(|| Err(LookupError::crashed()))?;
-                            if entry.answer.covers(at_us) {
-                                return Ok((entry, false));
+                                .unwrap_or_else(|| Err(LookupError::crashed()))
+                            {
+                                Ok(entry) if entry.answer.covers(at_us) => {
+                                    return Ok((entry, false));
+                                }
+                                Ok(_) => {}
+                                // An outage or a shed is every instant's; a defect in the rows
+                                // of another instant is not this one's: it takes its turn.
+                                Err(error) if error.is_shared() => return Err(error),
+                                Err(_) => {}
                             }
                         }
                     }

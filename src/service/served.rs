@@ -28,6 +28,15 @@ impl LookupError {
         )))
     }
 
+    /// Whether the failure is every lookup's now, whatever its instant: the replica shed it,
+    /// or PostgreSQL cannot answer. Otherwise it is a defect of the rows that one lookup read.
+    pub(super) fn is_shared(&self) -> bool {
+        match self {
+            LookupError::Overloaded(_) => true,
+            LookupError::Db(error) => error.is_unavailable(),
+        }
+    }
+
     /// How a lookup that failed so is counted in `vehicle_state_lookups_total`.
     pub(super) fn counted_as(&self) -> LookupResult {
         match self {
@@ -175,6 +184,14 @@ mod tests {
                 "the request that fetched {source:?} shared nothing"
             );
         }
+    }
+
+    #[test]
+    fn a_shed_or_an_outage_is_every_instants_failure_and_a_defect_only_its_own() {
+        assert!(LookupError::Overloaded(8).is_shared());
+        assert!(LookupError::Db(DbError::Down).is_shared());
+        assert!(LookupError::crashed().is_shared());
+        assert!(!LookupError::Db(DbError::Query(sqlx::Error::RowNotFound)).is_shared());
     }
 
     #[test]

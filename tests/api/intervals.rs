@@ -168,6 +168,9 @@ async fn now_is_the_servers_clock_and_a_poll_with_its_tag_is_304_until_the_state
         "{asked}"
     );
     assert!(first.json()["until"].is_null());
+    // `now` moves with the clock: caches downstream ask again each time, with the tag.
+    assert_eq!(first.header("cache-control"), "no-cache");
+    assert_eq!(again.header("cache-control"), "no-cache");
     let tag = first.header("etag").to_owned();
     assert!(tag.starts_with("W/\""), "a weak tag: {tag}");
     assert_eq!(
@@ -181,6 +184,7 @@ async fn now_is_the_servers_clock_and_a_poll_with_its_tag_is_304_until_the_state
         .await;
     assert_eq!(polled.status, 304);
     assert_eq!(polled.header("etag"), tag);
+    assert_eq!(polled.header("cache-control"), "no-cache");
     // The tag of the same answer at a fixed instant is the strong one.
     let fixed = app.state_at("2", "2030-01-01T00:00:00Z").await;
     assert_eq!(format!("W/{}", fixed.header("etag")), tag);

@@ -733,7 +733,7 @@ export interface operations {
                 headers: {
                     /** @description On a `STALE` answer only: seconds since it was read from the database. */
                     Age?: number;
-                    /** @description `public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861). */
+                    /** @description `public, max-age=N`: N is how many more seconds this answer may be reused (0 on a stale answer); `no-cache` for `now`, whose answer a cache must revalidate each time (with `If-None-Match`). With `STALE_IF_ERROR_SECS` set, also `stale-if-error=S` (RFC 5861). */
                     "Cache-Control"?: string;
                     /** @description The entity tag of this answer: it names the answer, not the instant, so it is the same for every instant the answer holds for. Strong for an instant, weak (`W/"…"`) for `now`, whose `timestamp` moves with the clock. Send it back in `If-None-Match` to get 304 while the answer is unchanged (a client polling `now` gets 304 until the vehicle's state changes). */
                     ETag?: string;
