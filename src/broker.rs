@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{ConnectErrorKind, HeaderMap};
 
-use crate::config::{IngestSettings, NatsSettings, StreamSettings, StreamStorage};
+use crate::config::{ChangesSettings, IngestSettings, NatsSettings, StreamSettings, StreamStorage};
 use crate::domain::event::EventKind;
 
 /// Headers of a dead letter: why, and where the event came from.
@@ -70,7 +70,7 @@ pub async fn connect(
     if let (Some(cert), Some(key)) = (&settings.client_cert, &settings.client_key) {
         options = options.add_client_certificate(cert.path.clone(), key.path.clone());
     }
-    let urls = &settings.url;
+    let urls = &settings.urls();
     options.connect(urls.addrs()).await.map_err(|error| {
         // The URL may hold a password: name its servers, never the whole URL.
         let cause = crate::telemetry::chain(&error).to_string();
@@ -140,16 +140,96 @@ pub async fn stream(
             format!("stream {name} not found (INGEST_CREATE_STREAM=false: it must exist)")
         });
     }
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: name.clone(),
         subjects: vec![stream_subjects(settings)],
         storage: storage(settings),
         num_replicas: usize::from(settings.replicas),
         duplicate_window: settings.duplicate_window,
+        max_age: settings.max_age,
+        max_bytes: settings.max_bytes,
         ..Default::default()
-    })
-    .await
-    .with_context(|| format!("cannot find or create stream {name}"))
+    };
+    limited(js, config).await
+}
+
+/// The stream `config` names, created when absent; one that exists gets the limits (age and
+/// bytes) the settings give now, so a changed setting takes effect at the next start.
+async fn limited(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let name = config.name.clone();
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .with_context(|| format!("cannot find or create stream {name}"))?;
+    let held = stream
+        .info()
+        .await
+        .with_context(|| format!("cannot read stream {name}'s configuration"))?
+        .config
+        .clone();
+    if held.max_age != config.max_age || held.max_bytes != config.max_bytes {
+        tracing::info!(
+            stream = %name,
+            max_age_secs = config.max_age.as_secs(),
+            max_bytes = config.max_bytes,
+            "the stream's limits differ from the settings; updating them"
+        );
+        js.update_stream(stream::Config {
+            max_age: config.max_age,
+            max_bytes: config.max_bytes,
+            ..held
+        })
+        .await
+        .with_context(|| format!("cannot update stream {name}'s limits"))?;
+        stream = js.get_stream(&name).await?;
+    }
+    Ok(stream)
+}
+
+/// The subjects of the change stream: `<prefix>.>`.
+pub fn change_subjects(changes: &ChangesSettings) -> String {
+    format!("{}.>", changes.subject_prefix)
+}
+
+/// The subject vehicle `id`'s changes are announced on.
+pub fn change_subject(changes: &ChangesSettings, id: i32) -> String {
+    let mut digits = itoa::Buffer::new();
+    let mut subject = String::with_capacity(changes.subject_prefix.len() + 12);
+    subject.push_str(&changes.subject_prefix);
+    subject.push('.');
+    subject.push_str(digits.format(id));
+    subject
+}
+
+/// The change stream, as `ingest` keeps it: found, or created (when INGEST_CREATE_STREAM
+/// allows) with the events' stream's replicas and storage, the change feed's limits, and the
+/// same duplicate window (an announcement made again within it is dropped by its id).
+pub async fn change_stream(
+    js: &jetstream::Context,
+    settings: &IngestSettings,
+) -> anyhow::Result<stream::Stream> {
+    let changes = &settings.changes;
+    let name = &changes.stream;
+    if !settings.stream.create {
+        return js.get_stream(name).await.with_context(|| {
+            format!("stream {name} not found (INGEST_CREATE_STREAM=false: it must exist)")
+        });
+    }
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("vehicle-state: each committed change, per vehicle".to_owned()),
+        subjects: vec![change_subjects(changes)],
+        storage: storage(&settings.stream),
+        num_replicas: usize::from(settings.stream.replicas),
+        duplicate_window: settings.stream.duplicate_window,
+        max_age: changes.max_age,
+        max_bytes: changes.max_bytes,
+        ..Default::default()
+    };
+    limited(js, config).await
 }
 
 fn storage(settings: &StreamSettings) -> stream::StorageType {
@@ -219,19 +299,40 @@ pub async fn dead_letter_stream(
     Ok(Some(name.clone()))
 }
 
-/// A dead-letter subject inside the events' stream would be ingested again: a setting that
-/// cannot work.
+/// A dead-letter subject, or the change feed's, inside the events' stream would be ingested
+/// again; dead letters inside the change feed would be taken for changes: settings that cannot
+/// work.
 pub fn check_dead_letter_subject(settings: &IngestSettings) -> Result<(), String> {
     let subject = &settings.dead_letter_subject;
     let prefix = &settings.stream.subject_prefix;
-    match subject.strip_prefix(prefix.as_str()) {
-        Some(rest) if rest.starts_with('.') => Err(format!(
+    let changes = &settings.changes.subject_prefix;
+    let inside = |subject: &str, prefix: &str| {
+        subject == prefix
+            || subject
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    if inside(subject, prefix) {
+        return Err(format!(
             "INGEST_DEAD_LETTER_SUBJECT ({subject}) is inside the events' subjects \
              ({}): dead letters would be ingested again; choose a subject outside them",
             stream_subjects(&settings.stream)
-        )),
-        _ => Ok(()),
+        ));
     }
+    if inside(changes, prefix) || inside(prefix, changes) {
+        return Err(format!(
+            "CHANGES_SUBJECT_PREFIX ({changes}) and INGEST_SUBJECT_PREFIX ({prefix}) overlap: \
+             announcements would be ingested as events; choose prefixes apart"
+        ));
+    }
+    if inside(subject, changes) {
+        return Err(format!(
+            "INGEST_DEAD_LETTER_SUBJECT ({subject}) is inside the change feed's subjects \
+             ({}): choose a subject outside them",
+            change_subjects(&settings.changes)
+        ));
+    }
+    Ok(())
 }
 
 /// Publishes to JetStream and waits for a stream to confirm it stored the message.

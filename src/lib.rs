@@ -14,6 +14,7 @@ pub mod context;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod follow;
 pub mod healthcheck;
 pub mod ingest;
 pub mod listener;

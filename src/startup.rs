@@ -44,6 +44,8 @@ pub struct Application {
     _keys_watch: Option<AbortOnDrop>,
     /// Fetches the identity provider's keys (AUTH_JWKS_URL); stopped with the server.
     _tokens_watch: Option<AbortOnDrop>,
+    /// Follows the change feed (NATS_URL, CACHE_INVALIDATION); stopped with the server.
+    _follow: Option<AbortOnDrop>,
 }
 
 impl Application {
@@ -156,6 +158,7 @@ impl Application {
         // Built once here, not per worker.
         let spec = openapi::spec();
         crate::metrics::handle();
+        let follow = crate::follow::start(&settings.follow, state.clone()).map(AbortOnDrop);
         crate::metrics::register_at_zero(&crate::cache::CacheError::KINDS, &db::DbError::KINDS);
         telemetry::otel::register_at_zero();
         let app_state = state.clone();
@@ -272,6 +275,7 @@ impl Application {
             drain: settings.http.shutdown_drain,
             _keys_watch: keys_watch,
             _tokens_watch: tokens_watch,
+            _follow: follow,
         })
     }
 

@@ -14,6 +14,9 @@ use crate::domain::Outcome;
 /// was read in ([`OPEN_START`] and [`OPEN_END`] for no bound). Its body is then the answer
 /// without the instant asked (`timestamp`), which [`RenderedAnswer::body_at`] adds per request.
 /// A timeline page's answer covers everything, and its body is served as it is.
+///
+/// `version` is the vehicle's version (`vehicles.version`) read in the same snapshot: an answer
+/// older than a version the change feed announced is never cached nor served from a cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedAnswer {
     pub outcome: Outcome,
@@ -21,6 +24,7 @@ pub struct RenderedAnswer {
     pub read_at_ms: i64,
     pub start_us: i64,
     pub end_us: i64,
+    pub version: u64,
 }
 
 /// The start of a segment with none: it reaches back to the first instant there is.
@@ -28,8 +32,8 @@ pub const OPEN_START: i64 = i64::MIN;
 /// The end of a segment with none: it holds until further notice (no change after it yet).
 pub const OPEN_END: i64 = i64::MAX;
 
-/// The bytes before the body: tag, read time, start and end.
-const HEADER: usize = 1 + 8 + 8 + 8;
+/// The bytes before the body: tag, read time, start, end and version.
+const HEADER: usize = 1 + 8 + 8 + 8 + 8;
 
 /// Why bytes from Redis are not a [`RenderedAnswer`].
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +68,8 @@ impl RenderedAnswer {
         out.extend_from_slice(b"\"}");
     }
 
-    /// `[outcome tag][read time][start][end][body]`, the three numbers 8 bytes big-endian.
+    /// `[outcome tag][read time][start][end][version][body]`, the four numbers 8 bytes
+    /// big-endian.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.body.len());
         out.push(match self.outcome {
@@ -75,6 +80,7 @@ impl RenderedAnswer {
         out.extend_from_slice(&self.read_at_ms.to_be_bytes());
         out.extend_from_slice(&self.start_us.to_be_bytes());
         out.extend_from_slice(&self.end_us.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.body);
         out
     }
@@ -101,11 +107,12 @@ impl RenderedAnswer {
                 .map(i64::from_be_bytes)
                 .ok_or(Corrupt("too short"))
         };
-        let (tag, read_at_ms, start_us, end_us) = (
+        let (tag, read_at_ms, start_us, end_us, version) = (
             raw.first().copied().ok_or(Corrupt("too short"))?,
             number(1)?,
             number(9)?,
             number(17)?,
+            number(25)?,
         );
         if start_us >= end_us {
             return Err(Corrupt("an empty segment"));
@@ -124,6 +131,7 @@ impl RenderedAnswer {
             read_at_ms,
             start_us,
             end_us,
+            version: version.cast_unsigned(),
         })
     }
 }
@@ -145,6 +153,7 @@ mod tests {
                 read_at_ms: 1_662_976_800_123,
                 start_us: 1_662_000_000_000_000,
                 end_us: OPEN_END,
+                version: u64::MAX - 7,
             };
 
             let decoded = RenderedAnswer::decode(Bytes::from(answer.encode()));
@@ -161,6 +170,7 @@ mod tests {
             read_at_ms: 1,
             start_us: OPEN_START,
             end_us: OPEN_END,
+            version: 1,
         };
         let sold = answer(Outcome::Found, br#"{"state":"sold"}"#).etag();
         let selling = answer(Outcome::Found, br#"{"state":"selling"}"#).etag();
@@ -189,6 +199,7 @@ mod tests {
             read_at_ms: 1,
             start_us: 0,
             end_us: OPEN_END,
+            version: 0,
         };
         let at = crate::domain::Timestamp::parse("2022-09-12T10:00:00.5Z").ok();
 
@@ -224,6 +235,7 @@ mod tests {
                 read_at_ms: 0,
                 start_us: segment.start_us.unwrap_or(i64::MIN),
                 end_us: segment.end_us.unwrap_or(i64::MAX),
+                version: 3,
             };
 
             let body = cached.body_at(Some(answer.timestamp));
@@ -240,11 +252,11 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         let mut found = vec![b'F'];
-        for n in [0i64, 0, 1] {
+        for n in [0i64, 0, 1, 0] {
             found.extend_from_slice(&n.to_be_bytes());
         }
         let mut empty = vec![b'U'];
-        for n in [0i64, 5, 5] {
+        for n in [0i64, 5, 5, 0] {
             empty.extend_from_slice(&n.to_be_bytes());
         }
         for raw in [
@@ -255,7 +267,7 @@ mod tests {
             b"X\0\0\0\0\0\0\0\0",
             b"U\0\0\0\0\0\0\0\0{}",
             &found,
-            &found[..20],
+            &found[..30],
             &empty,
             &[&found[..], b"{unterminated"].concat(),
         ] {

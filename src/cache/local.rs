@@ -168,6 +168,11 @@ impl LocalCache {
             .await;
     }
 
+    /// Lets go of everything held under `key` (a vehicle the change feed says has changed).
+    pub async fn invalidate(&self, key: &CacheKey) {
+        self.cache.invalidate(key).await;
+    }
+
     /// The entry under `key` that covers `at_us`, if held and not expired.
     pub async fn get(&self, key: &CacheKey, at_us: i64) -> Option<Arc<LocalEntry>> {
         let held = self.cache.get(key).await?;
@@ -191,6 +196,7 @@ mod tests {
             read_at_ms: 0,
             start_us,
             end_us,
+            version: 0,
         };
         Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
     }

@@ -9,6 +9,7 @@ mod breaker;
 mod connection;
 mod entry;
 mod error;
+mod floors;
 mod key;
 pub mod local;
 mod redis;
@@ -18,6 +19,7 @@ pub use self::error::CacheError;
 pub use self::local::{LocalCache, LocalEntry};
 pub use self::redis::{Cached, Granted, RedisCache};
 pub use entry::{Corrupt, OPEN_END, OPEN_START, RenderedAnswer};
+pub use floors::Floors;
 pub use key::CacheKey;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -13,6 +13,7 @@ use super::connection::Connections;
 use super::topology::{self, Connection, Nodes};
 use super::{CacheError, CacheKey, Corrupt, RenderedAnswer, time_left, unix_ms};
 use crate::config::{CacheSettings, RedisMode, RedisSettings};
+use crate::domain::VehicleId;
 use crate::telemetry::otel;
 
 /// What Redis holds for a key.
@@ -65,6 +66,51 @@ return {take, available - take, new_tat - now, 0}
     )
 });
 
+/// A segment's write-back, unless the change feed has announced a later version of its vehicle
+/// than the one it was read at (the floor): the members that start inside the segment go (the
+/// same segment read before, segments a change has since merged or cut short, or a value that
+/// is not an answer), it is added, scored by its start, and the key is kept for the TTL and
+/// stale-if-error window from this read. KEYS: segments, floor. ARGV: version, start, end
+/// (exclusive, as Redis spells ranges), member, keep (ms).
+static WRITE_SEGMENT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[2]) or '0') then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+",
+    )
+});
+
+/// A timeline page's write-back, under the same floor. KEYS: page, floor. ARGV: version,
+/// value, keep (ms).
+static WRITE_PAGE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[2]) or '0') then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+",
+    )
+});
+
+/// A change to a vehicle, as the change feed announced it: its floor rises to the new version
+/// (kept for the TTL and stale-if-error window, longer than any read that began before the
+/// change can take to write back) and its segments go. An announcement no newer than the floor
+/// was carried out before and changes nothing. KEYS: segments, floor. ARGV: version, keep (ms).
+static INVALIDATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[2]) or '0') then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+",
+    )
+});
+
 pub struct RedisCache {
     connections: Connections,
     prefix: String,
@@ -72,20 +118,24 @@ pub struct RedisCache {
     /// TTL plus the stale-if-error window: how long answers are kept.
     keep: Duration,
     errors: AtomicU64,
+    /// What the change feed announced to this replica: answers older than it are not served
+    /// from here, nor written back.
+    floors: super::Floors,
 }
 
 impl RedisCache {
     /// Builds the pool; connects on first use, so a Redis that is down does not stop the start.
     pub fn new(redis: &RedisSettings, cache: &CacheSettings) -> anyhow::Result<Self> {
         let connections = Connections::new(redis)?;
+        let keep =
+            Duration::from_secs(u64::from(cache.ttl_secs) + u64::from(cache.stale_if_error_secs));
         Ok(Self {
             connections,
             prefix: cache.key_prefix.clone(),
             ttl: Duration::from_secs(cache.ttl_secs.into()),
-            keep: Duration::from_secs(
-                u64::from(cache.ttl_secs) + u64::from(cache.stale_if_error_secs),
-            ),
+            keep,
             errors: AtomicU64::new(0),
+            floors: super::Floors::new(keep),
         })
     }
 
@@ -93,13 +143,28 @@ impl RedisCache {
         self.ttl
     }
 
+    /// The TTL and stale-if-error window: how long Redis keeps an answer after its read.
+    pub fn keep(&self) -> Duration {
+        self.keep
+    }
+
+    /// This replica's knowledge of vehicles' versions (see [`super::Floors`]).
+    pub fn floors(&self) -> &super::Floors {
+        &self.floors
+    }
+
     /// The key of vehicle `id`'s segments.
-    pub fn key(&self, id: crate::domain::VehicleId) -> CacheKey {
+    pub fn key(&self, id: VehicleId) -> CacheKey {
         CacheKey::new(&self.prefix, id)
     }
 
     pub fn history_key(&self, query: &crate::domain::history::HistoryQuery) -> CacheKey {
         CacheKey::history(&self.prefix, query)
+    }
+
+    /// The key of vehicle `id`'s version floor.
+    pub fn floor_key(&self, id: VehicleId) -> CacheKey {
+        CacheKey::floor(&self.prefix, id)
     }
 
     /// A timeline page's cached answer and how much longer it may be served, read in one
@@ -234,8 +299,14 @@ impl RedisCache {
     }
 
     /// Stores a timeline page's answer for what is left of its TTL and stale-if-error window
-    /// (counted from when it was read).
-    pub async fn put(&self, key: &CacheKey, answer: &RenderedAnswer) -> Result<(), CacheError> {
+    /// (counted from when it was read), unless the change feed announced a later version of
+    /// vehicle `id` than the page was read at.
+    pub async fn put(
+        &self,
+        key: &CacheKey,
+        id: VehicleId,
+        answer: &RenderedAnswer,
+    ) -> Result<(), CacheError> {
         let Some(keep_ms) = self.keep_ms(answer) else {
             return Ok(());
         };
@@ -247,15 +318,17 @@ impl RedisCache {
             db.operation.name = "SET",
         );
         let value = &answer.encode();
+        let floor = &self.floor_key(id);
         otel::traced(
             span,
             self.connections.bounded(|mut conn| async move {
-                redis::cmd("SET")
-                    .arg(key.as_str())
+                WRITE_PAGE
+                    .key(key.as_str())
+                    .key(floor.as_str())
+                    .arg(answer.version)
                     .arg(value)
-                    .arg("PX")
                     .arg(keep_ms)
-                    .query_async::<()>(&mut conn)
+                    .invoke_async::<()>(&mut conn)
                     .await?;
                 Ok(())
             }),
@@ -300,6 +373,8 @@ impl RedisCache {
                 };
                 Some(Add {
                     key,
+                    floor: key.floor_of_segments()?,
+                    version: answer.version,
                     start,
                     end,
                     member: answer.encode(),
@@ -310,50 +385,81 @@ impl RedisCache {
         if adds.is_empty() {
             return Ok(());
         }
-        let write = |pipe: &mut redis::Pipeline, add: &Add<'_>| {
-            let Add {
-                key,
-                start,
-                end,
-                member,
-                keep_ms,
-            } = add;
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(key.as_str())
-                .arg(start)
-                .arg(end)
-                .ignore()
-                .cmd("ZADD")
-                .arg(key.as_str())
-                .arg(start)
-                .arg(member)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(key.as_str())
-                .arg(keep_ms)
-                .ignore();
+        let invocation = |add: &Add<'_>| {
+            let mut invocation = WRITE_SEGMENT.key(add.key.as_str());
+            invocation
+                .key(add.floor.as_str())
+                .arg(add.version)
+                .arg(&add.start)
+                .arg(&add.end)
+                .arg(&add.member)
+                .arg(add.keep_ms);
+            invocation
         };
         let adds = &adds;
         self.connections
             .bounded(|mut conn| async move {
-                if self.mode() == RedisMode::Cluster && adds.len() > 1 {
+                if self.mode() == RedisMode::Cluster || adds.len() == 1 {
+                    // One script per segment, each sent to its key's node, all at once; the
+                    // client loads the script where it is missing.
                     let each = adds.iter().map(|add| {
                         let mut conn = conn.clone();
-                        let mut pipe = redis::pipe();
-                        write(&mut pipe, add);
-                        async move { pipe.query_async::<()>(&mut conn).await }
+                        async move { invocation(add).invoke_async::<()>(&mut conn).await }
                     });
                     futures_util::future::try_join_all(each).await?;
                     return Ok(());
                 }
-                let mut pipe = redis::pipe();
-                for add in adds {
-                    write(&mut pipe, add);
-                }
-                pipe.query_async::<()>(&mut conn).await?;
+                let invocations: Vec<_> = adds.iter().map(invocation).collect();
+                pipelined_scripts::<u8>(&mut conn, &WRITE_SEGMENT, &invocations).await?;
                 Ok(())
             })
             .await
+    }
+
+    /// Carries out the change feed's announcements: for each vehicle and the version a change
+    /// gave it, the floor rises and its segments go, in one round trip (in a cluster, one script
+    /// per vehicle, all at once). Its timeline pages stay: each carries the version it was read
+    /// at, and a replica that knows the floor refuses them. Returns how many were new (not
+    /// carried out before).
+    pub async fn invalidate(&self, changed: &[(VehicleId, u64)]) -> Result<usize, CacheError> {
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "redis invalidate",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            db.operation.batch.size = changed.len(),
+        );
+        let keep_ms = u64::try_from(self.keep.as_millis()).unwrap_or(u64::MAX);
+        let keys: Vec<(CacheKey, CacheKey, u64)> = changed
+            .iter()
+            .map(|&(id, version)| (self.key(id), self.floor_key(id), version))
+            .collect();
+        let invocation = |(segments, floor, version): &(CacheKey, CacheKey, u64)| {
+            let mut invocation = INVALIDATE.key(segments.as_str());
+            invocation.key(floor.as_str()).arg(*version).arg(keep_ms);
+            invocation
+        };
+        let keys = &keys;
+        let done: Vec<u8> = otel::traced(
+            span,
+            self.connections.bounded(|mut conn| async move {
+                if self.mode() == RedisMode::Cluster || keys.len() == 1 {
+                    let each = keys.iter().map(|k| {
+                        let mut conn = conn.clone();
+                        async move { invocation(k).invoke_async::<u8>(&mut conn).await }
+                    });
+                    return Ok(futures_util::future::try_join_all(each).await?);
+                }
+                let invocations: Vec<_> = keys.iter().map(invocation).collect();
+                Ok(pipelined_scripts(&mut conn, &INVALIDATE, &invocations).await?)
+            }),
+        )
+        .await?;
+        Ok(done.iter().filter(|&&d| d == 1).count())
     }
 
     /// Which topology this replica was configured for.
@@ -448,10 +554,35 @@ impl RedisCache {
 /// kept.
 struct Add<'a> {
     key: &'a CacheKey,
+    floor: CacheKey,
+    version: u64,
     start: String,
     end: String,
     member: Vec<u8>,
     keep_ms: u64,
+}
+
+/// Runs `invocations` of `script` in one pipeline (EVALSHA each). Redis forgets scripts when it
+/// restarts or fails over: on NOSCRIPT the script is loaded and the pipeline sent once more
+/// (every invocation failed alike, so none was carried out).
+async fn pipelined_scripts<T: redis::FromRedisValue>(
+    conn: &mut Connection,
+    script: &redis::Script,
+    invocations: &[redis::ScriptInvocation<'_>],
+) -> Result<Vec<T>, redis::RedisError> {
+    let mut pipe = redis::pipe();
+    for invocation in invocations {
+        pipe.invoke_script(invocation);
+    }
+    match pipe.query_async::<Vec<T>>(conn).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.load_async(conn).await?;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
 }
 
 /// One PING on `conn`: for `/readyz` and the start-up check.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::{millis, parse_stream_name, parse_subject, secs};
-use super::{DatabaseSettings, NatsSettings, StreamSettings, TraceSettings};
+use super::{ChangesSettings, DatabaseSettings, NatsSettings, StreamSettings, TraceSettings};
 
 /// Everything `ingest` needs.
 #[derive(Debug, Clone, Args)]
@@ -17,6 +17,8 @@ pub struct IngestSettings {
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
+    #[command(flatten)]
+    pub changes: ChangesSettings,
     #[command(flatten)]
     pub traces: TraceSettings,
 

@@ -35,7 +35,9 @@ pub use database::{DatabaseSettings, DatabaseUrl};
 pub use http::{HttpSettings, OptionalAddr};
 pub use ingest::IngestSettings;
 pub use logging::LogFormat;
-pub use nats::{NatsSettings, NatsUrls, StreamSettings, StreamStorage};
+pub use nats::{
+    ChangesSettings, FollowSettings, NatsSettings, NatsUrls, StreamSettings, StreamStorage,
+};
 pub use otel::{Endpoint, OtlpHeaders, Protocol, ResourceAttributes, SamplerKind, TraceSettings};
 pub use publish::PublishSettings;
 pub use quota::{QuotaSettings, Rate, TrustedProxies};
@@ -64,6 +66,8 @@ pub struct ServeSettings {
     pub quota: QuotaSettings,
     #[command(flatten)]
     pub traces: TraceSettings,
+    #[command(flatten)]
+    pub follow: FollowSettings,
 
     /// While PostgreSQL is known down (a connection to it failed, and a connection made apart
     /// from the pool failed too), how often one connection tries it again; meanwhile requests

@@ -66,9 +66,10 @@ fn parse_nats_urls(raw: &str) -> Result<NatsUrls, String> {
 pub struct NatsSettings {
     /// NATS server URL, or a comma-separated list of them (the servers of a cluster: the client
     /// connects to any one and fails over to the others): `nats://host:4222`, `tls://host:4222`
-    /// (TLS required). User and password, or a token, may be given in the URL.
-    #[arg(long = "nats-url", id = "NATS_URL", env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_urls, hide_env_values = true)]
-    pub url: NatsUrls,
+    /// (TLS required). User and password, or a token, may be given in the URL. Unset, `ingest`
+    /// and `publish` use nats://127.0.0.1:4222, and `serve` follows no change feed.
+    #[arg(long = "nats-url", id = "NATS_URL", env = "NATS_URL", value_parser = parse_nats_urls, hide_env_values = true)]
+    pub url: Option<NatsUrls>,
 
     /// A NATS credentials file (JWT and NKey seed, as `nsc` writes them).
     #[arg(
@@ -93,6 +94,19 @@ pub struct NatsSettings {
     /// How long one attempt to connect to NATS may take.
     #[arg(long = "nats-connect-timeout-ms", id = "NATS_CONNECT_TIMEOUT_MS", env = "NATS_CONNECT_TIMEOUT_MS", default_value = "5000", value_parser = millis(1..=600_000))]
     pub connect_timeout: Duration,
+}
+
+impl NatsSettings {
+    /// `NATS_URL`, or the local server when unset.
+    pub fn urls(&self) -> NatsUrls {
+        self.url.clone().unwrap_or_else(|| {
+            NatsUrls(vec![
+                "nats://127.0.0.1:4222"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!("a valid address")),
+            ])
+        })
+    }
 }
 
 /// The stream and subjects events travel on, shared by `ingest` and `publish`.
@@ -125,6 +139,69 @@ pub struct StreamSettings {
     /// stream created here).
     #[arg(long = "ingest-duplicate-window-secs", id = "INGEST_DUPLICATE_WINDOW_SECS", env = "INGEST_DUPLICATE_WINDOW_SECS", default_value = "120", value_parser = secs(1..=604_800))]
     pub duplicate_window: Duration,
+
+    /// How long the events' stream keeps an event (applied or not), on a stream created or
+    /// managed here (INGEST_CREATE_STREAM): the window to replay or inspect it in.
+    #[arg(long = "ingest-stream-max-age-secs", id = "INGEST_STREAM_MAX_AGE_SECS", env = "INGEST_STREAM_MAX_AGE_SECS", default_value = "604800", value_parser = secs(60..=315_360_000))]
+    pub max_age: Duration,
+
+    /// Most bytes the events' stream keeps, the oldest dropped first (on a stream created or
+    /// managed here). An event still unapplied when dropped is lost: size it for the longest
+    /// outage of ingest to ride out.
+    #[arg(long = "ingest-stream-max-bytes", id = "INGEST_STREAM_MAX_BYTES", env = "INGEST_STREAM_MAX_BYTES", default_value_t = 8 << 30, value_parser = clap::value_parser!(i64).range(1 << 20..))]
+    pub max_bytes: i64,
+}
+
+/// The change feed: the stream `ingest` announces each committed change on, and replicas follow.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Change feed")]
+pub struct ChangesSettings {
+    /// The JetStream stream of announced changes, created by `ingest` when absent (as
+    /// INGEST_CREATE_STREAM allows, with INGEST_STREAM_REPLICAS and INGEST_STREAM_STORAGE).
+    #[arg(long = "changes-stream", id = "CHANGES_STREAM", env = "CHANGES_STREAM", default_value = "VEHICLE_CHANGES", value_parser = parse_stream_name)]
+    pub stream: String,
+
+    /// Vehicle N's changes are announced on `<prefix>.N`; the stream takes `<prefix>.>`. Keep it
+    /// outside INGEST_SUBJECT_PREFIX's subjects.
+    #[arg(long = "changes-subject-prefix", id = "CHANGES_SUBJECT_PREFIX", env = "CHANGES_SUBJECT_PREFIX", default_value = "vehicle-state.changes", value_parser = parse_subject)]
+    pub subject_prefix: String,
+
+    /// How long the change stream keeps an announcement (on a stream created or managed by
+    /// `ingest`).
+    #[arg(long = "changes-max-age-secs", id = "CHANGES_MAX_AGE_SECS", env = "CHANGES_MAX_AGE_SECS", default_value = "86400", value_parser = secs(60..=31_536_000))]
+    pub max_age: Duration,
+
+    /// Most bytes the change stream keeps, the oldest announcements dropped first.
+    #[arg(long = "changes-max-bytes", id = "CHANGES_MAX_BYTES", env = "CHANGES_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(i64).range(1 << 20..))]
+    pub max_bytes: i64,
+}
+
+/// What a replica (`serve`) does with the change feed.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Change feed")]
+pub struct FollowSettings {
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub changes: ChangesSettings,
+
+    /// With NATS_URL set, follow the change feed and drop what this replica and Redis hold for
+    /// a changed vehicle as soon as it is announced. false (or NATS_URL unset): answers are
+    /// served until CACHE_TTL_SECS have passed since their read, as without a feed.
+    #[arg(long = "cache-invalidation", id = "CACHE_INVALIDATION", env = "CACHE_INVALIDATION", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub invalidation: bool,
+
+    /// The durable consumer of the change stream that every replica shares to drop changed
+    /// vehicles' entries from Redis: each announcement is carried out in Redis by one replica.
+    #[arg(long = "cache-invalidation-consumer", id = "CACHE_INVALIDATION_CONSUMER", env = "CACHE_INVALIDATION_CONSUMER", default_value = "vehicle-state-cache", value_parser = parse_stream_name)]
+    pub consumer: String,
+}
+
+impl FollowSettings {
+    /// Whether this replica follows the feed: NATS_URL set and CACHE_INVALIDATION on.
+    pub fn on(&self) -> bool {
+        self.invalidation && self.nats.url.is_some()
+    }
 }
 
 /// Where a stream created here keeps its messages.

@@ -100,7 +100,7 @@ impl Database {
     pub async fn lookup_many(
         &self,
         pairs: &[(VehicleId, Timestamp)],
-    ) -> Result<Vec<Lookup>, DbError> {
+    ) -> Result<Vec<(Lookup, u64)>, DbError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,
             "postgresql lookup_many",
@@ -115,7 +115,7 @@ impl Database {
     }
 
     /// [`super::history()`], failing at once while PostgreSQL is known down.
-    pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, DbError> {
+    pub async fn history(&self, query: &HistoryQuery) -> Result<(HistoryPage, u64), DbError> {
         let span = tracing::trace_span!(
             target: otel::SPANS,
             "postgresql history",

@@ -21,7 +21,7 @@ macro_rules! rank {
 /// never splits them. No row: no such vehicle; one row with a NULL state: no changes.
 pub const HISTORY_SQL: &str = concat!(
     r#"
-SELECT v.make, v.model, h.state, (EXTRACT(EPOCH FROM h."timestamp") * 1000000)::int8
+SELECT v.make, v.model, h.state, (EXTRACT(EPOCH FROM h."timestamp") * 1000000)::int8, v.version
 FROM vehicles v
 LEFT JOIN LATERAL (
     (SELECT l.state, l."timestamp", "#,
@@ -53,12 +53,13 @@ ORDER BY h."timestamp", h.rank, h.state COLLATE "C"
 );
 
 /// Times as microseconds since the Unix epoch, as in the lookup (see its `ManyRow`).
-type Row = (String, String, Option<String>, Option<i64>);
+type Row = (String, String, Option<String>, Option<i64>, i64);
 
+/// The page, with the vehicle's version read in the same snapshot (0 for no such vehicle).
 pub async fn history(
     conn: &mut PgConnection,
     query: &HistoryQuery,
-) -> Result<HistoryPage, DbError> {
+) -> Result<(HistoryPage, u64), DbError> {
     // Where the page starts: after the cursor; or, on a first page, after `from` (the change in
     // effect at `from` comes from the first range), or from the beginning.
     let (effective_at, after_at, after_rank, after_state) = match (&query.after, query.from) {
@@ -81,16 +82,17 @@ pub async fn history(
         .bind(i64::from(query.limit) + 1)
         .fetch_all(conn)
         .await?;
-    let Some((make, model, _, _)) = rows.first() else {
-        return Ok(HistoryPage::UnknownVehicle);
+    let Some((make, model, _, _, version)) = rows.first() else {
+        return Ok((HistoryPage::UnknownVehicle, 0));
     };
+    let version = u64::try_from(*version).unwrap_or(0);
     let vehicle = Vehicle {
         id: query.id.get(),
         make: make.clone(),
         model: model.clone(),
     };
     let mut changes = Vec::with_capacity(rows.len());
-    for (_, _, state, micros) in rows {
+    for (_, _, state, micros, _) in rows {
         let (Some(state), Some(micros)) = (state, micros) else {
             continue;
         };
@@ -105,5 +107,8 @@ pub async fn history(
         })?;
         changes.push((state, at));
     }
-    Ok(HistoryPage::Found(history::page(query, vehicle, changes)))
+    Ok((
+        HistoryPage::Found(history::page(query, vehicle, changes)),
+        version,
+    ))
 }

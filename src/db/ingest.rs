@@ -54,11 +54,13 @@ WITH reg_in AS (
     INSERT INTO "stateLogs" ("vehicleId", state, "timestamp")
     SELECT id, state, "timestamp" FROM chg_new
 ), touched AS (
-    SELECT id FROM chg_new UNION SELECT id FROM reg_in
+    -- Every vehicle the batch names, duplicates too: each is announced on the change feed with
+    -- what it is now, so a change committed before and redelivered is announced again.
+    SELECT id FROM chg_in UNION SELECT id FROM reg_in
 ), latest AS (
     -- Per vehicle, the later of its latest new change and its latest stored one (one index
     -- probe): linear in the batch, whatever its size.
-    SELECT DISTINCT ON (l.id) l.id, l.state
+    SELECT DISTINCT ON (l.id) l.id, l.state, l."timestamp"
     FROM (
         SELECT n.id, n.state, n."timestamp" FROM (
             SELECT DISTINCT ON (l.id) l.id, l.state, l."timestamp" FROM chg_new l
@@ -86,30 +88,49 @@ WITH reg_in AS (
 ), reg_first AS (
     SELECT DISTINCT ON (r.id) r.id, r.make, r.model, r.n FROM reg_in r ORDER BY r.id, r.n
 ), reg_ins AS (
-    INSERT INTO vehicles (id, make, model, state)
-    SELECT f.id, f.make, f.model, COALESCE(lt.state, 'quoted')
+    INSERT INTO vehicles (id, make, model, state, version)
+    SELECT f.id, f.make, f.model, COALESCE(lt.state, 'quoted'), 1
     FROM reg_first f LEFT JOIN latest lt ON lt.id = f.id
     WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.id = f.id)
     ON CONFLICT (id) DO NOTHING
+    RETURNING id, make, model, version
 ), upd AS (
-    UPDATE vehicles v SET state = lt.state
+    -- A vehicle with a new change (late or not) gets a new version: what was cached of it
+    -- before may be wrong now.
+    UPDATE vehicles v SET state = lt.state, version = v.version + 1
     FROM latest lt
-    WHERE v.id = lt.id AND v.state IS DISTINCT FROM lt.state
+    WHERE v.id = lt.id
+      AND (v.id IN (SELECT id FROM chg_new) OR v.state IS DISTINCT FROM lt.state)
+    RETURNING v.id, v.version
 )
-SELECT false AS change, r.n,
+SELECT 0::int2 AS kind, r.n,
     (CASE
         WHEN e.id IS NULL AND f.n = r.n THEN 0
         WHEN COALESCE(e.make, f.make) = r.make AND COALESCE(e.model, f.model) = r.model THEN 1
         ELSE 2
     END)::int2 AS outcome,
-    COALESCE(e.make, f.make) AS make, COALESCE(e.model, f.model) AS model
+    COALESCE(e.make, f.make) AS make, COALESCE(e.model, f.model) AS model,
+    NULL::int4 AS id, NULL::int8 AS version, NULL::text AS state, NULL::int8 AS since
 FROM reg_in r
 JOIN reg_first f ON f.id = r.id
 LEFT JOIN existing e ON e.id = r.id
 UNION ALL
-SELECT true, c.n, (CASE WHEN w.n IS NULL THEN 1 ELSE 0 END)::int2, NULL, NULL
+SELECT 1::int2, c.n, (CASE WHEN w.n IS NULL THEN 1 ELSE 0 END)::int2, NULL, NULL,
+    NULL, NULL, NULL, NULL
 FROM chg_in c
 LEFT JOIN chg_new w ON w.n = c.n
+UNION ALL
+-- Each vehicle as the batch leaves it, for the change feed: its version, make and model (NULL
+-- while unregistered) and its latest state, as of this statement's writes.
+SELECT 2::int2, NULL, NULL, COALESCE(ri.make, v.make), COALESCE(ri.model, v.model),
+    t.id, COALESCE(u.version, ri.version, v.version, 0), lt.state,
+    CASE WHEN isfinite(lt."timestamp")
+        THEN (EXTRACT(EPOCH FROM lt."timestamp") * 1000000)::int8 END
+FROM touched t
+LEFT JOIN upd u ON u.id = t.id
+LEFT JOIN reg_ins ri ON ri.id = t.id
+LEFT JOIN vehicles v ON v.id = t.id
+LEFT JOIN latest lt ON lt.id = t.id
 "#
 );
 
@@ -126,11 +147,26 @@ pub enum Applied {
     Refused(String),
 }
 
-/// The outcome of each registration and each change, in the order given.
+/// The outcome of each registration and each change, in the order given, and each vehicle the
+/// batch named as the batch left it.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
     pub registrations: Vec<Applied>,
     pub changes: Vec<Applied>,
+    pub vehicles: Vec<VehicleNow>,
+}
+
+/// A vehicle as a committed batch left it: what the change feed announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VehicleNow {
+    pub id: i32,
+    /// `vehicles.version`: raised by every batch that stored something new about it.
+    pub version: u64,
+    /// Make and model; `None` while no registration is stored.
+    pub vehicle: Option<(String, String)>,
+    /// Its latest state change (state, microseconds since the epoch; `None` for an instant out
+    /// of range), if any.
+    pub state: Option<(String, Option<i64>)>,
 }
 
 /// Applies the batch in one transaction: BEGIN, the locks, the apply statement, COMMIT. Either all
@@ -218,9 +254,24 @@ pub async fn apply(
     let mut outcome = BatchOutcome {
         registrations: vec![Applied::Duplicate; registrations.len()],
         changes: vec![Applied::Duplicate; changes.len()],
+        vehicles: Vec::with_capacity(vehicles.len()),
     };
     for row in rows {
-        let change: bool = row.try_get(0)?;
+        let kind: i16 = row.try_get(0)?;
+        if kind == 2 {
+            let make: Option<String> = row.try_get(3)?;
+            let model: Option<String> = row.try_get(4)?;
+            let state: Option<String> = row.try_get(7)?;
+            let version: i64 = row.try_get(6)?;
+            outcome.vehicles.push(VehicleNow {
+                id: row.try_get(5)?,
+                version: u64::try_from(version).unwrap_or(0),
+                vehicle: make.zip(model),
+                state: state.map(|state| (state, row.try_get(8).ok().flatten())),
+            });
+            continue;
+        }
+        let change = kind == 1;
         let n: i64 = row.try_get(1)?;
         let code: i16 = row.try_get(2)?;
         let applied = match code {

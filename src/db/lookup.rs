@@ -27,7 +27,7 @@ macro_rules! latest_first {
 pub const LOOKUP_SQL: &str = concat!(
     r#"
 SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8,
-    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8
+    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8, v.version
 FROM vehicles v
 LEFT JOIN LATERAL (
     SELECT l.state, l."timestamp"
@@ -55,7 +55,7 @@ WHERE v.id = $1
 pub const LOOKUP_MANY_SQL: &str = concat!(
     r#"
 SELECT v.make, v.model, s.state, (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8,
-    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8
+    (EXTRACT(EPOCH FROM u."timestamp") * 1000000)::int8, v.version
 FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY AS q(id, at, n)
 LEFT JOIN vehicles v ON v.id = q.id
 LEFT JOIN LATERAL (
@@ -87,13 +87,20 @@ type ManyRow = (
     Option<String>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
 );
 
-/// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]).
+/// A vehicle's version (`vehicles.version`) as read with an answer: 0 for no such vehicle.
+fn version(raw: Option<i64>) -> u64 {
+    raw.map_or(0, |v| u64::try_from(v).unwrap_or(0))
+}
+
+/// The answers for `pairs`, in their order, from one statement ([`LOOKUP_MANY_SQL`]), each with
+/// its vehicle's version in the same snapshot.
 pub async fn lookup_many(
     conn: &mut PgConnection,
     pairs: &[(VehicleId, Timestamp)],
-) -> Result<Vec<Lookup>, DbError> {
+) -> Result<Vec<(Lookup, u64)>, DbError> {
     let ids: Vec<i32> = pairs.iter().map(|(id, _)| id.get()).collect();
     let ats: Vec<DateTime<Utc>> = pairs.iter().map(|(_, at)| at.as_datetime()).collect();
     let rows: Vec<ManyRow> = sqlx::query_as(LOOKUP_MANY_SQL)
@@ -112,9 +119,9 @@ pub async fn lookup_many(
     pairs
         .iter()
         .zip(rows)
-        .map(|(&(id, at), (make, model, state, since, until))| {
+        .map(|(&(id, at), (make, model, state, since, until, v))| {
             let vehicle = make.zip(model);
-            outcome(id, at, vehicle, state, since, until)
+            Ok((outcome(id, at, vehicle, state, since, until)?, version(v)))
         })
         .collect()
 }

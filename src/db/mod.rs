@@ -18,7 +18,9 @@ pub use synthetic::{SyntheticHistory, generate};
 
 pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup_many};
 
-pub use ingest::{APPLY_SQL, Applied, BatchOutcome, INGEST_LOCK_SPACE, apply as apply_events};
+pub use ingest::{
+    APPLY_SQL, Applied, BatchOutcome, INGEST_LOCK_SPACE, VehicleNow, apply as apply_events,
+};
 
 use anyhow::Context;
 use sqlx::PgPool;

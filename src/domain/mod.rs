@@ -1,6 +1,7 @@
 //! Types shared by every layer. Raw request text becomes one of these once, at the edge.
 
 mod answer;
+pub mod change;
 pub mod event;
 pub mod history;
 mod timestamp;

@@ -43,7 +43,9 @@ impl Ingestor {
                         &[],
                     )
                     .await;
-                    outcome.registrations.push(one_outcome(one, true)?);
+                    let (applied, vehicles) = one_outcome(one, true)?;
+                    outcome.registrations.push(applied);
+                    outcome.vehicles.extend(vehicles);
                 }
                 for change in &chgs {
                     let one = db::apply_events(
@@ -53,8 +55,15 @@ impl Ingestor {
                         &[change],
                     )
                     .await;
-                    outcome.changes.push(one_outcome(one, false)?);
+                    let (applied, vehicles) = one_outcome(one, false)?;
+                    outcome.changes.push(applied);
+                    outcome.vehicles.extend(vehicles);
                 }
+                // Each vehicle once, as the last of its events left it.
+                outcome
+                    .vehicles
+                    .sort_by_key(|vehicle| (vehicle.id, std::cmp::Reverse(vehicle.version)));
+                outcome.vehicles.dedup_by_key(|vehicle| vehicle.id);
                 Ok(outcome)
             }
             Err(error) if refused_for_its_data(&error) => {
@@ -64,6 +73,7 @@ impl Ingestor {
                 Ok(db::BatchOutcome {
                     registrations: vec![failed.clone(); regs.len()],
                     changes: vec![failed; chgs.len()],
+                    vehicles: Vec::new(),
                 })
             }
             other => other,
@@ -76,7 +86,7 @@ impl Ingestor {
 fn one_outcome(
     result: Result<db::BatchOutcome, DbError>,
     registration: bool,
-) -> Result<Applied, DbError> {
+) -> Result<(Applied, Vec<db::VehicleNow>), DbError> {
     match result {
         Ok(mut outcome) => {
             let list = if registration {
@@ -84,12 +94,15 @@ fn one_outcome(
             } else {
                 &mut outcome.changes
             };
-            Ok(list.pop().unwrap_or(Applied::Duplicate))
+            Ok((list.pop().unwrap_or(Applied::Duplicate), outcome.vehicles))
         }
-        Err(error) if refused_for_its_data(&error) => Ok(Applied::Refused(format!(
-            "PostgreSQL refused it: {}",
-            telemetry::chain(&error)
-        ))),
+        Err(error) if refused_for_its_data(&error) => Ok((
+            Applied::Refused(format!(
+                "PostgreSQL refused it: {}",
+                telemetry::chain(&error)
+            )),
+            Vec::new(),
+        )),
         Err(error) => Err(error),
     }
 }

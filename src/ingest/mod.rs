@@ -3,9 +3,10 @@
 //! read-only.
 //!
 //! One batch goes through, in order: `run` (pulling, and stopping on a signal), `batch` (what
-//! one batch holds, sorted), `apply` (one transaction in PostgreSQL) and `settle` (ack, NAK or
-//! dead letter).
+//! one batch holds, sorted), `apply` (one transaction in PostgreSQL), `announce` (each
+//! committed change on the change feed) and `settle` (ack, NAK or dead letter).
 
+mod announce;
 mod apply;
 mod batch;
 mod http;

@@ -101,6 +101,13 @@ impl Ingestor {
                     .map(|dead_letters| (consumer, dead_letters)),
                 Err(error) => Err(error),
             };
+            // Nothing is acked before it is announced: the change stream comes first.
+            let found = match found {
+                Ok(found) => broker::change_stream(&js, &self.settings)
+                    .await
+                    .map(|_| found),
+                Err(error) => Err(error),
+            };
             match found {
                 Ok(found) => break found,
                 Err(error) => {
@@ -113,6 +120,7 @@ impl Ingestor {
         match &dead_letters {
             Some(dead_letter_stream) => tracing::info!(
                 stream = %self.settings.stream.name,
+                changes = %self.settings.changes.stream,
                 consumer = %self.settings.consumer,
                 batch_max = self.settings.batch_max,
                 %dead_letter_subject,

@@ -5,6 +5,7 @@ use async_nats::jetstream::{self, AckKind, context::PublishErrorKind};
 use tracing::Instrument;
 
 use super::Ingestor;
+use super::announce::Left;
 use super::batch::Sorted;
 use crate::broker;
 use crate::db::Applied;
@@ -24,6 +25,9 @@ impl Ingestor {
         if !registrations.is_empty() || !changes.is_empty() {
             match self.apply(&registrations, &changes).await {
                 Ok(outcome) => {
+                    let left = Left::new(&outcome.vehicles);
+                    // Committed (now or before): acked once announced.
+                    let mut committed = Vec::with_capacity(registrations.len() + changes.len());
                     for ((message, registration), applied) in
                         registrations.into_iter().zip(outcome.registrations)
                     {
@@ -41,18 +45,52 @@ impl Ingestor {
                                 Some(EventKind::Registered),
                                 Rejection(reason),
                             )),
-                            applied => self.ack(&message, EventKind::Registered, &applied).await,
+                            applied => committed.push((
+                                message,
+                                EventKind::Registered,
+                                applied,
+                                left.of_registration(&registration),
+                            )),
                         }
                     }
-                    for ((message, _), applied) in changes.into_iter().zip(outcome.changes) {
+                    for ((message, change), applied) in changes.into_iter().zip(outcome.changes) {
                         match applied {
                             Applied::Refused(reason) => rejected.push((
                                 message,
                                 Some(EventKind::StateChanged),
                                 Rejection(reason),
                             )),
-                            applied => self.ack(&message, EventKind::StateChanged, &applied).await,
+                            applied => committed.push((
+                                message,
+                                EventKind::StateChanged,
+                                applied,
+                                left.of_change(&change),
+                            )),
                         }
+                    }
+                    let announcements: Vec<_> =
+                        committed.iter().map(|(_, _, _, a)| a.clone()).collect();
+                    let stored = self.announce(&announcements).await;
+                    let delay = self.settings.retry_delay;
+                    let mut unannounced = 0;
+                    for ((message, kind, applied, _), stored) in committed.into_iter().zip(stored) {
+                        if stored {
+                            self.ack(&message, kind, &applied).await;
+                        } else {
+                            unannounced += 1;
+                            IngestResult::Retried.count(kind);
+                            if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                                tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
+                            }
+                        }
+                    }
+                    if unannounced > 0 {
+                        tracing::warn!(
+                            events = unannounced,
+                            retry_in_ms = delay.as_millis(),
+                            "committed, but not announced on the change feed; delivered again to be announced"
+                        );
+                        tokio::time::sleep(delay).await;
                     }
                 }
                 Err(error) => {

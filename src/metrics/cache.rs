@@ -63,7 +63,7 @@ pub const REDIS_BATCH_SIZE: &str = "vehicle_state_redis_batch_size";
 pub const REDIS_ERRORS: &str = "vehicle_state_redis_errors_total";
 
 /// The `operation` label of [`REDIS_ERRORS`].
-pub const REDIS_OPERATIONS: [&str; 5] = ["get", "set", "ping", "topology", "quota"];
+pub const REDIS_OPERATIONS: [&str; 6] = ["get", "set", "ping", "topology", "quota", "invalidate"];
 
 /// The Redis topology one replica sees, as scraped: `REDIS_MODE` and how many nodes of each
 /// role answer (0 and 0 while Redis cannot be reached).

@@ -11,6 +11,7 @@
 
 mod cache;
 mod db;
+mod feed;
 mod http;
 mod ingest;
 mod middleware;
@@ -28,6 +29,9 @@ pub use cache::{
     LOOKUPS, LookupResult, REDIS_BATCH_SIZE, REDIS_ERRORS, REDIS_OPERATIONS, RedisNodesGauge,
 };
 pub use db::{DB_BATCH_SIZE, DB_ERRORS};
+pub use feed::{
+    FEED_ANNOUNCEMENTS, FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG, count_announcement,
+};
 pub use http::{AUTH_JWKS_FETCHES, AUTH_JWKS_KEYS, HTTP_DURATION, HTTP_REQUESTS, QUOTA_DECISIONS};
 pub use ingest::{
     ConsumerGauge, INGEST_BATCH_SIZE, INGEST_COMMIT, INGEST_EVENTS, IngestResult,
@@ -65,6 +69,9 @@ pub fn handle() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(INGEST_COMMIT.to_owned()), DURATION_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(FEED_LAG.to_owned()), feed::FEED_LAG_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -95,6 +102,7 @@ pub fn register_at_zero(redis_error_kinds: &[&'static str], db_error_kinds: &[&'
 }
 
 fn describe() {
+    feed::describe();
     metrics::describe_histogram!(
         REDIS_BATCH_SIZE,
         "Keys per Redis read of misses past memory: gathered single lookups or one batch request."

@@ -143,6 +143,7 @@ mod tests {
             // The segment [at, at + 1 µs): only this instant.
             start_us: at.unix_micros(),
             end_us: at.unix_micros() + 1,
+            version: 0,
         };
         let expires_at = std::time::Instant::now() + Duration::from_secs(60);
         let entry = Arc::new(LocalEntry::new(answer, expires_at, Source::Redis));

@@ -56,6 +56,9 @@ pub async fn fetch_many_unless(
         Ok(cached) => {
             for (m, reply) in cached.into_iter().enumerate() {
                 match reply {
+                    // Read before a change this replica knows of: as if absent.
+                    Ok(Cached::Fresh(answer, _) | Cached::Stale(answer))
+                        if !redis.floors().admit(keys[m], &answer) => {}
                     Ok(Cached::Fresh(answer, remaining)) => {
                         let entry = LocalEntry::new(answer, asked + remaining, Source::Redis);
                         fetched[m] = Some(Ok(Arc::new(entry)));
@@ -123,7 +126,7 @@ pub async fn fetch_many_unless(
         let expires_at = started + redis.ttl();
         let written: Vec<(usize, RenderedAnswer)> = answered
             .into_iter()
-            .map(|(m, lookup)| {
+            .map(|(m, (lookup, version))| {
                 let segment = lookup.render();
                 let answer = RenderedAnswer {
                     outcome: segment.outcome,
@@ -131,6 +134,7 @@ pub async fn fetch_many_unless(
                     read_at_ms: read_at,
                     start_us: segment.start_us.unwrap_or(OPEN_START),
                     end_us: segment.end_us.unwrap_or(OPEN_END),
+                    version,
                 };
                 (m, answer)
             })
@@ -200,7 +204,7 @@ pub async fn fetch_many_unless(
 async fn lookup_each_if_need_be(
     db: &Database,
     pairs: &[(VehicleId, Timestamp)],
-) -> Result<Vec<Result<Lookup, DbError>>, DbError> {
+) -> Result<Vec<Result<(Lookup, u64), DbError>>, DbError> {
     match db.lookup_many(pairs).await {
         Ok(lookups) => Ok(lookups.into_iter().map(Ok).collect()),
         Err(error) if error.is_unavailable() => Err(error),

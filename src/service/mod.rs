@@ -95,7 +95,7 @@ impl StateService {
         at: Timestamp,
     ) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.key(id);
-        self.cached(key, at.unix_micros(), move |service, miss_key| {
+        self.cached(key, at.unix_micros(), false, move |service, miss_key| {
             let (db, redis, gatherer) = (
                 service.db.clone(),
                 service.redis.clone(),
@@ -119,22 +119,39 @@ impl StateService {
     /// bound, single flight, shedding and stale-if-error).
     pub async fn history(&self, query: HistoryQuery) -> Result<Served, Arc<LookupError>> {
         let key = self.redis.history_key(&query);
+        let id = query.id;
         let load = move |db: Database| async move {
-            Ok(match db.history(&query).await? {
+            let (page, version) = db.history(&query).await?;
+            Ok(match page {
                 HistoryPage::Found(page) => (
                     Outcome::Found,
                     // A struct of strings, integers and instants always serialises.
                     serde_json::to_vec(&page).unwrap_or_default(),
+                    version,
                 ),
-                HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new()),
+                HistoryPage::UnknownVehicle => (Outcome::UnknownVehicle, Vec::new(), version),
             })
         };
-        // A page's answer covers every instant: any will do.
-        self.cached(key, 0, move |service, key| {
-            let fetch = fetch(service.db.clone(), service.redis.clone(), key, load);
+        // A page's answer covers every instant: any will do. Pages are not dropped from memory
+        // when their vehicle changes (they are not found by vehicle): each is checked against
+        // the vehicle's floor instead.
+        self.cached(key, 0, true, move |service, key| {
+            let fetch = fetch(service.db.clone(), service.redis.clone(), key, id, load);
             async move { fetch.await.map_err(Arc::new) }
         })
         .await
+    }
+
+    /// What the change feed announced: vehicle `id` is at `version` now. Its floor rises first,
+    /// then its segments leave memory: a fetch that read it before the change and lands in
+    /// between finds the floor when it checks after inserting (see [`Self::cached`]). Whether
+    /// the announcement was news to this replica.
+    pub async fn changed(&self, id: VehicleId, version: u64) -> bool {
+        let news = self.redis.floors().raise(id, version);
+        if news {
+            self.local.invalidate(&self.redis.key(id)).await;
+        }
+        news
     }
 
     /// The answer under `key` that covers the instant `at_us`: memory, then the future `miss`
@@ -151,17 +168,25 @@ impl StateService {
     /// `miss` is called only on a miss, and its future is boxed then: a memory hit neither
     /// clones what a fetch needs nor carries the fetch's (large) state in its own future, which
     /// actix moves several times per request.
+    ///
+    /// With `check_floor`, a memory hit is checked against its vehicle's floor (timeline pages,
+    /// which the change feed cannot find by vehicle); a lookup's segments are dropped from
+    /// memory when their vehicle changes, so a hit needs no check. Either way, an entry is kept
+    /// in memory only if no newer version is known once it is in.
     async fn cached<M, F>(
         &self,
         key: CacheKey,
         at_us: i64,
+        check_floor: bool,
         miss: M,
     ) -> Result<Served, Arc<LookupError>>
     where
         M: FnOnce(&Self, CacheKey) -> F,
         F: Future<Output = fetch::Fetched> + Send + 'static,
     {
-        if let Some(entry) = self.local.get(&key, at_us).await {
+        if let Some(entry) = self.local.get(&key, at_us).await
+            && (!check_floor || self.redis.floors().admit(&key, &entry.answer))
+        {
             LookupResult::MemoryHit.count();
             return Ok(Served::new(entry, CacheStatus::Hit));
         }
@@ -170,6 +195,7 @@ impl StateService {
         // fetch goes on, and the requests waiting on it (or arriving after) still share it
         // instead of starting the query again.
         let (local, flights) = (self.local.clone(), self.flights.clone());
+        let floors = self.redis.floors().clone();
         let (limit, max_in_flight) = (self.limit.clone(), self.max_in_flight);
         let (entry, fetched_here) = tokio::spawn(
             async move {
@@ -195,7 +221,9 @@ impl StateService {
                     }
                     // Another segment of this vehicle came: it may have been kept in memory,
                     // beside others fetched meanwhile.
-                    if let Some(entry) = local.get(&key, at_us).await {
+                    if let Some(entry) = local.get(&key, at_us).await
+                        && (!check_floor || floors.admit(&key, &entry.answer))
+                    {
                         return Ok((entry, false));
                     }
                     turns += 1;
@@ -206,7 +234,9 @@ impl StateService {
                 };
                 // A fetch that landed between this request's miss and its flight kept its
                 // answer in memory.
-                if let Some(entry) = local.get(&key, at_us).await {
+                if let Some(entry) = local.get(&key, at_us).await
+                    && (!check_floor || floors.admit(&key, &entry.answer))
+                {
                     if let Some(landing) = landing {
                         landing.land(Ok(entry.clone()));
                     }
@@ -218,8 +248,14 @@ impl StateService {
                 };
                 if let Ok(entry) = &fetched
                     && entry.source.kept_in_memory()
+                    && floors.admit(&key, &entry.answer)
                 {
-                    local.insert(key, entry.clone()).await;
+                    local.insert(key.clone(), entry.clone()).await;
+                    // The feed may have raised the floor since the check (and dropped the key
+                    // before this insert): checked again, so a stale entry never stays.
+                    if !floors.admit(&key, &entry.answer) {
+                        local.invalidate(&key).await;
+                    }
                 }
                 if let Some(landing) = landing {
                     landing.land(fetched.clone());
@@ -251,17 +287,21 @@ async fn fetch<L, F>(
     db: Database,
     redis: Arc<RedisCache>,
     key: CacheKey,
+    id: VehicleId,
     load: L,
 ) -> Result<Arc<LocalEntry>, LookupError>
 where
     L: FnOnce(Database) -> F,
-    F: Future<Output = Result<(Outcome, Vec<u8>), DbError>>,
+    F: Future<Output = Result<(Outcome, Vec<u8>, u64), DbError>>,
 {
     // Taken before asking, so memory never keeps the answer longer than Redis does.
     let asked = Instant::now();
     let mut stale = None;
     let mut redis_failed = false;
     match redis.get(&key).await {
+        // Read before a change this replica knows of: as if absent.
+        Ok(Cached::Fresh(answer, _) | Cached::Stale(answer))
+            if !redis.floors().admit(&key, &answer) => {}
         Ok(Cached::Fresh(answer, remaining)) => {
             let expires_at = asked + remaining;
             return Ok(Arc::new(LocalEntry::new(answer, expires_at, Source::Redis)));
@@ -306,15 +346,16 @@ where
         }
         Err(error) => return Err(error.into()),
     };
-    let (outcome, body) = lookup;
+    let (outcome, body, version) = lookup;
     let answer = RenderedAnswer {
         outcome,
         body: Bytes::from(body),
         read_at_ms: unix_ms(read_at),
         start_us: OPEN_START,
         end_us: OPEN_END,
+        version,
     };
-    if let Err(error) = redis.put(&key, &answer).await {
+    if let Err(error) = redis.put(&key, id, &answer).await {
         // In no cache but memory, which then keeps it at once.
         redis_failed = true;
         if let Some(errors) = redis.record_error("set", &error) {

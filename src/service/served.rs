@@ -142,6 +142,7 @@ mod tests {
             read_at_ms: unix_ms(read_at),
             start_us: crate::cache::OPEN_START,
             end_us: crate::cache::OPEN_END,
+            version: 0,
         };
         Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
     }

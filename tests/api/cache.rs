@@ -73,7 +73,7 @@ async fn an_equivalent_spelling_of_the_instant_shares_the_cache_entry() {
     assert_eq!(third.body, README_ANSWER);
     assert_eq!(
         app.cache_keys().await,
-        [format!("{}:v4:segments:3", app.prefix)]
+        [format!("{}:v5:segments:{{3}}", app.prefix)]
     );
 }
 
@@ -114,7 +114,7 @@ async fn a_cached_answer_is_kept_for_the_ttl_and_then_read_again() {
     app.add_state_log(3, "quoted", "2025-01-01 00:00:00+00")
         .await;
     let mut conn = app.redis_conn().await;
-    let key = format!("{}:v4:segments:3", app.prefix);
+    let key = format!("{}:v5:segments:{{3}}", app.prefix);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
@@ -154,7 +154,7 @@ async fn one_replica_serves_what_another_cached() {
 #[tokio::test]
 async fn garbage_in_redis_is_replaced_by_an_answer_from_postgres() {
     let app = spawn_app().await;
-    let key = format!("{}:v4:segments:3", app.prefix);
+    let key = format!("{}:v5:segments:{{3}}", app.prefix);
     let mut conn = app.redis_conn().await;
     // A member where the answer at the instant asked would be, that is not an answer.
     redis::pipe()
@@ -298,7 +298,7 @@ async fn a_cached_entry_with_an_absurd_read_time_is_refetched_not_a_crash() {
         for n in [read_at, i64::MIN, i64::MAX] {
             value.extend_from_slice(&n.to_be_bytes());
         }
-        let key = format!("{}:v4:segments:3", app.prefix);
+        let key = format!("{}:v5:segments:{{3}}", app.prefix);
         redis::pipe()
             .cmd("DEL")
             .arg(&key)

@@ -334,7 +334,10 @@ async fn migrate_logs_the_migrations_it_applied_and_no_postgres_notice() {
         .filter(|l| l["message"] == "migration applied")
         .map(|l| l["description"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(applied, ["tables", "state logs lookup index"]);
+    assert_eq!(
+        applied,
+        ["tables", "state logs lookup index", "vehicle versions"]
+    );
     let again = lines(&second);
     assert!(
         again.iter().any(

@@ -23,3 +23,4 @@ mod outages;
 mod process;
 mod quotas;
 mod tokens;
+mod versions;

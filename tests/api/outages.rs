@@ -84,7 +84,7 @@ async fn when_redis_goes_away_answers_continue_and_caching_resumes_when_it_retur
         let id = 100_000 + n;
         let reply = app.state_at(&id.to_string(), "1662976900").await;
         assert_eq!(reply.status, 404, "{}", reply.body);
-        let key = format!("{}:v4:segments:{id}", app.prefix);
+        let key = format!("{}:v5:segments:{{{id}}}", app.prefix);
         written = app.cache_keys().await.contains(&key);
         if written || Instant::now() > deadline {
             break;
@@ -116,7 +116,7 @@ async fn a_redis_connection_closed_while_idle_is_replaced_within_the_next_call()
 
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
-        keys.contains(&format!("{}:v4:segments:2", app.prefix)),
+        keys.contains(&format!("{}:v5:segments:{{2}}", app.prefix)),
         "written back to Redis, on a new connection: {keys:?}"
     );
 }

@@ -10,6 +10,7 @@
 
 mod delivery;
 mod faults;
+mod feed;
 mod fixture;
 mod nats_cluster;
 mod network;
