@@ -299,6 +299,69 @@ pub async fn dead_letter_stream(
     Ok(Some(name.clone()))
 }
 
+/// What the change stream holds after `after`, for watchers that reconnect: announcements of
+/// `subjects` with stream sequences from `after + 1` to `until`, in order, read by an ephemeral
+/// consumer of their own (no acks, gone when done). `None` when more than `max` are there, or
+/// when the stream no longer holds everything after `after` (its limits dropped some).
+pub async fn replay(
+    stream: &stream::Stream,
+    subjects: Vec<String>,
+    after: u64,
+    until: u64,
+    max: usize,
+) -> anyhow::Result<Option<Vec<(u64, bytes::Bytes)>>> {
+    let info = stream
+        .get_info()
+        .await
+        .context("cannot read the change stream's state")?;
+    if after.saturating_add(1) < info.state.first_sequence {
+        return Ok(None);
+    }
+    let mut found = Vec::new();
+    if after >= until {
+        return Ok(Some(found));
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            filter_subjects: subjects,
+            inactive_threshold: std::time::Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .context("cannot read the change stream")?;
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(256)
+            .messages()
+            .await
+            .context("cannot read the change stream")?;
+        let mut got = 0;
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.map_err(|e| anyhow::anyhow!(e))?;
+            got += 1;
+            let sequence = message
+                .info()
+                .map_err(|e| anyhow::anyhow!(e))?
+                .stream_sequence;
+            if sequence > until {
+                return Ok(Some(found));
+            }
+            if found.len() == max {
+                return Ok(None);
+            }
+            found.push((sequence, message.payload.clone()));
+        }
+        if got == 0 {
+            return Ok(Some(found));
+        }
+    }
+}
+
 /// A dead-letter subject, or the change feed's, inside the events' stream would be ingested
 /// again; dead letters inside the change feed would be taken for changes: settings that cannot
 /// work.

@@ -23,6 +23,18 @@ pub struct AppContext {
     /// The clients' quotas, `None` without `RATE_LIMIT_RPS`: charged once per request by
     /// `middleware::quota`, and by a batch for its other lookups.
     pub quota: Option<std::sync::Arc<crate::quota::Quota>>,
+    /// Streams of changes: the hub the change feed's follower fills, and their bounds.
+    pub changes: ChangeStreams,
+}
+
+/// What streams of changes need beyond the hub: `CHANGES_MAX_IDS`, `CHANGES_KEEPALIVE_SECS`,
+/// `CHANGES_REPLAY_MAX`, and the change feed's subject prefix (to read it back).
+pub struct ChangeStreams {
+    pub hub: std::sync::Arc<crate::service::changes::ChangeHub>,
+    pub max_ids: usize,
+    pub keepalive: std::time::Duration,
+    pub replay_max: usize,
+    pub subject_prefix: String,
 }
 
 /// The bounds of one `POST /vehicles/states`.

@@ -91,6 +91,16 @@ pub enum ApiError {
     /// headers a page of another origin may use).
     #[error("{0}")]
     CorsRefused(String),
+    /// A stream of changes asked of a replica that does not follow the change feed.
+    #[error(
+        "this replica does not follow the change feed (NATS_URL is not set), so it cannot stream changes"
+    )]
+    FeedUnavailable,
+    /// `CHANGES_MAX_STREAMS` streams are open on this replica.
+    #[error(
+        "this replica streams changes to as many clients as it may ({max}, CHANGES_MAX_STREAMS); retry after {retry_after_secs} seconds (another replica may take you)"
+    )]
+    TooManyStreams { max: usize, retry_after_secs: u32 },
     #[error("the server failed to answer")]
     Internal(#[source] anyhow::Error),
 }
@@ -119,6 +129,8 @@ impl ApiError {
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
+            ApiError::FeedUnavailable => ProblemType::FeedUnavailable,
+            ApiError::TooManyStreams { .. } => ProblemType::TooManyStreams,
             ApiError::Internal(_) => ProblemType::InternalError,
         }
     }
@@ -158,7 +170,10 @@ impl ApiError {
     /// the identity provider's keys cannot be fetched, which each failed fetch logs.
     pub fn is_logged(&self) -> bool {
         match self {
-            ApiError::Overloaded { .. } | ApiError::KeysUnavailable { .. } => false,
+            ApiError::Overloaded { .. }
+            | ApiError::KeysUnavailable { .. }
+            | ApiError::TooManyStreams { .. }
+            | ApiError::FeedUnavailable => false,
             ApiError::DatabaseUnavailable { source, .. } => {
                 !matches!(**source, LookupError::Db(DbError::Down))
             }
@@ -183,7 +198,10 @@ impl ApiError {
         | ApiError::RateLimited {
             retry_after_secs, ..
         }
-        | ApiError::KeysUnavailable { retry_after_secs } = self
+        | ApiError::KeysUnavailable { retry_after_secs }
+        | ApiError::TooManyStreams {
+            retry_after_secs, ..
+        } = self
         {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
@@ -252,7 +270,9 @@ impl ResponseError for ApiError {
             ApiError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ApiError::DatabaseUnavailable { .. }
             | ApiError::Overloaded { .. }
-            | ApiError::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::KeysUnavailable { .. }
+            | ApiError::FeedUnavailable
+            | ApiError::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -27,6 +27,7 @@ use crate::context::AppContext;
 use crate::domain::VehicleId;
 use crate::domain::change::Versioned;
 use crate::metrics::{FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG};
+use crate::service::changes::FeedEvent;
 use crate::telemetry;
 
 /// How long to wait before trying again when NATS, the stream or a consumer cannot be had.
@@ -48,12 +49,12 @@ pub fn start(
     state: web::Data<AppContext>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if !settings.on() {
-        if settings.nats.url.is_some() {
-            tracing::info!(
-                "CACHE_INVALIDATION=false: the change feed is not followed; answers are served until CACHE_TTL_SECS"
-            );
-        }
         return None;
+    }
+    if !settings.invalidation {
+        tracing::info!(
+            "CACHE_INVALIDATION=false: the change feed is followed for streams of changes only; answers are served until CACHE_TTL_SECS"
+        );
     }
     ::metrics::gauge!(FEED_FOLLOWING).set(0.0);
     let settings = settings.clone();
@@ -90,28 +91,40 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
         }
     };
     let subjects = broker::change_subjects(&settings.changes);
-    let redis = tokio::spawn(redis_follower(
-        stream.clone(),
-        settings.consumer.clone(),
-        subjects.clone(),
-        state.clone(),
-    ));
-    let _redis = AbortOnDrop(redis);
-    memory_follower(stream, subjects, state).await;
+    state.changes.hub.set_stream(stream.clone());
+    let _redis = settings.invalidation.then(|| {
+        AbortOnDrop(tokio::spawn(redis_follower(
+            stream.clone(),
+            settings.consumer.clone(),
+            subjects.clone(),
+            state.clone(),
+        )))
+    });
+    memory_follower(stream, subjects, state, settings.invalidation).await;
     Ok(())
 }
 
-/// This replica's own ordered consumer, from now on: each announcement drops the vehicle here.
-/// Runs until aborted; a consumer that fails is made again.
+/// This replica's own ordered consumer, from now on: each announcement drops the vehicle here
+/// (with `invalidate`), then goes to the streams watching it. Runs until aborted; a consumer
+/// that fails is made again, from the announcement after the last one handled, so a stream
+/// misses nothing while NATS was away (within the stream's limits).
 async fn memory_follower(
     stream: jetstream::stream::Stream,
     subjects: String,
     state: web::Data<AppContext>,
+    invalidate: bool,
 ) {
+    let hub = &state.changes.hub;
     loop {
+        let deliver_policy = match hub.position() {
+            0 => consumer::DeliverPolicy::New,
+            last => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            },
+        };
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::New,
+                deliver_policy,
                 filter_subject: subjects.clone(),
                 ..Default::default()
             })
@@ -139,20 +152,27 @@ async fn memory_follower(
                     break;
                 }
             };
-            let Some(changed) = versioned(&message) else {
+            let Ok(info) = message.info() else {
                 continue;
             };
-            if state.service.changed(changed.0, changed.1).await {
+            let (sequence, published_ns) =
+                (info.stream_sequence, info.published.unix_timestamp_nanos());
+            let Some((id, version)) = versioned(&message) else {
+                continue;
+            };
+            if invalidate && state.service.changed(id, version).await {
                 ::metrics::counter!(FEED_INVALIDATIONS, "tier" => "memory").increment(1);
             }
-            if let Ok(info) = message.info() {
-                let published_ns = info.published.unix_timestamp_nanos();
-                let now_ns = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as i128);
-                let lag = Duration::from_nanos(u64::try_from(now_ns - published_ns).unwrap_or(0));
-                ::metrics::histogram!(FEED_LAG).record(lag);
-            }
+            hub.dispatch(FeedEvent {
+                sequence,
+                vehicle: id.get(),
+                payload: message.payload.clone(),
+            });
+            let now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            let lag = Duration::from_nanos(u64::try_from(now_ns - published_ns).unwrap_or(0));
+            ::metrics::histogram!(FEED_LAG).record(lag);
         }
         ::metrics::gauge!(FEED_FOLLOWING).set(0.0);
         tokio::time::sleep(RETRY).await;

@@ -14,9 +14,14 @@ use crate::error::Problem;
         description = "Which state was vehicle N in (quoted, selling, sold) at instant T? Answers may be up to `CACHE_TTL_SECS` (60 by default) stale. Errors are `application/problem+json` (RFC 9457) with a stable `type`.",
         license(name = "MIT")
     ),
-    components(schemas(Problem)),
+    components(schemas(
+        Problem,
+        crate::domain::change::Snapshot,
+        crate::domain::change::Announcement
+    )),
     tags(
         (name = "vehicles", description = "Point-in-time vehicle state"),
+        (name = "changes", description = "Live changes, as Server-Sent Events, from the change feed"),
         (name = "health", description = "Liveness and readiness for load balancers and orchestrators"),
     )
 )]

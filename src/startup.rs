@@ -153,6 +153,19 @@ impl Application {
             },
             compress_at: settings.compression.threshold(),
             quota: quota.clone(),
+            changes: crate::context::ChangeStreams {
+                hub: std::sync::Arc::new(crate::service::changes::ChangeHub::new(
+                    crate::service::changes::StreamLimits {
+                        max_streams: settings.follow.max_streams as usize,
+                        buffer: settings.follow.stream_buffer as usize,
+                    },
+                    settings.follow.on(),
+                )),
+                max_ids: settings.follow.max_ids as usize,
+                keepalive: settings.follow.keepalive,
+                replay_max: settings.follow.replay_max as usize,
+                subject_prefix: settings.follow.changes.subject_prefix.clone(),
+            },
         });
 
         // Built once here, not per worker.
@@ -316,6 +329,9 @@ impl Application {
             () = shutdown => {}
         }
         self.state.shutting_down.store(true, Ordering::Release);
+        // Streams of changes end now, each telling its client when to come back (to another
+        // replica, through the load balancer), rather than hold the drain and the stop.
+        self.state.changes.hub.close();
         tracing::info!(
             drain_secs = self.drain.as_secs(),
             "shutting down: readiness now fails"

@@ -185,9 +185,9 @@ pub struct FollowSettings {
     #[command(flatten)]
     pub changes: ChangesSettings,
 
-    /// With NATS_URL set, follow the change feed and drop what this replica and Redis hold for
-    /// a changed vehicle as soon as it is announced. false (or NATS_URL unset): answers are
-    /// served until CACHE_TTL_SECS have passed since their read, as without a feed.
+    /// With NATS_URL set, drop what this replica and Redis hold for a changed vehicle as soon
+    /// as the change feed announces it. false: answers are served until CACHE_TTL_SECS have
+    /// passed since their read, as without a feed (streams of changes still work).
     #[arg(long = "cache-invalidation", id = "CACHE_INVALIDATION", env = "CACHE_INVALIDATION", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub invalidation: bool,
 
@@ -195,12 +195,36 @@ pub struct FollowSettings {
     /// vehicles' entries from Redis: each announcement is carried out in Redis by one replica.
     #[arg(long = "cache-invalidation-consumer", id = "CACHE_INVALIDATION_CONSUMER", env = "CACHE_INVALIDATION_CONSUMER", default_value = "vehicle-state-cache", value_parser = parse_stream_name)]
     pub consumer: String,
+
+    /// Most streams of changes (`/vehicles/{id}/changes`, `/changes`) open on this replica at
+    /// once; beyond it a 503 problem with Retry-After.
+    #[arg(long = "changes-max-streams", id = "CHANGES_MAX_STREAMS", env = "CHANGES_MAX_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams: u32,
+
+    /// Most vehicles one stream of changes watches (`/changes?ids=`).
+    #[arg(long = "changes-max-ids", id = "CHANGES_MAX_IDS", env = "CHANGES_MAX_IDS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_ids: u32,
+
+    /// Announcements a stream may be behind its client before it is ended (the client reads
+    /// slower than its vehicles change); it is never buffered beyond this.
+    #[arg(long = "changes-stream-buffer", id = "CHANGES_STREAM_BUFFER", env = "CHANGES_STREAM_BUFFER", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub stream_buffer: u32,
+
+    /// How often an idle stream sends a comment, well inside proxies' read timeouts (nginx's
+    /// proxy_read_timeout is 60 s).
+    #[arg(long = "changes-keepalive-secs", id = "CHANGES_KEEPALIVE_SECS", env = "CHANGES_KEEPALIVE_SECS", default_value = "15", value_parser = secs(1..=300))]
+    pub keepalive: Duration,
+
+    /// Most announcements a reconnecting stream is sent to catch up (Last-Event-ID); further
+    /// behind, it gets a fresh snapshot instead.
+    #[arg(long = "changes-replay-max", id = "CHANGES_REPLAY_MAX", env = "CHANGES_REPLAY_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub replay_max: u32,
 }
 
 impl FollowSettings {
-    /// Whether this replica follows the feed: NATS_URL set and CACHE_INVALIDATION on.
+    /// Whether this replica follows the feed: NATS_URL set.
     pub fn on(&self) -> bool {
-        self.invalidation && self.nats.url.is_some()
+        self.nats.url.is_some()
     }
 }
 

@@ -128,6 +128,21 @@ impl Database {
         otel::traced(span, self.guarded(call)).await
     }
 
+    /// [`super::current`], failing at once while PostgreSQL is known down.
+    pub async fn current(&self, ids: &[VehicleId]) -> Result<Vec<super::VehicleNow>, DbError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql current",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "SELECT",
+            db.query.summary = "current",
+            vehicle_state.vehicles = ids.len(),
+        );
+        let call = self.answered(async |conn| super::current(conn, ids).await);
+        otel::traced(span, self.guarded(call)).await
+    }
+
     /// Whether PostgreSQL answers a trivial query (for `/readyz`); at once while it is known
     /// down.
     pub async fn ping(&self) -> Result<(), DbError> {

@@ -163,3 +163,57 @@ fn outcome(
         },
     })
 }
+
+/// Each vehicle of `$1` as it is now, in the order given: its version, make and model (NULL:
+/// not registered) and its latest state change (NULL: none), the one `vehicles.state` holds.
+/// One statement: the vehicle by primary key, the change by one probe of the lookup's index.
+pub const CURRENT_SQL: &str = concat!(
+    r#"
+SELECT q.id, v.make, v.model, COALESCE(v.version, 0), s.state,
+    CASE WHEN isfinite(s."timestamp") THEN (EXTRACT(EPOCH FROM s."timestamp") * 1000000)::int8 END
+FROM unnest($1::int4[]) WITH ORDINALITY AS q(id, n)
+LEFT JOIN vehicles v ON v.id = q.id
+LEFT JOIN LATERAL (
+    SELECT l.state, l."timestamp"
+    FROM "stateLogs" l
+    WHERE l."vehicleId" = q.id
+    ORDER BY "#,
+    latest_first!(),
+    r#"
+    LIMIT 1
+) s ON true
+ORDER BY q.n
+"#
+);
+
+type CurrentRow = (
+    i32,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<i64>,
+);
+
+/// [`CURRENT_SQL`]: what a stream of changes starts from.
+pub async fn current(
+    conn: &mut PgConnection,
+    ids: &[VehicleId],
+) -> Result<Vec<super::VehicleNow>, DbError> {
+    let ids: Vec<i32> = ids.iter().map(|id| id.get()).collect();
+    let rows: Vec<CurrentRow> = sqlx::query_as(CURRENT_SQL)
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, make, model, version, state, since)| super::VehicleNow {
+                id,
+                version: u64::try_from(version).unwrap_or(0),
+                vehicle: make.zip(model),
+                state: state.map(|state| (state, since)),
+            },
+        )
+        .collect())
+}

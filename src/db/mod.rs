@@ -16,7 +16,7 @@ pub use history::{HISTORY_SQL, history};
 
 pub use synthetic::{SyntheticHistory, generate};
 
-pub use lookup::{LOOKUP_MANY_SQL, LOOKUP_SQL, lookup_many};
+pub use lookup::{CURRENT_SQL, LOOKUP_MANY_SQL, LOOKUP_SQL, current, lookup_many};
 
 pub use ingest::{
     APPLY_SQL, Applied, BatchOutcome, INGEST_LOCK_SPACE, VehicleNow, apply as apply_events,

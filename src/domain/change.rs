@@ -50,6 +50,37 @@ pub enum Change {
     },
 }
 
+/// What a stream of changes starts with, one per vehicle: the vehicle as it is, before any
+/// change that follows on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    #[schema(example = 3)]
+    pub vehicle_id: i32,
+    /// The vehicle's version now (0: nothing stored about it).
+    #[schema(example = 7)]
+    pub version: u64,
+    /// The vehicle; null while no registration of it is stored.
+    pub vehicle: Option<Vehicle>,
+    /// Its state now: that of its latest state change (null: none yet).
+    #[schema(example = "sold")]
+    pub state: Option<String>,
+    /// When it entered `state` (RFC 3339, UTC).
+    #[schema(value_type = Option<String>, format = DateTime, example = "2022-09-12T12:41:41Z")]
+    pub state_since: Option<Timestamp>,
+    /// Why a snapshot: `start`, a stream's first events; `expired`, a reconnection whose
+    /// `Last-Event-ID` is older than the feed keeps (or further behind than
+    /// `CHANGES_REPLAY_MAX`), so the changes in between cannot be replayed.
+    pub reason: SnapshotReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotReason {
+    Start,
+    Expired,
+}
+
 /// The part of an announcement a replica needs to drop what it holds: read without the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -65,6 +65,10 @@ pub enum ProblemType {
     CorsRefused,
     #[serde(rename = "/problems/keys-unavailable")]
     KeysUnavailable,
+    #[serde(rename = "/problems/feed-unavailable")]
+    FeedUnavailable,
+    #[serde(rename = "/problems/too-many-streams")]
+    TooManyStreams,
 }
 
 impl ProblemType {
@@ -91,6 +95,8 @@ impl ProblemType {
             ProblemType::Unauthorized => "Unauthorized",
             ProblemType::CorsRefused => "Cross-origin request refused",
             ProblemType::KeysUnavailable => "Identity provider's keys unavailable",
+            ProblemType::FeedUnavailable => "Change feed unavailable",
+            ProblemType::TooManyStreams => "Too many streams",
         }
     }
 }

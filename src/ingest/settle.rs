@@ -74,11 +74,13 @@ impl Ingestor {
                     let delay = self.settings.retry_delay;
                     let mut unannounced = 0;
                     for ((message, kind, applied, _), stored) in committed.into_iter().zip(stored) {
+                        // Counted as what the commit made of it, announced or not: an event
+                        // delivered again after a failed announcement is then a duplicate.
                         if stored {
                             self.ack(&message, kind, &applied).await;
                         } else {
                             unannounced += 1;
-                            IngestResult::Retried.count(kind);
+                            count(kind, &applied);
                             if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
                                 tracing::warn!(error = %telemetry::chain(&*error), "NAK not sent; the event comes back after INGEST_ACK_WAIT_SECS");
                             }
@@ -132,15 +134,10 @@ impl Ingestor {
     }
 
     async fn ack(&self, message: &jetstream::Message, kind: EventKind, applied: &Applied) {
-        let result = match applied {
-            Applied::New => IngestResult::Applied,
-            Applied::Duplicate => IngestResult::Duplicate,
-            Applied::Contradicts { .. } | Applied::Refused(_) => {
-                // Routed to dead letters by the caller; never acked as applied.
-                return;
-            }
-        };
-        result.count(kind);
+        if !count(kind, applied) {
+            // Routed to dead letters by the caller; never acked as applied.
+            return;
+        }
         if let Err(error) = message.ack().await {
             tracing::warn!(error = %telemetry::chain(&*error), "ack not sent; the event comes back after INGEST_ACK_WAIT_SECS and is found duplicate");
         }
@@ -207,4 +204,15 @@ impl Ingestor {
             }
         }
     }
+}
+
+/// Counts a committed event as applied or duplicate; `false` for one that was not committed.
+fn count(kind: EventKind, applied: &Applied) -> bool {
+    let result = match applied {
+        Applied::New => IngestResult::Applied,
+        Applied::Duplicate => IngestResult::Duplicate,
+        Applied::Contradicts { .. } | Applied::Refused(_) => return false,
+    };
+    result.count(kind);
+    true
 }

@@ -2,6 +2,7 @@
 //! config, so the OpenAPI document is built from the same registrations that serve requests.
 
 mod batch;
+mod changes;
 mod conditional;
 pub mod explore;
 mod health;
@@ -33,6 +34,8 @@ pub fn configure_api(cfg: &mut ServiceConfig) {
     cfg.service(vehicles::vehicle_state_at)
         .service(batch::vehicle_states)
         .service(history::vehicle_history)
+        .service(changes::vehicle_changes)
+        .service(changes::changes)
         .service(health::livez)
         .service(health::readyz);
 }
@@ -64,6 +67,7 @@ pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     let mut examples = vehicles::problem_examples();
     examples.extend(history::problem_examples());
     examples.extend(batch::problem_examples());
+    examples.extend(changes::problem_examples());
     examples
 }
 

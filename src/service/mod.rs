@@ -1,6 +1,7 @@
 //! The lookup with its caches: the one place that decides HIT or MISS.
 
 mod batch;
+pub mod changes;
 mod fetch;
 mod flight;
 mod gather;

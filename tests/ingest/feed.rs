@@ -206,3 +206,237 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
         .await
         .expect("DEL");
 }
+
+/// One Server-Sent Event: its `id`, `event` and `data` (empty when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    id: String,
+    event: String,
+    data: String,
+}
+
+/// A stream of changes being read, event by event.
+struct Events {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(url: &str, last_event_id: Option<&str>) -> (u16, String, Self) {
+        let mut request = client().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("the replica answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let events = Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        };
+        (status, content_type, events)
+    }
+
+    /// The next event (comments and `retry:`-only blocks passed over); `None` when the stream
+    /// ended.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event {
+                    id: String::new(),
+                    event: String::new(),
+                    data: String::new(),
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data = v.to_owned();
+                    }
+                }
+                if !event.event.is_empty() {
+                    return Some(event);
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("an event within 10 s")?
+                .ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+fn json(event: &Event) -> serde_json::Value {
+    serde_json::from_str(&event.data).unwrap_or_else(|e| panic!("{event:?}: {e}"))
+}
+
+async fn change(js: &jetstream::Context, event_id: &str, vehicle: i32, state: &str, at: &str) {
+    publish_raw(
+        js,
+        "vehicles.state_changed",
+        &format!(
+            r#"{{"eventId":"{event_id}","vehicleId":{vehicle},"state":"{state}","timestamp":"{at}"}}"#
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_changes_resumes_on_another_replica_without_losing_or_repeating_one() {
+    let _turn = one_at_a_time().await;
+    let fixture = Fixture::start("feed-streams");
+    let ingest = fixture.start_ingest().await;
+    ingest.wait_ready(Duration::from_secs(10)).await;
+    let js = jetstream::new(fixture.client().await);
+    publish_raw(
+        &js,
+        "vehicles.registered",
+        r#"{"eventId":"r7","vehicleId":7,"make":"VW","model":"UP"}"#,
+    )
+    .await;
+    change(&js, "a", 7, "quoted", "2022-01-01T00:00:00Z").await;
+    let prefix = format!("streams-{}", std::process::id());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut replica = Replica::new(
+            &fixture.dir.0,
+            fixture.database_url(),
+            &redis_url(),
+            &prefix,
+        );
+        replica
+            .set("NATS_URL", &fixture.nats.url())
+            .set("CHANGES_KEEPALIVE_SECS", "1");
+        replica.start().await;
+        replicas.push(replica);
+    }
+    until_all_say(&[&replicas[0], &replicas[1]], "now", "quoted").await;
+
+    // On the first replica: a snapshot, then each change as it comes.
+    let url = |replica: &Replica| format!("{}/vehicles/7/changes", replica.url());
+    let (status, content_type, mut first) = Events::open(&url(&replicas[0]), None).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/event-stream"));
+    let snapshot = first.next().await.expect("a snapshot");
+    assert_eq!(snapshot.event, "snapshot");
+    let data = json(&snapshot);
+    assert_eq!(
+        (data["state"].as_str(), data["reason"].as_str()),
+        (Some("quoted"), Some("start")),
+        "{data}"
+    );
+    change(&js, "b", 7, "selling", "2022-02-01T00:00:00Z").await;
+    let b = first.next().await.expect("a change");
+    assert_eq!(
+        (b.event.as_str(), json(&b)["state"].as_str()),
+        ("change", Some("selling"))
+    );
+    drop(first);
+
+    // Missed while away: two changes, and one of another vehicle.
+    change(&js, "c", 7, "sold", "2022-03-01T00:00:00Z").await;
+    change(&js, "x", 8, "quoted", "2022-03-01T00:00:00Z").await;
+    change(&js, "d", 7, "sold", "2021-12-01T00:00:00Z").await;
+
+    // Back, on the other replica, with the last id received.
+    let (status, _, mut second) = Events::open(&url(&replicas[1]), Some(&b.id)).await;
+    assert_eq!(status, 200);
+    let c = second.next().await.expect("c, replayed");
+    let d = second.next().await.expect("d, replayed");
+    change(&js, "e", 7, "selling", "2022-04-01T00:00:00Z").await;
+    let e = second.next().await.expect("e, live");
+    let got: Vec<_> = [&c, &d, &e]
+        .iter()
+        .map(|event| {
+            let data = json(event);
+            (
+                event.event.clone(),
+                data["change"]["timestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("change".to_owned(), "2022-03-01T00:00:00Z".to_owned()),
+            ("change".to_owned(), "2021-12-01T00:00:00Z".to_owned()),
+            ("change".to_owned(), "2022-04-01T00:00:00Z".to_owned()),
+        ],
+        "every change missed, in order, then the live one, none twice"
+    );
+    let ids: Vec<u64> = [&b, &c, &d, &e]
+        .iter()
+        .map(|event| event.id.parse().expect("a number"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(
+        json(&e)["state"],
+        "selling",
+        "the state after e: the latest change"
+    );
+
+    // Two vehicles on one stream; then the replica stops, and says so.
+    let (status, _, mut both) =
+        Events::open(&format!("{}/changes?ids=7,8", replicas[1].url()), None).await;
+    assert_eq!(status, 200);
+    let snapshots = [both.next().await.expect("7"), both.next().await.expect("8")];
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|s| (s.event.clone(), json(s)["vehicleId"].as_i64()))
+            .collect::<Vec<_>>(),
+        [
+            ("snapshot".to_owned(), Some(7)),
+            ("snapshot".to_owned(), Some(8))
+        ]
+    );
+    assert_eq!(
+        json(&snapshots[1])["vehicle"],
+        serde_json::Value::Null,
+        "8 is not registered"
+    );
+    replicas[1].send_sigterm();
+    let end = both.next().await.expect("an end event");
+    assert_eq!(end.event, "end");
+    assert!(
+        json(&end)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopping")
+    );
+
+    // Bad requests are problems, and a replica without the feed says it has none.
+    let bad = client()
+        .get(format!("{}/changes?ids=7,x", replicas[0].url()))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(bad.status().as_u16(), 400);
+    let bad = client()
+        .get(url(&replicas[0]))
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(
+        metric(
+            &replicas[0],
+            r#"vehicle_state_change_stream_events_total{event="change"}"#
+        )
+        .await
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+}

@@ -195,6 +195,14 @@ async fn a_dead_letter_no_stream_stores_is_not_acked_until_one_does_and_none_is_
     })
     .await
     .expect("the events' stream");
+    // The change feed's stream too: ingest acks nothing it has not announced.
+    js.create_stream(jetstream::stream::Config {
+        name: "VEHICLE_CHANGES".to_owned(),
+        subjects: vec!["vehicle-state.changes.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .expect("the change stream");
     let mut ingest = fixture.ingest();
     ingest.set("INGEST_CREATE_STREAM", "false");
     ingest.start().await;

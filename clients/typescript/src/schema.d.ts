@@ -4,6 +4,27 @@
  */
 
 export interface paths {
+    "/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Live changes of several vehicles, as Server-Sent Events.
+         * @description As `GET /vehicles/{id}/changes`, for each vehicle of `ids`: one `snapshot` event each, then
+         *     their `change` events in the feed's order.
+         */
+        get: operations["changes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/livez": {
         parameters: {
             query?: never;
@@ -88,6 +109,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/vehicles/{id}/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Live changes of one vehicle, as Server-Sent Events.
+         * @description `text/event-stream`: first a `snapshot` event (the vehicle as it is now), then a `change`
+         *     event for each change committed to it, as soon as `ingest` announces it. Each event's `id`
+         *     is its place in the change feed: reconnect with `Last-Event-ID` (an `EventSource` does so by
+         *     itself) or `?after=` to get every change missed, and then the live ones. A comment line
+         *     (`: keep-alive`) comes every `CHANGES_KEEPALIVE_SECS` while nothing changes. The stream ends
+         *     with an `end` event whose data says why: the replica is stopping (reconnect: the load
+         *     balancer sends you to another), or the client read slower than the vehicle changed
+         *     (reconnect with `Last-Event-ID`: nothing is lost). Needs a replica that follows the change
+         *     feed (`NATS_URL`).
+         */
+        get: operations["vehicle_changes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/vehicles/{id}/history": {
         parameters: {
             query?: never;
@@ -143,6 +192,36 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description A change committed to one vehicle, as announced on the change feed and streamed to watchers. */
+        Announcement: {
+            /** @description What was committed. */
+            change: components["schemas"]["Change"];
+            /**
+             * @description Its state now: that of its latest state change, whenever the change announced happened
+             *     (null: none yet).
+             * @example sold
+             */
+            state?: string | null;
+            /**
+             * Format: date-time
+             * @description When it entered `state` (RFC 3339, UTC).
+             * @example 2022-09-12T12:41:41Z
+             */
+            stateSince?: string | null;
+            vehicle?: null | components["schemas"]["Vehicle"];
+            /**
+             * Format: int32
+             * @example 3
+             */
+            vehicleId: number;
+            /**
+             * Format: int64
+             * @description The vehicle's version after the change: it rises with every batch that stores something
+             *     new about the vehicle. Two announcements of one change carry the same version.
+             * @example 7
+             */
+            version: number;
+        };
         /** @description One lookup: a vehicle and an instant, as in `GET /vehicles/{id}/timestamp/{ts}`. */
         BatchLookup: {
             /**
@@ -249,7 +328,7 @@ export interface components {
          * @description Every problem `type` this service sends. Relative URIs, resolved against the service.
          * @enum {string}
          */
-        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/unauthorized" | "/problems/cors-refused" | "/problems/keys-unavailable";
+        ProblemType: "/problems/invalid-vehicle-id" | "/problems/invalid-timestamp" | "/problems/vehicle-not-found" | "/problems/no-state-at-timestamp" | "/problems/route-not-found" | "/problems/method-not-allowed" | "/problems/database-unavailable" | "/problems/overloaded" | "/problems/internal-error" | "/problems/invalid-body" | "/problems/invalid-batch-size" | "/problems/body-too-large" | "/problems/unsupported-media-type" | "/problems/invalid-query" | "/problems/request-timeout" | "/problems/length-required" | "/problems/rate-limited" | "/problems/unauthorized" | "/problems/cors-refused" | "/problems/keys-unavailable" | "/problems/feed-unavailable" | "/problems/too-many-streams";
         /** @description Readiness of this replica to take traffic. */
         Readiness: {
             /** @description PostgreSQL is required: without it, uncached lookups fail. */
@@ -263,6 +342,43 @@ export interface components {
          * @enum {string}
          */
         ReadinessStatus: "ready" | "not_ready" | "shutting_down";
+        /**
+         * @description What a stream of changes starts with, one per vehicle: the vehicle as it is, before any
+         *     change that follows on the stream.
+         */
+        Snapshot: {
+            /**
+             * @description Why a snapshot: `start`, a stream's first events; `expired`, a reconnection whose
+             *     `Last-Event-ID` is older than the feed keeps (or further behind than
+             *     `CHANGES_REPLAY_MAX`), so the changes in between cannot be replayed.
+             */
+            reason: components["schemas"]["SnapshotReason"];
+            /**
+             * @description Its state now: that of its latest state change (null: none yet).
+             * @example sold
+             */
+            state?: string | null;
+            /**
+             * Format: date-time
+             * @description When it entered `state` (RFC 3339, UTC).
+             * @example 2022-09-12T12:41:41Z
+             */
+            stateSince?: string | null;
+            vehicle?: null | components["schemas"]["Vehicle"];
+            /**
+             * Format: int32
+             * @example 3
+             */
+            vehicleId: number;
+            /**
+             * Format: int64
+             * @description The vehicle's version now (0: nothing stored about it).
+             * @example 7
+             */
+            version: number;
+        };
+        /** @enum {string} */
+        SnapshotReason: "start" | "expired";
         /** @description Which state a vehicle was in at the instant asked for. */
         StateAnswer: {
             /**
@@ -314,6 +430,87 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    changes: {
+        parameters: {
+            query: {
+                /**
+                 * @description The vehicles' ids, comma-separated: 1 to `CHANGES_MAX_IDS` (100) of them.
+                 * @example 1,2,3
+                 */
+                ids: string;
+                /** @description Resume after this event `id` (as `Last-Event-ID` does). */
+                after?: number;
+            };
+            header?: {
+                /** @description The `id` of the last event received: the stream resumes after it. */
+                "Last-Event-ID"?: number | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A stream of events, as for one vehicle. */
+            200: {
+                headers: {
+                    /** @description `no-cache`. */
+                    "Cache-Control"?: string;
+                    /** @description `no`. */
+                    "X-Accel-Buffering"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description `ids` is missing, empty, longer than `CHANGES_MAX_IDS`, or holds something that is not a vehicle id, or `after`/`Last-Event-ID` is not an event id (`/problems/invalid-query`). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description As for one vehicle. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     livez: {
         parameters: {
             query?: never;
@@ -542,6 +739,99 @@ export interface operations {
                 };
             };
             /** @description With access tokens on (`AUTH_JWKS_URL`): the identity provider's keys have not been fetched yet, so the token cannot be checked (`/problems/keys-unavailable`); retry after `Retry-After` seconds. (A lookup the database cannot answer is a 503 item of a 200.) */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    vehicle_changes: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event `id` (as `Last-Event-ID` does; the header wins when both are sent). */
+                after?: number;
+            };
+            header?: {
+                /** @description The `id` of the last event received: the stream resumes after it. */
+                "Last-Event-ID"?: number | null;
+            };
+            path: {
+                /**
+                 * @description The vehicle's id: a decimal integer from 1 to 2147483647.
+                 * @example 3
+                 */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A stream of events, each `event:` `snapshot`, `change` or `end`, with an `id:` and one line of JSON `data:` (a `Snapshot`, an `Announcement`, or `{"reason": …}`). */
+            200: {
+                headers: {
+                    /** @description `no-cache`. */
+                    "Cache-Control"?: string;
+                    /** @description `no`: proxies pass each event on at once. */
+                    "X-Accel-Buffering"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example retry: 2000
+                     *
+                     *     id: 41
+                     *     event: snapshot
+                     *     data: {"vehicleId":3,"version":6,"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"selling","stateSince":"2022-09-11T23:21:38Z","reason":"start"}
+                     *
+                     *     id: 42
+                     *     event: change
+                     *     data: {"vehicleId":3,"version":7,"change":{"kind":"state_changed","state":"sold","timestamp":"2022-09-12T12:41:41Z"},"vehicle":{"id":3,"make":"VW","model":"GOLF"},"state":"sold","stateSince":"2022-09-12T12:41:41Z"}
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            /** @description The id is not valid (`/problems/invalid-vehicle-id`), or `after`/`Last-Event-ID` is not an event id (`/problems/invalid-query`). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description This replica does not follow the change feed (`/problems/feed-unavailable`), streams as many clients as it may (`/problems/too-many-streams`, with `Retry-After`), or the database cannot answer for the snapshot (`/problems/database-unavailable`). */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */
