@@ -91,7 +91,14 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
         }
     };
     let subjects = broker::change_subjects(&settings.changes);
-    state.changes.hub.set_stream(stream.clone());
+    let last = match stream.get_info().await {
+        Ok(info) => info.state.last_sequence,
+        Err(error) => {
+            tracing::warn!(error = %telemetry::chain(&error), "cannot read the change stream's position; following from its next announcement");
+            0
+        }
+    };
+    state.changes.hub.set_stream(stream.clone(), last);
     let _redis = settings.invalidation.then(|| {
         AbortOnDrop(tokio::spawn(redis_follower(
             stream.clone(),

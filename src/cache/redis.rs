@@ -178,12 +178,21 @@ impl RedisCache {
             db.system = "redis",
             db.operation.name = "GET",
         );
-        let (value, pttl): (Option<Vec<u8>>, i64) = otel::traced(
+        // The vehicle's floor comes in the same round trip (its key shares the page's slot):
+        // a page read before a change the feed announced is refused here, by every replica,
+        // one that started after the announcement included.
+        let floor = key
+            .vehicle()
+            .and_then(|id| VehicleId::from_i64(id.into()).ok())
+            .map(|id| self.floor_key(id));
+        let floor_key = floor.as_ref().unwrap_or(key);
+        let (value, pttl, floor): (Option<Vec<u8>>, i64, Option<Vec<u8>>) = otel::traced(
             span,
             self.connections.bounded(|mut conn| async move {
                 Ok(redis::pipe()
                     .get(key.as_str())
                     .pttl(key.as_str())
+                    .get(floor_key.as_str())
                     .query_async(&mut conn)
                     .await?)
             }),
@@ -195,7 +204,17 @@ impl RedisCache {
         // PTTL is negative when the key vanished between the two commands (-2) or has no
         // expiry (-1, which this service never writes): serve it, but let nobody keep it.
         let pttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
-        Ok(self.interpret(Bytes::from(value), None, pttl)?)
+        let cached = self.interpret(Bytes::from(value), None, pttl)?;
+        let floor: u64 = floor
+            .filter(|_| !std::ptr::eq(floor_key, key))
+            .and_then(|raw| std::str::from_utf8(&raw).ok()?.parse().ok())
+            .unwrap_or(0);
+        Ok(match cached {
+            Cached::Fresh(answer, _) | Cached::Stale(answer) if answer.version < floor => {
+                Cached::Absent
+            }
+            other => other,
+        })
     }
 
     /// For each `(key, instant)`, the segment Redis holds under the vehicle's key that covers

@@ -26,6 +26,10 @@ use crate::service::changes::Watch;
 pub const PATH_ONE: &str = "/vehicles/{id}/changes";
 pub const PATH_MANY: &str = "/changes";
 
+/// How long a resuming stream waits for a replica that has just started to find the change
+/// stream, before it is sent a snapshot instead of what it missed.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a client waits before reconnecting after the stream ends (the `retry:` field, ms).
 const RETRY_MS: u32 = 2_000;
 
@@ -210,6 +214,10 @@ async fn open(
         Some(value) => Some(event_id(value.to_str().unwrap_or("?"), "Last-Event-ID")?),
         None => after,
     };
+    // A replica just started finds the change stream within moments: a stream opened meanwhile
+    // waits for it, or it would miss what is announced before then (and a resuming client would
+    // be taken to be ahead of it).
+    let attached = streams.hub.attached(ATTACH_WAIT).await;
     let watch = streams
         .hub
         .watch(&ids)
@@ -222,6 +230,7 @@ async fn open(
     first.push_back(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
     let replayed = match after {
         None => None,
+        Some(_) if !attached => None,
         Some(after) if after >= from => Some(Vec::new()),
         Some(after) => match streams.hub.stream() {
             Some(stream) => {

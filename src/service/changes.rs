@@ -89,8 +89,32 @@ impl ChangeHub {
         self.stream.get()
     }
 
-    pub fn set_stream(&self, stream: async_nats::jetstream::stream::Stream) {
+    /// The follower found the change stream, which then held announcements up to `last`: a
+    /// replica that has just started is current up to there (it holds nothing older), so a
+    /// stream resuming after an earlier id is replayed the difference.
+    pub fn set_stream(&self, stream: async_nats::jetstream::stream::Stream, last: u64) {
+        {
+            let _watchers = self
+                .watchers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.position.load(Ordering::Acquire) == 0 {
+                self.position.store(last, Ordering::Release);
+            }
+        }
         let _ = self.stream.set(stream);
+    }
+
+    /// Waits up to `within` for the follower to find the change stream; whether it has.
+    pub async fn attached(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.stream.get().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// How many streams are open.

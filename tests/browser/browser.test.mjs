@@ -11,13 +11,15 @@
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, existsSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, existsSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
+import { connect as connectNats, StringCodec } from "nats";
 import { chromium } from "playwright-core";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -69,10 +71,10 @@ function policyViolations(page) {
   return seen;
 }
 
-function startServer(allowedOrigins, extraEnv = {}) {
+function startServer(allowedOrigins, extraEnv = {}, args = ["serve", "--seed", "sample"]) {
   const url = new URL(postgres);
   url.pathname = `/${database}`;
-  const child = spawn(BINARY, ["serve", "--seed", "sample"], {
+  const child = spawn(BINARY, args, {
     cwd: tmpdir(),
     env: {
       PATH: process.env.PATH,
@@ -386,4 +388,94 @@ test("the typed client's example calls every endpoint", () => {
   assert.match(output, /^history: quoted from 2022-09-11T09:11:45Z until 2022-09-11T23:21:38Z$/m);
   assert.match(output, /^history: sold from 2022-09-12T12:41:41Z until now$/m);
   assert.match(output, /^missing: 404 \/problems\/vehicle-not-found$/m);
+});
+
+/** A port nothing listens on now, to start a server on and start it again on after a stop. */
+function freePort() {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(what, check, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("the explore page follows a vehicle live, and misses no change across its replica's restart", async () => {
+  // The change feed's parts, as in production: a nats-server of this test's own (a current
+  // release: NATS_SERVER_BIN, as .ci/checks sets it), ingest, and a replica following the feed
+  // on a fixed port, so that it comes back on the same address.
+  const natsBin = process.env.NATS_SERVER_BIN ?? path.join(ROOT, "target/nats-venv/bin/nats-server");
+  const store = mkdtempSync(path.join(tmpdir(), "vs-browser-nats-"));
+  const natsPort = await freePort();
+  const natsServer = spawn(natsBin, ["-js", "-a", "127.0.0.1", "-p", String(natsPort), "-sd", store], { stdio: "ignore" });
+  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+  const dbUrl = new URL(postgres);
+  dbUrl.pathname = `/${database}`;
+  const ingestPort = await freePort();
+  const ingest = spawn(BINARY, ["ingest"], {
+    cwd: tmpdir(),
+    env: {
+      PATH: process.env.PATH, DATABASE_URL: dbUrl.toString(), NATS_URL: natsUrl,
+      INGEST_BIND_ADDR: `127.0.0.1:${ingestPort}`, MIGRATE_ON_START: "false", LOG_FORMAT: "json", RUST_LOG: "warn",
+    },
+    stdio: "ignore",
+  });
+  const port = await freePort();
+  const env = { NATS_URL: natsUrl, BIND_ADDR: `127.0.0.1:${port}`, MIGRATE_ON_START: "false" };
+  let replica = await startServer("", env, ["serve"]);
+  let nc;
+  try {
+    await waitFor("ingest ready", async () => (await fetch(`http://127.0.0.1:${ingestPort}/readyz`)).ok);
+    nc = await connectNats({ servers: natsUrl });
+    const js = nc.jetstream();
+    const codec = StringCodec();
+    const publish = (eventId, state, timestamp) =>
+      js.publish("vehicles.state_changed", codec.encode(JSON.stringify({ eventId, vehicleId: 3, state, timestamp })));
+
+    const page = await browser.newPage();
+    const violations = policyViolations(page);
+    await page.goto(`${replica.base}/explore/`);
+    await page.waitForSelector("#live:has-text('Live: watching vehicle 3')");
+    await publish("live-1", "selling", "2022-09-14T00:00:00Z");
+    await page.waitForSelector('#timeline rect[data-at="2022-09-14T00:00:00Z"]', { timeout: 10_000 });
+    assert.match(await page.textContent("#live"), /changed \(selling at 2022-09-14T00:00:00Z\); it is now selling/);
+
+    // The replica stops (its stream ends, saying so) and comes back; a change made meanwhile
+    // reaches the page when the browser reconnects with the last event's id.
+    replica.child.kill("SIGTERM");
+    await replica.exited;
+    await publish("live-2", "sold", "2022-09-15T00:00:00Z");
+    replica = await startServer("", env, ["serve"]);
+    await page.waitForSelector('#timeline rect[data-at="2022-09-15T00:00:00Z"]', { timeout: 20_000 });
+    await publish("live-3", "quoted", "2022-09-10T00:00:00Z");
+    await page.waitForSelector('#timeline rect[data-at="2022-09-10T00:00:00Z"]', { timeout: 10_000 });
+
+    const ids = (await page.getAttribute("#live", "data-ids")).split(",").map(Number);
+    assert.equal(ids.length, 3, `each change once: ${ids}`);
+    assert.ok(ids[0] < ids[1] && ids[1] < ids[2], `in the feed's order: ${ids}`);
+    assert.deepEqual(violations, []);
+    await page.close();
+  } finally {
+    await nc?.close();
+    replica.child.kill("SIGTERM");
+    await replica.exited;
+    ingest.kill("SIGTERM");
+    natsServer.kill("SIGTERM");
+    await new Promise((r) => natsServer.on("close", r));
+    rmSync(store, { recursive: true, force: true });
+  }
 });

@@ -19,3 +19,53 @@ export type Problem = components["schemas"]["Problem"];
 export function createVehicleStateClient(baseUrl: string, options: Omit<ClientOptions, "baseUrl"> = {}) {
   return createClient<paths>({ ...options, baseUrl });
 }
+
+/** A change committed to a vehicle, as a stream of changes sends it. */
+export type Announcement = components["schemas"]["Announcement"];
+/** What a stream of changes starts with: the vehicle as it is now. */
+export type Snapshot = components["schemas"]["Snapshot"];
+
+/** What to do with each event of a stream of changes; `id` is the event's place in the feed. */
+export interface ChangeHandlers {
+  snapshot?(snapshot: Snapshot, id: string): void;
+  change?(announcement: Announcement, id: string): void;
+  /** The server ended the stream (it is stopping, or this client read too slowly); the
+   * EventSource reconnects by itself with `Last-Event-ID`, and nothing is lost. */
+  end?(reason: string): void;
+  error?(event: Event): void;
+}
+
+/**
+ * Watches vehicles' changes: `GET /vehicles/{id}/changes` for one id, `GET /changes?ids=` for
+ * several. An `EventSource` reconnects by itself after a network error or the end of a stream,
+ * sending the last event's id, and the service resumes from there: no change is lost or
+ * repeated. Call `close()` on the result to stop. `EventSourceImpl` is for runtimes without a
+ * global `EventSource` (Node.js before 22).
+ */
+export function subscribeToChanges(
+  baseUrl: string,
+  ids: number | readonly number[],
+  handlers: ChangeHandlers,
+  options: { withCredentials?: boolean; EventSourceImpl?: typeof EventSource } = {},
+): EventSource {
+  const base = baseUrl.replace(/\/$/, "");
+  const url = typeof ids === "number"
+    ? `${base}/vehicles/${ids}/changes`
+    : `${base}/changes?ids=${ids.join(",")}`;
+  const Impl = options.EventSourceImpl ?? globalThis.EventSource;
+  const source = new Impl(url, { withCredentials: options.withCredentials ?? false });
+  source.addEventListener("snapshot", (event) => {
+    const message = event as MessageEvent<string>;
+    handlers.snapshot?.(JSON.parse(message.data) as Snapshot, message.lastEventId);
+  });
+  source.addEventListener("change", (event) => {
+    const message = event as MessageEvent<string>;
+    handlers.change?.(JSON.parse(message.data) as Announcement, message.lastEventId);
+  });
+  source.addEventListener("end", (event) => {
+    const message = event as MessageEvent<string>;
+    handlers.end?.((JSON.parse(message.data) as { reason: string }).reason);
+  });
+  source.addEventListener("error", (event) => handlers.error?.(event));
+  return source;
+}

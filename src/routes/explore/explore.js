@@ -5,6 +5,7 @@ const WIDTH = 900, LEFT = 10, RIGHT = 890, BAND_TOP = 20, BAND_HEIGHT = 50;
 const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
 let shown = null; // { id, start, end } of the timeline on screen
+let live = null; // the EventSource of the vehicle on screen
 
 async function problemText(response) {
   try {
@@ -15,13 +16,14 @@ async function problemText(response) {
   }
 }
 
-// Every page of the vehicle's history (a page holds up to 1000 changes).
-async function history(id) {
+// Every page of the vehicle's history (a page holds up to 1000 changes). `fresh`: after a
+// change, ask past the browser's own cache (its copy may be up to max-age old), revalidating.
+async function history(id, fresh = false) {
   let changes = [], after = null, vehicle = null;
   for (let page = 0; page < 20; page++) {
     const query = new URLSearchParams({ limit: "1000" });
     if (after) query.set("after", after);
-    const response = await fetch(`/vehicles/${encodeURIComponent(id)}/history?${query}`);
+    const response = await fetch(`/vehicles/${encodeURIComponent(id)}/history?${query}`, fresh ? { cache: "no-cache" } : {});
     if (!response.ok) throw new Error(await problemText(response));
     const body = await response.json();
     vehicle = body.vehicle;
@@ -107,6 +109,40 @@ async function lookup(id, instant) {
   }
 }
 
+// Live: the vehicle's changes as the service streams them (Server-Sent Events). Each change
+// redraws the timeline; the EventSource reconnects by itself (to another replica when this one
+// stops) with the last event's id, and the service replays what was missed.
+function follow(id) {
+  if (live) live.close();
+  const status = $("live");
+  status.dataset.ids = "";
+  status.textContent = "";
+  live = new EventSource(`/vehicles/${encodeURIComponent(id)}/changes`);
+  live.addEventListener("snapshot", async (event) => {
+    status.textContent = `Live: watching vehicle ${id}.`;
+    // Back after longer than the feed keeps: what changed meanwhile is in the history.
+    if (JSON.parse(event.data).reason === "expired" && shown && String(shown.id) === String(id)) {
+      const { vehicle, changes } = await history(id, true);
+      draw(id, vehicle, changes);
+    }
+  });
+  live.addEventListener("change", async (event) => {
+    const change = JSON.parse(event.data);
+    status.dataset.ids = status.dataset.ids ? `${status.dataset.ids},${event.lastEventId}` : event.lastEventId;
+    const what = change.change.kind === "state_changed" ? `${change.change.state} at ${change.change.timestamp}` : "registered";
+    status.textContent = `Live: vehicle ${id} changed (${what}); it is now ${change.state || "without a state"}.`;
+    if (shown && String(shown.id) === String(id)) {
+      const { vehicle, changes } = await history(id, true);
+      draw(id, vehicle, changes);
+    }
+  });
+  live.addEventListener("error", () => {
+    // A replica without the change feed answers 503: stop asking. Otherwise the browser
+    // reconnects by itself.
+    if (live && live.readyState === EventSource.CLOSED) status.textContent = "Live updates unavailable.";
+  });
+}
+
 $("pick").addEventListener("submit", async (event) => {
   event.preventDefault();
   const id = $("id").value.trim();
@@ -114,6 +150,7 @@ $("pick").addEventListener("submit", async (event) => {
     const { vehicle, changes } = await history(id);
     draw(id, vehicle, changes);
     $("answer").textContent = "";
+    follow(id);
   } catch (error) {
     $("timeline").replaceChildren();
     $("vehicle").textContent = "";
