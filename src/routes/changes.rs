@@ -99,7 +99,7 @@ pub async fn vehicle_changes(
         )),
         (status = 400, description = "`ids` is missing, empty, longer than `CHANGES_MAX_IDS`, or holds something that is not a vehicle id, or `after`/`Last-Event-ID` is not an event id (`/problems/invalid-query`).", body = Problem, content_type = "application/problem+json"),
         super::Refusals,
-        (status = 503, description = "As for one vehicle.", body = Problem, content_type = "application/problem+json", headers(
+        (status = 503, description = "As for one vehicle: this replica does not follow the change feed (`/problems/feed-unavailable`), streams as many clients as it may (`/problems/too-many-streams`), or the database cannot answer for the snapshots (`/problems/database-unavailable`).", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u32, description = "Seconds to wait before retrying."),
         )),
     ),

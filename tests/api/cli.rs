@@ -341,7 +341,7 @@ async fn migrate_logs_the_migrations_it_applied_and_no_postgres_notice() {
     let again = lines(&second);
     assert!(
         again.iter().any(
-            |l| l["message"] == "migrations are up to date: none pending" && l["migrations"] == 2
+            |l| l["message"] == "migrations are up to date: none pending" && l["migrations"] == 3
         ),
         "{again:?}"
     );

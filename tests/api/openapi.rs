@@ -44,16 +44,25 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
     assert_eq!(
         paths,
         [
+            "/changes",
             "/livez",
             "/metrics",
             "/readyz",
             "/vehicles/states",
+            "/vehicles/{id}/changes",
             "/vehicles/{id}/history",
             "/vehicles/{id}/timestamp/{ts}"
         ]
     );
     for path in paths {
         let concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");
+        if path.ends_with("/changes") {
+            // Served, and this replica follows no change feed (no NATS_URL): it says so.
+            let reply = app.get(&format!("{concrete}?ids=3")).await;
+            assert_eq!(reply.status, 503, "{path}: {}", reply.body);
+            assert_eq!(reply.json()["type"], "/problems/feed-unavailable");
+            continue;
+        }
         let methods: Vec<&String> = spec["paths"][&path]
             .as_object()
             .expect("operations")

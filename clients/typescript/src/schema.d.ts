@@ -498,7 +498,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description As for one vehicle. */
+            /** @description As for one vehicle: this replica does not follow the change feed (`/problems/feed-unavailable`), streams as many clients as it may (`/problems/too-many-streams`), or the database cannot answer for the snapshots (`/problems/database-unavailable`). */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */
