@@ -171,11 +171,14 @@ async fn limited(
         .config
         .clone();
     if held.max_age != config.max_age || held.max_bytes != config.max_bytes {
-        tracing::info!(
+        // Said loudly: a tighter limit drops what the stream held beyond it.
+        tracing::warn!(
             stream = %name,
             max_age_secs = config.max_age.as_secs(),
             max_bytes = config.max_bytes,
-            "the stream's limits differ from the settings; updating them"
+            held_max_age_secs = held.max_age.as_secs(),
+            held_max_bytes = held.max_bytes,
+            "the stream's limits differ from the settings; applying the settings (messages beyond them are dropped)"
         );
         js.update_stream(stream::Config {
             max_age: config.max_age,
@@ -314,10 +317,12 @@ pub async fn replay(
         .get_info()
         .await
         .context("cannot read the change stream's state")?;
-    if after.saturating_add(1) < info.state.first_sequence {
+    // Older than the stream keeps, or an id it never gave (the stream was made anew, or the id
+    // is made up): what came between cannot be told.
+    if after.saturating_add(1) < info.state.first_sequence || after > info.state.last_sequence {
         return Ok(None);
     }
-    let mut found = Vec::new();
+    let found = Vec::new();
     if after >= until {
         return Ok(Some(found));
     }
@@ -333,6 +338,22 @@ pub async fn replay(
         })
         .await
         .context("cannot read the change stream")?;
+    let name = consumer.cached_info().name.clone();
+    let found = read_replay(&consumer, found, until, max).await;
+    // Gone at once rather than after its inactive threshold: a storm of reconnections would
+    // otherwise leave as many consumers on the server.
+    if let Err(error) = stream.delete_consumer(&name).await {
+        tracing::debug!(error = %error, consumer = %name, "a replay's consumer was not deleted; it goes by itself within 30 s");
+    }
+    found
+}
+
+async fn read_replay(
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    mut found: Vec<(u64, bytes::Bytes)>,
+    until: u64,
+    max: usize,
+) -> anyhow::Result<Option<Vec<(u64, bytes::Bytes)>>> {
     loop {
         let mut batch = consumer
             .fetch()

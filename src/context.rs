@@ -35,6 +35,8 @@ pub struct ChangeStreams {
     pub keepalive: std::time::Duration,
     pub replay_max: usize,
     pub subject_prefix: String,
+    /// Replays of the change stream at once (reconnecting streams that missed announcements).
+    pub replays: tokio::sync::Semaphore,
 }
 
 /// The bounds of one `POST /vehicles/states`.

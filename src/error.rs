@@ -96,6 +96,11 @@ pub enum ApiError {
         "this replica does not follow the change feed (NATS_URL is not set), so it cannot stream changes"
     )]
     FeedUnavailable,
+    /// The replica follows the feed, but cannot reach it now (NATS down, the stream missing).
+    #[error(
+        "this replica cannot reach the change feed now, so it cannot stream changes; retry after {retry_after_secs} seconds"
+    )]
+    FeedNotFollowed { retry_after_secs: u32 },
     /// `CHANGES_MAX_STREAMS` streams are open on this replica.
     #[error(
         "this replica streams changes to as many clients as it may ({max}, CHANGES_MAX_STREAMS); retry after {retry_after_secs} seconds (another replica may take you)"
@@ -129,7 +134,9 @@ impl ApiError {
             ApiError::DatabaseUnavailable { .. } => ProblemType::DatabaseUnavailable,
             ApiError::Overloaded { .. } => ProblemType::Overloaded,
             ApiError::CorsRefused(_) => ProblemType::CorsRefused,
-            ApiError::FeedUnavailable => ProblemType::FeedUnavailable,
+            ApiError::FeedUnavailable | ApiError::FeedNotFollowed { .. } => {
+                ProblemType::FeedUnavailable
+            }
             ApiError::TooManyStreams { .. } => ProblemType::TooManyStreams,
             ApiError::Internal(_) => ProblemType::InternalError,
         }
@@ -173,7 +180,8 @@ impl ApiError {
             ApiError::Overloaded { .. }
             | ApiError::KeysUnavailable { .. }
             | ApiError::TooManyStreams { .. }
-            | ApiError::FeedUnavailable => false,
+            | ApiError::FeedUnavailable
+            | ApiError::FeedNotFollowed { .. } => false,
             ApiError::DatabaseUnavailable { source, .. } => {
                 !matches!(**source, LookupError::Db(DbError::Down))
             }
@@ -201,7 +209,8 @@ impl ApiError {
         | ApiError::KeysUnavailable { retry_after_secs }
         | ApiError::TooManyStreams {
             retry_after_secs, ..
-        } = self
+        }
+        | ApiError::FeedNotFollowed { retry_after_secs } = self
         {
             builder.insert_header((header::RETRY_AFTER, *retry_after_secs));
             builder.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
@@ -272,6 +281,7 @@ impl ResponseError for ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::KeysUnavailable { .. }
             | ApiError::FeedUnavailable
+            | ApiError::FeedNotFollowed { .. }
             | ApiError::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

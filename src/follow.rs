@@ -91,11 +91,14 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
         }
     };
     let subjects = broker::change_subjects(&settings.changes);
-    let last = match stream.get_info().await {
-        Ok(info) => info.state.last_sequence,
-        Err(error) => {
-            tracing::warn!(error = %telemetry::chain(&error), "cannot read the change stream's position; following from its next announcement");
-            0
+    // Where the stream is now: this replica holds nothing older, and follows from the next one.
+    let last = loop {
+        match stream.get_info().await {
+            Ok(info) => break info.state.last_sequence,
+            Err(error) => {
+                tracing::warn!(error = %telemetry::chain(&error), "cannot read the change stream's position; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
         }
     };
     state.changes.hub.set_stream(stream.clone(), last);
@@ -123,11 +126,10 @@ async fn memory_follower(
 ) {
     let hub = &state.changes.hub;
     loop {
-        let deliver_policy = match hub.position() {
-            0 => consumer::DeliverPolicy::New,
-            last => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: last + 1,
-            },
+        // From the announcement after the last one handled (or, at first, after where the stream
+        // stood when found): nothing published meanwhile is missed.
+        let deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: hub.position() + 1,
         };
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -159,8 +161,12 @@ async fn memory_follower(
                     break;
                 }
             };
-            let Ok(info) = message.info() else {
-                continue;
+            let info = match message.info() {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::warn!(error = %error, subject = %message.subject, "a message of the change feed without JetStream's metadata; passed over");
+                    continue;
+                }
             };
             let (sequence, published_ns) =
                 (info.stream_sequence, info.published.unix_timestamp_nanos());
@@ -260,7 +266,8 @@ async fn redis_follower(
             let changed: Vec<(VehicleId, u64)> = taken
                 .iter()
                 .filter(|message| {
-                    message.info().is_ok_and(|info| {
+                    // Without JetStream's metadata (never seen): carried out, to be safe.
+                    message.info().map_or(true, |info| {
                         let published = UNIX_EPOCH
                             + Duration::from_nanos(
                                 u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),

@@ -33,6 +33,10 @@ use crate::service::{Gathering, StateService};
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
+/// Replays of the change stream a replica runs at once: each reads up to `CHANGES_REPLAY_MAX`
+/// announcements into memory, so a storm of reconnections costs at most this many times that.
+const REPLAYS_AT_ONCE: usize = 8;
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -165,6 +169,7 @@ impl Application {
                 keepalive: settings.follow.keepalive,
                 replay_max: settings.follow.replay_max as usize,
                 subject_prefix: settings.follow.changes.subject_prefix.clone(),
+                replays: tokio::sync::Semaphore::new(REPLAYS_AT_ONCE),
             },
         });
 

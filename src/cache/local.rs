@@ -137,8 +137,8 @@ impl LocalCache {
     }
 
     /// Keeps an entry under `key`, until its own deadline, beside the others held there: those
-    /// past their deadline, and any whose segment overlaps the new one's (read before a change
-    /// that split or ended it), are let go. Two inserts under one key at the same moment may
+    /// past their deadline, any whose segment overlaps the new one's (read before a change
+    /// that split or ended it), and any read at an older version of the vehicle, are let go. Two inserts under one key at the same moment may
     /// keep only one of the two entries: the other is fetched again when next asked.
     pub async fn insert(&self, key: CacheKey, entry: Arc<LocalEntry>) {
         let now = Instant::now();
@@ -148,7 +148,11 @@ impl LocalCache {
                 .entries
                 .iter()
                 .filter(|e| {
-                    e.expires_at > now && (e.answer.end_us <= start || e.answer.start_us >= end)
+                    e.expires_at > now
+                        && (e.answer.end_us <= start || e.answer.start_us >= end)
+                        // Read at an older version of the vehicle than the new entry: the
+                        // vehicle has changed since, whatever the floor says yet.
+                        && e.answer.version >= entry.answer.version
                 })
                 .cloned()
                 .collect(),
@@ -166,6 +170,21 @@ impl LocalCache {
                 }),
             )
             .await;
+    }
+
+    /// Keeps `entry` under `key` unless the change feed has announced a later version of its
+    /// vehicle (`floors`), checked before and again after the insert: the feed raises a floor
+    /// before it drops the vehicle, so either the check sees the floor or the drop comes after
+    /// the insert. Every entry left under the key is then no older than `entry` (see
+    /// [`Self::insert`]), so the one check covers them all.
+    pub async fn keep(&self, key: CacheKey, entry: Arc<LocalEntry>, floors: &super::Floors) {
+        if !floors.admit(&key, &entry.answer) {
+            return;
+        }
+        self.insert(key.clone(), entry.clone()).await;
+        if !floors.admit(&key, &entry.answer) {
+            self.invalidate(&key).await;
+        }
     }
 
     /// Lets go of everything held under `key` (a vehicle the change feed says has changed).
@@ -190,15 +209,56 @@ mod tests {
     use crate::domain::Outcome;
 
     fn entry(start_us: i64, end_us: i64, expires_at: Instant) -> Arc<LocalEntry> {
+        versioned(start_us, end_us, expires_at, 0)
+    }
+
+    fn versioned(start_us: i64, end_us: i64, expires_at: Instant, version: u64) -> Arc<LocalEntry> {
         let answer = RenderedAnswer {
             outcome: Outcome::Found,
             body: Bytes::from(format!("{{\"start\":{start_us}}}")),
             read_at_ms: 0,
             start_us,
             end_us,
-            version: 0,
+            version,
         };
         Arc::new(LocalEntry::new(answer, expires_at, Source::Redis))
+    }
+
+    #[tokio::test]
+    async fn an_entry_read_at_a_later_version_lets_the_older_ones_go_and_the_floor_guards_all() {
+        let cache = LocalCache::new(1 << 20);
+        let floors = crate::cache::Floors::new(Duration::from_secs(60));
+        let later = Instant::now() + Duration::from_secs(60);
+        cache
+            .keep(key(), versioned(0, 100, later, 4), &floors)
+            .await;
+        cache
+            .keep(key(), versioned(200, 300, later, 5), &floors)
+            .await;
+
+        assert!(
+            cache.get(&key(), 50).await.is_none(),
+            "read at 4, the vehicle is at 5"
+        );
+        assert_eq!(
+            cache.get(&key(), 250).await.map(|e| e.answer.version),
+            Some(5)
+        );
+
+        // The feed announces 6: nothing older is kept from now on.
+        floors.raise(crate::domain::VehicleId::parse("3").expect("id"), 6);
+        cache.invalidate(&key()).await;
+        cache
+            .keep(key(), versioned(200, 300, later, 5), &floors)
+            .await;
+        assert!(cache.get(&key(), 250).await.is_none());
+        cache
+            .keep(key(), versioned(200, 300, later, 6), &floors)
+            .await;
+        assert_eq!(
+            cache.get(&key(), 250).await.map(|e| e.answer.version),
+            Some(6)
+        );
     }
 
     fn key() -> CacheKey {

@@ -267,7 +267,10 @@ pub async fn apply(
                 id: row.try_get(5)?,
                 version: u64::try_from(version).unwrap_or(0),
                 vehicle: make.zip(model),
-                state: state.map(|state| (state, row.try_get(8).ok().flatten())),
+                state: match state {
+                    Some(state) => Some((state, row.try_get(8)?)),
+                    None => None,
+                },
             });
             continue;
         }

@@ -215,9 +215,13 @@ async fn open(
         None => after,
     };
     // A replica just started finds the change stream within moments: a stream opened meanwhile
-    // waits for it, or it would miss what is announced before then (and a resuming client would
-    // be taken to be ahead of it).
-    let attached = streams.hub.attached(ATTACH_WAIT).await;
+    // waits for it. One that cannot reach it (NATS down) could send no change: 503, and the
+    // client comes back later (to this replica or another).
+    if !streams.hub.attached(ATTACH_WAIT).await {
+        return Err(ApiError::FeedNotFollowed {
+            retry_after_secs: state.retry_after.database,
+        });
+    }
     let watch = streams
         .hub
         .watch(&ids)
@@ -228,25 +232,23 @@ async fn open(
     let from = watch.from;
     let mut first = VecDeque::new();
     first.push_back(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
-    let replayed = match after {
-        None => None,
-        Some(_) if !attached => None,
-        Some(after) if after >= from => Some(Vec::new()),
-        Some(after) => match streams.hub.stream() {
-            Some(stream) => {
-                let subjects = ids
-                    .iter()
-                    .map(|id| format!("{}.{}", streams.subject_prefix, id.get()))
-                    .collect();
-                crate::broker::replay(stream, subjects, after, from, streams.replay_max)
-                    .await
-                    .unwrap_or_else(|error| {
-                        tracing::warn!(error = %format!("{error:#}"), "cannot replay the change stream; sending a snapshot instead");
-                        None
-                    })
-            }
-            None => None,
-        },
+    let replayed = match (after, streams.hub.stream()) {
+        (None, _) | (Some(_), None) => None,
+        (Some(after), Some(stream)) => {
+            let subjects = ids
+                .iter()
+                .map(|id| format!("{}.{}", streams.subject_prefix, id.get()))
+                .collect();
+            // Replays read the stream into memory: a few at a time per replica, so a storm of
+            // reconnections costs NATS and memory a bounded amount.
+            let _turn = streams.replays.acquire().await;
+            crate::broker::replay(stream, subjects, after, from, streams.replay_max)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot replay the change stream; sending a snapshot instead");
+                    None
+                })
+        }
     };
     match replayed {
         Some(events) => {

@@ -66,7 +66,8 @@ impl StateService {
                         let (cache, result) = arrived(entry.source);
                         result.count();
                         if entry.source.kept_in_memory() {
-                            self.local.insert(key.clone(), entry.clone()).await;
+                            let floors = self.redis.floors();
+                            self.local.keep(key.clone(), entry.clone(), floors).await;
                         }
                         Ok((entry, cache))
                     }

@@ -105,6 +105,11 @@ impl ChangeHub {
         let _ = self.stream.set(stream);
     }
 
+    /// Whether the follower has found the change stream.
+    pub fn is_attached(&self) -> bool {
+        self.stream.get().is_some()
+    }
+
     /// Waits up to `within` for the follower to find the change stream; whether it has.
     pub async fn attached(&self, within: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

@@ -249,14 +249,8 @@ impl StateService {
                 };
                 if let Ok(entry) = &fetched
                     && entry.source.kept_in_memory()
-                    && floors.admit(&key, &entry.answer)
                 {
-                    local.insert(key.clone(), entry.clone()).await;
-                    // The feed may have raised the floor since the check (and dropped the key
-                    // before this insert): checked again, so a stale entry never stays.
-                    if !floors.admit(&key, &entry.answer) {
-                        local.invalidate(&key).await;
-                    }
+                    local.keep(key, entry.clone(), &floors).await;
                 }
                 if let Some(landing) = landing {
                     landing.land(fetched.clone());

@@ -120,6 +120,15 @@ pub async fn scenario() {
     // Assert: what was measured first, then what must hold.
     let got = tables(&db.database_url).await;
     let (_, messages) = stream_state(&js).await;
+    // The change feed (R3 too): each registration and each change announced once, however
+    // often its event was delivered (announcements made again carry the change's own id).
+    let announced = js
+        .get_stream("VEHICLE_CHANGES")
+        .await
+        .expect("the change stream")
+        .get_info()
+        .await
+        .expect("its state");
     let (pause_from, pause) = progress.longest_pause_after(killed);
     let counted = |kind: &str, result: &str| {
         format!(r#"vehicle_state_ingest_events_total{{type="{kind}",result="{result}"}}"#)
@@ -181,6 +190,11 @@ pub async fn scenario() {
         (3, events as u64, events as u64),
         "the stream's replicas, and its messages after publish and at the end, for {events} \
          events"
+    );
+    assert_eq!(
+        (announced.config.num_replicas, announced.state.messages),
+        (3, events as u64),
+        "the change stream's replicas and announcements, for {events} events"
     );
     assert_ne!(new_leader, leader);
     assert!(
