@@ -15,6 +15,8 @@
 //! stream gone, answers stay correct within `CACHE_TTL_SECS` as without a feed, and
 //! `vehicle_state_feed_following` says so.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
@@ -79,6 +81,22 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
             }
         }
     };
+    // Following means connected, with the consumer in place: checked every second, since a
+    // consumer waiting on a lost connection says nothing until the connection is back.
+    let live = Arc::new(AtomicBool::new(false));
+    let _watch = AbortOnDrop(tokio::spawn({
+        let (client, live) = (client.clone(), live.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                let following = connected && live.load(Ordering::Acquire);
+                ::metrics::gauge!(FEED_FOLLOWING).set(if following { 1.0 } else { 0.0 });
+            }
+        }
+    }));
     let js = jetstream::new(client);
     let name = &settings.changes.stream;
     let stream = loop {
@@ -110,7 +128,7 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
             state.clone(),
         )))
     });
-    memory_follower(stream, subjects, state, settings.invalidation).await;
+    memory_follower(stream, subjects, state, settings.invalidation, live).await;
     Ok(())
 }
 
@@ -123,6 +141,7 @@ async fn memory_follower(
     subjects: String,
     state: web::Data<AppContext>,
     invalidate: bool,
+    live: Arc<AtomicBool>,
 ) {
     let hub = &state.changes.hub;
     loop {
@@ -145,13 +164,13 @@ async fn memory_follower(
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(error) => {
-                ::metrics::gauge!(FEED_FOLLOWING).set(0.0);
+                live.store(false, Ordering::Release);
                 tracing::warn!(error = %format!("{error:#}"), "cannot follow the change stream; trying again");
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
-        ::metrics::gauge!(FEED_FOLLOWING).set(1.0);
+        live.store(true, Ordering::Release);
         tracing::info!(stream = %stream.cached_info().config.name, "following the change feed");
         while let Some(message) = messages.next().await {
             let message = match message {
@@ -187,7 +206,7 @@ async fn memory_follower(
             let lag = Duration::from_nanos(u64::try_from(now_ns - published_ns).unwrap_or(0));
             ::metrics::histogram!(FEED_LAG).record(lag);
         }
-        ::metrics::gauge!(FEED_FOLLOWING).set(0.0);
+        live.store(false, Ordering::Release);
         tokio::time::sleep(RETRY).await;
     }
 }

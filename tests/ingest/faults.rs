@@ -66,6 +66,27 @@ async fn killed_mid_batch_then_restarted_stores_every_change_exactly_once() {
     let got = wait_for_tables(fixture.database_url(), &expected, Duration::from_secs(60)).await;
 
     assert_tables_are_the_reference(&got, &expected, || ingest.log_tail());
+    // The change feed too: each registration and each change announced once, though what the
+    // killed process had committed and not acked was delivered, and announced, again.
+    let events = (expected.vehicles.len() + expected.logs.len()) as u64;
+    let js = async_nats::jetstream::new(fixture.client().await);
+    let mut announced = 0;
+    for _ in 0..100 {
+        announced = js
+            .get_stream("VEHICLE_CHANGES")
+            .await
+            .expect("the change stream")
+            .get_info()
+            .await
+            .expect("its state")
+            .state
+            .messages;
+        if announced >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(announced, events, "announcements for {events} events");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

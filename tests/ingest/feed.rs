@@ -440,3 +440,102 @@ async fn a_stream_of_changes_resumes_on_another_replica_without_losing_or_repeat
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_a_replica_stays_ready_and_correct_and_follows_again_when_it_is_back() {
+    let _turn = one_at_a_time().await;
+    let mut fixture = Fixture::start("feed-outage");
+    let ingest = fixture.start_ingest().await;
+    ingest.wait_ready(Duration::from_secs(10)).await;
+    let js = jetstream::new(fixture.client().await);
+    publish_raw(
+        &js,
+        "vehicles.registered",
+        r#"{"eventId":"r7","vehicleId":7,"make":"VW","model":"UP"}"#,
+    )
+    .await;
+    change(&js, "a", 7, "quoted", "2022-01-01T00:00:00Z").await;
+    drop(js);
+    let mut replica = Replica::new(
+        &fixture.dir.0,
+        fixture.database_url(),
+        &redis_url(),
+        &format!("outage-{}", std::process::id()),
+    );
+    // A short TTL: without the feed, a change is answered once it has passed.
+    replica
+        .set("NATS_URL", &fixture.nats.url())
+        .set("CACHE_TTL_SECS", "2");
+    replica.start().await;
+    until_all_say(&[&replica, &replica], "now", "quoted").await;
+    assert_eq!(
+        metric(&replica, "vehicle_state_feed_following").await,
+        Some(1.0)
+    );
+
+    tokio::task::block_in_place(|| fixture.nats.stop());
+    let down = Instant::now();
+    let mut following = None;
+    while down.elapsed() < Duration::from_secs(5) {
+        let ready = client()
+            .get(format!("{}/readyz", replica.url()))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(
+            ready.status().as_u16(),
+            200,
+            "readiness does not depend on NATS"
+        );
+        assert_eq!(state(&replica, "now").await.0, "quoted");
+        following = metric(&replica, "vehicle_state_feed_following").await;
+        if following == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        following,
+        Some(0.0),
+        "the gauge says the feed is not followed"
+    );
+    // A stream opened meanwhile starts from PostgreSQL, and catches up once NATS is back.
+    let (status, _, mut events) =
+        Events::open(&format!("{}/vehicles/7/changes", replica.url()), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&events.next().await.expect("a snapshot"))["state"],
+        "quoted"
+    );
+
+    // A change committed while the replica cannot hear of it (straight into PostgreSQL, as
+    // ingest cannot announce it either): answered once the TTL has passed, as without a feed.
+    let pool = sqlx::PgPool::connect(fixture.database_url())
+        .await
+        .expect("connect");
+    sqlx::query(
+        r#"INSERT INTO "stateLogs" ("vehicleId", state, "timestamp") VALUES (7, 'selling', '2022-02-01T00:00:00Z')"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let took = until_all_say(&[&replica, &replica], "now", "selling").await;
+    assert!(took <= Duration::from_secs(4), "within the TTL: {took:?}");
+
+    // Back: the replica follows again, and the stream opened during the outage gets the next
+    // change.
+    tokio::task::block_in_place(|| fixture.nats.resume());
+    let back = Instant::now();
+    while metric(&replica, "vehicle_state_feed_following").await != Some(1.0) {
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "{}",
+            replica.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let js = jetstream::new(fixture.client().await);
+    change(&js, "b", 7, "sold", "2022-03-01T00:00:00Z").await;
+    let sold = events.next().await.expect("the change");
+    assert_eq!(json(&sold)["change"]["state"], "sold");
+}
