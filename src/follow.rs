@@ -83,15 +83,25 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
     };
     // Following means connected, with the consumer in place: checked every second, since a
     // consumer waiting on a lost connection says nothing until the connection is back.
+    // Across a lost connection (a NATS restart above all) the client's ordered consumer can
+    // wait a long time to make itself again: once the connection is back, the follower makes a
+    // new one at once, from the announcement after the last it handled.
     let live = Arc::new(AtomicBool::new(false));
+    let reconnected = Arc::new(tokio::sync::Notify::new());
     let _watch = AbortOnDrop(tokio::spawn({
-        let (client, live) = (client.clone(), live.clone());
+        let (client, live, reconnected) = (client.clone(), live.clone(), reconnected.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut was_connected = true;
             loop {
                 every.tick().await;
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
+                if connected && !was_connected {
+                    live.store(false, Ordering::Release);
+                    reconnected.notify_one();
+                }
+                was_connected = connected;
                 let following = connected && live.load(Ordering::Acquire);
                 ::metrics::gauge!(FEED_FOLLOWING).set(if following { 1.0 } else { 0.0 });
             }
@@ -128,7 +138,15 @@ async fn follow(settings: FollowSettings, state: web::Data<AppContext>) -> anyho
             state.clone(),
         )))
     });
-    memory_follower(stream, subjects, state, settings.invalidation, live).await;
+    memory_follower(
+        stream,
+        subjects,
+        state,
+        settings.invalidation,
+        live,
+        reconnected,
+    )
+    .await;
     Ok(())
 }
 
@@ -142,6 +160,7 @@ async fn memory_follower(
     state: web::Data<AppContext>,
     invalidate: bool,
     live: Arc<AtomicBool>,
+    reconnected: Arc<tokio::sync::Notify>,
 ) {
     let hub = &state.changes.hub;
     loop {
@@ -171,14 +190,24 @@ async fn memory_follower(
             }
         };
         live.store(true, Ordering::Release);
+        // Said at once (the check every second says it again, and notices a lost connection).
+        ::metrics::gauge!(FEED_FOLLOWING).set(1.0);
         tracing::info!(stream = %stream.cached_info().config.name, "following the change feed");
-        while let Some(message) = messages.next().await {
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = reconnected.notified() => {
+                    tracing::info!("NATS is back; following the change feed again from where this replica was");
+                    break;
+                }
+            };
             let message = match message {
-                Ok(message) => message,
-                Err(error) => {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
                     tracing::warn!(error = %telemetry::chain(&error), "the change feed's consumer failed; following it again");
                     break;
                 }
+                None => break,
             };
             let info = match message.info() {
                 Ok(info) => info,

@@ -223,7 +223,12 @@ struct Events {
 
 impl Events {
     async fn open(url: &str, last_event_id: Option<&str>) -> (u16, String, Self) {
-        let mut request = client().get(url);
+        // No overall timeout, as the support client has: a stream lasts as long as the test.
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        let mut request = streaming.get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -536,6 +541,16 @@ async fn with_nats_down_a_replica_stays_ready_and_correct_and_follows_again_when
     }
     let js = jetstream::new(fixture.client().await);
     change(&js, "b", 7, "sold", "2022-03-01T00:00:00Z").await;
+    // Ingest's own pull resumes within a heartbeat or two of NATS's return.
+    let committed = Instant::now();
+    while state(&replica, "now").await.0 != "sold" {
+        assert!(
+            committed.elapsed() < Duration::from_secs(30),
+            "{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let sold = events.next().await.expect("the change");
     assert_eq!(json(&sold)["change"]["state"], "sold");
 }
