@@ -5,10 +5,10 @@
 //! Two consumers of the change stream, for two jobs:
 //! - **this replica's memory**: an ordered consumer of its own, from the moment it starts
 //!   following (memory holds nothing older). Each announcement raises the vehicle's floor and
-//!   drops its segments ([`StateService::changed`]); the floor also stops a read begun before
+//!   drops its segments (`StateService::changed`); the floor also stops a read begun before
 //!   the change from being kept, and makes Redis's older entries count as misses here.
 //! - **Redis**: one durable consumer that every replica shares, so each announcement is carried
-//!   out in Redis once, by whichever replica it is delivered to ([`RedisCache::invalidate`]),
+//!   out in Redis once, by whichever replica it is delivered to (`RedisCache::invalidate`),
 //!   and acked only once Redis has done it.
 //!
 //! Nothing here is on the request path, and readiness does not depend on it: with NATS or the

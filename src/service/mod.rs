@@ -145,7 +145,7 @@ impl StateService {
 
     /// What the change feed announced: vehicle `id` is at `version` now. Its floor rises first,
     /// then its segments leave memory: a fetch that read it before the change and lands in
-    /// between finds the floor when it checks after inserting (see [`Self::cached`]). Whether
+    /// between finds the floor when it checks after inserting (see `cached`). Whether
     /// the announcement was news to this replica.
     pub async fn changed(&self, id: VehicleId, version: u64) -> bool {
         let news = self.redis.floors().raise(id, version);
