@@ -197,11 +197,11 @@ pub fn change_subjects(changes: &ChangesSettings) -> String {
     format!("{}.>", changes.subject_prefix)
 }
 
-/// The subject vehicle `id`'s changes are announced on.
-pub fn change_subject(changes: &ChangesSettings, id: i32) -> String {
+/// The subject vehicle `id`'s changes are announced on, under `CHANGES_SUBJECT_PREFIX`.
+pub fn change_subject(prefix: &str, id: i32) -> String {
     let mut digits = itoa::Buffer::new();
-    let mut subject = String::with_capacity(changes.subject_prefix.len() + 12);
-    subject.push_str(&changes.subject_prefix);
+    let mut subject = String::with_capacity(prefix.len() + 12);
+    subject.push_str(prefix);
     subject.push('.');
     subject.push_str(digits.format(id));
     subject

@@ -30,6 +30,7 @@ use crate::domain::VehicleId;
 use crate::domain::change::Versioned;
 use crate::metrics::{FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG};
 use crate::service::changes::FeedEvent;
+use crate::startup::AbortOnDrop;
 use crate::telemetry;
 
 /// How long to wait before trying again when NATS, the stream or a consumer cannot be had.
@@ -362,13 +363,4 @@ fn versioned(message: &jetstream::Message) -> Option<(VehicleId, u64)> {
         tracing::warn!(subject = %message.subject, bytes = message.payload.len(), "not an announcement on the change feed; passed over");
     }
     parsed
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

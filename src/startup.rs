@@ -379,7 +379,7 @@ fn metrics_server(state: web::Data<AppContext>, port: Reserved) -> anyhow::Resul
 const METRICS_SHUTDOWN_TIMEOUT_SECS: u64 = 2;
 
 /// Aborts a background task when dropped (when `run_until_stopped` returns, however it returns).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

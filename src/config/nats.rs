@@ -99,13 +99,9 @@ pub struct NatsSettings {
 impl NatsSettings {
     /// `NATS_URL`, or the local server when unset.
     pub fn urls(&self) -> NatsUrls {
-        self.url.clone().unwrap_or_else(|| {
-            NatsUrls(vec![
-                "nats://127.0.0.1:4222"
-                    .parse()
-                    .unwrap_or_else(|_| unreachable!("a valid address")),
-            ])
-        })
+        self.url
+            .clone()
+            .unwrap_or_else(|| NatsUrls("nats://127.0.0.1:4222".parse().ok().into_iter().collect()))
     }
 }
 

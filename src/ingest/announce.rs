@@ -85,7 +85,10 @@ impl Ingestor {
         };
         let mut sent: Vec<Option<PublishAckFuture>> = Vec::with_capacity(announcements.len());
         for announcement in announcements {
-            let subject = broker::change_subject(&self.settings.changes, announcement.vehicle_id);
+            let subject = broker::change_subject(
+                &self.settings.changes.subject_prefix,
+                announcement.vehicle_id,
+            );
             let mut headers = HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,

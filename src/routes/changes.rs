@@ -237,7 +237,7 @@ async fn open(
         (Some(after), Some(stream)) => {
             let subjects = ids
                 .iter()
-                .map(|id| format!("{}.{}", streams.subject_prefix, id.get()))
+                .map(|id| crate::broker::change_subject(&streams.subject_prefix, id.get()))
                 .collect();
             // Replays read the stream into memory: a few at a time per replica, so a storm of
             // reconnections costs NATS and memory a bounded amount.

@@ -11,13 +11,28 @@ use vehicle_state_test_support::process::{Replica, client, metric, one_at_a_time
 use vehicle_state_test_support::servers::redis_url;
 
 use crate::fixture::Fixture;
+use crate::publish_raw;
 
-async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
-    js.publish(subject.to_owned(), payload.to_owned().into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+/// `n` replicas following the fixture's feed, on its database and the machine's Redis under
+/// `prefix`, each with `settings` too, started.
+async fn following(
+    fixture: &Fixture,
+    prefix: &str,
+    n: usize,
+    settings: &[(&str, &str)],
+) -> Vec<Replica> {
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut replica =
+            Replica::new(&fixture.dir.0, fixture.database_url(), &redis_url(), prefix);
+        replica.set("NATS_URL", &fixture.nats.url());
+        for (name, value) in settings {
+            replica.set(name, value);
+        }
+        replica.start().await;
+        replicas.push(replica);
+    }
+    replicas
 }
 
 /// The state (or the status, for no answer) and `X-Cache` of vehicle 7 at `at` on `replica`.
@@ -87,20 +102,7 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
     )
     .await;
     let prefix = format!("feed-{}", std::process::id());
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut replica = Replica::new(
-            &fixture.dir.0,
-            fixture.database_url(),
-            &redis_url(),
-            &prefix,
-        );
-        replica
-            .set("NATS_URL", &fixture.nats.url())
-            .set("CACHE_TTL_SECS", "3600");
-        replica.start().await;
-        replicas.push(replica);
-    }
+    let replicas = following(&fixture, &prefix, 2, &[("CACHE_TTL_SECS", "3600")]).await;
     let both = [&replicas[0], &replicas[1]];
     until_all_say(&both, "now", "selling").await;
     // Both replicas hold the current segment, in memory or Redis: asked again, a hit.
@@ -310,20 +312,7 @@ async fn a_stream_of_changes_resumes_on_another_replica_without_losing_or_repeat
     .await;
     change(&js, "a", 7, "quoted", "2022-01-01T00:00:00Z").await;
     let prefix = format!("streams-{}", std::process::id());
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut replica = Replica::new(
-            &fixture.dir.0,
-            fixture.database_url(),
-            &redis_url(),
-            &prefix,
-        );
-        replica
-            .set("NATS_URL", &fixture.nats.url())
-            .set("CHANGES_KEEPALIVE_SECS", "1");
-        replica.start().await;
-        replicas.push(replica);
-    }
+    let replicas = following(&fixture, &prefix, 2, &[("CHANGES_KEEPALIVE_SECS", "1")]).await;
     until_all_say(&[&replicas[0], &replicas[1]], "now", "quoted").await;
 
     // On the first replica: a snapshot, then each change as it comes.
@@ -461,17 +450,11 @@ async fn with_nats_down_a_replica_stays_ready_and_correct_and_follows_again_when
     .await;
     change(&js, "a", 7, "quoted", "2022-01-01T00:00:00Z").await;
     drop(js);
-    let mut replica = Replica::new(
-        &fixture.dir.0,
-        fixture.database_url(),
-        &redis_url(),
-        &format!("outage-{}", std::process::id()),
-    );
     // A short TTL: without the feed, a change is answered once it has passed.
-    replica
-        .set("NATS_URL", &fixture.nats.url())
-        .set("CACHE_TTL_SECS", "2");
-    replica.start().await;
+    let prefix = format!("outage-{}", std::process::id());
+    let replica = following(&fixture, &prefix, 1, &[("CACHE_TTL_SECS", "2")])
+        .await
+        .remove(0);
     until_all_say(&[&replica, &replica], "now", "quoted").await;
     assert_eq!(
         metric(&replica, "vehicle_state_feed_following").await,

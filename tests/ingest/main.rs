@@ -63,6 +63,15 @@ pub async fn reference(vehicles: u32, seed: u64) -> Tables {
     tables(&scratch.database_url).await
 }
 
+/// Publishes `payload` on `subject` as it is, and waits until a stream has stored it.
+pub async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload: &str) {
+    js.publish(subject.to_owned(), payload.to_owned().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
 /// A new database of the test's own with the schema and no rows.
 pub fn migrated_database() -> Scratch {
     let scratch = Scratch::new();

@@ -12,15 +12,7 @@ use vehicle_state_test_support::scratch::Scratch;
 use vehicle_state_test_support::servers::redis_url;
 
 use crate::fixture::{Fixture, STREAM};
-use crate::{tables, wait_for_tables};
-
-async fn publish_raw(js: &jetstream::Context, subject: &str, payload: &str) {
-    js.publish(subject.to_owned(), payload.to_owned().into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
-}
+use crate::{publish_raw, tables, wait_for_tables};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_good_events_are_applied() {
