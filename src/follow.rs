@@ -30,7 +30,7 @@ use crate::domain::VehicleId;
 use crate::domain::change::Versioned;
 use crate::metrics::{FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG};
 use crate::service::changes::FeedEvent;
-use crate::startup::AbortOnDrop;
+use crate::task::AbortOnDrop;
 use crate::telemetry;
 
 /// How long to wait before trying again when NATS, the stream or a consumer cannot be had.

@@ -26,4 +26,5 @@ pub mod quota;
 pub mod routes;
 pub mod service;
 pub mod startup;
+pub mod task;
 pub mod telemetry;

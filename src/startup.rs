@@ -30,6 +30,7 @@ use crate::middleware::auth::Authenticate;
 use crate::middleware::{compression, cors, head, pages, quota::Quotas};
 use crate::quota::Quota;
 use crate::service::{Gathering, StateService};
+use crate::task::AbortOnDrop;
 use crate::telemetry::{self, RequestSpan};
 use crate::{db, openapi, routes};
 
@@ -377,12 +378,3 @@ fn metrics_server(state: web::Data<AppContext>, port: Reserved) -> anyhow::Resul
 
 /// Seconds a scrape in flight gets to finish when the replica stops: a scrape is quick.
 const METRICS_SHUTDOWN_TIMEOUT_SECS: u64 = 2;
-
-/// Aborts a background task when dropped (when `run_until_stopped` returns, however it returns).
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
