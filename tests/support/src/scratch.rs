@@ -3,6 +3,9 @@
 
 use crate::servers::servers;
 
+/// How long removing a test's keys may wait on Redis (connecting, and each command).
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A database and a key prefix that a test made and that are removed when it ends, passed or not.
 pub struct Scratch {
     pub database: String,
@@ -76,8 +79,13 @@ impl Drop for Scratch {
                     .await
                     .expect("drop the test database");
                 let client = redis::Client::open(redis).expect("a Redis URL");
+                // redis-rs's default response timeout (500 ms) is short for a machine still
+                // busy with the test's load: a slow KEYS is no failure of the test.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CLEANUP_TIMEOUT))
+                    .set_response_timeout(Some(CLEANUP_TIMEOUT));
                 let mut redis = client
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .expect("connect to Redis");
                 let keys: Vec<String> = redis::cmd("KEYS")
