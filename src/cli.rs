@@ -53,6 +53,10 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseSettings,
     },
+    /// Apply migrations, then build the fleet's sums (`fleet_sums`) anew from "stateLogs": after
+    /// a write to "stateLogs" by anything but `ingest` or `seed`, counts are read from the table
+    /// itself (exact, slower) until this runs. Writers wait while it runs; readers do not.
+    RebuildFleet(DatabaseSettings),
     /// Apply vehicle events from NATS JetStream to PostgreSQL (the write side: run any number of
     /// these beside the read-only `serve` replicas).
     Ingest(Box<IngestSettings>),
@@ -230,6 +234,7 @@ impl Command {
             }
             Command::Migrate(database) => db::prepare(&database, None).await?,
             Command::Seed { data, database } => db::prepare(&database, Some(data)).await?,
+            Command::RebuildFleet(database) => db::rebuild_fleet_sums(&database).await?,
             Command::Ingest(settings) => crate::ingest::run(*settings).await?,
             Command::Publish {
                 events: PublishEvents::Synthetic(settings),

@@ -25,6 +25,8 @@ pub struct AppContext {
     pub quota: Option<std::sync::Arc<crate::quota::Quota>>,
     /// Streams of changes: the hub the change feed's follower fills, and their bounds.
     pub changes: ChangeStreams,
+    /// `FLEET_SERIES_MAX_POINTS`.
+    pub fleet_series_max_points: u32,
 }
 
 /// What streams of changes need beyond the hub: `CHANGES_MAX_IDS`, `CHANGES_KEEPALIVE_SECS`,

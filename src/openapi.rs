@@ -21,6 +21,7 @@ use crate::error::Problem;
     )),
     tags(
         (name = "vehicles", description = "Point-in-time vehicle state"),
+        (name = "fleet", description = "The whole fleet at an instant"),
         (name = "changes", description = "Live changes, as Server-Sent Events, from the change feed"),
         (name = "health", description = "Liveness and readiness for load balancers and orchestrators"),
     )

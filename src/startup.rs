@@ -172,6 +172,7 @@ impl Application {
                 subject_prefix: settings.follow.changes.subject_prefix.clone(),
                 replays: tokio::sync::Semaphore::new(REPLAYS_AT_ONCE),
             },
+            fleet_series_max_points: settings.http.fleet_series_max_points,
         });
 
         // Built once here, not per worker.

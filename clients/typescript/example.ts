@@ -50,6 +50,14 @@ for (const change of history.data.changes) {
   console.log(`history: ${change.state} from ${change.at} until ${change.until ?? "now"}`);
 }
 
+// The whole fleet at an instant: vehicles per state, and their total.
+const fleet = await api.GET("/fleet/states", { params: { query: { at: "2022-09-12T12:00:00Z" } } });
+if (!fleet.data) fail("fleet", fleet.error, fleet.response.status);
+const perState = Object.entries(fleet.data.states)
+  .map(([state, vehicles]) => `${vehicles} ${state}`)
+  .join(", ");
+console.log(`fleet: at ${fleet.data.at}, ${perState}; ${fleet.data.total} in all`);
+
 // A vehicle that does not exist is a typed problem, not an exception.
 const missing = await api.GET("/vehicles/{id}/timestamp/{ts}", {
   params: { path: { id: 999, ts: "2022-09-12T10:00:00Z" } },

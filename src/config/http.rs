@@ -80,6 +80,11 @@ pub struct HttpSettings {
     #[arg(long, env = "BATCH_MAX_LOOKUPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_max_lookups: u32,
 
+    /// Most points of one `GET /fleet/states/series` (each a count at one instant, read in one
+    /// statement with the others not cached); more is a 400 `invalid-query` that says so.
+    #[arg(long, env = "FLEET_SERIES_MAX_POINTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub fleet_series_max_points: u32,
+
     /// Largest body of a `POST /vehicles/states`, in bytes; a larger one is a 413 before it is
     /// read.
     #[arg(long, env = "BATCH_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(64..=16 * 1024 * 1024))]

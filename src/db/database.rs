@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::DbError;
 use crate::config::{DatabaseSettings, DatabaseUrl};
+use crate::domain::fleet::FleetCounts;
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Lookup, Timestamp, VehicleId};
 use crate::telemetry::otel;
@@ -140,6 +141,24 @@ impl Database {
             vehicle_state.vehicles = ids.len(),
         );
         let call = self.answered(async |conn| super::current(conn, ids).await);
+        otel::traced(span, self.guarded(call)).await
+    }
+
+    /// [`super::fleet_counts`], failing at once while PostgreSQL is known down.
+    pub async fn fleet_counts(
+        &self,
+        ats: &[Timestamp],
+    ) -> Result<(Vec<FleetCounts>, bool), DbError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql fleet_counts",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "SELECT",
+            db.query.summary = "fleet_counts",
+            vehicle_state.instants = ats.len(),
+        );
+        let call = self.answered(async |conn| super::fleet_counts(conn, ats).await);
         otel::traced(span, self.guarded(call)).await
     }
 

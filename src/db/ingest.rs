@@ -25,6 +25,7 @@ pub const INGEST_LOCK_SPACE: i32 = 0x5653_0001;
 /// planned for the batch).
 const LOCK_SQL: &str = r#"
 SELECT set_config('plan_cache_mode', 'force_custom_plan', true),
+       set_config('vehicle_state.fleet', 'maintained', true),
        count(pg_advisory_xact_lock($1, ids.id))
 FROM (SELECT DISTINCT u.id FROM unnest($2::int4[]) AS u(id) ORDER BY u.id) AS ids
 "#;
@@ -53,6 +54,72 @@ WITH reg_in AS (
 ), chg_ins AS (
     INSERT INTO "stateLogs" ("vehicleId", state, "timestamp")
     SELECT id, state, "timestamp" FROM chg_new
+), fleet_new AS (
+    -- The fleet's sums (`fleet_sums`, see migrations/20261208000000_fleet.sql), kept exact in
+    -- this statement: per vehicle and instant of the new changes, the best of them in the
+    -- lookup's order (changes past 9999 are never an answer, and left out).
+    SELECT DISTINCT ON (c.id, c."timestamp") c.id, c."timestamp" AS at, c.state
+    FROM chg_new c
+    WHERE c."timestamp" <= '9999-12-31 23:59:59.999999+00'
+    ORDER BY c.id, c."timestamp",
+        CASE c.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
+        c.state COLLATE "C" DESC
+), fleet_moves AS (
+    -- What each such instant changes: from it until the vehicle's next change (stored or new),
+    -- the vehicle was in `before` (the stored change in effect there, as this statement's
+    -- snapshot has it, before its own insert) and is now in `after` (the better of that and
+    -- the new one, if the stored one is at the same instant).
+    SELECT o.state AS before,
+        CASE WHEN o."timestamp" = f.at
+             AND (CASE o.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END,
+                  o.state COLLATE "C")
+               > (CASE f.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END,
+                  f.state COLLATE "C")
+             THEN o.state ELSE f.state END AS after,
+        CASE WHEN f.at = '-infinity' THEN -4611686018427387904
+             ELSE (EXTRACT(EPOCH FROM f.at) * 1000000)::int8 END AS micros,
+        (EXTRACT(EPOCH FROM LEAST(lead(f.at) OVER (PARTITION BY f.id ORDER BY f.at), x."timestamp"))
+            * 1000000)::int8 AS next_micros
+    FROM fleet_new f
+    LEFT JOIN LATERAL (
+        SELECT l.state, l."timestamp" FROM "stateLogs" l
+        WHERE l."vehicleId" = f.id AND l."timestamp" <= f.at
+        ORDER BY "#,
+    latest_first!(),
+    r#"
+        LIMIT 1
+    ) o ON true
+    LEFT JOIN LATERAL (
+        SELECT l."timestamp" FROM "stateLogs" l
+        WHERE l."vehicleId" = f.id AND l."timestamp" > f.at
+          AND l."timestamp" <= '9999-12-31 23:59:59.999999+00'
+        ORDER BY l."timestamp" LIMIT 1
+    ) x ON true
+), fleet_deltas AS (
+    -- +1 for the state entered and -1 for the one left, at the instant; the reverse at the next
+    -- change, whose own move is now from `after`.
+    SELECT m.micros, m.after AS state, 1 AS delta FROM fleet_moves m
+    WHERE m.before IS DISTINCT FROM m.after
+    UNION ALL
+    SELECT m.micros, m.before, -1 FROM fleet_moves m WHERE m.before <> m.after
+    UNION ALL
+    SELECT m.next_micros, m.before, 1 FROM fleet_moves m
+    WHERE m.before <> m.after AND m.next_micros IS NOT NULL
+    UNION ALL
+    SELECT m.next_micros, m.after, -1 FROM fleet_moves m
+    WHERE m.before IS DISTINCT FROM m.after AND m.next_micros IS NOT NULL
+), fleet_upsert AS (
+    -- Into the five buckets around each instant, in key order: two batches that move the same
+    -- sums lock them in the same order, and wait rather than deadlock. Nothing while the sums
+    -- are not exact (a rebuild, which waits for this transaction, makes them anew).
+    INSERT INTO fleet_sums (level, bucket, state, delta)
+    SELECT s.level, d.micros >> (23 + 5 * s.level), d.state, sum(d.delta)
+    FROM fleet_deltas d CROSS JOIN (VALUES (1), (2), (3), (4), (5)) AS s(level)
+    WHERE (SELECT fs.exact FROM fleet_status fs)
+    GROUP BY 1, 2, 3
+    HAVING sum(d.delta) <> 0
+    ORDER BY 1, 2, 3
+    ON CONFLICT (level, bucket, state) DO UPDATE SET delta = fleet_sums.delta + EXCLUDED.delta
 ), touched AS (
     -- Every vehicle the batch names, duplicates too: each is announced on the change feed with
     -- what it is now, so a change committed before and redelivered is announced again.

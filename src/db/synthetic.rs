@@ -71,8 +71,28 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
         .context("COPY into vehicles failed")?;
     logs.finish().await.context("COPY into stateLogs failed")?;
     progress.finish();
+    // COPY is not `ingest`: it marked the fleet's sums inexact; they are built anew from what
+    // was loaded.
+    let fleet_started = Instant::now();
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot connect to build the fleet's sums")?;
+    let sums = super::fleet::rebuild(&mut conn)
+        .await
+        .context("cannot build the fleet's sums (fleet_sums)")?;
+    drop(conn);
+    tracing::info!(
+        rows = sums,
+        seconds = fleet_started.elapsed().as_secs_f64(),
+        "fleet's sums built"
+    );
     // Separate statements: VACUUM refuses to run inside the implicit transaction of a batch.
-    for statement in ["ANALYZE vehicles", r#"VACUUM (ANALYZE) "stateLogs""#] {
+    for statement in [
+        "ANALYZE vehicles",
+        "ANALYZE fleet_sums",
+        r#"VACUUM (ANALYZE) "stateLogs""#,
+    ] {
         sqlx::query(statement)
             .execute(pool)
             .await

@@ -3,6 +3,7 @@
 mod answer;
 pub mod change;
 pub mod event;
+pub mod fleet;
 pub mod history;
 mod timestamp;
 mod vehicle_id;

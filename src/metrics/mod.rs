@@ -28,7 +28,7 @@ use ingest::INGEST_BATCH_BUCKETS;
 pub use cache::{
     LOOKUPS, LookupResult, REDIS_BATCH_SIZE, REDIS_ERRORS, REDIS_OPERATIONS, RedisNodesGauge,
 };
-pub use db::{DB_BATCH_SIZE, DB_ERRORS};
+pub use db::{DB_BATCH_SIZE, DB_ERRORS, FLEET_COUNTS};
 pub use feed::{
     FEED_ANNOUNCEMENTS, FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG, SSE_ENDED, SSE_EVENTS,
     SSE_STREAMS, count_announcement,
@@ -91,6 +91,9 @@ pub fn handle() -> &'static PrometheusHandle {
 pub fn register_at_zero(redis_error_kinds: &[&'static str], db_error_kinds: &[&'static str]) {
     for result in LookupResult::ALL {
         metrics::counter!(LOOKUPS, "result" => result.label()).increment(0);
+    }
+    for from in ["sums", "table"] {
+        metrics::counter!(FLEET_COUNTS, "from" => from).increment(0);
     }
     for operation in REDIS_OPERATIONS {
         for kind in redis_error_kinds {

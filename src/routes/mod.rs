@@ -5,6 +5,7 @@ mod batch;
 mod changes;
 mod conditional;
 pub mod explore;
+pub mod fleet;
 mod health;
 mod history;
 mod metrics;
@@ -36,6 +37,8 @@ pub fn configure_api(cfg: &mut ServiceConfig) {
         .service(history::vehicle_history)
         .service(changes::vehicle_changes)
         .service(changes::changes)
+        .service(fleet::fleet_states)
+        .service(fleet::fleet_series)
         .service(health::livez)
         .service(health::readyz);
 }
@@ -68,6 +71,7 @@ pub fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
     examples.extend(history::problem_examples());
     examples.extend(batch::problem_examples());
     examples.extend(changes::problem_examples());
+    examples.extend(fleet::problem_examples());
     examples
 }
 

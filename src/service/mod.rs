@@ -3,6 +3,7 @@
 mod batch;
 pub mod changes;
 mod fetch;
+pub mod fleet;
 mod flight;
 mod gather;
 
@@ -44,6 +45,8 @@ pub struct StateService {
     gatherer: Option<Arc<Gatherer>>,
     /// The fetches past memory in flight: one per key, however many requests ask.
     flights: Arc<Flights<fetch::Fetched>>,
+    /// The fleet's counts per state at an instant, and the memory they are kept in.
+    pub fleet: fleet::Fleet,
 }
 
 /// How concurrent misses are gathered: `LOOKUP_BATCH_MAX` and `LOOKUP_BATCHES_IN_FLIGHT`.
@@ -74,11 +77,13 @@ impl StateService {
                 permits,
             ))
         });
+        let limit = Arc::new(Semaphore::new(permits));
         Self {
+            fleet: fleet::Fleet::new(db.clone(), redis.ttl(), limit.clone(), max_in_flight),
             db,
             redis,
             local,
-            limit: Arc::new(Semaphore::new(permits)),
+            limit,
             max_in_flight,
             gatherer,
             flights: Flights::new(),

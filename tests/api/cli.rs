@@ -336,12 +336,17 @@ async fn migrate_logs_the_migrations_it_applied_and_no_postgres_notice() {
         .collect();
     assert_eq!(
         applied,
-        ["tables", "state logs lookup index", "vehicle versions"]
+        [
+            "tables",
+            "state logs lookup index",
+            "vehicle versions",
+            "fleet"
+        ]
     );
     let again = lines(&second);
     assert!(
         again.iter().any(
-            |l| l["message"] == "migrations are up to date: none pending" && l["migrations"] == 3
+            |l| l["message"] == "migrations are up to date: none pending" && l["migrations"] == 4
         ),
         "{again:?}"
     );
@@ -606,4 +611,46 @@ async fn a_taken_port_stops_the_start_with_one_line_before_the_database_is_touch
             "{command}: the database was created before the port was tried"
         );
     }
+}
+
+/// After a write to `"stateLogs"` by anything but ingest, `rebuild-fleet` makes the fleet's sums
+/// exact again, and says how many rows it wrote.
+#[tokio::test]
+async fn rebuild_fleet_makes_the_sums_exact_again_after_a_write_not_by_ingest() {
+    let scratch = Scratch::new();
+    let env = [
+        ("DATABASE_URL", scratch.database_url.as_str()),
+        ("LOG_FORMAT", "json"),
+    ];
+    let seeded = vehicle_state(&["seed", "sample"], &env);
+    assert!(seeded.status.success(), "{}", stderr(&seeded));
+    let pool = sqlx::PgPool::connect(&scratch.database_url)
+        .await
+        .expect("connect");
+    let exact = || async {
+        sqlx::query_scalar::<_, bool>("SELECT exact FROM fleet_status")
+            .fetch_one(&pool)
+            .await
+            .expect("the status")
+    };
+    assert!(exact().await, "seed builds the sums");
+    sqlx::query(r#"INSERT INTO "stateLogs" VALUES (9, 'sold', '2022-09-13T00:00:00Z')"#)
+        .execute(&pool)
+        .await
+        .expect("a row");
+    assert!(!exact().await);
+
+    let rebuilt = vehicle_state(&["rebuild-fleet"], &env);
+
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    assert!(exact().await);
+    let said = String::from_utf8_lossy(&rebuilt.stdout).into_owned();
+    assert!(said.contains("fleet's sums built anew"), "{said}");
+    let sold: i64 = sqlx::query_scalar(
+        "SELECT sum(delta)::int8 FROM fleet_sums WHERE level = 5 AND state = 'sold'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the sums");
+    assert_eq!(sold, 2, "vehicle 3 and vehicle 9 are sold by now");
 }

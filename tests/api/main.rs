@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod conditional;
 mod errors;
+mod fleet;
 mod gathering;
 mod health;
 mod history;

@@ -45,6 +45,8 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
         paths,
         [
             "/changes",
+            "/fleet/states",
+            "/fleet/states/series",
             "/livez",
             "/metrics",
             "/readyz",
@@ -55,7 +57,11 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
         ]
     );
     for path in paths {
-        let concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");
+        let mut concrete = path.replace("{id}", "3").replace("{ts}", "1662976800");
+        if path == "/fleet/states/series" {
+            // Its required parameters.
+            concrete.push_str("?from=2022-09-10T00:00:00Z&to=2022-09-13T00:00:00Z&every=P1D");
+        }
         if path.ends_with("/changes") {
             // Served, and this replica follows no change feed (no NATS_URL): it says so.
             let reply = app.get(&format!("{concrete}?ids=3")).await;
@@ -197,7 +203,7 @@ async fn summaries_are_plain_text_and_instants_are_checked_by_the_service_alone(
                 "{method} {path}: {summary:?}"
             );
             for parameter in operation["parameters"].as_array().into_iter().flatten() {
-                if ["ts", "from", "to"].contains(&parameter["name"].as_str().unwrap_or("")) {
+                if ["ts", "from", "to", "at"].contains(&parameter["name"].as_str().unwrap_or("")) {
                     instants += 1;
                     assert!(parameter["schema"].get("pattern").is_none(), "{parameter}");
                     let description = parameter["description"].as_str().unwrap_or_default();
@@ -206,7 +212,10 @@ async fn summaries_are_plain_text_and_instants_are_checked_by_the_service_alone(
             }
         }
     }
-    assert_eq!(instants, 3, "ts, from and to");
+    assert_eq!(
+        instants, 6,
+        "ts; from and to of the timeline and of the series; at"
+    );
 }
 
 /// What `X-Cache` (and a batch item's `cache`) can say is what the document says it can: the

@@ -387,6 +387,7 @@ test("the typed client's example calls every endpoint", () => {
   assert.match(output, /^batch: 404 \/problems\/vehicle-not-found$/m);
   assert.match(output, /^history: quoted from 2022-09-11T09:11:45Z until 2022-09-11T23:21:38Z$/m);
   assert.match(output, /^history: sold from 2022-09-12T12:41:41Z until now$/m);
+  assert.match(output, /^fleet: at 2022-09-12T12:00:00Z, 1 quoted, 2 selling, 0 sold; 3 in all$/m);
   assert.match(output, /^missing: 404 \/problems\/vehicle-not-found$/m);
 });
 

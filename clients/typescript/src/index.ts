@@ -12,6 +12,8 @@ export type StateAnswer = components["schemas"]["StateAnswer"];
 export type History = components["schemas"]["History"];
 /** One result of a batch: an answer or a problem, in the order asked. */
 export type BatchResult = components["schemas"]["BatchResult"];
+/** How many vehicles were in each state at an instant, and their total. */
+export type FleetCounts = components["schemas"]["FleetCounts"];
 /** An RFC 9457 problem body, as every error is sent. */
 export type Problem = components["schemas"]["Problem"];
 

@@ -25,6 +25,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/fleet/states": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How many vehicles were in each state at an instant.
+         * @description Every vehicle with a state change at or before `at` counts once, in the state of its latest
+         *     one (changes with equal timestamps in the lookup's order): exactly what
+         *     `GET /vehicles/{id}/timestamp/{at}` answers for each of them, summed, including vehicles
+         *     whose registration has not arrived. `quoted`, `selling` and `sold` are always listed (0 where
+         *     none); any other state text stored follows by name. A few index range scans whatever the
+         *     fleet's size; cached for `CACHE_TTL_SECS` from the read, like a lookup.
+         */
+        get: operations["fleet_states"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fleet/states/series": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How many vehicles were in each state at each step of a window: a series for a chart.
+         * @description The counts of `GET /fleet/states` at `from`, `from + every`, `from + 2 × every`, ... up to
+         *     `to` (inclusive), oldest first. Points already counted (by this series or another, or a single
+         *     count at that instant) come from memory; the rest are read in one statement. At most
+         *     `FLEET_SERIES_MAX_POINTS` points (1000 by default).
+         */
+        get: operations["fleet_series"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/livez": {
         parameters: {
             query?: never;
@@ -292,6 +340,60 @@ export interface components {
          * @enum {string}
          */
         Dependency: "up" | "down";
+        /**
+         * @description How many vehicles were in each state at an instant, and their total.
+         *
+         *     A vehicle counts in the state of its latest change at or before `at` (in the lookup's order
+         *     for equal timestamps), whether or not it is registered: the plain rule over `"stateLogs"`.
+         */
+        FleetCounts: {
+            /**
+             * Format: date-time
+             * @description The instant counted (RFC 3339, UTC); for `now`, the server's clock.
+             * @example 2022-09-12T10:00:00Z
+             */
+            at: string;
+            /**
+             * @description Vehicles per state: `quoted`, `selling` and `sold` always (0 where none), then any other
+             *     state text stored, by name.
+             * @example {
+             *       "quoted": 1,
+             *       "selling": 0,
+             *       "sold": 2
+             *     }
+             */
+            states: {
+                [key: string]: number;
+            };
+            /**
+             * Format: int64
+             * @description Vehicles in any state at `at`: the sum of `states`.
+             * @example 3
+             */
+            total: number;
+        };
+        /** @description Counts at each step of a series, oldest first. */
+        FleetSeries: {
+            /**
+             * @description The step, as an ISO 8601 duration (`PT15M`, `PT1H`, `P1D`, `P1W`, `P1M`).
+             * @example P1D
+             */
+            every: string;
+            /**
+             * Format: date-time
+             * @description The first instant counted (RFC 3339, UTC).
+             * @example 2022-09-10T00:00:00Z
+             */
+            from: string;
+            /** @description The counts at `from`, `from + every`, ... in order. */
+            points: components["schemas"]["FleetCounts"][];
+            /**
+             * Format: date-time
+             * @description The end of the window asked (inclusive): the last point is the latest step at or before it.
+             * @example 2022-09-12T00:00:00Z
+             */
+            to: string;
+        };
         /** @description A page of a vehicle's timeline. */
         History: {
             /**
@@ -499,6 +601,224 @@ export interface operations {
                 };
             };
             /** @description As for one vehicle: this replica does not follow the change feed (`/problems/feed-unavailable`), streams as many clients as it may (`/problems/too-many-streams`), or the database cannot answer for the snapshots (`/problems/database-unavailable`). */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    fleet_states: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The instant, in any form the lookup's `ts` accepts, or `now` (the default): the server's clock when the counts are read. Counts at `now` are kept like any other for `CACHE_TTL_SECS`, so they may be that old; `at` in the answer says when they were counted. Type it here as it is: Swagger UI encodes it. In a query string of your own, send `+` as `%2B` (a bare `+` arrives as a space) and a space as `%20`.
+                 * @example 2022-09-12T10:00:00Z
+                 */
+                at?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The counts at the instant. */
+            200: {
+                headers: {
+                    /** @description `public, max-age=N`: N is how many more seconds these counts may be reused. */
+                    "Cache-Control"?: string;
+                    /** @description `HIT` (this replica's memory) or `MISS` (read from PostgreSQL for this request). */
+                    "X-Cache"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "at": "2022-09-12T10:00:00Z",
+                     *       "states": {
+                     *         "quoted": 1,
+                     *         "selling": 1,
+                     *         "sold": 1
+                     *       },
+                     *       "total": 3
+                     *     }
+                     */
+                    "application/json": components["schemas"]["FleetCounts"];
+                };
+            };
+            /** @description `at` is not an instant (`/problems/invalid-timestamp`), or is given twice (`/problems/invalid-query`). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database cannot answer and the counts are not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`). */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    fleet_series: {
+        parameters: {
+            query: {
+                /**
+                 * @description The first instant, in any form the lookup's `ts` accepts, or `now`. Type it here as it is: Swagger UI encodes it; in a query string of your own, send `+` as `%2B`.
+                 * @example 2022-09-10T00:00:00Z
+                 */
+                from: string;
+                /**
+                 * @description The end of the window, inclusive, in the same forms (default `now`, the server's clock). The last point is the latest step at or before it. Type it here as it is: Swagger UI encodes it; in a query string of your own, send `+` as `%2B`.
+                 * @example 2022-09-13T00:00:00Z
+                 */
+                to?: string;
+                /**
+                 * @description The step: an ISO 8601 duration of one unit from a minute to a month (`PT15M`, `PT1H`, `P1D`, `P1W`, at most 31 days; `P1M` is a calendar month: the same day of the next month, or its last day), or one of `minute`, `hour`, `day`, `week`, `month`.
+                 * @example P1D
+                 */
+                every: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The counts at each step. */
+            200: {
+                headers: {
+                    /** @description `public, max-age=N`: N is how many more seconds the oldest point may be reused. */
+                    "Cache-Control"?: string;
+                    /** @description `HIT` when every point came from this replica's memory, `MISS` when any was read from PostgreSQL. */
+                    "X-Cache"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "every": "P1D",
+                     *       "from": "2022-09-10T00:00:00Z",
+                     *       "points": [
+                     *         {
+                     *           "at": "2022-09-10T00:00:00Z",
+                     *           "states": {
+                     *             "quoted": 0,
+                     *             "selling": 0,
+                     *             "sold": 0
+                     *           },
+                     *           "total": 0
+                     *         },
+                     *         {
+                     *           "at": "2022-09-11T00:00:00Z",
+                     *           "states": {
+                     *             "quoted": 2,
+                     *             "selling": 0,
+                     *             "sold": 0
+                     *           },
+                     *           "total": 2
+                     *         },
+                     *         {
+                     *           "at": "2022-09-12T00:00:00Z",
+                     *           "states": {
+                     *             "quoted": 1,
+                     *             "selling": 2,
+                     *             "sold": 0
+                     *           },
+                     *           "total": 3
+                     *         },
+                     *         {
+                     *           "at": "2022-09-13T00:00:00Z",
+                     *           "states": {
+                     *             "quoted": 1,
+                     *             "selling": 1,
+                     *             "sold": 1
+                     *           },
+                     *           "total": 3
+                     *         }
+                     *       ],
+                     *       "to": "2022-09-13T00:00:00Z"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["FleetSeries"];
+                };
+            };
+            /** @description `from` or `to` is not an instant (`/problems/invalid-timestamp`; `detail` names it), or `from` or `every` is missing, `every` is not a step from a minute to a month, `from` is after `to`, the series has more than `FLEET_SERIES_MAX_POINTS` points, or a parameter is given twice (`/problems/invalid-query`). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database cannot answer and some points are not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`). */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */

@@ -1,0 +1,200 @@
+//! The fleet at an instant: counts per state, from PostgreSQL's `fleet_sums`, kept in this
+//! replica's memory for `CACHE_TTL_SECS` from the read.
+//!
+//! Memory only, not Redis: a count is one statement of about a millisecond whatever the fleet's
+//! size, and each replica reads an instant at most once per TTL (concurrent askers share one
+//! read), so a shared tier would save little and cost a round trip on every hit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{CacheStatus, LookupError};
+use crate::db::Database;
+use crate::domain::Timestamp;
+use crate::domain::fleet::FleetCounts;
+use crate::metrics::FLEET_COUNTS;
+
+/// Instants whose counts this replica keeps at most (`now` included): a few hundred bytes each.
+const FLEET_CACHE_ENTRIES: u64 = 100_000;
+
+/// What a count is asked for: an instant, or `now` (the server's clock when it is read, and kept
+/// like any other answer: a client asking `now` gets counts at most `CACHE_TTL_SECS` old, whose
+/// `at` says when).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FleetInstant {
+    At(Timestamp),
+    Now,
+}
+
+/// Counts as read, and when.
+#[derive(Debug)]
+pub struct FleetRead {
+    pub counts: FleetCounts,
+    read_at: Instant,
+}
+
+/// Counts as served: from memory or read now, and for how long more they may be reused.
+#[derive(Debug, Clone)]
+pub struct FleetServed {
+    pub read: Arc<FleetRead>,
+    pub cache: CacheStatus,
+    pub fresh_for: Duration,
+}
+
+/// The fleet's counts and the memory they are kept in.
+pub struct Fleet {
+    db: Database,
+    cache: moka::future::Cache<FleetInstant, Arc<FleetRead>>,
+    ttl: Duration,
+    /// The lookups' `LOOKUP_CONCURRENCY_LIMIT`, shared: a count is a statement like a lookup's.
+    limit: Arc<Semaphore>,
+    max_in_flight: u32,
+    /// When the last warning of inexact sums was logged (at most one a TTL).
+    warned: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Fleet {
+    pub(super) fn new(
+        db: Database,
+        ttl: Duration,
+        limit: Arc<Semaphore>,
+        max_in_flight: u32,
+    ) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(FLEET_CACHE_ENTRIES)
+            .time_to_live(ttl)
+            .build();
+        Self {
+            db,
+            cache,
+            ttl,
+            limit,
+            max_in_flight,
+            warned: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The counts at each of `instants`, in order: those in memory from there, the rest in one
+    /// statement (shed at once when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight) and
+    /// kept, so a series and the counts at its instants share what they read. `Hit` when every
+    /// point came from memory; fresh for as long as the oldest point is.
+    pub async fn series(
+        &self,
+        instants: &[Timestamp],
+    ) -> Result<(Vec<Arc<FleetRead>>, CacheStatus, Duration), Arc<LookupError>> {
+        let mut reads = Vec::with_capacity(instants.len());
+        let mut missing = Vec::new();
+        for (i, at) in instants.iter().enumerate() {
+            let held = self.cache.get(&FleetInstant::At(*at)).await;
+            if held.is_none() {
+                missing.push(i);
+            }
+            reads.push(held);
+        }
+        let cache = if missing.is_empty() {
+            CacheStatus::Hit
+        } else {
+            let _permit = self
+                .limit
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Arc::new(LookupError::Overloaded(self.max_in_flight)))?;
+            let asked: Vec<Timestamp> = missing.iter().map(|&i| instants[i]).collect();
+            let (counts, from_sums) = self
+                .db
+                .fleet_counts(&asked)
+                .await
+                .map_err(|e| Arc::new(LookupError::Db(e)))?;
+            self.counted(from_sums, 1);
+            let read_at = Instant::now();
+            for (&i, counts) in missing.iter().zip(counts) {
+                let read = Arc::new(FleetRead { counts, read_at });
+                self.cache
+                    .insert(FleetInstant::At(instants[i]), read.clone())
+                    .await;
+                reads[i] = Some(read);
+            }
+            CacheStatus::Miss
+        };
+        // Every slot is filled: from memory, or by the statement (one set of counts per instant).
+        let reads: Vec<Arc<FleetRead>> = reads.into_iter().flatten().collect();
+        if reads.len() != instants.len() {
+            return Err(Arc::new(LookupError::Db(crate::db::DbError::Query(
+                sqlx::Error::Protocol("fewer counts than instants asked".to_owned()),
+            ))));
+        }
+        let fresh_for = reads
+            .iter()
+            .map(|read| self.ttl.saturating_sub(read.read_at.elapsed()))
+            .min()
+            .unwrap_or(self.ttl);
+        Ok((reads, cache, fresh_for))
+    }
+
+    /// Counts `reads` statements' worth of counts, by where they came from, and warns when the
+    /// table had to be read.
+    fn counted(&self, from_sums: bool, reads: u64) {
+        let from = if from_sums { "sums" } else { "table" };
+        metrics::counter!(FLEET_COUNTS, "from" => from).increment(reads);
+        if !from_sums {
+            self.warn_inexact();
+        }
+    }
+
+    /// Counted from the table: exact, but a scan. Said at most once a TTL, with what to do.
+    fn warn_inexact(&self) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= self.ttl) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                "the fleet's sums are not exact (something other than ingest wrote to \"stateLogs\"): counting from the table itself, exact but slow; run `vehicle-state rebuild-fleet`"
+            );
+        }
+    }
+
+    /// Memory first; on a miss, one read however many ask at once, shed at once (not queued)
+    /// when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. A failed read is not kept.
+    pub async fn counts(&self, at: FleetInstant) -> Result<FleetServed, Arc<LookupError>> {
+        let entry = self
+            .cache
+            .entry(at)
+            .or_try_insert_with(async {
+                let _permit = self
+                    .limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
+                let instant = match at {
+                    FleetInstant::At(at) => at,
+                    FleetInstant::Now => Timestamp::now(),
+                };
+                let (counts, from_sums) = self.db.fleet_counts(&[instant]).await?;
+                // One instant asked, one set of counts back (`db::fleet_counts` gives one each).
+                let counts = counts.into_iter().next().ok_or_else(|| {
+                    LookupError::Db(crate::db::DbError::Query(sqlx::Error::Protocol(
+                        "no counts for the instant asked".to_owned(),
+                    )))
+                })?;
+                self.counted(from_sums, 1);
+                Ok::<_, LookupError>(Arc::new(FleetRead {
+                    counts,
+                    read_at: Instant::now(),
+                }))
+            })
+            .await?;
+        let cache = if entry.is_fresh() {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        };
+        let read = entry.into_value();
+        let fresh_for = self.ttl.saturating_sub(read.read_at.elapsed());
+        Ok(FleetServed {
+            read,
+            cache,
+            fresh_for,
+        })
+    }
+}
