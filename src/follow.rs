@@ -26,8 +26,8 @@ use futures_util::StreamExt;
 use crate::broker::{self, ConnectFailure};
 use crate::config::FollowSettings;
 use crate::context::AppContext;
-use crate::domain::VehicleId;
 use crate::domain::change::Versioned;
+use crate::domain::{Timestamp, VehicleId};
 use crate::metrics::{FEED_FOLLOWING, FEED_INVALIDATIONS, FEED_LAG};
 use crate::service::changes::FeedEvent;
 use crate::task::AbortOnDrop;
@@ -219,11 +219,14 @@ async fn memory_follower(
             };
             let (sequence, published_ns) =
                 (info.stream_sequence, info.published.unix_timestamp_nanos());
-            let Some((id, version)) = versioned(&message) else {
+            let Some((id, version, at)) = versioned(&message) else {
                 continue;
             };
             if invalidate && state.service.changed(id, version).await {
                 ::metrics::counter!(FEED_INVALIDATIONS, "tier" => "memory").increment(1);
+            }
+            if invalidate && let Some(at) = at {
+                state.service.fleet.changed_at(at);
             }
             hub.dispatch(FeedEvent {
                 sequence,
@@ -325,6 +328,7 @@ async fn redis_follower(
                     })
                 })
                 .filter_map(versioned)
+                .map(|(id, version, _)| (id, version))
                 .collect();
             match redis.invalidate(&changed).await {
                 Ok(done) => {
@@ -355,10 +359,17 @@ async fn redis_follower(
 
 /// The vehicle and version an announcement names; one that is not an announcement is logged
 /// and passed over (acked with the rest: no replica could do more with it).
-fn versioned(message: &jetstream::Message) -> Option<(VehicleId, u64)> {
+fn versioned(message: &jetstream::Message) -> Option<(VehicleId, u64, Option<Timestamp>)> {
     let parsed = serde_json::from_slice::<Versioned>(&message.payload)
         .ok()
-        .and_then(|v| Some((VehicleId::from_i64(v.vehicle_id.into()).ok()?, v.version)));
+        .and_then(|v| {
+            let at = v.change.and_then(|c| c.timestamp);
+            Some((
+                VehicleId::from_i64(v.vehicle_id.into()).ok()?,
+                v.version,
+                at,
+            ))
+        });
     if parsed.is_none() {
         tracing::warn!(subject = %message.subject, bytes = message.payload.len(), "not an announcement on the change feed; passed over");
     }

@@ -87,6 +87,17 @@ pub enum SnapshotReason {
 pub struct Versioned {
     pub vehicle_id: i32,
     pub version: u64,
+    /// When the change took effect (none for a registration): what the fleet's counts at that
+    /// instant and later no longer hold.
+    #[serde(default)]
+    pub change: Option<ChangeInstant>,
+}
+
+/// The instant of an announced change, read without the rest of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ChangeInstant {
+    #[serde(default)]
+    pub timestamp: Option<Timestamp>,
 }
 
 impl Announcement {
@@ -146,9 +157,17 @@ mod tests {
             versioned,
             Versioned {
                 vehicle_id: 3,
-                version: 7
+                version: 7,
+                change: Some(ChangeInstant {
+                    timestamp: Timestamp::parse("2022-09-12T12:41:41Z").ok()
+                }),
             }
         );
+        let registered: Versioned = serde_json::from_str(
+            r#"{"vehicleId":3,"version":1,"change":{"kind":"registered","make":"VW","model":"GOLF"}}"#,
+        )
+        .expect("reads");
+        assert_eq!(registered.change, Some(ChangeInstant { timestamp: None }));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! size, and each replica reads an instant at most once per TTL (concurrent askers share one
 //! read), so a shared tier would save little and cost a round trip on every hit.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,53 @@ pub enum FleetInstant {
 pub struct FleetRead {
     pub counts: FleetCounts,
     read_at: Instant,
+    /// The second of this replica's clock it was read in, for [`Changes::since`].
+    read_second: u64,
+}
+
+impl FleetRead {
+    fn new(counts: FleetCounts, read_at: Instant, started: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            counts,
+            read_at,
+            read_second: read_at.saturating_duration_since(started).as_secs(),
+        })
+    }
+}
+
+/// The instants of the changes the feed announced, per second of arrival over the last TTL: for
+/// each second, the earliest instant changed. Counts read in a second at or before one whose
+/// earliest change is at or before their instant no longer hold. A second is as fine as it
+/// needs to be: a change announced in the second of a read drops it (it may have come after).
+#[derive(Debug, Default)]
+struct Changes {
+    /// (second since start, earliest change's microseconds), oldest first.
+    seconds: VecDeque<(u64, i64)>,
+}
+
+impl Changes {
+    fn announced(&mut self, second: u64, micros: i64, keep_secs: u64) {
+        match self.seconds.back_mut() {
+            Some((last, earliest)) if *last == second => *earliest = (*earliest).min(micros),
+            _ => self.seconds.push_back((second, micros)),
+        }
+        while self
+            .seconds
+            .front()
+            .is_some_and(|(s, _)| s + keep_secs < second)
+        {
+            self.seconds.pop_front();
+        }
+    }
+
+    /// Whether a change at or before `micros` was announced in `second` or after.
+    fn since(&self, second: u64, micros: i64) -> bool {
+        self.seconds
+            .iter()
+            .rev()
+            .take_while(|(s, _)| *s >= second)
+            .any(|(_, earliest)| *earliest <= micros)
+    }
 }
 
 /// Counts as served: from memory or read now, and for how long more they may be reused.
@@ -53,6 +101,10 @@ pub struct Fleet {
     max_in_flight: u32,
     /// When the last warning of inexact sums was logged (at most one a TTL).
     warned: std::sync::Mutex<Option<Instant>>,
+    /// What the change feed announced, when this replica follows it.
+    changes: std::sync::Mutex<Changes>,
+    /// This replica's start: seconds of [`Changes`] count from it.
+    started: Instant,
 }
 
 impl Fleet {
@@ -73,7 +125,23 @@ impl Fleet {
             limit,
             max_in_flight,
             warned: std::sync::Mutex::new(None),
+            changes: std::sync::Mutex::new(Changes::default()),
+            started: Instant::now(),
         }
+    }
+
+    /// The change feed announced a change at `at`: counts at `at` and later, and at `now`,
+    /// read before it are no longer served.
+    pub fn changed_at(&self, at: Timestamp) {
+        let second = self.started.elapsed().as_secs();
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.announced(second, at.unix_micros(), self.ttl.as_secs() + 1);
+    }
+
+    /// Whether counts held were read before a change they no longer hold after.
+    fn outdated(&self, read: &FleetRead) -> bool {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.since(read.read_second, read.counts.at.unix_micros())
     }
 
     /// The counts at each of `instants`, in order: those in memory from there, the rest in one
@@ -87,7 +155,11 @@ impl Fleet {
         let mut reads = Vec::with_capacity(instants.len());
         let mut missing = Vec::new();
         for (i, at) in instants.iter().enumerate() {
-            let held = self.cache.get(&FleetInstant::At(*at)).await;
+            let held = self
+                .cache
+                .get(&FleetInstant::At(*at))
+                .await
+                .filter(|held| !self.outdated(held));
             if held.is_none() {
                 missing.push(i);
             }
@@ -110,7 +182,7 @@ impl Fleet {
             self.counted(from_sums, 1);
             let read_at = Instant::now();
             for (&i, counts) in missing.iter().zip(counts) {
-                let read = Arc::new(FleetRead { counts, read_at });
+                let read = FleetRead::new(counts, read_at, self.started);
                 self.cache
                     .insert(FleetInstant::At(instants[i]), read.clone())
                     .await;
@@ -157,6 +229,11 @@ impl Fleet {
     /// Memory first; on a miss, one read however many ask at once, shed at once (not queued)
     /// when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. A failed read is not kept.
     pub async fn counts(&self, at: FleetInstant) -> Result<FleetServed, Arc<LookupError>> {
+        if let Some(held) = self.cache.get(&at).await
+            && self.outdated(&held)
+        {
+            self.cache.invalidate(&at).await;
+        }
         let entry = self
             .cache
             .entry(at)
@@ -178,10 +255,7 @@ impl Fleet {
                     )))
                 })?;
                 self.counted(from_sums, 1);
-                Ok::<_, LookupError>(Arc::new(FleetRead {
-                    counts,
-                    read_at: Instant::now(),
-                }))
+                Ok::<_, LookupError>(FleetRead::new(counts, Instant::now(), self.started))
             })
             .await?;
         let cache = if entry.is_fresh() {
@@ -196,5 +270,39 @@ impl Fleet {
             cache,
             fresh_for,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_outdated_by_a_change_at_or_before_their_instant_announced_since_their_read() {
+        let mut changes = Changes::default();
+        changes.announced(10, 500, 61);
+        changes.announced(10, 300, 61);
+        changes.announced(12, 900, 61);
+
+        assert!(changes.since(10, 300), "the second of the read counts");
+        assert!(changes.since(10, 1_000));
+        assert!(
+            !changes.since(10, 299),
+            "every change came after the instant"
+        );
+        assert!(
+            !changes.since(11, 899),
+            "only the change at 900 came after the read"
+        );
+        assert!(changes.since(11, 900));
+        assert!(!changes.since(13, i64::MAX), "nothing announced since");
+
+        changes.announced(80, 5_000, 61);
+        assert!(
+            !changes.since(11, 900),
+            "what is older than the TTL is let go"
+        );
+        assert!(changes.since(11, 5_000));
+        assert_eq!(changes.seconds.len(), 1);
     }
 }

@@ -57,6 +57,23 @@ async fn state(replica: &Replica, at: &str) -> (String, String) {
     (state, cache)
 }
 
+/// The fleet's counts at `at` on `replica` (`states`), and `X-Cache`.
+async fn fleet(replica: &Replica, at: &str) -> (serde_json::Value, String) {
+    let response = client()
+        .get(format!("{}/fleet/states?at={at}", replica.url()))
+        .send()
+        .await
+        .expect("the replica answers");
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    (body["states"].clone(), cache)
+}
+
 /// Asks until every replica says `want` at `at`; how long that took.
 async fn until_all_say(replicas: &[&Replica], at: &str, want: &str) -> Duration {
     let started = Instant::now();
@@ -116,6 +133,16 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
         }
     }
 
+    // The fleet's counts, held for an hour too: at an instant after the late change below, and
+    // at one before it.
+    for replica in both {
+        for at in ["2022-06-01T00:00:00Z", "2022-02-01T00:00:00Z"] {
+            let (states, _) = fleet(replica, at).await;
+            assert_eq!(states["selling"], 1, "{states}");
+            assert_eq!(fleet(replica, at).await.1, "HIT");
+        }
+    }
+
     // Sold late: inside the segment both replicas hold, cached for an hour.
     publish_raw(
         &js,
@@ -127,6 +154,23 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
     until_all_say(&both, "now", "sold").await;
 
     println!("from publish to both replicas answering: {took:?}");
+    // The counts the late change moved are read again; those before it are still held.
+    for replica in both {
+        let started = Instant::now();
+        while fleet(replica, "2022-06-01T00:00:00Z").await.0["sold"] != 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the counts after the late change are not read again"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (before, cache) = fleet(replica, "2022-02-01T00:00:00Z").await;
+        assert_eq!(
+            (before["selling"].clone(), cache.as_str()),
+            (serde_json::json!(1), "HIT"),
+            "before the late change: held"
+        );
+    }
     assert_eq!(
         state(&replicas[0], "2022-02-01T00:00:00Z").await.0,
         "selling",
