@@ -289,6 +289,53 @@ test("the explore page draws the timeline and looks up an instant picked on it",
   await page.close();
 });
 
+test("the explore page draws the fleet's counts over a window and shows those of a bar clicked", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const violations = policyViolations(page);
+  await page.goto(`${api}/explore/`);
+  // It opens on the sample's window, every 6 hours: 13 steps, a bar per state each.
+  await page.waitForSelector("rect[data-fleet-state]", { state: "attached" });
+  const opened = await page.$$eval("rect[data-fleet-state]", (bars) => new Set(bars.map((b) => b.dataset.point)).size);
+  const legend = await page.textContent("#fleet-legend");
+
+  // One day a step: a bar at 2022-09-12T00:00:00Z, clicked.
+  await page.fill("#fleet-every", "P1D");
+  await page.click("#fleet-show");
+  await page.waitForFunction(() => document.querySelectorAll("rect[data-fleet-state]").length === 12);
+  const drawn = await page.$$eval("rect[data-fleet-state]", (bars) =>
+    bars.map((b) => [b.dataset.point, b.dataset.fleetState, Number(b.dataset.count)]));
+  await page.locator('rect[data-point="2022-09-12T00:00:00Z"][data-fleet-state="selling"]').click();
+  await page.waitForFunction(() => document.querySelector("#fleet-point")?.dataset.at === "2022-09-12T00:00:00Z");
+  const clicked = await page.textContent("#fleet-point");
+  const served = await (await fetch(`${api}/fleet/states?at=2022-09-12T00:00:00Z`)).json();
+  await page.screenshot({ path: path.join(ROOT, "target/explore-fleet.png"), fullPage: true });
+
+  // A step outside a minute to a month: the service's own 400, on the page.
+  await page.fill("#fleet-every", "P1Y");
+  await page.click("#fleet-show");
+  await page.waitForSelector("#fleet-point.error");
+  const refused = await page.textContent("#fleet-point");
+
+  assert.equal(opened, 13);
+  assert.match(legend, /quoted.*selling.*sold/);
+  assert.deepEqual(
+    drawn.filter(([, , n]) => n > 0),
+    [
+      ["2022-09-11T00:00:00Z", "quoted", 2],
+      ["2022-09-12T00:00:00Z", "quoted", 1],
+      ["2022-09-12T00:00:00Z", "selling", 2],
+      ["2022-09-13T00:00:00Z", "quoted", 1],
+      ["2022-09-13T00:00:00Z", "selling", 1],
+      ["2022-09-13T00:00:00Z", "sold", 1],
+    ],
+  );
+  assert.equal(clicked, "At 2022-09-12T00:00:00Z: 1 quoted, 2 selling, 0 sold; 3 in all.");
+  assert.deepEqual(served.states, { quoted: 1, selling: 2, sold: 0 });
+  assert.match(refused, /^400: `every` must be/);
+  assert.deepEqual(violations, []);
+  await page.close();
+});
+
 /** In Swagger UI: opens an operation, fills its parameters as a person types them, runs it. */
 async function tryOut(page, operation, values) {
   const block = page.locator(`#operations-vehicles-${operation}`);

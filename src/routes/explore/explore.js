@@ -184,5 +184,75 @@ $("now").addEventListener("click", () => {
   lookup($("id").value.trim(), "now");
 });
 
-// The vehicle filled in is drawn at once, so the page opens on a timeline to click.
+// The fleet: stacked counts per state at each step of a window (one request for the series).
+const FLEET_TOP = 10, FLEET_HEIGHT = 170;
+
+function fleetText(point) {
+  const states = Object.entries(point.states).map(([state, n]) => `${n} ${state}`).join(", ");
+  return `At ${point.at}: ${states}; ${point.total} in all.`;
+}
+
+function drawFleet(series) {
+  const svg = $("fleet");
+  svg.replaceChildren();
+  const states = [...new Set(series.points.flatMap((p) => Object.keys(p.states)))];
+  const legend = $("fleet-legend");
+  legend.replaceChildren();
+  for (const state of states) {
+    const item = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = COLOURS[state] || "#999";
+    item.append(swatch, state);
+    legend.append(item);
+  }
+  const most = Math.max(1, ...series.points.map((p) => p.total));
+  const step = (RIGHT - LEFT) / series.points.length;
+  series.points.forEach((point, i) => {
+    let y = FLEET_TOP + FLEET_HEIGHT;
+    for (const state of states) {
+      const n = point.states[state] || 0;
+      const height = (n / most) * FLEET_HEIGHT;
+      y -= height;
+      const bar = svgElement("rect", {
+        x: LEFT + i * step + 1, y, width: Math.max(step - 2, 1), height: Math.max(height, 0),
+        fill: COLOURS[state] || "#999", "data-point": point.at, "data-fleet-state": state, "data-count": n,
+      });
+      bar.append(svgElement("title", {}, `${n} ${state} at ${point.at}`));
+      bar.addEventListener("click", () => {
+        const shown = $("fleet-point");
+        shown.className = "";
+        shown.dataset.at = point.at;
+        shown.textContent = fleetText(point);
+      });
+      svg.append(bar);
+    }
+    if (i % Math.ceil(series.points.length / 6) === 0) {
+      svg.append(svgElement("text", { x: LEFT + i * step + 1, y: FLEET_TOP + FLEET_HEIGHT + 16 }, point.at));
+    }
+  });
+}
+
+$("fleet-pick").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const query = new URLSearchParams({ from: $("fleet-from").value.trim(), every: $("fleet-every").value.trim() });
+  if ($("fleet-to").value.trim()) query.set("to", $("fleet-to").value.trim());
+  const shown = $("fleet-point");
+  const response = await fetch(`/fleet/states/series?${query}`);
+  if (!response.ok) {
+    $("fleet").replaceChildren();
+    $("fleet-legend").replaceChildren();
+    shown.className = "error";
+    shown.dataset.at = "";
+    shown.textContent = `${response.status}: ${await problemText(response)}`;
+    return;
+  }
+  const series = await response.json();
+  drawFleet(series);
+  shown.className = "";
+  shown.dataset.at = "";
+  shown.textContent = `${series.points.length} points, every ${series.every}.`;
+});
+
+// The vehicle filled in is drawn at once, so the page opens on a timeline to click; and the fleet.
 $("pick").requestSubmit();
+$("fleet-pick").requestSubmit();
