@@ -20,7 +20,8 @@ pub const FINEST_BUCKET_BITS: u32 = 28;
 /// in effect there and -1 for the one before it (two probes of the lookup's index each). When
 /// they are not (something other than `ingest` wrote to `"stateLogs"` since the last rebuild),
 /// the plain rule over `"stateLogs"`: exact, and as slow as the table is large. One statement
-/// either way; the status is read in its snapshot, and returned with each row.
+/// either way; the status is read in its snapshot, and returned with each row and alone at
+/// position 0.
 pub const COUNTS_SQL: &str = concat!(
     r#"
 WITH status AS MATERIALIZED (
@@ -73,6 +74,9 @@ WITH status AS MATERIALIZED (
 )
 SELECT p.n, p.state, sum(p.delta)::int8, (SELECT exact FROM status)
 FROM parts p GROUP BY p.n, p.state
+UNION ALL
+-- Position 0: the status alone, so it is known even with nothing to count.
+SELECT 0, NULL, 0, (SELECT exact FROM status)
 "#
 );
 
@@ -92,16 +96,20 @@ pub async fn counts(
     let micros: Vec<i64> = ats.iter().map(|at| at.unix_micros()).collect();
     let instants: Vec<DateTime<Utc>> = ats.iter().map(|at| at.as_datetime()).collect();
     let starts: Vec<DateTime<Utc>> = micros.iter().map(|m| finest_start(*m)).collect();
-    let rows: Vec<(i64, String, i64, bool)> = sqlx::query_as(COUNTS_SQL)
+    let rows: Vec<(i64, Option<String>, i64, bool)> = sqlx::query_as(COUNTS_SQL)
         .bind(&micros)
         .bind(&instants)
         .bind(&starts)
         .fetch_all(conn)
         .await?;
-    // No row: nothing to count, whichever way it was counted.
-    let from_sums = rows.first().is_none_or(|(_, _, _, exact)| *exact);
+    let mut from_sums = false;
     let mut sums: Vec<Vec<(String, u64)>> = vec![Vec::new(); ats.len()];
-    for (n, state, vehicles, _) in rows {
+    for (n, state, vehicles, exact) in rows {
+        let Some(state) = state.filter(|_| n > 0) else {
+            // The status row.
+            from_sums = exact;
+            continue;
+        };
         let at = usize::try_from(n - 1).ok().filter(|i| *i < ats.len());
         let (Some(i), Ok(vehicles)) = (at, u64::try_from(vehicles)) else {
             // A position not asked, or fewer than no vehicles: the sums are not what the

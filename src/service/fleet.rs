@@ -130,7 +130,7 @@ impl Fleet {
         }
     }
 
-    /// The change feed announced a change at `at`: counts at `at` and later, and at `now`,
+    /// The change feed announced a change at `at`: counts at `at` and later, and any at `now`,
     /// read before it are no longer served.
     pub fn changed_at(&self, at: Timestamp) {
         let second = self.started.elapsed().as_secs();
@@ -138,10 +138,19 @@ impl Fleet {
         changes.announced(second, at.unix_micros(), self.ttl.as_secs() + 1);
     }
 
-    /// Whether counts held were read before a change they no longer hold after.
-    fn outdated(&self, read: &FleetRead) -> bool {
+    /// Whether counts held may no longer be served: read `CACHE_TTL_SECS` ago or more (memory's
+    /// own expiry counts from the insert, which comes after the read), or before a change they
+    /// no longer hold after; for `now`, before any change.
+    fn outdated(&self, key: FleetInstant, read: &FleetRead) -> bool {
+        if read.read_at.elapsed() >= self.ttl {
+            return true;
+        }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        changes.since(read.read_second, read.counts.at.unix_micros())
+        let up_to = match key {
+            FleetInstant::At(at) => at.unix_micros(),
+            FleetInstant::Now => i64::MAX,
+        };
+        changes.since(read.read_second, up_to)
     }
 
     /// The counts at each of `instants`, in order: those in memory from there, the rest in one
@@ -159,7 +168,7 @@ impl Fleet {
                 .cache
                 .get(&FleetInstant::At(*at))
                 .await
-                .filter(|held| !self.outdated(held));
+                .filter(|held| !self.outdated(FleetInstant::At(*at), held));
             if held.is_none() {
                 missing.push(i);
             }
@@ -174,13 +183,15 @@ impl Fleet {
                 .try_acquire_owned()
                 .map_err(|_| Arc::new(LookupError::Overloaded(self.max_in_flight)))?;
             let asked: Vec<Timestamp> = missing.iter().map(|&i| instants[i]).collect();
+            // Before the statement's snapshot: a change announced while it runs drops its counts,
+            // and their TTL runs from here.
+            let read_at = Instant::now();
             let (counts, from_sums) = self
                 .db
                 .fleet_counts(&asked)
                 .await
                 .map_err(|e| Arc::new(LookupError::Db(e)))?;
             self.counted(from_sums, 1);
-            let read_at = Instant::now();
             for (&i, counts) in missing.iter().zip(counts) {
                 let read = FleetRead::new(counts, read_at, self.started);
                 self.cache
@@ -230,7 +241,7 @@ impl Fleet {
     /// when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. A failed read is not kept.
     pub async fn counts(&self, at: FleetInstant) -> Result<FleetServed, Arc<LookupError>> {
         if let Some(held) = self.cache.get(&at).await
-            && self.outdated(&held)
+            && self.outdated(at, &held)
         {
             self.cache.invalidate(&at).await;
         }
@@ -243,6 +254,8 @@ impl Fleet {
                     .clone()
                     .try_acquire_owned()
                     .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
+                // Before the statement's snapshot, as in `series`.
+                let read_at = Instant::now();
                 let instant = match at {
                     FleetInstant::At(at) => at,
                     FleetInstant::Now => Timestamp::now(),
@@ -255,7 +268,7 @@ impl Fleet {
                     )))
                 })?;
                 self.counted(from_sums, 1);
-                Ok::<_, LookupError>(FleetRead::new(counts, Instant::now(), self.started))
+                Ok::<_, LookupError>(FleetRead::new(counts, read_at, self.started))
             })
             .await?;
         let cache = if entry.is_fresh() {
