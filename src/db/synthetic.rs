@@ -40,6 +40,13 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
             .await
             .context("cannot empty the tables")?;
     }
+    // The timestamp index is built after the load, not row by row during it: the rows come in
+    // vehicle order, so their instants land all over that index (10 million vehicles loaded in
+    // more than 5 minutes with it in place, against about a minute without).
+    sqlx::query(super::fleet::DROP_TIMESTAMP_INDEX_SQL)
+        .execute(pool)
+        .await
+        .context("cannot drop the timestamp index for the load")?;
     let mut vehicles = pool
         .copy_in_raw("COPY vehicles (id, make, model, state) FROM STDIN")
         .await
@@ -71,6 +78,15 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
         .context("COPY into vehicles failed")?;
     logs.finish().await.context("COPY into stateLogs failed")?;
     progress.finish();
+    let index_started = Instant::now();
+    sqlx::query(super::fleet::TIMESTAMP_INDEX_SQL)
+        .execute(pool)
+        .await
+        .context("cannot build the timestamp index")?;
+    tracing::info!(
+        seconds = index_started.elapsed().as_secs_f64(),
+        "timestamp index built"
+    );
     // COPY is not `ingest`: it marked the fleet's sums inexact; they are built anew from what
     // was loaded.
     let fleet_started = Instant::now();
@@ -90,7 +106,8 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
     // Separate statements: VACUUM refuses to run inside the implicit transaction of a batch.
     for statement in [
         "ANALYZE vehicles",
-        "ANALYZE fleet_sums",
+        // And the visibility map, so counts read the sums' key alone.
+        "VACUUM (ANALYZE) fleet_sums",
         r#"VACUUM (ANALYZE) "stateLogs""#,
     ] {
         sqlx::query(statement)
