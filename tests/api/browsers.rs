@@ -655,9 +655,13 @@ async fn the_explore_page_is_served_from_the_binary_and_uses_only_the_public_api
         js.contains("fetch(`/vehicles/${encodeURIComponent(id)}/timestamp/"),
         "the lookup"
     );
+    assert!(
+        js.contains("fetch(`/fleet/states/series?"),
+        "the fleet's series"
+    );
     assert_eq!(
         js.matches("fetch(").count(),
-        js.matches("fetch(`/vehicles/").count(),
+        js.matches("fetch(`/vehicles/").count() + js.matches("fetch(`/fleet/").count(),
         "every call is to the public API, relative"
     );
     assert_eq!(bare.status, 307);
