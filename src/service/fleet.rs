@@ -191,7 +191,7 @@ impl Fleet {
                 .fleet_counts(&asked)
                 .await
                 .map_err(|e| Arc::new(LookupError::Db(e)))?;
-            self.counted(from_sums, 1);
+            self.counted(from_sums);
             for (&i, counts) in missing.iter().zip(counts) {
                 let read = FleetRead::new(counts, read_at, self.started);
                 self.cache
@@ -216,11 +216,11 @@ impl Fleet {
         Ok((reads, cache, fresh_for))
     }
 
-    /// Counts `reads` statements' worth of counts, by where they came from, and warns when the
-    /// table had to be read.
-    fn counted(&self, from_sums: bool, reads: u64) {
+    /// Counts a statement that counted, by where its counts came from, and warns when the table
+    /// had to be read.
+    fn counted(&self, from_sums: bool) {
         let from = if from_sums { "sums" } else { "table" };
-        metrics::counter!(FLEET_COUNTS, "from" => from).increment(reads);
+        metrics::counter!(FLEET_COUNTS, "from" => from).increment(1);
         if !from_sums {
             self.warn_inexact();
         }
@@ -240,9 +240,11 @@ impl Fleet {
     /// Memory first; on a miss, one read however many ask at once, shed at once (not queued)
     /// when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. A failed read is not kept.
     pub async fn counts(&self, at: FleetInstant) -> Result<FleetServed, Arc<LookupError>> {
-        if let Some(held) = self.cache.get(&at).await
-            && self.outdated(at, &held)
-        {
+        if let Some(held) = self.cache.get(&at).await {
+            if !self.outdated(at, &held) {
+                // A hit: one lookup in memory, not a second through `entry`.
+                return Ok(self.served(held, CacheStatus::Hit));
+            }
             self.cache.invalidate(&at).await;
         }
         let entry = self
@@ -267,7 +269,7 @@ impl Fleet {
                         "no counts for the instant asked".to_owned(),
                     )))
                 })?;
-                self.counted(from_sums, 1);
+                self.counted(from_sums);
                 Ok::<_, LookupError>(FleetRead::new(counts, read_at, self.started))
             })
             .await?;
@@ -276,13 +278,17 @@ impl Fleet {
         } else {
             CacheStatus::Hit
         };
-        let read = entry.into_value();
+        Ok(self.served(entry.into_value(), cache))
+    }
+
+    /// Counts as served now: fresh for what is left of their TTL.
+    fn served(&self, read: Arc<FleetRead>, cache: CacheStatus) -> FleetServed {
         let fresh_for = self.ttl.saturating_sub(read.read_at.elapsed());
-        Ok(FleetServed {
+        FleetServed {
             read,
             cache,
             fresh_for,
-        })
+        }
     }
 }
 

@@ -35,6 +35,16 @@ async fn following(
     replicas
 }
 
+/// The response's `X-Cache` (empty without one).
+fn x_cache(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The state (or the status, for no answer) and `X-Cache` of vehicle 7 at `at` on `replica`.
 async fn state(replica: &Replica, at: &str) -> (String, String) {
     let response = client()
@@ -43,12 +53,7 @@ async fn state(replica: &Replica, at: &str) -> (String, String) {
         .await
         .expect("the replica answers");
     let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let cache = x_cache(&response);
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     let state = match body["state"].as_str() {
         Some(state) if status == 200 => state.to_owned(),
@@ -64,12 +69,7 @@ async fn fleet(replica: &Replica, at: &str) -> (serde_json::Value, String) {
         .send()
         .await
         .expect("the replica answers");
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let cache = x_cache(&response);
     let body: serde_json::Value = response.json().await.expect("JSON");
     (body["states"].clone(), cache)
 }
