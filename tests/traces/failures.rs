@@ -169,8 +169,15 @@ async fn scenario(fault: Fault) {
         rss_after <= rss_warm + RSS_GROWTH_ALLOWED_KIB,
         "{fault:?}: RSS grew from {rss_warm} KiB to {rss_after} KiB"
     );
-    // A failing exporter says so in the log, without a line per span.
-    let warnings = replica.log_lines_with("could not be exported");
+    // A failing exporter says so in the log, without a line per span. A hanging collector holds
+    // the first export for the whole export timeout, and the load may end before that: wait for
+    // the line, up to a few timeouts.
+    let deadline = Instant::now() + Duration::from_millis(3 * EXPORT_TIMEOUT_MS);
+    let mut warnings = replica.log_lines_with("could not be exported");
+    while warnings == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        warnings = replica.log_lines_with("could not be exported");
+    }
     assert!(
         (1..=50).contains(&warnings),
         "{fault:?}: {warnings} log lines about failed exports: {}",
