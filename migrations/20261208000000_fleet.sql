@@ -21,7 +21,54 @@ CREATE TABLE IF NOT EXISTS fleet_sums (
     PRIMARY KEY (level, bucket, state) INCLUDE (delta)
 );
 
--- One row: whether `fleet_sums` is exact. `ingest` keeps it exact in its own transaction (it sets
+-- The vehicles in a state at T, in id order, a page at a time: one row per segment of a vehicle's
+-- timeline (from a change, in effect there, to the vehicle's next change, or open while it is the
+-- latest), filed by how long it lasts. A closed segment is at the lowest level L (0 to 7) whose
+-- size, 2^(28+5L) µs (4.5 minutes, then 32 times larger each), exceeds its length, in the bucket
+-- of that size its start falls in: it reaches at most the next bucket, so the segments that hold
+-- T at level L lie in T's bucket of that size or the one before (and, being at least a 32nd of the
+-- size long, are not rare among them). Open segments are at level 8. A page merges, in id order, one range of the key per level and
+-- bucket (17 in all), each from the id after the last one listed.
+CREATE TABLE IF NOT EXISTS fleet_segments (
+    state       TEXT     NOT NULL,
+    level       SMALLINT NOT NULL,
+    bucket      BIGINT   NOT NULL,
+    "vehicleId" INTEGER  NOT NULL,
+    since       BIGINT   NOT NULL,
+    -- NULL while open.
+    until       BIGINT,
+    PRIMARY KEY (state, level, bucket, "vehicleId", since) INCLUDE (until)
+);
+
+-- Where few vehicles of a state were in it at T (early in the fleet's life), most open segments
+-- of the state start after T: a page then reads those that started before T by this index (no
+-- more rows than vehicles in the state at T) rather than scanning past the rest in id order.
+CREATE INDEX IF NOT EXISTS fleet_segments_open_since ON fleet_segments (state, since)
+    INCLUDE ("vehicleId") WHERE level = 8;
+
+-- The level of a segment from `since` to `until` (µs; NULL: open), as above.
+CREATE OR REPLACE FUNCTION vehicle_state_fleet_level(since BIGINT, until BIGINT) RETURNS SMALLINT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT (CASE
+        WHEN until IS NULL THEN 8
+        WHEN until - since < (1::int8 << 28) THEN 0
+        WHEN until - since < (1::int8 << 33) THEN 1
+        WHEN until - since < (1::int8 << 38) THEN 2
+        WHEN until - since < (1::int8 << 43) THEN 3
+        WHEN until - since < (1::int8 << 48) THEN 4
+        WHEN until - since < (1::int8 << 53) THEN 5
+        WHEN until - since < (1::int8 << 58) THEN 6
+        ELSE 7
+    END)::smallint
+$fn$;
+
+-- The bucket of a segment starting at `since` at `level`.
+CREATE OR REPLACE FUNCTION vehicle_state_fleet_bucket(level SMALLINT, since BIGINT) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT CASE WHEN level = 8 THEN 0::int8 ELSE since >> (28 + 5 * level) END
+$fn$;
+
+-- One row: whether `fleet_sums` and `fleet_segments` are exact. `ingest` keeps it exact in its own transaction (it sets
 -- `vehicle_state.fleet` to `maintained` there); any other write to "stateLogs" marks it inexact, and
 -- the service then answers fleet questions from "stateLogs" alone (exact, slower) until
 -- `vehicle_state_fleet_rebuild()` runs (`vehicle-state fleet rebuild`, or `seed`).
@@ -42,25 +89,34 @@ DECLARE
 BEGIN
     -- Writers wait (readers do not); a rebuild sees every change committed before it.
     LOCK TABLE "stateLogs" IN SHARE MODE;
+    DELETE FROM fleet_segments;
     DELETE FROM fleet_sums;
     WITH tops AS (
-        -- Per vehicle and instant, the change in effect there, latest first.
+        -- Per vehicle and instant, the change in effect there.
         SELECT DISTINCT ON (l."vehicleId", l."timestamp") l."vehicleId" AS id, l."timestamp" AS at, l.state
         FROM "stateLogs" l
         WHERE l."timestamp" <= '9999-12-31 23:59:59.999999+00'
-        ORDER BY l."vehicleId", l."timestamp" DESC,
+        ORDER BY l."vehicleId", l."timestamp",
             CASE l.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
             l.state COLLATE "C" DESC
-    ), moves AS (
-        SELECT CASE WHEN t.at = '-infinity' THEN -4611686018427387904
-                    ELSE (EXTRACT(EPOCH FROM t.at) * 1000000)::int8 END AS micros,
-            t.state,
-            lead(t.state) OVER (PARTITION BY t.id ORDER BY t.at DESC) AS previous
+    ), segments AS (
+        SELECT t.id, t.state,
+            CASE WHEN t.at = '-infinity' THEN -4611686018427387904
+                 ELSE (EXTRACT(EPOCH FROM t.at) * 1000000)::int8 END AS since,
+            (EXTRACT(EPOCH FROM lead(t.at) OVER (PARTITION BY t.id ORDER BY t.at)) * 1000000)::int8 AS until
         FROM tops t
-    ), deltas AS (
-        SELECT m.micros, m.state, 1 AS delta FROM moves m WHERE m.previous IS DISTINCT FROM m.state
+    )
+    INSERT INTO fleet_segments (state, level, bucket, "vehicleId", since, until)
+    SELECT g.state, g.level, vehicle_state_fleet_bucket(g.level, g.since), g.id, g.since, g.until
+    FROM (SELECT s.*, vehicle_state_fleet_level(s.since, s.until) AS level FROM segments s) g
+    -- In key order: the rows a page reads lie together.
+    ORDER BY 1, 2, 3, 4, 5;
+    -- The sums from the segments: +1 where each starts, -1 where each ends (a vehicle's next
+    -- segment in the same state cancels it out).
+    WITH deltas AS (
+        SELECT g.since AS micros, g.state, 1 AS delta FROM fleet_segments g
         UNION ALL
-        SELECT m.micros, m.previous, -1 FROM moves m WHERE m.previous <> m.state
+        SELECT g.until, g.state, -1 FROM fleet_segments g WHERE g.until IS NOT NULL
     ), finest AS (
         SELECT d.micros >> 28 AS bucket, d.state, sum(d.delta)::int8 AS delta
         FROM deltas d GROUP BY 1, 2

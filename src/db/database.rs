@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::DbError;
 use crate::config::{DatabaseSettings, DatabaseUrl};
-use crate::domain::fleet::FleetCounts;
+use crate::domain::fleet::{FleetCounts, FleetVehicle};
 use crate::domain::history::{HistoryPage, HistoryQuery};
 use crate::domain::{Lookup, Timestamp, VehicleId};
 use crate::telemetry::otel;
@@ -159,6 +159,27 @@ impl Database {
             vehicle_state.instants = ats.len(),
         );
         let call = self.answered(async |conn| super::fleet_counts(conn, ats).await);
+        otel::traced(span, self.guarded(call)).await
+    }
+
+    /// [`super::fleet_vehicles`], failing at once while PostgreSQL is known down.
+    pub async fn fleet_vehicles(
+        &self,
+        state: &str,
+        at: Timestamp,
+        after: Option<i32>,
+        limit: u16,
+    ) -> Result<(Vec<FleetVehicle>, bool), DbError> {
+        let span = tracing::trace_span!(
+            target: otel::SPANS,
+            "postgresql fleet_vehicles",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "SELECT",
+            db.query.summary = "fleet_vehicles",
+        );
+        let call =
+            self.answered(async |conn| super::fleet_vehicles(conn, state, at, after, limit).await);
         otel::traced(span, self.guarded(call)).await
     }
 

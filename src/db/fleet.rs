@@ -1,12 +1,14 @@
 //! The fleet at an instant, from `fleet_sums` (see `migrations/20261208000000_fleet.sql`): counts
 //! per state in a few index range scans, however large the fleet.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::DbError;
 use crate::domain::Timestamp;
-use crate::domain::fleet::{FleetCounts, StateCounts};
+use crate::domain::fleet::{FleetCounts, FleetVehicle, StateCounts};
 
 /// The index on `"stateLogs"("timestamp")` the counts read the last minutes' changes by, as
 /// `migrations/20261208000000_fleet.sql` creates it; `seed synthetic` builds it after its load.
@@ -146,6 +148,126 @@ pub async fn counts(
         .map(|(at, sums)| FleetCounts::new(*at, StateCounts::new(sums)))
         .collect();
     Ok((counts, from_sums))
+}
+
+/// Up to this many open segments of a state that started by T, a page reads them all by their
+/// start and sorts them by id; past it, it reads the open segments of the state in id order,
+/// passing over those that started after T (at most about 100 × open segments / this many rows
+/// for a page of 100).
+pub const OPEN_BY_START_MAX: i64 = 30_000;
+
+/// One range of `fleet_segments`' key: the closed segments of level `level` in T's bucket of
+/// that size (`back` 0) or the one before (`back` 1) that hold T, after the id `$3`, in id order.
+fn closed_range(level: u32, back: u32) -> String {
+    let shift = 28 + 5 * level;
+    format!(
+        r#"
+    (SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
+     WHERE g.state = $1 AND g.level = {level} AND g.bucket = ($2 >> {shift}) - {back}
+       AND g."vehicleId" > $3 AND g.since <= $2 AND g.until > $2 AND (SELECT exact FROM status)
+     ORDER BY g."vehicleId" LIMIT $4)
+    UNION ALL"#
+    )
+}
+
+/// The vehicles in state `$1` at `$2` (µs since the epoch; `$5` the same instant) with ids after
+/// `$3`, at most `$4`, in id order, with make, model (NULL: not registered) and since when (µs),
+/// and whether the segments were exact (else the plain rule over `"stateLogs"` answered: exact,
+/// and as slow as the table is large). When exact: a merge, in id order, of one range of
+/// `fleet_segments`' key per level and bucket that can hold T (17), each from `$3` on, so a page
+/// costs the same however deep it is. See `migrations/20261208000000_fleet.sql`.
+pub static VEHICLES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let mut ranges = String::new();
+    for level in 0..8 {
+        for back in 0..2 {
+            ranges.push_str(&closed_range(level, back));
+        }
+    }
+    format!(
+        r#"
+WITH status AS MATERIALIZED (
+    SELECT COALESCE((SELECT exact FROM fleet_status), false) AS exact
+), open AS MATERIALIZED (
+    -- Whether the open segments of the state that started by T are few: every one holds T.
+    SELECT count(*) < {OPEN_BY_START_MAX} AS few FROM (
+        SELECT 1 FROM fleet_segments g
+        WHERE g.state = $1 AND g.level = 8 AND g.since <= $2 AND (SELECT exact FROM status)
+        LIMIT {OPEN_BY_START_MAX}
+    ) c
+), page AS ({ranges}
+    (SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
+     WHERE g.state = $1 AND g.level = 8 AND g.bucket = 0 AND g."vehicleId" > $3 AND g.since <= $2
+       AND (SELECT exact FROM status) AND NOT (SELECT few FROM open)
+     ORDER BY g."vehicleId" LIMIT $4)
+    UNION ALL
+    (SELECT o.id, o.since FROM (
+        SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
+        WHERE g.state = $1 AND g.level = 8 AND g.since <= $2
+          AND (SELECT exact FROM status) AND (SELECT few FROM open)
+        ORDER BY g.since OFFSET 0
+     ) o WHERE o.id > $3 ORDER BY o.id LIMIT $4)
+    UNION ALL
+    (SELECT t.id, t.since FROM (
+        SELECT DISTINCT ON (l."vehicleId") l."vehicleId" AS id, l.state,
+            CASE WHEN l."timestamp" = '-infinity' THEN -4611686018427387904
+                 ELSE (EXTRACT(EPOCH FROM l."timestamp") * 1000000)::int8 END AS since
+        FROM "stateLogs" l
+        WHERE l."vehicleId" > $3 AND l."timestamp" <= $5 AND NOT (SELECT exact FROM status)
+        ORDER BY l."vehicleId", {latest}
+     ) t WHERE t.state = $1 ORDER BY t.id LIMIT $4)
+)
+SELECT p.id, p.since, v.make, v.model, (SELECT exact FROM status)
+FROM (SELECT * FROM page ORDER BY id LIMIT $4) p
+LEFT JOIN vehicles v ON v.id = p.id
+UNION ALL
+-- The status alone, so it is known on an empty page.
+SELECT NULL, NULL, NULL, NULL, (SELECT exact FROM status)
+"#,
+        latest = latest_first!(),
+    )
+});
+
+/// [`VEHICLES_SQL`]: up to `limit` vehicles in `state` at `at` with ids after `after` (`None`:
+/// from the first), in id order, and whether the segments were exact.
+pub async fn vehicles(
+    conn: &mut PgConnection,
+    state: &str,
+    at: Timestamp,
+    after: Option<i32>,
+    limit: u16,
+) -> Result<(Vec<FleetVehicle>, bool), DbError> {
+    let rows: Vec<(
+        Option<i32>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        bool,
+    )> = sqlx::query_as(VEHICLES_SQL.as_str())
+        .bind(state)
+        .bind(at.unix_micros())
+        .bind(after.map_or(i64::MIN, i64::from))
+        .bind(i64::from(limit))
+        .bind(at.as_datetime())
+        .fetch_all(conn)
+        .await?;
+    let mut exact = false;
+    let mut vehicles = Vec::with_capacity(rows.len());
+    for (id, since, make, model, status) in rows {
+        let Some(id) = id else {
+            exact = status;
+            continue;
+        };
+        vehicles.push(FleetVehicle {
+            id,
+            make,
+            model,
+            // `-infinity` (or anything outside 0001 to 9999) is no instant to show.
+            since: since.and_then(Timestamp::from_unix_micros),
+        });
+    }
+    // The page came in id order; the status row's union does not promise to keep it.
+    vehicles.sort_unstable_by_key(|v| v.id);
+    Ok((vehicles, exact))
 }
 
 /// Builds `fleet_sums` anew from `"stateLogs"` (writers wait meanwhile) and marks it exact; the

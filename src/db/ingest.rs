@@ -69,7 +69,7 @@ WITH reg_in AS (
     -- the vehicle was in `before` (the stored change in effect there, as this statement's
     -- snapshot has it, before its own insert) and is now in `after` (the better of that and
     -- the new one, if the stored one is at the same instant).
-    SELECT o.state AS before,
+    SELECT f.id, o.state AS before,
         CASE WHEN o."timestamp" = f.at
              AND (CASE o.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END,
                   o.state COLLATE "C")
@@ -79,7 +79,10 @@ WITH reg_in AS (
         CASE WHEN f.at = '-infinity' THEN -4611686018427387904
              ELSE (EXTRACT(EPOCH FROM f.at) * 1000000)::int8 END AS micros,
         (EXTRACT(EPOCH FROM LEAST(lead(f.at) OVER (PARTITION BY f.id ORDER BY f.at), x."timestamp"))
-            * 1000000)::int8 AS next_micros
+            * 1000000)::int8 AS next_micros,
+        CASE WHEN o."timestamp" = '-infinity' THEN -4611686018427387904
+             ELSE (EXTRACT(EPOCH FROM o."timestamp") * 1000000)::int8 END AS o_micros,
+        (EXTRACT(EPOCH FROM x."timestamp") * 1000000)::int8 AS x_micros
     FROM fleet_new f
     LEFT JOIN LATERAL (
         SELECT l.state, l."timestamp" FROM "stateLogs" l
@@ -120,6 +123,49 @@ WITH reg_in AS (
     HAVING sum(d.delta) <> 0
     ORDER BY 1, 2, 3
     ON CONFLICT (level, bucket, state) DO UPDATE SET delta = fleet_sums.delta + EXCLUDED.delta
+), fleet_points AS (
+    -- The segments of the timelines (`fleet_segments`) the new changes cut: each new instant
+    -- starts one, and so does each stored segment a new instant falls in (from its own start).
+    -- At an instant that is both, the new one's state (the better of the two).
+    SELECT DISTINCT ON (p.id, p.since) p.id, p.since, p.state, p.x_micros
+    FROM (
+        SELECT m.id, m.micros AS since, m.after AS state, m.x_micros, 0 AS stored FROM fleet_moves m
+        UNION ALL
+        SELECT m.id, m.o_micros, m.before, m.x_micros, 1 FROM fleet_moves m
+        WHERE m.o_micros < m.micros
+    ) p
+    ORDER BY p.id, p.since, p.stored
+), fleet_cut AS (
+    -- Each runs to the next such start or to the end of the stored segment it lies in (the
+    -- vehicle's next stored change), whichever is first; open when neither is.
+    SELECT c.id, c.state, c.since, c.until, vehicle_state_fleet_level(c.since, c.until) AS level
+    FROM (
+        SELECT p.id, p.state, p.since,
+            LEAST(lead(p.since) OVER (PARTITION BY p.id ORDER BY p.since), p.x_micros) AS until
+        FROM fleet_points p
+    ) c
+), fleet_gone AS (
+    -- The stored segments a new instant fell in, unless one of the new ones has the same key
+    -- (that one is updated in place: a statement cannot both delete and insert one key).
+    SELECT m.before AS state, vehicle_state_fleet_level(m.o_micros, m.x_micros) AS level,
+        m.id, m.o_micros AS since
+    FROM fleet_moves m WHERE m.o_micros IS NOT NULL
+    EXCEPT
+    SELECT c.state, c.level, c.id, c.since FROM fleet_cut c
+), fleet_segments_gone AS (
+    DELETE FROM fleet_segments s USING fleet_gone g
+    WHERE s.state = g.state AND s.level = g.level
+      AND s.bucket = vehicle_state_fleet_bucket(g.level, g.since)
+      AND s."vehicleId" = g.id AND s.since = g.since
+      AND (SELECT fs.exact FROM fleet_status fs)
+), fleet_segments_new AS (
+    -- Only this batch's vehicles' rows, which their locks keep to this transaction.
+    INSERT INTO fleet_segments (state, level, bucket, "vehicleId", since, until)
+    SELECT c.state, c.level, vehicle_state_fleet_bucket(c.level, c.since), c.id, c.since, c.until
+    FROM fleet_cut c
+    WHERE (SELECT fs.exact FROM fleet_status fs)
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (state, level, bucket, "vehicleId", since) DO UPDATE SET until = EXCLUDED.until
 ), touched AS (
     -- Every vehicle the batch names, duplicates too: each is announced on the change feed with
     -- what it is now, so a change committed before and redelivered is announced again.

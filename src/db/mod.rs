@@ -13,7 +13,10 @@ mod synthetic;
 
 pub use connect::check_connection;
 pub use database::Database;
-pub use fleet::{COUNTS_SQL, FINEST_BUCKET_BITS, counts as fleet_counts, rebuild as rebuild_fleet};
+pub use fleet::{
+    COUNTS_SQL, FINEST_BUCKET_BITS, OPEN_BY_START_MAX, VEHICLES_SQL, counts as fleet_counts,
+    rebuild as rebuild_fleet, vehicles as fleet_vehicles,
+};
 pub use history::{HISTORY_SQL, history};
 
 pub use synthetic::{SyntheticHistory, generate};

@@ -239,6 +239,134 @@ fn display<S: Serializer>(every: &Every, serializer: S) -> Result<S::Ok, S::Erro
     serializer.collect_str(every)
 }
 
+/// The most vehicles one page of the list may hold, and how many it holds unless asked.
+pub const MAX_PAGE: u16 = 1000;
+pub const DEFAULT_PAGE: u16 = 100;
+/// The longest state a list may be asked for, in bytes (states are short words; the column is
+/// free text).
+pub const MAX_STATE_LEN: usize = 256;
+
+/// A vehicle in a state at an instant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ToSchema)]
+pub struct FleetVehicle {
+    #[schema(example = 3)]
+    pub id: i32,
+    /// Null when the vehicle's registration has not arrived (its changes count all the same).
+    #[schema(example = "VW")]
+    pub make: Option<String>,
+    #[schema(example = "GOLF")]
+    pub model: Option<String>,
+    /// When it entered the state: its latest change at or before the instant (RFC 3339, UTC), as
+    /// the lookup's `stateSince`; null when that change is at `-infinity`.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2022-09-11T23:21:38Z")]
+    pub since: Option<Timestamp>,
+}
+
+/// A page of the vehicles in a state at an instant, in id order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ToSchema)]
+pub struct FleetVehicles {
+    #[schema(example = "selling")]
+    pub state: String,
+    /// The instant listed (RFC 3339, UTC); for `now`, the server's clock when the first page was
+    /// read, which every later page of the same listing keeps.
+    #[schema(value_type = String, format = DateTime, example = "2022-09-12T10:00:00Z")]
+    pub at: Timestamp,
+    /// At most `limit`, by id.
+    pub vehicles: Vec<FleetVehicle>,
+    /// The cursor of the next page (pass it as `after`), or null on the last page.
+    #[schema(example = json!(null))]
+    pub next: Option<String>,
+}
+
+/// The opaque `next` of a page of the list: the instant listed and the last id on the page.
+/// Written as lowercase hex of `micros,id`, which clients need not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListCursor {
+    pub at: Timestamp,
+    pub after: i32,
+}
+
+/// Why `after` is not a cursor of the list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`after` is not a cursor in the form this service writes: pass the `next` of the previous page as it is"
+)]
+pub struct ListCursorError;
+
+impl ListCursor {
+    pub fn encode(self) -> String {
+        let text = format!("{},{}", self.at.unix_micros(), self.after);
+        let mut out = String::with_capacity(text.len() * 2);
+        for b in text.bytes() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ListCursorError> {
+        // Two 20-digit integers and a comma, as hex.
+        if raw.is_empty() || raw.len() > 86 || !raw.len().is_multiple_of(2) {
+            return Err(ListCursorError);
+        }
+        let bytes: Vec<u8> = raw
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+            .collect::<Option<_>>()
+            .ok_or(ListCursorError)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ListCursorError)?;
+        let (micros, id) = text.split_once(',').ok_or(ListCursorError)?;
+        let at = micros
+            .parse()
+            .ok()
+            .and_then(Timestamp::from_unix_micros)
+            .ok_or(ListCursorError)?;
+        let after = id.parse().map_err(|_| ListCursorError)?;
+        let cursor = Self { at, after };
+        // Only the one spelling this service writes.
+        if cursor.encode() != raw {
+            return Err(ListCursorError);
+        }
+        Ok(cursor)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Builds a page from up to `limit + 1` vehicles read after the cursor's id: the one past the
+/// page says there is a next one.
+pub fn list_page(
+    state: String,
+    at: Timestamp,
+    limit: u16,
+    mut vehicles: Vec<FleetVehicle>,
+) -> FleetVehicles {
+    let limit = usize::from(limit);
+    let next = if vehicles.len() > limit {
+        vehicles.truncate(limit);
+        vehicles
+            .last()
+            .map(|v| ListCursor { at, after: v.id }.encode())
+    } else {
+        None
+    };
+    FleetVehicles {
+        state,
+        at,
+        vehicles,
+        next,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +468,67 @@ mod tests {
             Ok(1),
             "stops at the end of time"
         );
+    }
+
+    #[test]
+    fn a_list_cursor_round_trips_and_nothing_else_parses() {
+        let at = Timestamp::from_unix_micros(1_662_976_800_123_456).expect("in range");
+        for after in [1, 42, i32::MAX, 0, i32::MIN] {
+            let cursor = ListCursor { at, after };
+            let text = cursor.encode();
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert_eq!(ListCursor::parse(&text), Ok(cursor));
+        }
+        let good = ListCursor { at, after: 7 }.encode();
+        for bad in [
+            "".to_owned(),
+            "zz".to_owned(),
+            good.to_uppercase(),
+            format!("{good}00"),
+            good[..good.len() - 2].to_owned() + "2c",
+            ListCursor { at, after: 7 }
+                .encode()
+                .replacen("31", "3031", 1),
+            "2c".repeat(50),
+        ] {
+            assert_eq!(ListCursor::parse(&bad), Err(ListCursorError), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_list_cursor_only_if_it_is_the_one_spelling_of_one(raw in "\\PC{0,60}|[0-9a-f]{0,60}|(3[0-9]|2c|2d){1,40}") {
+            if let Ok(cursor) = ListCursor::parse(&raw) {
+                proptest::prop_assert_eq!(cursor.encode(), raw);
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_has_a_next_cursor_only_when_more_was_read_than_it_holds() {
+        let at = Timestamp::from_unix_micros(0).expect("in range");
+        let vehicle = |id| FleetVehicle {
+            id,
+            make: None,
+            model: None,
+            since: None,
+        };
+        let full = list_page(
+            "sold".to_owned(),
+            at,
+            2,
+            vec![vehicle(1), vehicle(5), vehicle(9)],
+        );
+        assert_eq!(full.vehicles, vec![vehicle(1), vehicle(5)]);
+        assert_eq!(
+            full.next.as_deref().map(ListCursor::parse),
+            Some(Ok(ListCursor { at, after: 5 }))
+        );
+        let last = list_page("sold".to_owned(), at, 2, vec![vehicle(1), vehicle(5)]);
+        assert_eq!(last.next, None);
+        assert_eq!(last.vehicles.len(), 2);
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /fleet/states`: how many vehicles were in each state at an instant; and
-//! `GET /fleet/states/series`: the same at each step of a window.
+//! `GET /fleet/states/series`: the same at each step of a window; and `GET /fleet/vehicles`:
+//! which vehicles were in a state at an instant, a page at a time.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
@@ -7,10 +8,13 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, route, web};
 use super::vehicles::X_CACHE;
 use crate::context::AppContext;
 use crate::domain::Timestamp;
-use crate::domain::fleet::{Every, FleetCounts, FleetSeries, SeriesQuery};
+use crate::domain::fleet::{
+    DEFAULT_PAGE, Every, FleetCounts, FleetSeries, FleetVehicles, ListCursor, MAX_PAGE,
+    MAX_STATE_LEN, SeriesQuery,
+};
 use crate::error::{ApiError, Problem};
 use crate::service::CacheStatus;
-use crate::service::fleet::FleetInstant;
+use crate::service::fleet::{FleetInstant, PageKey};
 
 const PATH: &str = "/fleet/states";
 
@@ -188,6 +192,133 @@ pub fn parse_series_query(raw: &str) -> Result<SeriesQuery, ApiError> {
     Ok(SeriesQuery { from, to, every })
 }
 
+const VEHICLES_PATH: &str = "/fleet/vehicles";
+
+/// Which vehicles were in a state at an instant, in id order, a page at a time.
+///
+/// The vehicles `GET /fleet/states` counts in `state` at `at`, each with make and model (null
+/// while its registration has not arrived) and since when it was in the state (the lookup's
+/// `stateSince`). Pages follow each other by `next`, an opaque cursor to pass as `after`; it
+/// carries the instant, so the pages of a listing at `now` list one instant. A page costs a few
+/// index range scans however deep it is. Cached for `CACHE_TTL_SECS` from the read, like counts.
+#[utoipa::path(
+    get,
+    path = "/fleet/vehicles",
+    tag = "fleet",
+    params(
+        ("state" = String, Query, max_length = 256, description = "The state: `quoted`, `selling`, `sold`, or any other state text stored (a state no vehicle was in lists none).", example = "selling"),
+        ("at" = Option<String>, Query, max_length = 64, description = "The instant, in any form the lookup's `ts` accepts, or `now` (the default): the server's clock when the first page is read. With `after`, the cursor's instant is used; an `at` that names another instant is a 400. Type it here as it is: Swagger UI encodes it; in a query string of your own, send `+` as `%2B`.", example = "2022-09-12T10:00:00Z"),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "The most vehicles on the page (default 100).", example = 100),
+        ("after" = Option<String>, Query, max_length = 86, description = "The `next` of the previous page, as it was given."),
+    ),
+    responses(
+        (status = 200, description = "A page of the vehicles in the state at the instant.", body = FleetVehicles, headers(
+            ("X-Cache" = String, description = "`HIT` (this replica's memory) or `MISS` (read from PostgreSQL for this request)."),
+            ("Cache-Control" = String, description = "`public, max-age=N`: N is how many more seconds this page may be reused."),
+        ), example = json!({
+            "state": "selling",
+            "at": "2022-09-12T10:00:00Z",
+            "vehicles": [
+                {"id": 2, "make": "AUDI", "model": "A4", "since": "2022-09-11T17:03:17Z"},
+                {"id": 3, "make": "VW", "model": "GOLF", "since": "2022-09-11T23:21:38Z"}
+            ],
+            "next": null
+        })),
+        (status = 400, description = "`state` is missing, empty or longer than 256 bytes, `limit` is not from 1 to 1000, `after` is not a cursor this service wrote or names another instant than `at`, or a parameter is given twice (`/problems/invalid-query`); `at` is not an instant (`/problems/invalid-timestamp`).", body = Problem, content_type = "application/problem+json"),
+        super::Refusals,
+        (status = 503, description = "The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`).", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u32, description = "Seconds to wait before retrying."),
+        )),
+    ),
+)]
+#[route("/fleet/vehicles", method = "GET", method = "HEAD")]
+pub async fn fleet_vehicles(req: HttpRequest, state: web::Data<AppContext>) -> HttpResponse {
+    vehicles_answer(&req, &state)
+        .await
+        .unwrap_or_else(|error| error.error_response())
+}
+
+async fn vehicles_answer(req: &HttpRequest, state: &AppContext) -> Result<HttpResponse, ApiError> {
+    let key = parse_list_query(req.query_string())?;
+    let served = state
+        .service
+        .fleet
+        .vehicles(key)
+        .await
+        .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
+    json(&served.read.page, served.cache, served.fresh_for, state)
+}
+
+/// `state`, `at`, `limit` and `after`, each at most once; other parameters are ignored.
+pub fn parse_list_query(raw: &str) -> Result<PageKey, ApiError> {
+    let (mut state, mut at, mut limit, mut after) = (None, None, None, None);
+    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match name.as_ref() {
+            "state" => &mut state,
+            "at" => &mut at,
+            "limit" => &mut limit,
+            "after" => &mut after,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::InvalidQuery(format!(
+                "`{name}` is given more than once; give it once"
+            )));
+        }
+    }
+    let state = state.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::InvalidQuery(
+            "`state` is required: the state to list, such as quoted, selling or sold".to_owned(),
+        )
+    })?;
+    if state.len() > MAX_STATE_LEN {
+        return Err(ApiError::InvalidQuery(format!(
+            "`state` is {} bytes long; a state is at most {MAX_STATE_LEN}",
+            state.len()
+        )));
+    }
+    let limit = match limit {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!(
+                    "`limit` must be an integer from 1 to {MAX_PAGE}, not {:?}",
+                    raw.chars().take(64).collect::<String>()
+                ))
+            })?,
+    };
+    let at = match at.as_deref() {
+        None | Some("now") => None,
+        Some(raw) => Some(
+            Timestamp::parse_query_value(raw)
+                .map_err(|e| ApiError::InvalidTimestampParameter("at".to_owned(), e))?,
+        ),
+    };
+    let (at, after) = match after {
+        None => (at.map_or(FleetInstant::Now, FleetInstant::At), None),
+        Some(raw) => {
+            let cursor =
+                ListCursor::parse(&raw).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+            if at.is_some_and(|at| at != cursor.at) {
+                return Err(ApiError::InvalidQuery(format!(
+                    "`after` continues the listing at {}, not at `at`; pass the `at` of the first page or none",
+                    cursor.at
+                )));
+            }
+            (FleetInstant::At(cursor.at), Some(cursor.after))
+        }
+    };
+    Ok(PageKey {
+        state,
+        at,
+        after,
+        limit,
+    })
+}
+
 /// A JSON body with the cache headers of counts.
 fn json(
     body: &impl serde::Serialize,
@@ -234,8 +365,22 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
             .map(|e| ApiError::InvalidQuery(e.to_string())),
     )
     .collect();
+    let list_invalid = [
+        "at=2022-09-12T10:00:00Z",
+        "state=selling&limit=0",
+        "state=selling&after=zz",
+        "state=selling&state=sold",
+        "state=selling&at=yesterday",
+    ]
+    .into_iter()
+    .filter_map(|query| parse_list_query(query).err())
+    .collect();
     let mut examples = Vec::new();
-    for (path, invalid) in [(PATH, invalid), (SERIES_PATH, series_invalid)] {
+    for (path, invalid) in [
+        (PATH, invalid),
+        (SERIES_PATH, series_invalid),
+        (VEHICLES_PATH, list_invalid),
+    ] {
         examples.extend([
             (path, 400, invalid),
             (

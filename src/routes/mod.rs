@@ -39,6 +39,7 @@ pub fn configure_api(cfg: &mut ServiceConfig) {
         .service(changes::changes)
         .service(fleet::fleet_states)
         .service(fleet::fleet_series)
+        .service(fleet::fleet_vehicles)
         .service(health::livez)
         .service(health::readyz);
 }

@@ -14,11 +14,39 @@ use tokio::sync::Semaphore;
 use super::{CacheStatus, LookupError};
 use crate::db::Database;
 use crate::domain::Timestamp;
-use crate::domain::fleet::FleetCounts;
+use crate::domain::fleet::{FleetCounts, FleetVehicles, list_page};
 use crate::metrics::FLEET_COUNTS;
 
 /// Instants whose counts this replica keeps at most (`now` included): a few hundred bytes each.
 const FLEET_CACHE_ENTRIES: u64 = 100_000;
+/// Bytes of pages of the list this replica keeps at most (weighed as their JSON's rough size).
+const FLEET_PAGES_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A page of the list asked for: the state, the instant, the last id of the page before (none:
+/// the first page) and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub state: String,
+    pub at: FleetInstant,
+    pub after: Option<i32>,
+    pub limit: u16,
+}
+
+/// A page as read, and when.
+#[derive(Debug)]
+pub struct PageRead {
+    pub page: FleetVehicles,
+    read_at: Instant,
+    read_second: u64,
+}
+
+/// A page as served.
+#[derive(Debug, Clone)]
+pub struct PageServed {
+    pub read: Arc<PageRead>,
+    pub cache: CacheStatus,
+    pub fresh_for: Duration,
+}
 
 /// What a count is asked for: an instant, or `now` (the server's clock when it is read, and kept
 /// like any other answer: a client asking `now` gets counts at most `CACHE_TTL_SECS` old, whose
@@ -95,6 +123,7 @@ pub struct FleetServed {
 pub struct Fleet {
     db: Database,
     cache: moka::future::Cache<FleetInstant, Arc<FleetRead>>,
+    pages: moka::future::Cache<PageKey, Arc<PageRead>>,
     ttl: Duration,
     /// The lookups' `LOOKUP_CONCURRENCY_LIMIT`, shared: a count is a statement like a lookup's.
     limit: Arc<Semaphore>,
@@ -118,9 +147,18 @@ impl Fleet {
             .max_capacity(FLEET_CACHE_ENTRIES)
             .time_to_live(ttl)
             .build();
+        let pages = moka::future::Cache::builder()
+            .max_capacity(FLEET_PAGES_CACHE_BYTES)
+            .weigher(|key: &PageKey, read: &Arc<PageRead>| {
+                let vehicles = read.page.vehicles.len();
+                u32::try_from(key.state.len() + 128 + 96 * vehicles).unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl)
+            .build();
         Self {
             db,
             cache,
+            pages,
             ttl,
             limit,
             max_in_flight,
@@ -142,7 +180,11 @@ impl Fleet {
     /// own expiry counts from the insert, which comes after the read), or before a change they
     /// no longer hold after; for `now`, before any change.
     fn outdated(&self, key: FleetInstant, read: &FleetRead) -> bool {
-        if read.read_at.elapsed() >= self.ttl {
+        self.outdated_read(key, read.read_at, read.read_second)
+    }
+
+    fn outdated_read(&self, key: FleetInstant, read_at: Instant, read_second: u64) -> bool {
+        if read_at.elapsed() >= self.ttl {
             return true;
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,7 +192,63 @@ impl Fleet {
             FleetInstant::At(at) => at.unix_micros(),
             FleetInstant::Now => i64::MAX,
         };
-        changes.since(read.read_second, up_to)
+        changes.since(read_second, up_to)
+    }
+
+    /// A page of the vehicles in a state at an instant: memory first, as counts are (dropped by
+    /// the same changes); on a miss one statement, however many ask at once, shed at once when
+    /// `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. At `now` the page's instant is the
+    /// server's clock at the read, which its `next` cursor carries to the pages after it.
+    pub async fn vehicles(&self, key: PageKey) -> Result<PageServed, Arc<LookupError>> {
+        if let Some(held) = self.pages.get(&key).await {
+            if !self.outdated_read(key.at, held.read_at, held.read_second) {
+                return Ok(self.page_served(held, CacheStatus::Hit));
+            }
+            self.pages.invalidate(&key).await;
+        }
+        let entry = self
+            .pages
+            .entry(key.clone())
+            .or_try_insert_with(async {
+                let _permit = self
+                    .limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
+                let read_at = Instant::now();
+                let at = match key.at {
+                    FleetInstant::At(at) => at,
+                    FleetInstant::Now => Timestamp::now(),
+                };
+                // One more than the page: whether there is a next one.
+                let (vehicles, from_segments) = self
+                    .db
+                    .fleet_vehicles(&key.state, at, key.after, key.limit.saturating_add(1))
+                    .await?;
+                self.counted(from_segments);
+                let page = list_page(key.state.clone(), at, key.limit, vehicles);
+                Ok::<_, LookupError>(Arc::new(PageRead {
+                    page,
+                    read_at,
+                    read_second: read_at.saturating_duration_since(self.started).as_secs(),
+                }))
+            })
+            .await?;
+        let cache = if entry.is_fresh() {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        };
+        Ok(self.page_served(entry.into_value(), cache))
+    }
+
+    fn page_served(&self, read: Arc<PageRead>, cache: CacheStatus) -> PageServed {
+        let fresh_for = self.ttl.saturating_sub(read.read_at.elapsed());
+        PageServed {
+            read,
+            cache,
+            fresh_for,
+        }
     }
 
     /// The counts at each of `instants`, in order: those in memory from there, the rest in one

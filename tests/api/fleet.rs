@@ -12,9 +12,9 @@ use vehicle_state::domain::event::{StateChange, VehicleState};
 use vehicle_state::domain::{Timestamp, VehicleId};
 use vehicle_state_test_support::app::{TestApp, spawn_app, spawn_app_with};
 
-/// The rule: each vehicle counts in the state of its latest change at or before the instant
-/// (by time, then lifecycle, then the state's bytes).
-fn reference(rows: &[(i32, String, i64)], at: i64) -> BTreeMap<String, u64> {
+/// The rule: each vehicle is in the state of its latest change at or before the instant (by
+/// time, then lifecycle, then the state's bytes); that change, per vehicle.
+fn latest_at(rows: &[(i32, String, i64)], at: i64) -> BTreeMap<i32, (i64, i32, &str)> {
     let rank = |state: &str| match state {
         "sold" => 3,
         "selling" => 2,
@@ -30,11 +30,31 @@ fn reference(rows: &[(i32, String, i64)], at: i64) -> BTreeMap<String, u64> {
             *best = candidate;
         }
     }
+    latest
+}
+
+/// The counts the rule gives.
+fn reference(rows: &[(i32, String, i64)], at: i64) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
-    for (_, _, state) in latest.values() {
+    for (_, _, state) in latest_at(rows, at).values() {
         *counts.entry((*state).to_owned()).or_insert(0) += 1;
     }
     counts
+}
+
+/// The list the rule gives: the vehicles of `ids` in `state` at `at`, by id, with their change's
+/// instant.
+fn reference_list(
+    rows: &[(i32, String, i64)],
+    at: i64,
+    state: &str,
+    ids: std::ops::Range<i32>,
+) -> Vec<(i32, Option<i64>)> {
+    latest_at(rows, at)
+        .into_iter()
+        .filter(|(id, (_, _, s))| *s == state && ids.contains(id))
+        .map(|(id, (ts, _, _))| (id, Some(ts)))
+        .collect()
 }
 
 async fn all_rows(app: &TestApp) -> Vec<(i32, String, i64)> {
@@ -161,7 +181,44 @@ async fn check(app: &TestApp, first_vehicle: i32, case: &Case) {
             .collect();
         assert_eq!(got, want, "at {at}");
     }
+    // The list, a few vehicles a page, over this case's vehicles: each state at each probe.
+    for (pick, nudge) in &case.probes {
+        let at = instants[pick % instants.len()] + nudge;
+        for state in STATES {
+            let want = reference_list(&rows, at, state, first_vehicle..first_vehicle + 10);
+            let mut got = Vec::new();
+            let mut after = Some(first_vehicle - 1);
+            while let Some(from) = after {
+                let (page, from_segments) = vehicle_state::db::fleet_vehicles(
+                    &mut conn,
+                    state,
+                    Timestamp::from_unix_micros(at).expect("in range"),
+                    Some(from),
+                    3,
+                )
+                .await
+                .expect("a page");
+                assert!(from_segments, "listed from the segments ingest kept");
+                let ids: Vec<i32> = page.iter().map(|v| v.id).collect();
+                assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order: {ids:?}");
+                after = (page.len() == 3).then(|| ids[2]);
+                got.extend(
+                    page.into_iter()
+                        .filter(|v| v.id < first_vehicle + 10)
+                        .map(|v| (v.id, v.since.map(Timestamp::unix_micros))),
+                );
+                if after.is_some_and(|id| id >= first_vehicle + 10) {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "{state} at {at}");
+        }
+    }
     // What ingest kept is what a rebuild makes.
+    let segments_kept: Vec<(String, i16, i64, i32, i64, Option<i64>)> = sqlx::query_as(SEGMENTS)
+        .fetch_all(&mut *conn)
+        .await
+        .expect("the segments");
     let kept: Vec<(i16, i64, String, i64)> = sqlx::query_as(
         "SELECT level, bucket, state, delta FROM fleet_sums WHERE delta <> 0 ORDER BY 1, 2, 3",
     )
@@ -181,7 +238,17 @@ async fn check(app: &TestApp, first_vehicle: i32, case: &Case) {
         kept, rebuilt,
         "the sums ingest kept are those a rebuild makes"
     );
+    let segments_rebuilt: Vec<(String, i16, i64, i32, i64, Option<i64>)> = sqlx::query_as(SEGMENTS)
+        .fetch_all(&mut *conn)
+        .await
+        .expect("the segments");
+    assert_eq!(
+        segments_kept, segments_rebuilt,
+        "the segments ingest kept are those a rebuild makes"
+    );
 }
+
+const SEGMENTS: &str = r#"SELECT state, level, bucket, "vehicleId", since, until FROM fleet_segments ORDER BY 1, 2, 3, 4, 5"#;
 
 #[test]
 fn counts_follow_the_rule_through_seeding_and_late_duplicate_and_out_of_order_events() {
@@ -464,4 +531,183 @@ async fn a_series_that_is_too_long_or_malformed_is_a_400_that_says_why() {
         .await;
     assert_eq!(fits.status, 200, "{}", fits.body);
     assert_eq!(fits.json()["points"].as_array().map(Vec::len), Some(24));
+}
+
+#[tokio::test]
+async fn the_vehicles_in_a_state_are_listed_in_id_order_a_page_at_a_time() {
+    let app = spawn_app().await;
+    // The sample at 09-12 12:00: 1 quoted, 2 and 3 selling.
+    let first = app
+        .get("/fleet/vehicles?state=selling&at=2022-09-12T12:00:00Z&limit=1")
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("x-cache"), "MISS");
+    let next = first.json()["next"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    assert_eq!(
+        first.json(),
+        serde_json::json!({
+            "state": "selling",
+            "at": "2022-09-12T12:00:00Z",
+            "vehicles": [{"id": 2, "make": "AUDI", "model": "A4", "since": "2022-09-11T17:03:17Z"}],
+            "next": next,
+        })
+    );
+    let second = app
+        .get(&format!(
+            "/fleet/vehicles?state=selling&limit=1&after={next}"
+        ))
+        .await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(
+        second.json(),
+        serde_json::json!({
+            "state": "selling",
+            "at": "2022-09-12T12:00:00Z",
+            "vehicles": [{"id": 3, "make": "VW", "model": "GOLF", "since": "2022-09-11T23:21:38Z"}],
+            "next": null,
+        }),
+        "the cursor carries the instant"
+    );
+    let again = app
+        .get("/fleet/vehicles?state=selling&at=2022-09-12%2014:00:00%2B02&limit=1")
+        .await;
+    assert_eq!(
+        again.header("x-cache"),
+        "HIT",
+        "the same page, written otherwise"
+    );
+    assert!(
+        again
+            .header("cache-control")
+            .starts_with("public, max-age=")
+    );
+
+    let whole = app
+        .get("/fleet/vehicles?state=selling&at=2022-09-12T12:00:00Z")
+        .await;
+    let ids: Vec<i64> = whole.json()["vehicles"]
+        .as_array()
+        .expect("vehicles")
+        .iter()
+        .map(|v| v["id"].as_i64().expect("an id"))
+        .collect();
+    assert_eq!(ids, vec![2, 3]);
+    assert_eq!(whole.json()["next"], serde_json::Value::Null);
+
+    // Now (the default): 3 is sold; an unregistered vehicle counts, with no make or model.
+    app.add_state_log(99, "sold", "2022-09-13T00:00:00Z").await;
+    let sold = app.get("/fleet/vehicles?state=sold").await;
+    assert_eq!(sold.status, 200, "{}", sold.body);
+    assert_eq!(
+        sold.json()["vehicles"],
+        serde_json::json!([
+            {"id": 3, "make": "VW", "model": "GOLF", "since": "2022-09-12T12:41:41Z"},
+            {"id": 99, "make": null, "model": null, "since": "2022-09-13T00:00:00Z"}
+        ]),
+        "listed by the plain rule while the segments are not exact"
+    );
+    let none = app
+        .get("/fleet/vehicles?state=archived&at=2022-09-12T12:00:00Z")
+        .await;
+    assert_eq!(none.status, 200, "{}", none.body);
+    assert_eq!(none.json()["vehicles"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_list_asked_wrongly_is_a_400_that_says_why() {
+    let app = spawn_app().await;
+    for (query, says) in [
+        ("at=2022-09-12T10:00:00Z", "`state` is required"),
+        ("state=", "`state` is required"),
+        (
+            "state=selling&limit=0",
+            "`limit` must be an integer from 1 to 1000",
+        ),
+        (
+            "state=selling&limit=1001",
+            "`limit` must be an integer from 1 to 1000",
+        ),
+        ("state=selling&after=zz", "`after` is not a cursor"),
+        (
+            "state=selling&state=sold",
+            "`state` is given more than once",
+        ),
+        ("state=selling&at=yesterday", "at"),
+    ] {
+        let reply = app.get(&format!("/fleet/vehicles?{query}")).await;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        assert!(
+            reply.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(says)),
+            "{query}: {}",
+            reply.body
+        );
+    }
+    let long = "s".repeat(257);
+    let reply = app.get(&format!("/fleet/vehicles?state={long}")).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+
+    let first = app
+        .get("/fleet/vehicles?state=selling&at=2022-09-12T12:00:00Z&limit=1")
+        .await;
+    let next = first.json()["next"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let elsewhere = app
+        .get(&format!(
+            "/fleet/vehicles?state=selling&at=2022-09-12T13:00:00Z&limit=1&after={next}"
+        ))
+        .await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(
+        elsewhere.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("continues the listing at 2022-09-12T12:00:00Z")),
+        "{}",
+        elsewhere.body
+    );
+}
+
+#[tokio::test]
+async fn a_page_is_index_range_scans_of_the_segments_and_never_reads_the_table_while_they_are_exact()
+ {
+    let app = spawn_app().await;
+    sqlx::query("VACUUM (ANALYZE) fleet_segments")
+        .execute(&app.db)
+        .await
+        .expect("a vacuum");
+    let mut conn = app.db.acquire().await.expect("a connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE page(text, int8, int8, int8, timestamptz) AS {}",
+        vehicle_state::db::VEHICLES_SQL.as_str()
+    )))
+    .execute(&mut *conn)
+    .await
+    .expect("prepared");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("set");
+    let plan: Vec<(String,)> = sqlx::query_as(
+        "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE page('selling', 1662984000000000, -9223372036854775808, 101, '2022-09-12T12:00:00Z')",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("a plan");
+    let plan: String = plan.into_iter().map(|(l,)| l + "\n").collect();
+    assert!(plan.contains("Merge Append"), "{plan}");
+    assert_eq!(
+        plan.matches("Index Only Scan using fleet_segments_pkey")
+            .count(),
+        17,
+        "{plan}"
+    );
+    for line in plan.lines().filter(|l| l.contains(r#"on "stateLogs""#)) {
+        assert!(line.contains("never executed"), "{plan}");
+    }
 }
