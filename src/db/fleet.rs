@@ -227,6 +227,15 @@ SELECT NULL, NULL, NULL, NULL, (SELECT exact FROM status)
     )
 });
 
+/// A row of [`VEHICLES_SQL`]: id, since (µs), make, model, whether the segments were exact.
+type VehicleRow = (
+    Option<i32>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
 /// [`VEHICLES_SQL`]: up to `limit` vehicles in `state` at `at` with ids after `after` (`None`:
 /// from the first), in id order, and whether the segments were exact.
 pub async fn vehicles(
@@ -236,13 +245,7 @@ pub async fn vehicles(
     after: Option<i32>,
     limit: u16,
 ) -> Result<(Vec<FleetVehicle>, bool), DbError> {
-    let rows: Vec<(
-        Option<i32>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        bool,
-    )> = sqlx::query_as(VEHICLES_SQL.as_str())
+    let rows: Vec<VehicleRow> = sqlx::query_as(VEHICLES_SQL.as_str())
         .bind(state)
         .bind(at.unix_micros())
         .bind(after.map_or(i64::MIN, i64::from))
