@@ -165,11 +165,13 @@ pub async fn rebuild_fleet_sums(settings: &DatabaseSettings) -> anyhow::Result<(
     let rows = fleet::rebuild(&mut conn)
         .await
         .context("cannot build the fleet's sums (fleet_sums)")?;
-    // The visibility map, so counts read the sums' key alone (index-only scans).
-    sqlx::query("VACUUM (ANALYZE) fleet_sums")
-        .execute(&mut *conn)
-        .await
-        .context("cannot vacuum fleet_sums")?;
+    // The visibility map, so counts and pages read the keys alone (index-only scans).
+    for table in ["fleet_sums", "fleet_segments"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}")))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot vacuum {table}"))?;
+    }
     drop(conn);
     pool.close().await;
     tracing::info!(

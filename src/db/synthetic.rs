@@ -101,13 +101,14 @@ pub(super) async fn load(pool: &PgPool, settings: SyntheticSettings) -> anyhow::
     tracing::info!(
         rows = sums,
         seconds = fleet_started.elapsed().as_secs_f64(),
-        "fleet's sums built"
+        "fleet's sums built (and its segments)"
     );
     // Separate statements: VACUUM refuses to run inside the implicit transaction of a batch.
     for statement in [
         "ANALYZE vehicles",
-        // And the visibility map, so counts read the sums' key alone.
+        // And the visibility map, so counts and pages read the keys alone.
         "VACUUM (ANALYZE) fleet_sums",
+        "VACUUM (ANALYZE) fleet_segments",
         r#"VACUUM (ANALYZE) "stateLogs""#,
     ] {
         sqlx::query(statement)
