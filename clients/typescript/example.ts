@@ -58,6 +58,19 @@ const perState = Object.entries(fleet.data.states)
   .join(", ");
 console.log(`fleet: at ${fleet.data.at}, ${perState}; ${fleet.data.total} in all`);
 
+// Which vehicles those are, a page at a time: `next` is the cursor of the page after.
+const selling: number[] = [];
+let after: string | undefined;
+do {
+  const page = await api.GET("/fleet/vehicles", {
+    params: { query: { state: "selling", at: "2022-09-12T12:00:00Z", limit: 1, after } },
+  });
+  if (!page.data) fail("fleet vehicles", page.error, page.response.status);
+  selling.push(...page.data.vehicles.map((vehicle) => vehicle.id));
+  after = page.data.next ?? undefined;
+} while (after);
+console.log(`fleet: selling at 2022-09-12T12:00:00Z, vehicles ${selling.join(", ")}`);
+
 // A vehicle that does not exist is a typed problem, not an exception.
 const missing = await api.GET("/vehicles/{id}/timestamp/{ts}", {
   params: { path: { id: 999, ts: "2022-09-12T10:00:00Z" } },

@@ -308,7 +308,18 @@ test("the explore page draws the fleet's counts over a window and shows those of
   await page.waitForFunction(() => document.querySelector("#fleet-point")?.dataset.at === "2022-09-12T00:00:00Z");
   const clicked = await page.textContent("#fleet-point");
   const served = await (await fetch(`${api}/fleet/states?at=2022-09-12T00:00:00Z`)).json();
+  // The bar's vehicles are listed (GET /fleet/vehicles), and one of them opens its timeline there.
+  await page.waitForSelector('#fleet-vehicles[data-count="2"]');
+  const listed = await page.$$eval("#fleet-vehicles button", (buttons) => buttons.map((b) => b.textContent));
+  const caption = await page.textContent("#fleet-list-caption");
+  const moreHidden = await page.isHidden("#fleet-more");
+  const listedServed = await (await fetch(`${api}/fleet/vehicles?state=selling&at=2022-09-12T00:00:00Z`)).json();
   await page.screenshot({ path: path.join(ROOT, "target/explore-fleet.png"), fullPage: true });
+  await page.locator('#fleet-vehicles button[data-vehicle-id="3"]').click();
+  await page.waitForFunction(() => document.querySelector("#answer")?.dataset.state === "selling");
+  const opened3 = await page.textContent("#vehicle");
+  const answered = await page.textContent("#answer");
+  const instantFilled = await page.inputValue("#instant");
 
   // A step outside a minute to a month: the service's own 400, on the page.
   await page.fill("#fleet-every", "P1Y");
@@ -331,6 +342,16 @@ test("the explore page draws the fleet's counts over a window and shows those of
   );
   assert.equal(clicked, "At 2022-09-12T00:00:00Z: 1 quoted, 2 selling, 0 sold; 3 in all.");
   assert.deepEqual(served.states, { quoted: 1, selling: 2, sold: 0 });
+  assert.deepEqual(listed, [
+    "2: AUDI A4, selling since 2022-09-11T17:03:17Z",
+    "3: VW GOLF, selling since 2022-09-11T23:21:38Z",
+  ]);
+  assert.deepEqual(listedServed.vehicles.map((v) => v.id), [2, 3]);
+  assert.equal(caption, "2 selling at 2022-09-12T00:00:00Z:");
+  assert.equal(moreHidden, true);
+  assert.match(opened3, /^Vehicle 3: VW GOLF, 3 state changes$/);
+  assert.match(answered, /^At 2022-09-12T00:00:00Z vehicle 3 was selling \(since 2022-09-11T23:21:38Z, until 2022-09-12T12:41:41Z\)/);
+  assert.equal(instantFilled, "2022-09-12T00:00:00Z");
   assert.match(refused, /^400: `every` must be/);
   assert.deepEqual(violations, []);
   await page.close();
@@ -435,6 +456,7 @@ test("the typed client's example calls every endpoint", () => {
   assert.match(output, /^history: quoted from 2022-09-11T09:11:45Z until 2022-09-11T23:21:38Z$/m);
   assert.match(output, /^history: sold from 2022-09-12T12:41:41Z until now$/m);
   assert.match(output, /^fleet: at 2022-09-12T12:00:00Z, 1 quoted, 2 selling, 0 sold; 3 in all$/m);
+  assert.match(output, /^fleet: selling at 2022-09-12T12:00:00Z, vehicles 2, 3$/m);
   assert.match(output, /^missing: 404 \/problems\/vehicle-not-found$/m);
 });
 

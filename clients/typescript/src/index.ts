@@ -14,6 +14,8 @@ export type History = components["schemas"]["History"];
 export type BatchResult = components["schemas"]["BatchResult"];
 /** How many vehicles were in each state at an instant, and their total. */
 export type FleetCounts = components["schemas"]["FleetCounts"];
+/** A page of the vehicles in a state at an instant, in id order (`next`: the cursor of the next). */
+export type FleetVehicles = components["schemas"]["FleetVehicles"];
 /** An RFC 9457 problem body, as every error is sent. */
 export type Problem = components["schemas"]["Problem"];
 

@@ -73,6 +73,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/fleet/vehicles": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Which vehicles were in a state at an instant, in id order, a page at a time.
+         * @description The vehicles `GET /fleet/states` counts in `state` at `at`, each with make and model (null
+         *     while its registration has not arrived) and since when it was in the state (the lookup's
+         *     `stateSince`). Pages follow each other by `next`, an opaque cursor to pass as `after`; it
+         *     carries the instant, so the pages of a listing at `now` list one instant. A page costs a few
+         *     index range scans however deep it is. Cached for `CACHE_TTL_SECS` from the read, like counts.
+         */
+        get: operations["fleet_vehicles"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/livez": {
         parameters: {
             query?: never;
@@ -393,6 +417,47 @@ export interface components {
              * @example 2022-09-12T00:00:00Z
              */
             to: string;
+        };
+        /** @description A vehicle in a state at an instant. */
+        FleetVehicle: {
+            /**
+             * Format: int32
+             * @example 3
+             */
+            id: number;
+            /**
+             * @description Null when the vehicle's registration has not arrived (its changes count all the same).
+             * @example VW
+             */
+            make?: string | null;
+            /** @example GOLF */
+            model?: string | null;
+            /**
+             * Format: date-time
+             * @description When it entered the state: its latest change at or before the instant (RFC 3339, UTC), as
+             *     the lookup's `stateSince`; null when that change is at `-infinity`.
+             * @example 2022-09-11T23:21:38Z
+             */
+            since?: string | null;
+        };
+        /** @description A page of the vehicles in a state at an instant, in id order. */
+        FleetVehicles: {
+            /**
+             * Format: date-time
+             * @description The instant listed (RFC 3339, UTC); for `now`, the server's clock when the first page was
+             *     read, which every later page of the same listing keeps.
+             * @example 2022-09-12T10:00:00Z
+             */
+            at: string;
+            /**
+             * @description The cursor of the next page (pass it as `after`), or null on the last page.
+             * @example null
+             */
+            next?: string | null;
+            /** @example selling */
+            state: string;
+            /** @description At most `limit`, by id. */
+            vehicles: components["schemas"]["FleetVehicle"][];
         };
         /** @description A page of a vehicle's timeline. */
         History: {
@@ -819,6 +884,115 @@ export interface operations {
                 };
             };
             /** @description The database cannot answer and some points are not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`). */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    fleet_vehicles: {
+        parameters: {
+            query: {
+                /**
+                 * @description The state: `quoted`, `selling`, `sold`, or any other state text stored (a state no vehicle was in lists none).
+                 * @example selling
+                 */
+                state: string;
+                /**
+                 * @description The instant, in any form the lookup's `ts` accepts, or `now` (the default): the server's clock when the first page is read. With `after`, the cursor's instant is used; an `at` that names another instant is a 400. Type it here as it is: Swagger UI encodes it; in a query string of your own, send `+` as `%2B`.
+                 * @example 2022-09-12T10:00:00Z
+                 */
+                at?: string;
+                /**
+                 * @description The most vehicles on the page (default 100).
+                 * @example 100
+                 */
+                limit?: number;
+                /** @description The `next` of the previous page, as it was given. */
+                after?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the vehicles in the state at the instant. */
+            200: {
+                headers: {
+                    /** @description `public, max-age=N`: N is how many more seconds this page may be reused. */
+                    "Cache-Control"?: string;
+                    /** @description `HIT` (this replica's memory) or `MISS` (read from PostgreSQL for this request). */
+                    "X-Cache"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "at": "2022-09-12T10:00:00Z",
+                     *       "next": null,
+                     *       "state": "selling",
+                     *       "vehicles": [
+                     *         {
+                     *           "id": 2,
+                     *           "make": "AUDI",
+                     *           "model": "A4",
+                     *           "since": "2022-09-11T17:03:17Z"
+                     *         },
+                     *         {
+                     *           "id": 3,
+                     *           "make": "VW",
+                     *           "model": "GOLF",
+                     *           "since": "2022-09-11T23:21:38Z"
+                     *         }
+                     *       ]
+                     *     }
+                     */
+                    "application/json": components["schemas"]["FleetVehicles"];
+                };
+            };
+            /** @description `state` is missing, empty or longer than 256 bytes, `limit` is not from 1 to 1000, `after` is not a cursor this service wrote or names another instant than `at`, or a parameter is given twice (`/problems/invalid-query`); `at` is not an instant (`/problems/invalid-timestamp`). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With API keys (`AUTH_API_KEYS_FILE`) or access tokens (`AUTH_JWKS_URL`) on: no credential, an API key the service does not know, or a token that fails a check (signature, issuer, audience, expiry; `detail` says which) (`/problems/unauthorized`), with `WWW-Authenticate: Bearer`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="vehicle-state"`, with `error="invalid_token"` when a credential was sent (and, for a token, `error_description`). */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With quotas on (`RATE_LIMIT_RPS`): the client has used its budget for now (`/problems/rate-limited`); retry after `Retry-After` seconds. Every answer then carries `RateLimit-Policy` and `RateLimit`. */
+            429: {
+                headers: {
+                    /** @description What is left of it: `"default";r=REMAINING;t=SECONDS` until it is full again. */
+                    RateLimit?: string;
+                    /** @description The client's budget: `"default";q=BURST;w=SECONDS`. */
+                    "RateLimit-Policy"?: string;
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database cannot answer and the page is not cached (`/problems/database-unavailable`), or the replica shed the request (`/problems/overloaded`), or, with access tokens on, the identity provider's keys have not been fetched yet (`/problems/keys-unavailable`). */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying. */

@@ -143,9 +143,8 @@ function follow(id) {
   });
 }
 
-$("pick").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const id = $("id").value.trim();
+// A vehicle's timeline drawn, and followed live.
+async function openVehicle(id) {
   try {
     const { vehicle, changes } = await history(id);
     draw(id, vehicle, changes);
@@ -158,7 +157,14 @@ $("pick").addEventListener("submit", async (event) => {
     shown = null;
     $("answer").className = "error";
     $("answer").textContent = error.message;
+    return false;
   }
+  return true;
+}
+
+$("pick").addEventListener("submit", (event) => {
+  event.preventDefault();
+  openVehicle($("id").value.trim());
 });
 
 $("timeline").addEventListener("click", (event) => {
@@ -223,6 +229,7 @@ function drawFleet(series) {
         shown.className = "";
         shown.dataset.at = point.at;
         shown.textContent = fleetText(point);
+        listFleet(state, point.at, null);
       });
       svg.append(bar);
     }
@@ -230,6 +237,52 @@ function drawFleet(series) {
       svg.append(svgElement("text", { x: LEFT + i * step + 1, y: FLEET_TOP + FLEET_HEIGHT + 16 }, point.at));
     }
   });
+}
+
+// The vehicles in a state at an instant, a page at a time (the page's `next` asks for more);
+// each opens its own timeline at that instant.
+const FLEET_PAGE = 50;
+
+async function listFleet(state, at, after) {
+  const list = $("fleet-vehicles");
+  const more = $("fleet-more");
+  const query = new URLSearchParams({ state, at, limit: String(FLEET_PAGE) });
+  if (after) query.set("after", after);
+  const response = await fetch(`/fleet/vehicles?${query}`);
+  if (!after) {
+    list.replaceChildren();
+    list.dataset.state = state;
+    list.dataset.at = at;
+  }
+  if (!response.ok) {
+    list.className = "error";
+    list.textContent = `${response.status}: ${await problemText(response)}`;
+    more.hidden = true;
+    return;
+  }
+  list.className = "";
+  const page = await response.json();
+  const caption = $("fleet-list-caption");
+  for (const vehicle of page.vehicles) {
+    const item = document.createElement("li");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.dataset.vehicleId = vehicle.id;
+    const name = vehicle.make ? `${vehicle.make} ${vehicle.model}` : "not registered";
+    open.textContent = `${vehicle.id}: ${name}, ${page.state} since ${vehicle.since ?? "the beginning"}`;
+    open.addEventListener("click", async () => {
+      const id = String(vehicle.id);
+      $("id").value = id;
+      $("instant").value = page.at;
+      if (await openVehicle(id)) await lookup(id, page.at);
+    });
+    item.append(open);
+    list.append(item);
+  }
+  list.dataset.count = String(list.children.length);
+  caption.textContent = `${list.children.length} ${page.state} at ${page.at}${page.next ? ", more to come" : ""}:`;
+  more.hidden = !page.next;
+  more.onclick = () => listFleet(state, page.at, page.next);
 }
 
 $("fleet-pick").addEventListener("submit", async (event) => {
