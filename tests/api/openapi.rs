@@ -47,6 +47,7 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
             "/changes",
             "/fleet/states",
             "/fleet/states/series",
+            "/fleet/vehicles",
             "/livez",
             "/metrics",
             "/readyz",
@@ -61,6 +62,9 @@ async fn every_documented_path_is_served_and_the_problem_schema_is_documented() 
         if path == "/fleet/states/series" {
             // Its required parameters.
             concrete.push_str("?from=2022-09-10T00:00:00Z&to=2022-09-13T00:00:00Z&every=P1D");
+        }
+        if path == "/fleet/vehicles" {
+            concrete.push_str("?state=selling");
         }
         if path.ends_with("/changes") {
             // Served, and this replica follows no change feed (no NATS_URL): it says so.
@@ -213,8 +217,8 @@ async fn summaries_are_plain_text_and_instants_are_checked_by_the_service_alone(
         }
     }
     assert_eq!(
-        instants, 6,
-        "ts; from and to of the timeline and of the series; at"
+        instants, 7,
+        "ts; from and to of the timeline and of the series; at of the counts and of the list"
     );
 }
 
