@@ -74,6 +74,27 @@ async fn fleet(replica: &Replica, at: &str) -> (serde_json::Value, String) {
     (body["states"].clone(), cache)
 }
 
+/// The ids of the vehicles in `state` at `at` on `replica` (a first page), and `X-Cache`.
+async fn listed(replica: &Replica, state: &str, at: &str) -> (Vec<i64>, String) {
+    let response = client()
+        .get(format!(
+            "{}/fleet/vehicles?state={state}&at={at}",
+            replica.url()
+        ))
+        .send()
+        .await
+        .expect("the replica answers");
+    let cache = x_cache(&response);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let ids = body["vehicles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["id"].as_i64())
+        .collect();
+    (ids, cache)
+}
+
 /// Asks until every replica says `want` at `at`; how long that took.
 async fn until_all_say(replicas: &[&Replica], at: &str, want: &str) -> Duration {
     let started = Instant::now();
@@ -141,6 +162,17 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
             assert_eq!(states["selling"], 1, "{states}");
             assert_eq!(fleet(replica, at).await.1, "HIT");
         }
+        // And the list of those sold after it: without 7, held.
+        assert!(
+            !listed(replica, "sold", "2022-06-01T00:00:00Z")
+                .await
+                .0
+                .contains(&7)
+        );
+        assert_eq!(
+            listed(replica, "sold", "2022-06-01T00:00:00Z").await.1,
+            "HIT"
+        );
     }
 
     // Sold late: inside the segment both replicas hold, cached for an hour.
@@ -161,6 +193,18 @@ async fn a_change_ingest_commits_is_answered_by_both_replicas_long_before_the_tt
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "the counts after the late change are not read again"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // So is the list it moved 7 into.
+        while !listed(replica, "sold", "2022-06-01T00:00:00Z")
+            .await
+            .0
+            .contains(&7)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the list after the late change is not read again"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
