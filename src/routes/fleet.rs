@@ -271,6 +271,12 @@ pub fn parse_list_query(raw: &str) -> Result<PageKey, ApiError> {
             "`state` is required: the state to list, such as quoted, selling or sold".to_owned(),
         )
     })?;
+    if state.contains('\0') {
+        // PostgreSQL's text cannot hold it: no stored state does.
+        return Err(ApiError::InvalidQuery(
+            "`state` contains a NUL character, which no state can".to_owned(),
+        ));
+    }
     if state.len() > MAX_STATE_LEN {
         return Err(ApiError::InvalidQuery(format!(
             "`state` is {} bytes long; a state is at most {MAX_STATE_LEN}",

@@ -636,6 +636,7 @@ async fn a_list_asked_wrongly_is_a_400_that_says_why() {
             "`state` is given more than once",
         ),
         ("state=selling&at=yesterday", "at"),
+        ("state=sel%00ling", "NUL"),
     ] {
         let reply = app.get(&format!("/fleet/vehicles?{query}")).await;
         assert_eq!(reply.status, 400, "{query}: {}", reply.body);
