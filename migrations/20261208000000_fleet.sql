@@ -21,30 +21,16 @@ CREATE TABLE IF NOT EXISTS fleet_sums (
     PRIMARY KEY (level, bucket, state) INCLUDE (delta)
 );
 
--- The vehicles in a state at T, in id order, a page at a time: one row per segment of a vehicle's
--- timeline (from a change, in effect there, to the vehicle's next change, or open while it is the
+-- `fleet_segments`, for the vehicles in a state at T, in id order, a page at a time: one row per
+-- segment of a vehicle's timeline (from a change, in effect there, to the vehicle's next change, or open while it is the
 -- latest), filed by how long it lasts. A closed segment is at the lowest level L (0 to 7) whose
 -- size, 2^(28+5L) µs (4.5 minutes, then 32 times larger each), exceeds its length, in the bucket
 -- of that size its start falls in: it reaches at most the next bucket, so the segments that hold
 -- T at level L lie in T's bucket of that size or the one before (and, being at least a 32nd of the
--- size long, are not rare among them). Open segments are at level 8. A page merges, in id order, one range of the key per level and
--- bucket (17 in all), each from the id after the last one listed.
-CREATE TABLE IF NOT EXISTS fleet_segments (
-    state       TEXT     NOT NULL,
-    level       SMALLINT NOT NULL,
-    bucket      BIGINT   NOT NULL,
-    "vehicleId" INTEGER  NOT NULL,
-    since       BIGINT   NOT NULL,
-    -- NULL while open.
-    until       BIGINT,
-    PRIMARY KEY (state, level, bucket, "vehicleId", since) INCLUDE (until)
-);
-
--- Where few vehicles of a state were in it at T (early in the fleet's life), most open segments
--- of the state start after T: a page then reads those that started before T by this index (no
--- more rows than vehicles in the state at T) rather than scanning past the rest in id order.
-CREATE INDEX IF NOT EXISTS fleet_segments_open_since ON fleet_segments (state, since)
-    INCLUDE ("vehicleId") WHERE level = 8;
+-- size long, are not rare among them). Open segments are at level 8. A page merges, in id order,
+-- one range of the key per level and bucket (17 in all), each from the id after the last one
+-- listed.
+-- `vehicle_state_fleet_rebuild()` below makes it (and its indexes), from "stateLogs".
 
 -- The level of a segment from `since` to `until` (µs; NULL: open), as above.
 CREATE OR REPLACE FUNCTION vehicle_state_fleet_level(since BIGINT, until BIGINT) RETURNS SMALLINT
@@ -89,7 +75,21 @@ DECLARE
 BEGIN
     -- Writers wait (readers do not); a rebuild sees every change committed before it.
     LOCK TABLE "stateLogs" IN SHARE MODE;
-    DELETE FROM fleet_segments;
+    -- One rebuild at a time (readers of the status do not wait).
+    LOCK TABLE fleet_status IN EXCLUSIVE MODE;
+    -- The segments are made in a table of their own, without indexes, which are built after it
+    -- is filled (a sort each, not 27 million inserts into each at 10 million vehicles); it takes
+    -- the place of the old one at the end, so pages read the old one meanwhile.
+    DROP TABLE IF EXISTS fleet_segments_build;
+    CREATE TABLE fleet_segments_build (
+        state       TEXT     NOT NULL,
+        level       SMALLINT NOT NULL,
+        bucket      BIGINT   NOT NULL,
+        "vehicleId" INTEGER  NOT NULL,
+        since       BIGINT   NOT NULL,
+        -- NULL while open.
+        until       BIGINT
+    );
     DELETE FROM fleet_sums;
     WITH tops AS (
         -- Per vehicle and instant, the change in effect there.
@@ -106,11 +106,21 @@ BEGIN
             (EXTRACT(EPOCH FROM lead(t.at) OVER (PARTITION BY t.id ORDER BY t.at)) * 1000000)::int8 AS until
         FROM tops t
     )
-    INSERT INTO fleet_segments (state, level, bucket, "vehicleId", since, until)
+    INSERT INTO fleet_segments_build (state, level, bucket, "vehicleId", since, until)
     SELECT g.state, g.level, vehicle_state_fleet_bucket(g.level, g.since), g.id, g.since, g.until
-    FROM (SELECT s.*, vehicle_state_fleet_level(s.since, s.until) AS level FROM segments s) g
-    -- In key order: the rows a page reads lie together.
-    ORDER BY 1, 2, 3, 4, 5;
+    FROM (SELECT s.*, vehicle_state_fleet_level(s.since, s.until) AS level FROM segments s) g;
+    ALTER TABLE fleet_segments_build
+        ADD CONSTRAINT fleet_segments_build_pkey PRIMARY KEY (state, level, bucket, "vehicleId", since) INCLUDE (until);
+    -- Where few vehicles of a state were in it at T (early in the fleet's life), most open
+    -- segments of the state start after T: a page then reads those that started before T by
+    -- this index (no more rows than vehicles in the state at T) rather than scanning past the
+    -- rest in id order.
+    CREATE INDEX fleet_segments_build_open_since ON fleet_segments_build (state, since)
+        INCLUDE ("vehicleId") WHERE level = 8;
+    DROP TABLE IF EXISTS fleet_segments;
+    ALTER TABLE fleet_segments_build RENAME TO fleet_segments;
+    ALTER INDEX fleet_segments_build_pkey RENAME TO fleet_segments_pkey;
+    ALTER INDEX fleet_segments_build_open_since RENAME TO fleet_segments_open_since;
     -- The sums from the segments: +1 where each starts, -1 where each ends (a vehicle's next
     -- segment in the same state cancels it out).
     WITH deltas AS (
