@@ -55,12 +55,16 @@ WITH reg_in AS (
     INSERT INTO "stateLogs" ("vehicleId", state, "timestamp")
     SELECT id, state, "timestamp" FROM chg_new
 ), fleet_new AS (
-    -- The fleet's sums (`fleet_sums`, see migrations/20261208000000_fleet.sql), kept exact in
-    -- this statement: per vehicle and instant of the new changes, the best of them in the
-    -- lookup's order (changes past 9999 are never an answer, and left out).
+    -- The fleet's sums and segments (`fleet_sums`, `fleet_segments`, see
+    -- migrations/20261208000000_fleet.sql), kept exact in this statement: per vehicle and
+    -- instant of the new changes, the best of them in the lookup's order (changes past 9999 are
+    -- never an answer, and left out).
     SELECT DISTINCT ON (c.id, c."timestamp") c.id, c."timestamp" AS at, c.state
     FROM chg_new c
     WHERE c."timestamp" <= '9999-12-31 23:59:59.999999+00'
+      -- Nothing while they are not exact: a rebuild, which waits for this transaction, makes
+      -- them anew.
+      AND (SELECT fs.exact FROM fleet_status fs)
     ORDER BY c.id, c."timestamp",
         CASE c.state WHEN 'sold' THEN 3 WHEN 'selling' THEN 2 WHEN 'quoted' THEN 1 ELSE 0 END DESC,
         c.state COLLATE "C" DESC
@@ -113,12 +117,10 @@ WITH reg_in AS (
     WHERE m.before IS DISTINCT FROM m.after AND m.next_micros IS NOT NULL
 ), fleet_upsert AS (
     -- Into the five buckets around each instant, in key order: two batches that move the same
-    -- sums lock them in the same order, and wait rather than deadlock. Nothing while the sums
-    -- are not exact (a rebuild, which waits for this transaction, makes them anew).
+    -- sums lock them in the same order, and wait rather than deadlock.
     INSERT INTO fleet_sums (level, bucket, state, delta)
     SELECT s.level, d.micros >> (23 + 5 * s.level), d.state, sum(d.delta)
     FROM fleet_deltas d CROSS JOIN (VALUES (1), (2), (3), (4), (5)) AS s(level)
-    WHERE (SELECT fs.exact FROM fleet_status fs)
     GROUP BY 1, 2, 3
     HAVING sum(d.delta) <> 0
     ORDER BY 1, 2, 3
@@ -157,13 +159,11 @@ WITH reg_in AS (
     WHERE s.state = g.state AND s.level = g.level
       AND s.bucket = vehicle_state_fleet_bucket(g.level, g.since)
       AND s."vehicleId" = g.id AND s.since = g.since
-      AND (SELECT fs.exact FROM fleet_status fs)
 ), fleet_segments_new AS (
     -- Only this batch's vehicles' rows, which their locks keep to this transaction.
     INSERT INTO fleet_segments (state, level, bucket, "vehicleId", since, until)
     SELECT c.state, c.level, vehicle_state_fleet_bucket(c.level, c.since), c.id, c.since, c.until
     FROM fleet_cut c
-    WHERE (SELECT fs.exact FROM fleet_status fs)
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (state, level, bucket, "vehicleId", since) DO UPDATE SET until = EXCLUDED.until
 ), touched AS (
