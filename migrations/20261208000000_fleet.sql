@@ -117,16 +117,12 @@ BEGIN
     -- rest in id order.
     CREATE INDEX fleet_segments_build_open_since ON fleet_segments_build (state, since)
         INCLUDE ("vehicleId") WHERE level = 8;
-    DROP TABLE IF EXISTS fleet_segments;
-    ALTER TABLE fleet_segments_build RENAME TO fleet_segments;
-    ALTER INDEX fleet_segments_build_pkey RENAME TO fleet_segments_pkey;
-    ALTER INDEX fleet_segments_build_open_since RENAME TO fleet_segments_open_since;
     -- The sums from the segments: +1 where each starts, -1 where each ends (a vehicle's next
     -- segment in the same state cancels it out).
     WITH deltas AS (
-        SELECT g.since AS micros, g.state, 1 AS delta FROM fleet_segments g
+        SELECT g.since AS micros, g.state, 1 AS delta FROM fleet_segments_build g
         UNION ALL
-        SELECT g.until, g.state, -1 FROM fleet_segments g WHERE g.until IS NOT NULL
+        SELECT g.until, g.state, -1 FROM fleet_segments_build g WHERE g.until IS NOT NULL
     ), finest AS (
         SELECT d.micros >> 28 AS bucket, d.state, sum(d.delta)::int8 AS delta
         FROM deltas d GROUP BY 1, 2
@@ -141,6 +137,11 @@ BEGIN
     -- In key order: the rows a count reads lie together.
     ORDER BY 1, 2, 3;
     GET DIAGNOSTICS written = ROW_COUNT;
+    -- Last, so pages wait on the old table's lock for moments, not for the sums.
+    DROP TABLE IF EXISTS fleet_segments;
+    ALTER TABLE fleet_segments_build RENAME TO fleet_segments;
+    ALTER INDEX fleet_segments_build_pkey RENAME TO fleet_segments_pkey;
+    ALTER INDEX fleet_segments_build_open_since RENAME TO fleet_segments_open_since;
     INSERT INTO fleet_status (id, exact, built_at) VALUES (true, true, now())
     ON CONFLICT (id) DO UPDATE SET exact = true, built_at = now();
     RETURN written;

@@ -167,7 +167,7 @@ impl Database {
         &self,
         state: &str,
         at: Timestamp,
-        after: Option<i32>,
+        scan: super::ListScan,
         limit: u16,
     ) -> Result<(Vec<FleetVehicle>, bool), DbError> {
         let span = tracing::trace_span!(
@@ -179,7 +179,7 @@ impl Database {
             db.query.summary = "fleet_vehicles",
         );
         let call =
-            self.answered(async |conn| super::fleet_vehicles(conn, state, at, after, limit).await);
+            self.answered(async |conn| super::fleet_vehicles(conn, state, at, scan, limit).await);
         otel::traced(span, self.guarded(call)).await
     }
 

@@ -150,32 +150,36 @@ pub async fn counts(
     Ok((counts, from_sums))
 }
 
-/// Up to this many open segments of a state that started by T, a page reads them all by their
-/// start and sorts them by id; past it, it reads the open segments of the state in id order,
-/// passing over those that started after T (at most about 100 × open segments / this many rows
-/// for a page of 100).
-pub const OPEN_BY_START_MAX: i64 = 30_000;
+/// Up to this many vehicles in a state at T, a page reads the open segments of the state that
+/// started by T (all of which hold T, so no more than that) by their start and sorts them by id;
+/// past it, it reads the open segments of the state in id order, passing over those that started
+/// after T (about 100 × open segments of the state / this many rows at most, for a page of 100).
+pub const OPEN_BY_START_MAX: u64 = 30_000;
 
 /// One range of `fleet_segments`' key: the closed segments of level `level` in T's bucket of
-/// that size (`back` 0) or the one before (`back` 1) that hold T, after the id `$3`, in id order.
+/// that size (`back` 0) or the one before (`back` 1) that hold T, with ids in `($3, $6]`, in id
+/// order.
 fn closed_range(level: u32, back: u32) -> String {
     let shift = 28 + 5 * level;
     format!(
         r#"
     (SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
      WHERE g.state = $1 AND g.level = {level} AND g.bucket = ($2 >> {shift}) - {back}
-       AND g."vehicleId" > $3 AND g.since <= $2 AND g.until > $2 AND (SELECT exact FROM status)
+       AND g."vehicleId" > $3 AND g."vehicleId" <= $6 AND g.since <= $2 AND g.until > $2
+       AND (SELECT exact FROM status)
      ORDER BY g."vehicleId" LIMIT $4)
     UNION ALL"#
     )
 }
 
-/// The vehicles in state `$1` at `$2` (µs since the epoch; `$5` the same instant) with ids after
-/// `$3`, at most `$4`, in id order, with make, model (NULL: not registered) and since when (µs),
-/// and whether the segments were exact (else the plain rule over `"stateLogs"` answered: exact,
-/// and as slow as the table is large). When exact: a merge, in id order, of one range of
-/// `fleet_segments`' key per level and bucket that can hold T (17), each from `$3` on, so a page
-/// costs the same however deep it is. See `migrations/20261208000000_fleet.sql`.
+/// The vehicles in state `$1` at `$2` (µs since the epoch) with ids in `($3, $6]`, at most `$4`,
+/// in id order, with make, model (NULL: not registered) and since when (µs), and, alone in a row
+/// of its own, whether the segments are exact (when they are not, no vehicle: ask
+/// [`BY_RULE_SQL`]). A merge, in id order, of one range of `fleet_segments`' key per level and
+/// bucket that can hold T (16), and of the open segments: in id order, or, when `$5` says few
+/// vehicles are in the state at T ([`OPEN_BY_START_MAX`]), by their start. The id window bounds
+/// what each range reads: a range with no vehicle in it would otherwise be read to its end before
+/// the merge could begin. See `migrations/20261208000000_fleet.sql`.
 pub static VEHICLES_SQL: LazyLock<String> = LazyLock::new(|| {
     let mut ranges = String::new();
     for level in 0..8 {
@@ -187,47 +191,51 @@ pub static VEHICLES_SQL: LazyLock<String> = LazyLock::new(|| {
         r#"
 WITH status AS MATERIALIZED (
     SELECT COALESCE((SELECT exact FROM fleet_status), false) AS exact
-), open AS MATERIALIZED (
-    -- Whether the open segments of the state that started by T are few: every one holds T.
-    SELECT count(*) < {OPEN_BY_START_MAX} AS few FROM (
-        SELECT 1 FROM fleet_segments g
-        WHERE g.state = $1 AND g.level = 8 AND g.since <= $2 AND (SELECT exact FROM status)
-        LIMIT {OPEN_BY_START_MAX}
-    ) c
 ), page AS ({ranges}
     (SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
-     WHERE g.state = $1 AND g.level = 8 AND g.bucket = 0 AND g."vehicleId" > $3 AND g.since <= $2
-       AND (SELECT exact FROM status) AND NOT (SELECT few FROM open)
+     WHERE g.state = $1 AND g.level = 8 AND g.bucket = 0
+       AND g."vehicleId" > $3 AND g."vehicleId" <= $6 AND g.since <= $2
+       AND (SELECT exact FROM status) AND NOT $5
      ORDER BY g."vehicleId" LIMIT $4)
     UNION ALL
     (SELECT o.id, o.since FROM (
         SELECT g."vehicleId" AS id, g.since FROM fleet_segments g
-        WHERE g.state = $1 AND g.level = 8 AND g.since <= $2
-          AND (SELECT exact FROM status) AND (SELECT few FROM open)
+        WHERE g.state = $1 AND g.level = 8 AND g.since <= $2 AND (SELECT exact FROM status) AND $5
         ORDER BY g.since OFFSET 0
-     ) o WHERE o.id > $3 ORDER BY o.id LIMIT $4)
-    UNION ALL
-    (SELECT t.id, t.since FROM (
-        SELECT DISTINCT ON (l."vehicleId") l."vehicleId" AS id, l.state,
-            CASE WHEN l."timestamp" = '-infinity' THEN -4611686018427387904
-                 ELSE (EXTRACT(EPOCH FROM l."timestamp") * 1000000)::int8 END AS since
-        FROM "stateLogs" l
-        WHERE l."vehicleId" > $3 AND l."timestamp" <= $5 AND NOT (SELECT exact FROM status)
-        ORDER BY l."vehicleId", {latest}
-     ) t WHERE t.state = $1 ORDER BY t.id LIMIT $4)
+     ) o WHERE o.id > $3 AND o.id <= $6 ORDER BY o.id LIMIT $4)
 )
 SELECT p.id, p.since, v.make, v.model, (SELECT exact FROM status)
 FROM (SELECT * FROM page ORDER BY id LIMIT $4) p
 LEFT JOIN vehicles v ON v.id = p.id
 UNION ALL
--- The status alone, so it is known on an empty page.
 SELECT NULL, NULL, NULL, NULL, (SELECT exact FROM status)
-"#,
-        latest = latest_first!(),
+"#
     )
 });
 
-/// A row of [`VEHICLES_SQL`]: id, since (µs), make, model, whether the segments were exact.
+/// The same page by the plain rule over `"stateLogs"` (`$5` the instant), for when the segments
+/// are not exact: each vehicle after `$3` in id order, its change in effect at T by the lookup's
+/// index; as slow as the vehicles passed over are many.
+pub const BY_RULE_SQL: &str = concat!(
+    r#"
+SELECT p.id, p.since, v.make, v.model, false
+FROM (
+    SELECT t.id, t.since FROM (
+        SELECT DISTINCT ON (l."vehicleId") l."vehicleId" AS id, l.state,
+            CASE WHEN l."timestamp" = '-infinity' THEN -4611686018427387904
+                 ELSE (EXTRACT(EPOCH FROM l."timestamp") * 1000000)::int8 END AS since
+        FROM "stateLogs" l
+        WHERE l."vehicleId" > $3 AND l."timestamp" <= $5
+        ORDER BY l."vehicleId", "#,
+    latest_first!(),
+    r#"
+    ) t WHERE t.state = $1 ORDER BY t.id LIMIT $4
+) p
+LEFT JOIN vehicles v ON v.id = p.id
+"#
+);
+
+/// A row of the list's statements: id, since (µs), make, model, whether the segments were exact.
 type VehicleRow = (
     Option<i32>,
     Option<i64>,
@@ -236,16 +244,67 @@ type VehicleRow = (
     bool,
 );
 
-/// [`VEHICLES_SQL`]: up to `limit` vehicles in `state` at `at` with ids after `after` (`None`:
-/// from the first), in id order, and whether the segments were exact.
+/// Where a page of the list starts and how wide its first window of ids is.
+#[derive(Debug, Clone, Copy)]
+pub struct ListScan {
+    /// The last id of the page before (`None`: the first page).
+    pub after: Option<i32>,
+    /// How many ids the first window spans (it grows four times each window that does not fill
+    /// the page).
+    pub window: u32,
+    /// Whether few vehicles are in the state at T: the open segments are read by their start.
+    pub open_by_start: bool,
+}
+
+/// Up to `limit` vehicles in `state` at `at` after `scan.after`, in id order, and whether the
+/// segments were exact (else the plain rule answered). [`VEHICLES_SQL`] over windows of ids from
+/// `scan.after`, until the page is full or the ids run out.
 pub async fn vehicles(
+    conn: &mut PgConnection,
+    state: &str,
+    at: Timestamp,
+    scan: ListScan,
+    limit: u16,
+) -> Result<(Vec<FleetVehicle>, bool), DbError> {
+    let mut vehicles = Vec::with_capacity(usize::from(limit));
+    let mut from = scan.after.map_or(i64::MIN, i64::from);
+    let mut window = i64::from(scan.window.max(1));
+    loop {
+        // Ids are 32-bit: the window ends at the last, and the first covers every id at or below
+        // zero with the first `window` above it.
+        let to = from.max(0).saturating_add(window).min(i64::from(i32::MAX));
+        let wanted = i64::from(limit) - vehicles.len() as i64;
+        let rows: Vec<VehicleRow> = sqlx::query_as(VEHICLES_SQL.as_str())
+            .bind(state)
+            .bind(at.unix_micros())
+            .bind(from)
+            .bind(wanted)
+            .bind(scan.open_by_start)
+            .bind(to)
+            .fetch_all(&mut *conn)
+            .await?;
+        let (page, exact) = decode(rows);
+        if !exact {
+            return by_rule(conn, state, at, scan.after, limit).await;
+        }
+        vehicles.extend(page);
+        if vehicles.len() >= usize::from(limit) || to >= i64::from(i32::MAX) {
+            return Ok((vehicles, true));
+        }
+        from = to;
+        window = window.saturating_mul(4);
+    }
+}
+
+/// [`BY_RULE_SQL`]: the page by the plain rule.
+async fn by_rule(
     conn: &mut PgConnection,
     state: &str,
     at: Timestamp,
     after: Option<i32>,
     limit: u16,
 ) -> Result<(Vec<FleetVehicle>, bool), DbError> {
-    let rows: Vec<VehicleRow> = sqlx::query_as(VEHICLES_SQL.as_str())
+    let rows: Vec<VehicleRow> = sqlx::query_as(BY_RULE_SQL)
         .bind(state)
         .bind(at.unix_micros())
         .bind(after.map_or(i64::MIN, i64::from))
@@ -253,6 +312,11 @@ pub async fn vehicles(
         .bind(at.as_datetime())
         .fetch_all(conn)
         .await?;
+    Ok((decode(rows).0, false))
+}
+
+/// The vehicles of a statement's rows, in id order, and what its status row says.
+fn decode(rows: Vec<VehicleRow>) -> (Vec<FleetVehicle>, bool) {
     let mut exact = false;
     let mut vehicles = Vec::with_capacity(rows.len());
     for (id, since, make, model, status) in rows {
@@ -270,7 +334,7 @@ pub async fn vehicles(
     }
     // The page came in id order; the status row's union does not promise to keep it.
     vehicles.sort_unstable_by_key(|v| v.id);
-    Ok((vehicles, exact))
+    (vehicles, exact)
 }
 
 /// Builds `fleet_sums` anew from `"stateLogs"` (writers wait meanwhile) and marks it exact; the

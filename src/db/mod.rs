@@ -14,8 +14,8 @@ mod synthetic;
 pub use connect::check_connection;
 pub use database::Database;
 pub use fleet::{
-    COUNTS_SQL, FINEST_BUCKET_BITS, OPEN_BY_START_MAX, VEHICLES_SQL, counts as fleet_counts,
-    rebuild as rebuild_fleet, vehicles as fleet_vehicles,
+    BY_RULE_SQL, COUNTS_SQL, FINEST_BUCKET_BITS, ListScan, OPEN_BY_START_MAX, VEHICLES_SQL,
+    counts as fleet_counts, rebuild as rebuild_fleet, vehicles as fleet_vehicles,
 };
 pub use history::{HISTORY_SQL, history};
 

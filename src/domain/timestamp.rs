@@ -27,6 +27,11 @@ impl Timestamp {
         DateTime::from_timestamp_micros(micros).map(Self)
     }
 
+    /// The last instant there is: 9999-12-31T23:59:59.999999Z.
+    pub fn last() -> Self {
+        Self(DateTime::from_timestamp_micros(Self::MAX_MICROS).unwrap_or(DateTime::<Utc>::MAX_UTC))
+    }
+
     /// The server's clock, truncated to whole microseconds.
     pub fn now() -> Self {
         Self(DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default())

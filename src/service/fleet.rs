@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{CacheStatus, LookupError};
-use crate::db::Database;
+use crate::db::{Database, ListScan, OPEN_BY_START_MAX};
 use crate::domain::Timestamp;
 use crate::domain::fleet::{FleetCounts, FleetVehicles, list_page};
 use crate::metrics::FLEET_COUNTS;
@@ -21,6 +21,10 @@ use crate::metrics::FLEET_COUNTS;
 const FLEET_CACHE_ENTRIES: u64 = 100_000;
 /// Bytes of pages of the list this replica keeps at most (weighed as their JSON's rough size).
 const FLEET_PAGES_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// The fewest ids a page's first window spans.
+const MIN_WINDOW: u64 = 1024;
+/// The first window when the counts that size it could not be read.
+const FALLBACK_WINDOW: u32 = 65_536;
 
 /// A page of the list asked for: the state, the instant, the last id of the page before (none:
 /// the first page) and how many.
@@ -210,20 +214,21 @@ impl Fleet {
             .pages
             .entry(key.clone())
             .or_try_insert_with(async {
-                let _permit = self
-                    .limit
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
                 let read_at = Instant::now();
                 let at = match key.at {
                     FleetInstant::At(at) => at,
                     FleetInstant::Now => Timestamp::now(),
                 };
+                let scan = self.scan(&key, at).await;
+                let _permit = self
+                    .limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
                 // One more than the page: whether there is a next one.
                 let (vehicles, from_segments) = self
                     .db
-                    .fleet_vehicles(&key.state, at, key.after, key.limit.saturating_add(1))
+                    .fleet_vehicles(&key.state, at, scan, key.limit.saturating_add(1))
                     .await?;
                 self.counted(from_segments);
                 let page = list_page(key.state.clone(), at, key.limit, vehicles);
@@ -240,6 +245,31 @@ impl Fleet {
             CacheStatus::Hit
         };
         Ok(self.page_served(entry.into_value(), cache))
+    }
+
+    /// How a page's read goes, from the counts (in memory, or one statement each): the vehicles
+    /// in the state at T and in the whole fleet give the ids a page spans (twice that for the
+    /// first window), and few in the state reads the open segments by their start. Without
+    /// counts (they failed), a window of [`FALLBACK_WINDOW`] ids, in id order.
+    async fn scan(&self, key: &PageKey, at: Timestamp) -> ListScan {
+        let in_state = self.counts(FleetInstant::At(at)).await.ok();
+        let fleet = self.counts(FleetInstant::At(Timestamp::last())).await.ok();
+        let (Some(in_state), Some(fleet)) = (in_state, fleet) else {
+            return ListScan {
+                after: key.after,
+                window: FALLBACK_WINDOW,
+                open_by_start: false,
+            };
+        };
+        let in_state = in_state.read.counts.states.get(&key.state);
+        let fleet = fleet.read.counts.total;
+        let page = u64::from(key.limit) + 1;
+        let window = (2 * page).saturating_mul(fleet) / in_state.max(1);
+        ListScan {
+            after: key.after,
+            window: u32::try_from(window.max(MIN_WINDOW)).unwrap_or(u32::MAX),
+            open_by_start: in_state < OPEN_BY_START_MAX,
+        }
     }
 
     fn page_served(&self, read: Arc<PageRead>, cache: CacheStatus) -> PageServed {
