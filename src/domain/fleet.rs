@@ -294,28 +294,15 @@ pub struct ListCursor {
 pub struct ListCursorError;
 
 impl ListCursor {
+    /// At most this long: hex of two 20-character integers and a comma.
+    const MAX_LEN: usize = 86;
+
     pub fn encode(self) -> String {
-        let text = format!("{},{}", self.at.unix_micros(), self.after);
-        let mut out = String::with_capacity(text.len() * 2);
-        for b in text.bytes() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        out
+        super::hex::encode(&format!("{},{}", self.at.unix_micros(), self.after))
     }
 
     pub fn parse(raw: &str) -> Result<Self, ListCursorError> {
-        // Two 20-digit integers and a comma, as hex.
-        if raw.is_empty() || raw.len() > 86 || !raw.len().is_multiple_of(2) {
-            return Err(ListCursorError);
-        }
-        let bytes: Vec<u8> = raw
-            .as_bytes()
-            .chunks(2)
-            .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-            .collect::<Option<_>>()
-            .ok_or(ListCursorError)?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| ListCursorError)?;
+        let text = super::hex::decode(raw, Self::MAX_LEN).ok_or(ListCursorError)?;
         let (micros, id) = text.split_once(',').ok_or(ListCursorError)?;
         let at = micros
             .parse()
@@ -329,16 +316,6 @@ impl ListCursor {
             return Err(ListCursorError);
         }
         Ok(cursor)
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
     }
 }
 

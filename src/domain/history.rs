@@ -49,26 +49,11 @@ impl Cursor {
 
     pub fn encode(&self) -> String {
         let Position { at, rank, state } = &self.0;
-        let text = format!("{},{rank},{state}", at.unix_micros());
-        let mut out = String::with_capacity(text.len() * 2);
-        for b in text.bytes() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        out
+        super::hex::encode(&format!("{},{rank},{state}", at.unix_micros()))
     }
 
     pub fn parse(raw: &str) -> Result<Self, CursorError> {
-        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.len().is_multiple_of(2) {
-            return Err(CursorError);
-        }
-        let bytes: Vec<u8> = raw
-            .as_bytes()
-            .chunks(2)
-            .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-            .collect::<Option<_>>()
-            .ok_or(CursorError)?;
-        let text = String::from_utf8(bytes).map_err(|_| CursorError)?;
+        let text = super::hex::decode(raw, Self::MAX_LEN).ok_or(CursorError)?;
         let mut parts = text.splitn(3, ',');
         let (Some(micros), Some(rank), Some(state)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -93,16 +78,6 @@ impl Cursor {
             return Err(CursorError);
         }
         Ok(cursor)
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
     }
 }
 
@@ -206,7 +181,10 @@ mod tests {
             state: "selling".to_owned(),
         });
         let text = cursor.encode();
-        assert!(text.bytes().all(|b| HEX.contains(&b)), "{text}");
+        assert!(
+            text.bytes().all(|b| b"0123456789abcdef".contains(&b)),
+            "{text}"
+        );
         assert_eq!(Cursor::parse(&text), Ok(cursor));
         for bad in [
             "",

@@ -4,6 +4,7 @@ mod answer;
 pub mod change;
 pub mod event;
 pub mod fleet;
+mod hex;
 pub mod history;
 mod timestamp;
 mod vehicle_id;

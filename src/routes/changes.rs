@@ -119,19 +119,12 @@ pub fn parse_query(
     want_ids: bool,
     max_ids: usize,
 ) -> Result<(Vec<VehicleId>, Option<u64>), ApiError> {
-    let (mut ids, mut after) = (None, None);
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        let slot = match name.as_ref() {
-            "ids" if want_ids => &mut ids,
-            "after" => &mut after,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(ApiError::InvalidQuery(format!(
-                "`{name}` is given more than once; give it once"
-            )));
-        }
-    }
+    let [ids, after] = if want_ids {
+        super::query::params(raw, ["ids", "after"])?
+    } else {
+        let [after] = super::query::params(raw, ["after"])?;
+        [None, after]
+    };
     let after = after.map(|raw| event_id(&raw, "after")).transpose()?;
     if !want_ids {
         return Ok((Vec::new(), after));

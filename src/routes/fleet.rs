@@ -70,14 +70,7 @@ async fn answer(req: &HttpRequest, state: &AppContext) -> Result<HttpResponse, A
 
 /// `at`, at most once (`now` when absent); other parameters are ignored.
 pub fn parse_query(raw: &str) -> Result<FleetInstant, ApiError> {
-    let mut at = None;
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        if name == "at" && at.replace(value).is_some() {
-            return Err(ApiError::InvalidQuery(
-                "`at` is given more than once; give it once".to_owned(),
-            ));
-        }
-    }
+    let [at] = super::query::params(raw, ["at"])?;
     match at.as_deref() {
         None | Some("now") => Ok(FleetInstant::Now),
         Some(raw) => Timestamp::parse_query_value(raw)
@@ -155,20 +148,7 @@ async fn series_answer(req: &HttpRequest, state: &AppContext) -> Result<HttpResp
 /// `from`, `to` and `every`, each at most once (`to` is `now` when absent); other parameters
 /// are ignored.
 pub fn parse_series_query(raw: &str) -> Result<SeriesQuery, ApiError> {
-    let (mut from, mut to, mut every) = (None, None, None);
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        let slot = match name.as_ref() {
-            "from" => &mut from,
-            "to" => &mut to,
-            "every" => &mut every,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(ApiError::InvalidQuery(format!(
-                "`{name}` is given more than once; give it once"
-            )));
-        }
-    }
+    let [from, to, every] = super::query::params(raw, ["from", "to", "every"])?;
     let now = Timestamp::now();
     let instant = |name: &str, raw: &str| match raw {
         "now" => Ok(now),
@@ -251,21 +231,7 @@ async fn vehicles_answer(req: &HttpRequest, state: &AppContext) -> Result<HttpRe
 
 /// `state`, `at`, `limit` and `after`, each at most once; other parameters are ignored.
 pub fn parse_list_query(raw: &str) -> Result<PageKey, ApiError> {
-    let (mut state, mut at, mut limit, mut after) = (None, None, None, None);
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        let slot = match name.as_ref() {
-            "state" => &mut state,
-            "at" => &mut at,
-            "limit" => &mut limit,
-            "after" => &mut after,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(ApiError::InvalidQuery(format!(
-                "`{name}` is given more than once; give it once"
-            )));
-        }
-    }
+    let [state, at, limit, after] = super::query::params(raw, ["state", "at", "limit", "after"])?;
     let state = state.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::InvalidQuery(
             "`state` is required: the state to list, such as quoted, selling or sold".to_owned(),
@@ -283,19 +249,7 @@ pub fn parse_list_query(raw: &str) -> Result<PageKey, ApiError> {
             state.len()
         )));
     }
-    let limit = match limit {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<u16>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidQuery(format!(
-                    "`limit` must be an integer from 1 to {MAX_PAGE}, not {:?}",
-                    raw.chars().take(64).collect::<String>()
-                ))
-            })?,
-    };
+    let limit = super::query::limit(limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let at = match at.as_deref() {
         None | Some("now") => None,
         Some(raw) => Some(

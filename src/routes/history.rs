@@ -116,24 +116,7 @@ pub(super) fn problem_examples() -> Vec<(&'static str, u16, Vec<ApiError>)> {
 /// Public (as `routes::parse::history_query`) so that the fuzz targets in `fuzz/` run the very
 /// code the handler runs.
 pub fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
-    let mut from = None;
-    let mut to = None;
-    let mut limit = None;
-    let mut after = None;
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        let slot = match name.as_ref() {
-            "from" => &mut from,
-            "to" => &mut to,
-            "limit" => &mut limit,
-            "after" => &mut after,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(ApiError::InvalidQuery(format!(
-                "`{name}` is given more than once; give it once"
-            )));
-        }
-    }
+    let [from, to, limit, after] = super::query::params(raw, ["from", "to", "limit", "after"])?;
     let instant = |name: &str, raw: Option<String>| {
         raw.map(|raw| {
             Timestamp::parse_query_value(&raw)
@@ -150,18 +133,7 @@ pub fn parse_query(id: VehicleId, raw: &str) -> Result<HistoryQuery, ApiError> {
             "`from` ({from}) is after `to` ({to}); give a window that starts before it ends"
         )));
     }
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<u16>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidQuery(format!(
-                    "`limit` must be an integer from 1 to {MAX_LIMIT}, not {raw:?}"
-                ))
-            })?,
-    };
+    let limit = super::query::limit(limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = after
         .map(|raw| Cursor::parse(&raw).map_err(|e| ApiError::InvalidQuery(e.to_string())))
         .transpose()?;

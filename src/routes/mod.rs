@@ -9,6 +9,7 @@ pub mod fleet;
 mod health;
 mod history;
 mod metrics;
+mod query;
 mod vehicles;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
