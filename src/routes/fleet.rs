@@ -65,7 +65,7 @@ async fn answer(req: &HttpRequest, state: &AppContext) -> Result<HttpResponse, A
         .counts(at)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    json(&served.read.counts, served.cache, served.fresh_for, state)
+    json(&served.read.value, served.cache, served.fresh_for, state)
 }
 
 /// `at`, at most once (`now` when absent); other parameters are ignored.
@@ -140,7 +140,7 @@ async fn series_answer(req: &HttpRequest, state: &AppContext) -> Result<HttpResp
         from: query.from,
         to: query.to,
         every: query.every,
-        points: reads.iter().map(|read| read.counts.clone()).collect(),
+        points: reads.iter().map(|read| read.value.clone()).collect(),
     };
     json(&series, cache, fresh_for, state)
 }
@@ -226,7 +226,7 @@ async fn vehicles_answer(req: &HttpRequest, state: &AppContext) -> Result<HttpRe
         .vehicles(key)
         .await
         .map_err(|e| ApiError::from_lookup(e, &state.retry_after))?;
-    json(&served.read.page, served.cache, served.fresh_for, state)
+    json(&served.read.value, served.cache, served.fresh_for, state)
 }
 
 /// `state`, `at`, `limit` and `after`, each at most once; other parameters are ignored.

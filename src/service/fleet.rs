@@ -6,6 +6,7 @@
 //! read), so a shared tier would save little and cost a round trip on every hit.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,21 +37,9 @@ pub struct PageKey {
     pub limit: u16,
 }
 
-/// A page as read, and when.
-#[derive(Debug)]
-pub struct PageRead {
-    pub page: FleetVehicles,
-    read_at: Instant,
-    read_second: u64,
-}
-
-/// A page as served.
-#[derive(Debug, Clone)]
-pub struct PageServed {
-    pub read: Arc<PageRead>,
-    pub cache: CacheStatus,
-    pub fresh_for: Duration,
-}
+/// A page as read, and when; and as served.
+pub type PageRead = Held<FleetVehicles>;
+pub type PageServed = Served<FleetVehicles>;
 
 /// What a count is asked for: an instant, or `now` (the server's clock when it is read, and kept
 /// like any other answer: a client asking `now` gets counts at most `CACHE_TTL_SECS` old, whose
@@ -61,24 +50,30 @@ pub enum FleetInstant {
     Now,
 }
 
-/// Counts as read, and when.
+/// What was read (counts, or a page of the list), and when.
 #[derive(Debug)]
-pub struct FleetRead {
-    pub counts: FleetCounts,
+pub struct Held<T> {
+    pub value: T,
     read_at: Instant,
     /// The second of this replica's clock it was read in, for [`Changes::since`].
     read_second: u64,
 }
 
-impl FleetRead {
-    fn new(counts: FleetCounts, read_at: Instant, started: Instant) -> Arc<Self> {
+impl<T> Held<T> {
+    fn new(value: T, read_at: Instant, started: Instant) -> Arc<Self> {
         Arc::new(Self {
-            counts,
+            value,
             read_at,
             read_second: read_at.saturating_duration_since(started).as_secs(),
         })
     }
 }
+
+/// A read a miss makes, boxed (see [`Fleet::held_or_read`]).
+type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T, LookupError>> + Send + 'a>>;
+
+/// Counts as read, and when.
+pub type FleetRead = Held<FleetCounts>;
 
 /// The instants of the changes the feed announced, per second of arrival over the last TTL: for
 /// each second, the earliest instant changed. Counts read in a second at or before one whose
@@ -115,13 +110,16 @@ impl Changes {
     }
 }
 
-/// Counts as served: from memory or read now, and for how long more they may be reused.
+/// What is served: from memory or read now, and for how long more it may be reused.
 #[derive(Debug, Clone)]
-pub struct FleetServed {
-    pub read: Arc<FleetRead>,
+pub struct Served<T> {
+    pub read: Arc<Held<T>>,
     pub cache: CacheStatus,
     pub fresh_for: Duration,
 }
+
+/// Counts as served.
+pub type FleetServed = Served<FleetCounts>;
 
 /// The fleet's counts and the memory they are kept in.
 pub struct Fleet {
@@ -154,7 +152,7 @@ impl Fleet {
         let pages = moka::future::Cache::builder()
             .max_capacity(FLEET_PAGES_CACHE_BYTES)
             .weigher(|key: &PageKey, read: &Arc<PageRead>| {
-                let vehicles = read.page.vehicles.len();
+                let vehicles = read.value.vehicles.len();
                 u32::try_from(key.state.len() + 128 + 96 * vehicles).unwrap_or(u32::MAX)
             })
             .time_to_live(ttl)
@@ -183,12 +181,8 @@ impl Fleet {
     /// Whether counts held may no longer be served: read `CACHE_TTL_SECS` ago or more (memory's
     /// own expiry counts from the insert, which comes after the read), or before a change they
     /// no longer hold after; for `now`, before any change.
-    fn outdated(&self, key: FleetInstant, read: &FleetRead) -> bool {
-        self.outdated_read(key, read.read_at, read.read_second)
-    }
-
-    fn outdated_read(&self, key: FleetInstant, read_at: Instant, read_second: u64) -> bool {
-        if read_at.elapsed() >= self.ttl {
+    fn outdated<T>(&self, key: FleetInstant, read: &Held<T>) -> bool {
+        if read.read_at.elapsed() >= self.ttl {
             return true;
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,7 +190,45 @@ impl Fleet {
             FleetInstant::At(at) => at.unix_micros(),
             FleetInstant::Now => i64::MAX,
         };
-        changes.since(read_second, up_to)
+        changes.since(read.read_second, up_to)
+    }
+
+    /// What `cache` holds for `key` at `instant`, if it may still be served; else `read`, once
+    /// however many ask at once, kept (a failed read is not). Stamped before `read` starts: a
+    /// change announced while it runs drops it, and its TTL runs from there. `read` makes the
+    /// read boxed, on a miss only (an allocation a miss): a page's read asks counts through here
+    /// too, and the futures nested in place overflowed a worker thread's stack in a debug build.
+    async fn held_or_read<'r, K, T>(
+        &self,
+        cache: &moka::future::Cache<K, Arc<Held<T>>>,
+        key: K,
+        instant: FleetInstant,
+        read: impl FnOnce() -> Read<'r, T>,
+    ) -> Result<Served<T>, Arc<LookupError>>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        T: Send + Sync + 'static,
+    {
+        if let Some(held) = cache.get(&key).await {
+            if !self.outdated(instant, &held) {
+                // A hit: one lookup in memory, not a second through `entry`.
+                return Ok(self.served(held, CacheStatus::Hit));
+            }
+            cache.invalidate(&key).await;
+        }
+        let entry = cache
+            .entry(key)
+            .or_try_insert_with(async {
+                let read_at = Instant::now();
+                Ok::<_, LookupError>(Held::new(read().await?, read_at, self.started))
+            })
+            .await?;
+        let status = if entry.is_fresh() {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        };
+        Ok(self.served(entry.into_value(), status))
     }
 
     /// A page of the vehicles in a state at an instant: memory first, as counts are (dropped by
@@ -204,17 +236,9 @@ impl Fleet {
     /// `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. At `now` the page's instant is the
     /// server's clock at the read, which its `next` cursor carries to the pages after it.
     pub async fn vehicles(&self, key: PageKey) -> Result<PageServed, Arc<LookupError>> {
-        if let Some(held) = self.pages.get(&key).await {
-            if !self.outdated_read(key.at, held.read_at, held.read_second) {
-                return Ok(self.page_served(held, CacheStatus::Hit));
-            }
-            self.pages.invalidate(&key).await;
-        }
-        let entry = self
-            .pages
-            .entry(key.clone())
-            .or_try_insert_with(async {
-                let read_at = Instant::now();
+        let instant = key.at;
+        let read = || -> Read<'_, _> {
+            Box::pin(async {
                 let at = match key.at {
                     FleetInstant::At(at) => at,
                     FleetInstant::Now => Timestamp::now(),
@@ -231,20 +255,11 @@ impl Fleet {
                     .fleet_vehicles(&key.state, at, scan, key.limit.saturating_add(1))
                     .await?;
                 self.counted(from_segments);
-                let page = list_page(key.state.clone(), at, key.limit, vehicles);
-                Ok::<_, LookupError>(Arc::new(PageRead {
-                    page,
-                    read_at,
-                    read_second: read_at.saturating_duration_since(self.started).as_secs(),
-                }))
+                Ok(list_page(key.state.clone(), at, key.limit, vehicles))
             })
-            .await?;
-        let cache = if entry.is_fresh() {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Hit
         };
-        Ok(self.page_served(entry.into_value(), cache))
+        self.held_or_read(&self.pages, key.clone(), instant, read)
+            .await
     }
 
     /// How a page's read goes, from the counts (in memory, or one statement each): the vehicles
@@ -261,23 +276,14 @@ impl Fleet {
                 open_by_start: false,
             };
         };
-        let in_state = in_state.read.counts.states.get(&key.state);
-        let fleet = fleet.read.counts.total;
+        let in_state = in_state.read.value.states.get(&key.state);
+        let fleet = fleet.read.value.total;
         let page = u64::from(key.limit) + 1;
         let window = (2 * page).saturating_mul(fleet) / in_state.max(1);
         ListScan {
             after: key.after,
             window: u32::try_from(window.max(MIN_WINDOW)).unwrap_or(u32::MAX),
             open_by_start: in_state < OPEN_BY_START_MAX,
-        }
-    }
-
-    fn page_served(&self, read: Arc<PageRead>, cache: CacheStatus) -> PageServed {
-        let fresh_for = self.ttl.saturating_sub(read.read_at.elapsed());
-        PageServed {
-            read,
-            cache,
-            fresh_for,
         }
     }
 
@@ -368,24 +374,13 @@ impl Fleet {
     /// Memory first; on a miss, one read however many ask at once, shed at once (not queued)
     /// when `LOOKUP_CONCURRENCY_LIMIT` statements are in flight. A failed read is not kept.
     pub async fn counts(&self, at: FleetInstant) -> Result<FleetServed, Arc<LookupError>> {
-        if let Some(held) = self.cache.get(&at).await {
-            if !self.outdated(at, &held) {
-                // A hit: one lookup in memory, not a second through `entry`.
-                return Ok(self.served(held, CacheStatus::Hit));
-            }
-            self.cache.invalidate(&at).await;
-        }
-        let entry = self
-            .cache
-            .entry(at)
-            .or_try_insert_with(async {
+        let read = || -> Read<'_, _> {
+            Box::pin(async move {
                 let _permit = self
                     .limit
                     .clone()
                     .try_acquire_owned()
                     .map_err(|_| LookupError::Overloaded(self.max_in_flight))?;
-                // Before the statement's snapshot, as in `series`.
-                let read_at = Instant::now();
                 let instant = match at {
                     FleetInstant::At(at) => at,
                     FleetInstant::Now => Timestamp::now(),
@@ -398,21 +393,16 @@ impl Fleet {
                     )))
                 })?;
                 self.counted(from_sums);
-                Ok::<_, LookupError>(FleetRead::new(counts, read_at, self.started))
+                Ok(counts)
             })
-            .await?;
-        let cache = if entry.is_fresh() {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Hit
         };
-        Ok(self.served(entry.into_value(), cache))
+        self.held_or_read(&self.cache, at, at, read).await
     }
 
-    /// Counts as served now: fresh for what is left of their TTL.
-    fn served(&self, read: Arc<FleetRead>, cache: CacheStatus) -> FleetServed {
+    /// What was read, as served now: fresh for what is left of its TTL.
+    fn served<T>(&self, read: Arc<Held<T>>, cache: CacheStatus) -> Served<T> {
         let fresh_for = self.ttl.saturating_sub(read.read_at.elapsed());
-        FleetServed {
+        Served {
             read,
             cache,
             fresh_for,
